@@ -1,0 +1,135 @@
+"""Client side of the FaceForge protocol: a DEALER socket with request ids and deadlines.
+
+A DEALER (not REQ) socket never wedges after a timeout: late replies simply arrive with an id
+nobody waits for any more and are dropped. Several requests may be in flight on one client
+(``send`` then ``receive``), which is how the batch script keeps the server busy.
+
+One ``Client`` belongs to one thread (ZeroMQ sockets are not thread-safe). Blender's UI runs a
+client on a worker thread and hands results back to the main thread as futures.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import zmq
+
+from . import protocol
+from .protocol import ErrorCode, Message, ProtocolError
+
+DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
+CONNECT_TIMEOUT = 3.0  # seconds to wait for the TCP connection before calling the server unreachable
+_POLL_SLICE_MS = 50    # granularity at which a blocking wait notices cancellation
+
+
+class Client:
+    """Blocking client with a deadline on every call."""
+
+    def __init__(self, address: str = DEFAULT_ADDRESS, timeout: float = 60.0,
+                 context: zmq.Context | None = None, max_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES):
+        self.address = address
+        self.timeout = timeout
+        self.max_bytes = max_bytes
+        self._context = context or zmq.Context.instance()
+        self._socket = self._context.socket(zmq.DEALER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        # Queue messages only on completed connections, so "server not running" is detected at send time.
+        self._socket.setsockopt(zmq.IMMEDIATE, 1)
+        self._socket.connect(address)
+        self._ids = itertools.count(1)
+        self._prefix = f"{os.getpid():x}-{id(self) & 0xFFFFFF:x}"
+        self._early: dict[str, Message] = {}
+
+    def close(self) -> None:
+        self._socket.close(linger=0)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def send(self, op: str, params: Mapping | None = None, payloads: Mapping[str, Any] | None = None,
+             *, version: int = protocol.VERSION) -> str:
+        """Queue one request; returns its id. Raises ``ProtocolError(UNREACHABLE)`` if no server answers the connection."""
+        request_id = f"{self._prefix}-{next(self._ids)}"
+        frames = protocol.encode_request(op, request_id, params, payloads, version=version)
+        if not self._socket.poll(int(CONNECT_TIMEOUT * 1000), zmq.POLLOUT):
+            raise ProtocolError(ErrorCode.UNREACHABLE,
+                                f"cannot connect to the FaceForge server at {self.address}: is it running?")
+        protocol.send_frames(self._socket, frames)
+        return request_id
+
+    def receive(self, timeout: float | None = None, cancel: threading.Event | None = None) -> Message:
+        """Next reply for any request of this client; an early reply stashed by ``call`` comes first."""
+        if self._early:
+            return self._early.pop(next(iter(self._early)))
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            if cancel is not None and cancel.is_set():
+                raise ProtocolError(ErrorCode.CANCELLED, "request cancelled")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ProtocolError(ErrorCode.TIMEOUT, f"no reply from {self.address} in time: the server may be busy or gone")
+            if self._socket.poll(min(_POLL_SLICE_MS, max(1, int(remaining * 1000))), zmq.POLLIN):
+                frames = self._socket.recv_multipart(copy=False)
+                return protocol.decode(frames, max_bytes=self.max_bytes)
+
+    def call(self, op: str, params: Mapping | None = None, payloads: Mapping[str, Any] | None = None,
+             *, timeout: float | None = None, cancel: threading.Event | None = None) -> Message:
+        """Send one request and wait for its own reply. Error replies raise ``ProtocolError``."""
+        request_id = self.send(op, params, payloads)
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            if request_id in self._early:
+                return self._early.pop(request_id).raise_for_error()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ProtocolError(ErrorCode.TIMEOUT, f"no reply from {self.address} within {timeout or self.timeout:g} s")
+            reply = self.receive(remaining, cancel)
+            if reply.id == request_id:
+                return reply.raise_for_error()
+            self._early[reply.id] = reply
+
+    def info(self, timeout: float | None = None) -> dict:
+        return self.call("info", timeout=timeout).result
+
+    def reconstruct(self, image: bytes, options: Mapping | None = None, *, timeout: float | None = None,
+                    cancel: threading.Event | None = None) -> "Reconstruction":
+        reply = self.call("reconstruct", dict(options or {}), {"image": image}, timeout=timeout, cancel=cancel)
+        return Reconstruction.from_message(reply)
+
+
+@dataclass
+class FaceData:
+    """One reconstructed face as it arrives: arrays plus metadata (box, score, timings...)."""
+
+    index: int
+    meta: dict
+    arrays: dict = field(default_factory=dict)  # name -> np.ndarray, see protocol.FACE_ARRAYS
+
+
+@dataclass
+class Reconstruction:
+    """A parsed ``reconstruct`` reply."""
+
+    faces: list
+    meta: dict
+
+    @classmethod
+    def from_message(cls, message: Message) -> "Reconstruction":
+        message.raise_for_error()
+        result = message.result
+        arrays = protocol.split_face_payloads(message.payloads)
+        faces = [FaceData(index=int(meta["index"]), meta=meta, arrays=arrays.get(int(meta["index"]), {}))
+                 for meta in result.get("faces", [])]
+        for face in faces:
+            missing = [name for name in protocol.FACE_ARRAYS if name not in face.arrays]
+            if missing:
+                raise ProtocolError(ErrorCode.BAD_REQUEST, f"reply for face {face.index} lacks arrays {missing}")
+        meta = {k: v for k, v in result.items() if k != "faces"}
+        return cls(faces=faces, meta=meta)

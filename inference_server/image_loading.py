@@ -1,0 +1,52 @@
+"""Decode untrusted image bytes into an RGB uint8 array, with limits checked before decoding."""
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from addon.wire.protocol import ErrorCode, ProtocolError
+
+SUPPORTED = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "MPO")
+
+
+def load_rgb(data: bytes | memoryview, max_pixels: int) -> np.ndarray:
+    """(H, W, 3) uint8 RGB, EXIF orientation applied. Raises ``ProtocolError`` for bad or oversize input."""
+    if len(data) == 0:
+        raise ProtocolError(ErrorCode.BAD_IMAGE, "image is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            if image.format not in SUPPORTED:
+                raise ProtocolError(ErrorCode.BAD_IMAGE, f"unsupported image format {image.format}; use JPEG, PNG, WebP, BMP or TIFF")
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ProtocolError(ErrorCode.TOO_LARGE,
+                                    f"image is {width}x{height} = {width * height / 1e6:.1f} MP; the limit is {max_pixels / 1e6:.1f} MP")
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return _to_rgb8(image)
+    except ProtocolError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as exc:
+        raise ProtocolError(ErrorCode.BAD_IMAGE, f"cannot decode image: {exc}") from None
+
+
+def _to_rgb8(image: Image.Image) -> np.ndarray:
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit / 32-bit grayscale: Pillow's convert("L") clips instead of scaling, so scale ourselves.
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") else max(float(values.max()), 1.0)
+        gray = np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
+        # Transparent pixels become mid-grey: neither a fake skin tone nor a harsh edge for the detector.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (128, 128, 128, 255))
+        image = Image.alpha_composite(background, rgba)
+    return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
