@@ -31,7 +31,9 @@ def load_rgb(data: bytes | memoryview, max_pixels: int) -> np.ndarray:
             return _to_rgb8(image)
     except ProtocolError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
+    except UnidentifiedImageError:
+        raise ProtocolError(ErrorCode.BAD_IMAGE, "not a recognised image (JPEG, PNG, WebP, BMP or TIFF expected)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError,
             Image.DecompressionBombWarning) as exc:
         raise ProtocolError(ErrorCode.BAD_IMAGE, f"cannot decode image: {exc}") from None
 

@@ -1,7 +1,13 @@
 """Dense 3D face landmarks with MediaPipe FaceMesh (legacy solution; model ships in the wheel)."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
+
+# MediaPipe's C++ side logs a warning per graph start; keep stderr for messages meant for users.
+os.environ.setdefault("GLOG_minloglevel", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 SURFACE_LANDMARKS = 468  # 468 surface points; 10 iris points follow with refine_landmarks
 
@@ -51,7 +57,11 @@ class LandmarkModel:
     """FaceMesh on an aligned crop; one instance per thread (the graph is not thread-safe)."""
 
     def __init__(self):
-        import mediapipe as mp
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # protobuf deprecation chatter from mediapipe's import
+            import mediapipe as mp
 
         self._mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=2,
                                                      refine_landmarks=True, min_detection_confidence=0.5)

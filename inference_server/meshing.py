@@ -63,13 +63,30 @@ def triangulate_region(outline: np.ndarray, holes: list[np.ndarray], spacing: fl
     inside = mask[px[:, 1], px[:, 0]] & (distance[px[:, 1], px[:, 0]] > 0.6 * spacing)
     points = np.vstack([boundary, grid[inside]])
     triangles = Delaunay(points, qhull_options="QJ Qbb Qc").simplices
-    # Delaunay fills the convex hull: keep triangles inside the region and drop bridges across concavities.
-    centroid = points[triangles].mean(1)
-    cpx = np.clip(centroid.astype(np.int64), 0, size - 1)
-    keep = mask[cpx[:, 1], cpx[:, 0]]
+    # Delaunay fills the convex hull. Only triangles made of one ring's vertices can lie outside the
+    # region (in a concavity of the outline, or inside a hole); test exactly those against the rings.
+    ring_of = np.full(len(points), -1)
+    ring_of[:len(boundary)] = np.repeat(np.arange(len(rings)), [len(r) for r in rings])
+    corner_rings = ring_of[triangles]
+    single_ring = (corner_rings[:, 0] >= 0) & (corner_rings == corner_rings[:, :1]).all(1)
+    keep = np.ones(len(triangles), bool)
+    for index, ring in enumerate(rings):
+        candidates = np.nonzero(single_ring & (corner_rings[:, 0] == index))[0]
+        inside_ring = points_in_polygon(points[triangles[candidates]].mean(1), ring)
+        keep[candidates] = inside_ring if index == 0 else ~inside_ring
     edges = np.linalg.norm(points[triangles] - points[np.roll(triangles, 1, 1)], axis=2)
     keep &= edges.max(1) < 2.5 * spacing
     return points, triangles[keep].astype(np.int32), len(boundary)
+
+
+def points_in_polygon(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
+    """Even-odd rule, vectorised over points x edges (meant for a few hundred points)."""
+    a, b = polygon, np.roll(polygon, -1, 0)
+    px, py = points[:, None, 0], points[:, None, 1]
+    straddles = (a[None, :, 1] > py) != (b[None, :, 1] > py)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cross_x = a[None, :, 0] + (py - a[None, :, 1]) * (b[None, :, 0] - a[None, :, 0]) / (b[None, :, 1] - a[None, :, 1])
+    return ((straddles & (px < cross_x)).sum(1) % 2) == 1
 
 
 def face_the_viewer(points: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -83,14 +100,25 @@ def face_the_viewer(points: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return flipped
 
 
-def remove_spikes(vertices: np.ndarray, faces: np.ndarray, factor: float = 4.0) -> np.ndarray:
-    """Drop triangles whose longest 3D edge or area is an outlier relative to the mesh's median."""
+def _neighbour_average(vertex_count: int, faces: np.ndarray) -> sp.csr_matrix:
+    """Sparse operator: each vertex -> mean of its 1-ring neighbours (the umbrella operator)."""
+    a, b = faces.ravel(), np.roll(faces, 1, 1).ravel()
+    adjacency = sp.coo_matrix((np.ones(2 * len(a)), (np.r_[a, b], np.r_[b, a])),
+                              shape=(vertex_count, vertex_count)).tocsr()
+    adjacency.data[:] = 1.0  # edges shared by two triangles were summed twice
+    degree = np.asarray(adjacency.sum(1)).ravel()
+    return (sp.diags(1.0 / np.maximum(degree, 1)) @ adjacency).tocsr()
+
+
+def remove_spikes(vertices: np.ndarray, faces: np.ndarray, factor: float = 3.0) -> np.ndarray:
+    """Drop triangles around spike vertices: interior vertices that stand further from the mean of
+    their neighbours than ``factor`` median edge lengths. Steep but smooth walls (the face turning
+    away at its silhouette) have small umbrella offsets and are kept."""
     corners = vertices[faces]
-    edges = np.linalg.norm(corners - np.roll(corners, 1, 1), axis=2)
-    longest = edges.max(1)
-    area = 0.5 * np.linalg.norm(np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), axis=1)
-    keep = (longest <= factor * np.median(edges)) & (area <= factor * factor * np.median(area))
-    return faces[keep]
+    median_edge = float(np.median(np.linalg.norm(corners - np.roll(corners, 1, 1), axis=2)))
+    offset = np.linalg.norm(_neighbour_average(len(vertices), faces) @ vertices - vertices, axis=1)
+    spikes = (offset > factor * median_edge) & ~boundary_vertices(len(vertices), faces)
+    return faces[~spikes[faces].any(1)]
 
 
 def largest_component(vertex_count: int, faces: np.ndarray) -> np.ndarray:
@@ -126,13 +154,8 @@ def taubin_smooth(vertices: np.ndarray, faces: np.ndarray, iterations: int,
     """Laplacian smoothing without shrinkage (Taubin's lambda|mu); boundary vertices stay put."""
     if iterations <= 0:
         return vertices
-    n = len(vertices)
-    a, b = faces.ravel(), np.roll(faces, 1, 1).ravel()
-    adjacency = sp.coo_matrix((np.ones(2 * len(a)), (np.r_[a, b], np.r_[b, a])), shape=(n, n)).tocsr()
-    adjacency.data[:] = 1.0
-    degree = np.asarray(adjacency.sum(1)).ravel()
-    average = sp.diags(1.0 / np.maximum(degree, 1)) @ adjacency
-    movable = ~boundary_vertices(n, faces)[:, None]
+    average = _neighbour_average(len(vertices), faces)
+    movable = ~boundary_vertices(len(vertices), faces)[:, None]
     out = vertices.astype(np.float64)
     for _ in range(iterations):
         for factor in (lam, mu):

@@ -23,6 +23,7 @@ from .image_loading import load_rgb
 from .surface import fit_height_field
 
 FACE_WIDTH_M = 0.14  # bizygomatic width of an average adult face: sets the metric scale
+SILHOUETTE_WEIGHT = 0.25
 
 
 @dataclass
@@ -148,7 +149,11 @@ class FaceGeometry:
     def __init__(self, points: np.ndarray, config: ReconstructionConfig):
         self.config = config
         surface = points[:lm.SURFACE_LANDMARKS]
-        self.field = fit_height_field(surface)
+        # Silhouette landmarks have the least reliable depth (the surface is edge-on there); letting
+        # them pull less keeps the fit from rippling along the rim.
+        weights = np.ones(len(surface))
+        weights[lm.FACE_OVAL] = SILHOUETTE_WEIGHT
+        self.field = fit_height_field(surface, weights)
         self.pixel_width = float(np.linalg.norm(points[lm.LEFT_CHEEK] - points[lm.RIGHT_CHEEK]))
         self.scale = FACE_WIDTH_M / self.pixel_width
         oval = surface[lm.FACE_OVAL, :2]

@@ -76,9 +76,9 @@ def _bilinear_matrix(grid_xy: np.ndarray, g: int) -> sp.csr_matrix:
     return sp.csr_matrix((vals, (rows, cols)), shape=(n, g * g))
 
 
-def fit_height_field(points: np.ndarray, grid_size: int = 64, smoothness: float = 0.02,
-                     pad: float = 0.08) -> HeightField:
-    """Thin-plate fit through ``points`` (N, 3: pixel x, pixel y, height).
+def fit_height_field(points: np.ndarray, weights: np.ndarray | None = None, grid_size: int = 64,
+                     smoothness: float = 0.15, pad: float = 0.08) -> HeightField:
+    """Thin-plate fit through ``points`` (N, 3: pixel x, pixel y, height), each weighted by ``weights``.
 
     ``smoothness`` trades exact interpolation (0) against fairness; heights and smoothness are both in
     units of grid steps, so the result does not depend on the image resolution.
@@ -89,6 +89,7 @@ def fit_height_field(points: np.ndarray, grid_size: int = 64, smoothness: float 
     step = extent / (grid_size - 1)
     origin = (lo + hi) / 2 - extent / 2
     data = _bilinear_matrix((xy - origin) / step, grid_size)
-    system = (data.T @ data + smoothness * _thin_plate_energy(grid_size)).tocsc()
-    solution = spsolve(system, data.T @ (heights / step))
+    weighted = data.T @ sp.diags(np.ones(len(xy)) if weights is None else weights)
+    system = (weighted @ data + smoothness * _thin_plate_energy(grid_size)).tocsc()
+    solution = spsolve(system, weighted @ (heights / step))
     return HeightField(grid=solution.reshape(grid_size, grid_size) * step, origin=origin, step=step)

@@ -91,7 +91,8 @@ class Client:
             if remaining <= 0:
                 raise ProtocolError(ErrorCode.TIMEOUT, f"no reply from {self.address} within {timeout or self.timeout:g} s")
             reply = self.receive(remaining, cancel)
-            if reply.id == request_id:
+            if reply.id == request_id or (reply.id == "" and not reply.ok):
+                # An id-less error is the server's answer to a request it could not even parse: ours.
                 return reply.raise_for_error()
             self._early[reply.id] = reply
 
