@@ -1,0 +1,144 @@
+"""Reply -> Blender object: mesh, material, images, modifiers (Blender 3.4 through 5.0).
+
+Used by the add-on's operator and by the headless batch script, so it depends on nothing but bpy
+and the bpy-free ``meshdata``. API differences between versions are guarded by ``bpy.app.version``.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import bpy
+
+from . import meshdata
+
+UV_NAME = "UVMap"
+PROPERTY = "faceforge"           # object custom property holding the request's metadata
+DEPTH_PROPERTY = "faceforge_depth"  # object custom property pointing at the depth image (keeps it alive)
+
+
+@dataclass
+class BuildSettings:
+    """Modifier settings; the defaults are the panel's defaults."""
+
+    smooth_iterations: int = 5
+    smooth_factor: float = 0.5
+    subdivision_levels: int = 1
+    detail_strength: float = 0.002  # metres of displacement per unit of detail
+
+
+def build_mesh(name: str, vertices, faces, uvs) -> "bpy.types.Mesh":
+    """A smooth-shaded triangle mesh with one UV layer, filled with ``foreach_set`` only."""
+    arrays = meshdata.mesh_arrays(vertices, faces, uvs)
+    mesh = bpy.data.meshes.new(name)
+    mesh.vertices.add(arrays.vertex_count)
+    mesh.loops.add(len(arrays.vertex_index))
+    mesh.polygons.add(arrays.polygon_count)
+    mesh.vertices.foreach_set("co", arrays.co)
+    mesh.loops.foreach_set("vertex_index", arrays.vertex_index)
+    mesh.polygons.foreach_set("loop_start", arrays.loop_start)
+    if bpy.app.version < (3, 6, 0):  # face sizes are derived from loop_start since 3.6 (loop_total is read-only)
+        mesh.polygons.foreach_set("loop_total", arrays.loop_total)
+    mesh.polygons.foreach_set("use_smooth", arrays.use_smooth)
+    uv_layer = mesh.uv_layers.new(name=UV_NAME)
+    if bpy.app.version >= (3, 5, 0):
+        uv_layer.uv.foreach_set("vector", arrays.loop_uv)
+    else:
+        uv_layer.data.foreach_set("uv", arrays.loop_uv)
+    mesh.update(calc_edges=True)
+    return mesh
+
+
+def new_image(name: str, pixels, width: int, height: int, *, float_buffer: bool, non_color: bool) -> "bpy.types.Image":
+    """An image filled from flat RGBA float pixels and packed into the .blend (PNG, or EXR for float data)."""
+    image = bpy.data.images.new(name, width, height, alpha=False, float_buffer=float_buffer)
+    if non_color:
+        image.colorspace_settings.name = "Non-Color"
+    image.pixels.foreach_set(pixels)
+    image.file_format = "OPEN_EXR" if float_buffer else "PNG"
+    image.pack()
+    return image
+
+
+def face_images(name: str, arrays) -> dict:
+    """Texture (sRGB PNG), detail (float, 0.5 + detail) and depth (float, metres) images."""
+    texture, detail, depth = arrays["texture"], arrays["detail"], arrays["depth"]
+    return {
+        "texture": new_image(f"{name}_texture", meshdata.rgb_pixels(texture), texture.shape[1], texture.shape[0],
+                             float_buffer=False, non_color=False),
+        "detail": new_image(f"{name}_detail", meshdata.detail_pixels(detail), detail.shape[1], detail.shape[0],
+                            float_buffer=True, non_color=True),
+        "depth": new_image(f"{name}_depth", meshdata.scalar_pixels(depth), depth.shape[1], depth.shape[0],
+                           float_buffer=True, non_color=True),
+    }
+
+
+def _set_input(node, names: tuple, value) -> None:
+    """Set the first socket that exists: Principled BSDF inputs were renamed in 4.0."""
+    for socket_name in names:
+        socket = node.inputs.get(socket_name)
+        if socket is not None:
+            socket.default_value = value
+            return
+
+
+def skin_material(name: str, texture: "bpy.types.Image") -> "bpy.types.Material":
+    """Principled BSDF fed by the photo texture through the UV map."""
+    material = bpy.data.materials.new(name)
+    material.use_nodes = True  # a no-op (always on) in 5.0, required before it
+    nodes, links = material.node_tree.nodes, material.node_tree.links
+    bsdf = next(node for node in nodes if node.type == "BSDF_PRINCIPLED")
+    image_node = nodes.new("ShaderNodeTexImage")
+    image_node.image = texture
+    image_node.location = (bsdf.location.x - 400, bsdf.location.y)
+    uv_node = nodes.new("ShaderNodeUVMap")
+    uv_node.uv_map = UV_NAME
+    uv_node.location = (image_node.location.x - 250, image_node.location.y - 100)
+    links.new(uv_node.outputs["UV"], image_node.inputs["Vector"])
+    links.new(image_node.outputs["Color"], bsdf.inputs["Base Color"])
+    _set_input(bsdf, ("Roughness",), 0.55)
+    _set_input(bsdf, ("Specular IOR Level", "Specular"), 0.3)
+    return material
+
+
+def add_modifiers(obj: "bpy.types.Object", detail: "bpy.types.Image", settings: BuildSettings) -> None:
+    """Laplacian smooth -> Subdivision Surface -> Displace by the detail map: native, tunable afterwards."""
+    smooth = obj.modifiers.new("Smooth", "LAPLACIANSMOOTH")
+    smooth.iterations = settings.smooth_iterations
+    smooth.lambda_factor = settings.smooth_factor
+    smooth.lambda_border = 0.0  # keep the face outline where the server put it
+    smooth.show_viewport = smooth.show_render = settings.smooth_iterations > 0
+    subsurf = obj.modifiers.new("Subdivision", "SUBSURF")
+    subsurf.levels = settings.subdivision_levels
+    subsurf.render_levels = settings.subdivision_levels
+    texture = bpy.data.textures.new(f"{obj.name}_detail", "IMAGE")
+    texture.image = detail
+    texture.extension = "EXTEND"
+    displace = obj.modifiers.new("Detail", "DISPLACE")
+    displace.texture = texture
+    displace.texture_coords = "UV"
+    displace.uv_layer = UV_NAME
+    displace.direction = "NORMAL"
+    displace.mid_level = meshdata.DETAIL_MIDLEVEL
+    displace.strength = settings.detail_strength
+
+
+def build_face_object(face, *, name: str, settings: BuildSettings, location=(0.0, 0.0, 0.0),
+                      metadata: dict | None = None, collection=None) -> "bpy.types.Object":
+    """One reconstructed face -> a linked object at ``location`` facing -Y, in metres.
+
+    ``face`` is a ``client.FaceData`` (or anything with ``index``, ``meta`` and ``arrays``).
+    ``metadata`` (source photo, server version, timings...) is stored with the face's own meta and
+    ``settings`` under the object's ``faceforge`` custom property.
+    """
+    arrays = face.arrays
+    mesh = build_mesh(name, arrays["vertices"], arrays["faces"], arrays["uvs"])
+    obj = bpy.data.objects.new(name, mesh)
+    obj.location = location
+    images = face_images(obj.name, arrays)
+    mesh.materials.append(skin_material(f"{obj.name}_skin", images["texture"]))
+    add_modifiers(obj, images["detail"], settings)
+    obj[DEPTH_PROPERTY] = images["depth"]
+    obj[PROPERTY] = meshdata.idprop_value(dict(metadata or {}, face=face.meta, face_index=face.index,
+                                               settings=asdict(settings)))
+    (collection or bpy.context.scene.collection).objects.link(obj)
+    return obj
