@@ -15,7 +15,7 @@ class ReconstructionConfig:
     resolution: int = 100          # mesh grid cells across the face width (~vertices = resolution^2)
     depth_size: int = 256          # side of the returned depth map, in pixels of the aligned crop
     texture_size: int = 512        # side of the aligned crop used as texture
-    crop_margin: float = 0.55      # extra border around the MTCNN box, as a fraction of its size
+    crop_margin: float = 0.3       # border added on every side of the MTCNN box, as a fraction of its size
     contour_inset: float = 0.015   # pull the face contour inward (fraction of face width) to keep background off the rim
     smooth_iterations: int = 0     # Taubin smoothing passes (Blender does its own with a modifier)
     detail_sigma: float = 3.0      # low-pass radius (texture pixels) of the detail map's high-pass

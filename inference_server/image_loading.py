@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -11,30 +10,28 @@ from addon.wire.protocol import ErrorCode, ProtocolError
 
 SUPPORTED = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "MPO")
 
+# Our own ``max_pixels`` check (configurable per request, with a clear message) replaces Pillow's
+# fixed decompression-bomb limit, which would otherwise fire first with a less useful error.
+Image.MAX_IMAGE_PIXELS = None
+
 
 def load_rgb(data: bytes | memoryview, max_pixels: int) -> np.ndarray:
     """(H, W, 3) uint8 RGB, EXIF orientation applied. Raises ``ProtocolError`` for bad or oversize input."""
     if len(data) == 0:
         raise ProtocolError(ErrorCode.BAD_IMAGE, "image is empty (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            if image.format not in SUPPORTED:
-                raise ProtocolError(ErrorCode.BAD_IMAGE, f"unsupported image format {image.format}; use JPEG, PNG, WebP, BMP or TIFF")
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ProtocolError(ErrorCode.TOO_LARGE,
-                                    f"image is {width}x{height} = {width * height / 1e6:.1f} MP; the limit is {max_pixels / 1e6:.1f} MP")
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            return _to_rgb8(image)
-    except ProtocolError:
-        raise
+        image = Image.open(io.BytesIO(data))
+        if image.format not in SUPPORTED:
+            raise ProtocolError(ErrorCode.BAD_IMAGE, f"unsupported image format {image.format}; use JPEG, PNG, WebP, BMP or TIFF")
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ProtocolError(ErrorCode.TOO_LARGE,
+                                f"image is {width}x{height} = {width * height / 1e6:.1f} MP; the limit is {max_pixels / 1e6:.1f} MP")
+        image.load()
+        return _to_rgb8(ImageOps.exif_transpose(image))
     except UnidentifiedImageError:
         raise ProtocolError(ErrorCode.BAD_IMAGE, "not a recognised image (JPEG, PNG, WebP, BMP or TIFF expected)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as exc:
+    except (OSError, SyntaxError, ValueError) as exc:
         raise ProtocolError(ErrorCode.BAD_IMAGE, f"cannot decode image: {exc}") from None
 
 

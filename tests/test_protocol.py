@@ -1,0 +1,77 @@
+"""The wire format on its own: round trips, zero-copy decoding, and every kind of malformed message."""
+import json
+
+import numpy as np
+import pytest
+
+from addon.wire import protocol
+from addon.wire.protocol import ErrorCode, ProtocolError
+
+
+def test_request_round_trip_keeps_arrays_and_bytes():
+    verts = np.arange(30, dtype=np.float32).reshape(10, 3)
+    frames = protocol.encode_request("reconstruct", "r1", {"face": "all"}, {"image": b"\x89PNG", "v": verts})
+    msg = protocol.decode(frames)
+    assert (msg.op, msg.id, msg.params) == ("reconstruct", "r1", {"face": "all"})
+    assert bytes(msg.payloads["image"]) == b"\x89PNG"
+    np.testing.assert_array_equal(msg.payloads["v"], verts)
+
+
+def test_decoded_arrays_are_views_on_the_frame_not_copies():
+    big = np.ones((200, 200), np.float32)
+    frames = protocol.encode_request("info", "r", None, {"a": big})
+    frames[1] = bytearray(frames[1].tobytes())  # what arrives from the socket is a buffer
+    arr = protocol.decode(frames).payloads["a"]
+    frames[1][0:4] = np.float32(7).tobytes()
+    assert arr[0, 0] == 7  # shares memory with the received frame
+
+
+def test_face_payload_names_round_trip():
+    payloads = protocol.face_payloads(3, {"vertices": np.zeros((2, 3), np.float32)})
+    assert list(payloads) == ["face3/vertices"]
+    assert list(protocol.split_face_payloads(payloads)[3]) == ["vertices"]
+
+
+@pytest.mark.parametrize("frames, code", [
+    ([], ErrorCode.BAD_REQUEST),
+    ([b"\xff\xfe not json"], ErrorCode.BAD_REQUEST),
+    ([b"[1, 2]"], ErrorCode.BAD_REQUEST),
+    ([json.dumps({"protocol": "other", "version": 1}).encode()], ErrorCode.BAD_REQUEST),
+    ([json.dumps({"protocol": "faceforge", "version": 99, "id": "x"}).encode()], ErrorCode.UNSUPPORTED_VERSION),
+    ([json.dumps({"protocol": "faceforge", "version": 1, "frames": [{"name": "a", "kind": "bytes"}]}).encode()],
+     ErrorCode.BAD_REQUEST),
+    ([json.dumps({"protocol": "faceforge", "version": 1,
+                  "frames": [{"name": "a", "kind": "array", "dtype": "float32", "shape": [4]}]}).encode(), b"123"],
+     ErrorCode.BAD_REQUEST),
+    ([json.dumps({"protocol": "faceforge", "version": 1,
+                  "frames": [{"name": "a", "kind": "array", "dtype": "object", "shape": [1]}]}).encode(), b"12345678"],
+     ErrorCode.BAD_REQUEST),
+    ([b"{" + b" " * protocol.MAX_HEADER_BYTES + b"}"], ErrorCode.TOO_LARGE),
+])
+def test_malformed_messages_raise_precise_errors(frames, code):
+    with pytest.raises(ProtocolError) as info:
+        protocol.decode(frames)
+    assert info.value.code == code
+    assert info.value.message
+
+
+def test_limits_on_frame_count_and_total_size():
+    frames = protocol.encode_request("info", "r", None, {f"p{i}": b"x" for i in range(10)})
+    with pytest.raises(ProtocolError, match="frames") as info:
+        protocol.decode(frames, max_frames=5)
+    assert info.value.code == ErrorCode.TOO_LARGE
+    with pytest.raises(ProtocolError, match="bytes") as info:
+        protocol.decode(protocol.encode_request("info", "r", None, {"a": b"x" * 5000}), max_bytes=4000)
+    assert info.value.code == ErrorCode.TOO_LARGE
+
+
+def test_error_reply_surfaces_as_exception():
+    msg = protocol.decode(protocol.encode_error("r9", ErrorCode.NO_FACE, "no face found"))
+    assert not msg.ok
+    with pytest.raises(ProtocolError, match="no face found"):
+        msg.raise_for_error()
+
+
+def test_object_arrays_cannot_be_sent():
+    with pytest.raises(ValueError, match="cannot travel"):
+        protocol.encode_reply("r", {}, {"x": np.array([object()])})
