@@ -1,0 +1,173 @@
+"""Start, probe and stop a local inference server subprocess (bpy-free).
+
+Shared by the add-on's Start/Stop buttons and the headless batch script. "Started" means the
+server answered an ``info`` request, not merely that the process exists: model loading takes
+seconds and can fail, and then the log tail is the only useful explanation.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .wire.client import Client
+from .wire.protocol import ProtocolError
+
+_CHECKOUT = Path(__file__).resolve().parent.parent  # the repository root when running from a source checkout
+
+
+def _venv_python(home: Path) -> Path:
+    return home / ".venv" / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def find_home(environ=os.environ) -> str:
+    """Directory holding the ``inference_server`` package: $FACEFORGE_HOME, else this source checkout, else ''."""
+    if environ.get("FACEFORGE_HOME"):
+        return environ["FACEFORGE_HOME"]
+    return str(_CHECKOUT) if (_CHECKOUT / "inference_server").is_dir() else ""
+
+
+def find_python(environ=os.environ) -> str:
+    """Interpreter with torch installed: $FACEFORGE_PYTHON, else the home's .venv, else python3 on PATH."""
+    if environ.get("FACEFORGE_PYTHON"):
+        return environ["FACEFORGE_PYTHON"]
+    home = find_home(environ)
+    if home and _venv_python(Path(home)).exists():
+        return str(_venv_python(Path(home)))
+    return "python3" if os.name != "nt" else "python"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def tcp_in_use(address: str, timeout: float = 0.3) -> bool:
+    """Whether something already accepts connections at a ``tcp://host:port`` address (fast, no ZeroMQ wait)."""
+    parts = urlsplit(address)
+    if parts.scheme != "tcp" or not parts.port:
+        return False
+    host = "127.0.0.1" if parts.hostname in (None, "*", "0.0.0.0") else parts.hostname
+    try:
+        with socket.create_connection((host, parts.port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM the server if Blender dies without running atexit (crash, kill -9)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class LocalServer:
+    """One server subprocess: ``python -m inference_server serve --bind ADDRESS --device DEVICE``."""
+
+    def __init__(self, python: str, address: str, cwd: str | None = None, log_path: str | None = None,
+                 device: str = "auto"):
+        self.python = python
+        self.address = address
+        self.cwd = cwd or None
+        self.device = device
+        if log_path is None:
+            handle, log_path = tempfile.mkstemp(prefix="faceforge-server-", suffix=".log")
+            os.close(handle)
+        self.log_path = log_path
+        self.info: dict = {}
+        self._process: subprocess.Popen | None = None
+        self._log = None
+
+    @property
+    def command(self) -> list:
+        return [self.python, "-m", "inference_server", "serve", "--bind", self.address, "--device", self.device]
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def start(self, timeout: float = 120.0) -> dict:
+        """Launch and wait until the server answers ``info``; returns that info. RuntimeError with the log tail otherwise."""
+        if self.running:
+            return self.info
+        if tcp_in_use(self.address):
+            raise RuntimeError(f"{self.address} is already in use: another server is running there "
+                               "(use it, stop it, or choose another address)")
+        self._log = open(self.log_path, "ab")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if self.cwd:  # the server imports ``addon.wire`` and ``inference_server`` from its home
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [self.cwd, env.get("PYTHONPATH")]))
+        try:
+            self._process = subprocess.Popen(
+                self.command, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL, stdout=self._log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
+        except OSError as exc:
+            self._close_log()
+            raise RuntimeError(f"cannot run {self.python!r}: {exc.strerror or exc}") from None
+        atexit.register(self.stop)
+        self.info = self._wait_ready(timeout)
+        return self.info
+
+    def _wait_ready(self, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            code = self._process.poll()
+            if code is not None:
+                self._close_log()
+                raise RuntimeError(f"the server exited with code {code} while starting:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the server did not answer within {timeout:g} s:\n{self.log_tail()}")
+            # A fresh client per probe: a late reply to an abandoned probe must not meet the next one.
+            with Client(self.address, timeout=1.0) as client:
+                try:
+                    return client.info(timeout=1.0)
+                except ProtocolError:
+                    pass
+            time.sleep(0.2)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Terminate (then kill) the process; safe to call twice and at interpreter exit."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout)
+        self._close_log()
+        atexit.unregister(self.stop)
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            with open(self.log_path, "rb") as handle:
+                handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, handle.tell() - 64 * 1024))
+                text = handle.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
