@@ -42,7 +42,8 @@ class Client:
         self._socket.connect(address)
         self._ids = itertools.count(1)
         self._prefix = f"{os.getpid():x}-{id(self) & 0xFFFFFF:x}"
-        self._early: dict[str, Message] = {}
+        self._outstanding: set[str] = set()      # sent, not yet answered, not abandoned
+        self._early: dict[str, Message] = {}     # answered while ``call`` waited for another id
 
     def close(self) -> None:
         self._socket.close(linger=0)
@@ -62,10 +63,17 @@ class Client:
             raise ProtocolError(ErrorCode.UNREACHABLE,
                                 f"cannot connect to the FaceForge server at {self.address}: is it running?")
         protocol.send_frames(self._socket, frames)
+        self._outstanding.add(request_id)
         return request_id
 
+    def abandon(self, request_id: str) -> None:
+        """Forget a request: its reply, if it ever comes, is dropped."""
+        self._outstanding.discard(request_id)
+        self._early.pop(request_id, None)
+
     def receive(self, timeout: float | None = None, cancel: threading.Event | None = None) -> Message:
-        """Next reply for any request of this client; an early reply stashed by ``call`` comes first."""
+        """Next reply to an outstanding request of this client (replies to abandoned ones are dropped);
+        a reply stashed by ``call`` comes first."""
         if self._early:
             return self._early.pop(next(iter(self._early)))
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
@@ -76,25 +84,34 @@ class Client:
             if remaining <= 0:
                 raise ProtocolError(ErrorCode.TIMEOUT, f"no reply from {self.address} in time: the server may be busy or gone")
             if self._socket.poll(min(_POLL_SLICE_MS, max(1, int(remaining * 1000))), zmq.POLLIN):
-                frames = self._socket.recv_multipart(copy=False)
-                return protocol.decode(frames, max_bytes=self.max_bytes)
+                reply = protocol.decode(self._socket.recv_multipart(copy=False), max_bytes=self.max_bytes)
+                if reply.id in self._outstanding:
+                    self._outstanding.discard(reply.id)
+                    return reply
+                if reply.id == "" and not reply.ok:
+                    return reply  # the server could not read a request's id: report, don't drop
 
     def call(self, op: str, params: Mapping | None = None, payloads: Mapping[str, Any] | None = None,
              *, timeout: float | None = None, cancel: threading.Event | None = None) -> Message:
         """Send one request and wait for its own reply. Error replies raise ``ProtocolError``."""
         request_id = self.send(op, params, payloads)
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        while True:
-            if request_id in self._early:
-                return self._early.pop(request_id).raise_for_error()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ProtocolError(ErrorCode.TIMEOUT, f"no reply from {self.address} within {timeout or self.timeout:g} s")
-            reply = self.receive(remaining, cancel)
-            if reply.id == request_id or (reply.id == "" and not reply.ok):
-                # An id-less error is the server's answer to a request it could not even parse: ours.
-                return reply.raise_for_error()
-            self._early[reply.id] = reply
+        try:
+            while True:
+                if request_id in self._early:
+                    return self._early.pop(request_id).raise_for_error()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ProtocolError(ErrorCode.TIMEOUT, f"no reply from {self.address} within {timeout or self.timeout:g} s")
+                reply = self.receive(remaining, cancel)
+                if reply.id == request_id or reply.id == "":
+                    # An id-less error is the server's answer to a request it could not even parse: ours.
+                    return reply.raise_for_error()
+                self._early[reply.id] = reply
+        except ProtocolError as err:
+            if err.code in (ErrorCode.TIMEOUT, ErrorCode.CANCELLED):
+                self.abandon(request_id)
+            raise
 
     def info(self, timeout: float | None = None) -> dict:
         return self.call("info", timeout=timeout).result

@@ -1,0 +1,188 @@
+"""A live server over real sockets: ops, abuse, limits, concurrency, and clients facing no server."""
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from addon.wire import protocol
+from addon.wire.client import Client, Reconstruction
+from addon.wire.protocol import ErrorCode, ProtocolError
+
+from .conftest import ServerProcess, free_port
+
+
+def raw_exchange(address: str, frames: list, timeout: float = 10.0) -> protocol.Message:
+    """Send arbitrary frames on a bare DEALER and decode whatever comes back."""
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(address)
+    try:
+        sock.send_multipart(frames)
+        assert sock.poll(int(timeout * 1000)), "server sent no reply"
+        return protocol.decode(sock.recv_multipart(), expect_version=None)
+    finally:
+        sock.close()
+
+
+def test_info_reports_versions_and_device(server_address):
+    with Client(server_address, timeout=10) as client:
+        info = client.info()
+    assert info["protocol_version"] == protocol.VERSION and info["protocol"] == "faceforge"
+    assert info["device"] == "cpu" and info["server_version"]
+    assert any("mtcnn" in m for m in info["models"])
+
+
+def test_reconstruct_over_the_wire(server_address, astronaut_png):
+    with Client(server_address, timeout=120) as client:
+        result = client.reconstruct(astronaut_png, {"resolution": 60})
+    (face,) = result.faces
+    assert set(protocol.FACE_ARRAYS) <= set(face.arrays)
+    assert face.arrays["vertices"].shape[0] == face.meta["vertex_count"] > 2500
+    assert face.arrays["texture"].shape == (512, 512, 3)
+    assert result.meta["image_size"] == [512, 512]
+    assert {"load", "detect", "landmarks", "depth", "mesh"} <= set(result.meta["timings_ms"])
+
+
+@pytest.mark.parametrize("frames, code", [
+    ([b"\x00\xffgarbage"], ErrorCode.BAD_REQUEST),
+    ([b"[]"], ErrorCode.BAD_REQUEST),
+    ([json.dumps({"protocol": "faceforge", "version": 7, "id": "v7", "op": "info", "frames": []}).encode()],
+     ErrorCode.UNSUPPORTED_VERSION),
+    ([json.dumps({"protocol": "faceforge", "version": 1, "id": "u", "op": "explode", "frames": []}).encode()],
+     ErrorCode.UNKNOWN_OP),
+    ([json.dumps({"protocol": "faceforge", "version": 1, "id": "m", "op": "reconstruct", "frames": []}).encode()],
+     ErrorCode.BAD_REQUEST),
+    ([json.dumps({"protocol": "faceforge", "version": 1, "id": "n", "op": "info",
+                  "frames": [{"name": "a", "kind": "array", "dtype": "float32", "shape": [9]}]}).encode(), b"short"],
+     ErrorCode.BAD_REQUEST),
+    ([json.dumps({"protocol": "faceforge", "version": 1, "id": "f", "op": "info", "frames": []}).encode()]
+     + [b"x"] * 70, ErrorCode.TOO_LARGE),
+])
+def test_abuse_gets_structured_errors_and_the_server_keeps_serving(server_address, frames, code, astronaut_png):
+    reply = raw_exchange(server_address, frames)
+    assert not reply.ok and reply.error.code == code and reply.error.message
+    header = json.loads(frames[0]) if frames[0].startswith(b"{") else {}
+    assert reply.id == header.get("id", "")  # errors are matched to the request whenever its id is readable
+    with Client(server_address, timeout=120) as client:
+        assert client.info()["protocol_version"] == protocol.VERSION
+
+
+def test_a_good_request_after_abuse_succeeds(server_address, grace_hopper_jpg):
+    raw_exchange(server_address, [b"\xde\xad\xbe\xef"])
+    with Client(server_address, timeout=120) as client:
+        with pytest.raises(ProtocolError) as info:
+            client.call("reconstruct", {"face": "largest"}, {"image": b"not an image"})
+        assert info.value.code == ErrorCode.BAD_IMAGE
+        assert len(client.reconstruct(grace_hopper_jpg, {"resolution": 40}).faces) == 1
+
+
+def test_client_version_mismatch_is_reported(server_address):
+    with Client(server_address, timeout=10) as client:
+        rid = client.send("info", version=2)
+        reply = client.receive()
+    assert reply.id == rid and reply.error.code == ErrorCode.UNSUPPORTED_VERSION
+    assert "version 1" in reply.error.message
+
+
+def test_no_face_and_corrupt_photos(server_address, no_face_png, corrupt_bytes):
+    with Client(server_address, timeout=120) as client:
+        for photo, code in ((no_face_png, ErrorCode.NO_FACE), (corrupt_bytes, ErrorCode.BAD_IMAGE)):
+            with pytest.raises(ProtocolError) as info:
+                client.reconstruct(photo)
+            assert info.value.code == code
+
+
+def test_two_clients_at_once_get_their_own_replies(server_address, astronaut_png, grace_hopper_jpg):
+    results, errors = {}, []
+
+    def run(name, photo):
+        try:
+            with Client(server_address, timeout=180) as client:
+                results[name] = [client.reconstruct(photo, {"resolution": 50}).meta["image_size"] for _ in range(2)]
+        except Exception as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=a) for a in (("astro", astronaut_png), ("hopper", grace_hopper_jpg))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors
+    assert results == {"astro": [[512, 512]] * 2, "hopper": [[512, 600]] * 2}
+
+
+def test_pipelined_requests_on_one_socket(server_address, astronaut_png, grace_hopper_jpg):
+    with Client(server_address, timeout=180) as client:
+        ids = {client.send("reconstruct", {"resolution": 30}, {"image": p}): p for p in (astronaut_png, grace_hopper_jpg)}
+        replies = [client.receive() for _ in ids]
+    assert {r.id for r in replies} == set(ids)
+    sizes = {r.id: Reconstruction.from_message(r).meta["image_size"][1] for r in replies}
+    assert sorted(sizes.values()) == [512, 600]
+
+
+def test_unreachable_server_fails_fast():
+    start = time.monotonic()
+    with Client(f"tcp://127.0.0.1:{free_port()}", timeout=30) as client:
+        with pytest.raises(ProtocolError) as info:
+            client.info()
+    assert info.value.code == ErrorCode.UNREACHABLE and "running" in info.value.message
+    assert time.monotonic() - start < 10
+
+
+def test_silent_server_times_out_and_the_client_stays_usable():
+    ctx = zmq.Context.instance()
+    sink = ctx.socket(zmq.ROUTER)
+    port = sink.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        with Client(f"tcp://127.0.0.1:{port}", timeout=0.5) as client:
+            with pytest.raises(ProtocolError) as info:
+                client.info()
+            assert info.value.code == ErrorCode.TIMEOUT
+            cancel = threading.Event()
+            cancel.set()
+            with pytest.raises(ProtocolError) as info:
+                client.call("info", timeout=30, cancel=cancel)
+            assert info.value.code == ErrorCode.CANCELLED
+            # Late replies to the two abandoned requests must not be taken for the next one.
+            rid = client.send("info")
+            for _ in range(3):
+                identity, header = sink.recv_multipart()[:2]
+                request_id = json.loads(header)["id"]
+                protocol.send_frames(sink, protocol.encode_reply(request_id, {"fresh": request_id == rid}),
+                                     prefix=[identity])
+            reply = client.receive(5)
+            assert reply.id == rid and reply.result == {"fresh": True}
+    finally:
+        sink.close(0)
+
+
+@pytest.fixture(scope="module")
+def small_server(tmp_path_factory):
+    """A second server with tight limits: 1 MB messages, a queue of one."""
+    proc = ServerProcess(f"tcp://127.0.0.1:{free_port()}", tmp_path_factory.mktemp("small") / "server.log",
+                         "--max-message-mb", "1", "--max-queue", "1")
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        assert proc.stop() == 0, "SIGTERM ends the server cleanly"
+
+
+def test_oversize_message_is_refused_then_service_continues(small_server, astronaut_png):
+    with Client(small_server.address, timeout=30) as client:
+        with pytest.raises(ProtocolError) as info:
+            client.call("reconstruct", {}, {"image": np.zeros(2 * 1024 * 1024, np.uint8)})
+        assert info.value.code == ErrorCode.TOO_LARGE and "limit" in info.value.message
+        assert len(client.reconstruct(astronaut_png, {"resolution": 30}).faces) == 1
+
+
+def test_full_queue_answers_busy(small_server, astronaut_png):
+    with Client(small_server.address, timeout=120) as client:
+        ids = [client.send("reconstruct", {"resolution": 30}, {"image": astronaut_png}) for _ in range(5)]
+        replies = [client.receive() for _ in ids]
+    codes = [r.error.code if r.error else "ok" for r in replies]
+    assert codes.count("ok") >= 2 and ErrorCode.BUSY in codes
