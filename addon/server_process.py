@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -102,8 +103,11 @@ class LocalServer:
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
 
-    def start(self, timeout: float = 120.0) -> dict:
-        """Launch and wait until the server answers ``info``; returns that info. RuntimeError with the log tail otherwise."""
+    def start(self, timeout: float = 120.0, cancel: threading.Event | None = None) -> dict:
+        """Launch and wait until the server answers ``info``; returns that info. RuntimeError with the log tail otherwise.
+
+        Setting ``cancel`` abandons the start and stops the process.
+        """
         if self.running:
             return self.info
         if tcp_in_use(self.address):
@@ -123,16 +127,19 @@ class LocalServer:
             self._close_log()
             raise RuntimeError(f"cannot run {self.python!r}: {exc.strerror or exc}") from None
         atexit.register(self.stop)
-        self.info = self._wait_ready(timeout)
+        self.info = self._wait_ready(timeout, cancel or threading.Event())
         return self.info
 
-    def _wait_ready(self, timeout: float) -> dict:
+    def _wait_ready(self, timeout: float, cancel: threading.Event) -> dict:
         deadline = time.monotonic() + timeout
         while True:
             code = self._process.poll()
             if code is not None:
                 self._close_log()
                 raise RuntimeError(f"the server exited with code {code} while starting:\n{self.log_tail()}")
+            if cancel.is_set():
+                self.stop()
+                raise RuntimeError("server start cancelled")
             if time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"the server did not answer within {timeout:g} s:\n{self.log_tail()}")

@@ -1,0 +1,257 @@
+"""Operators: Reconstruct Face (modal, Esc cancels), Cancel, Start/Stop Server, and the status timer.
+
+Sockets live on worker threads (``session``); everything here runs on the main thread, which is
+the only place bpy is touched. A request is submitted, the modal timer (or ``execute``'s wait in
+scripts) watches its future, and ``apply_finished`` builds the objects and words the outcome.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import traceback
+from functools import partial
+
+import bpy
+import numpy as np
+
+from . import meshdata, photo, preferences, scene
+from .jobs import Job, user_message
+from .session import Request, Session
+
+SESSION = Session()   # replaced on every register(), closed on unregister()
+FACE_SPACING = 0.2    # metres between faces along X when several come back
+
+
+def redraw_panels() -> None:
+    for window in bpy.context.window_manager.windows:
+        for area in window.screen.areas:
+            if area.type == "VIEW_3D":
+                area.tag_redraw()
+
+
+def _image_source(image: "bpy.types.Image"):
+    """Bytes (or a path) for an image datablock: the original file when it is unchanged, else its pixels as PNG."""
+    if image.packed_file is not None and not image.is_dirty:
+        data = bytes(image.packed_file.data)
+        return lambda: data
+    path = bpy.path.abspath(image.filepath_raw, library=image.library) if image.source == "FILE" else ""
+    if path and os.path.isfile(path) and not image.is_dirty:
+        return path
+    width, height = image.size
+    if not image.has_data or width * height == 0:
+        raise ValueError(f"Image {image.name!r} has no pixels to reconstruct from")
+    pixels = np.empty(width * height * image.channels, dtype=np.float32)
+    image.pixels.foreach_get(pixels)  # main thread; the PNG encoding runs on the worker
+    return partial(photo.encode_png, pixels, width, height, image.channels, linear=image.is_float)
+
+
+def submit(context) -> Request:
+    """Snapshot the panel and queue the request. ValueError carries a message for the user."""
+    props = context.scene.faceforge
+    prefs = preferences.get(context)
+    if props.photo_source == "FILE":
+        if not props.photo_path:
+            raise ValueError("Choose a photo file first")
+        source = label = bpy.path.abspath(props.photo_path)
+    else:
+        if props.photo_image is None:
+            raise ValueError("Choose an image first")
+        source, label = _image_source(props.photo_image), props.photo_image.name
+    return SESSION.submit_reconstruction(
+        source, photo_label=label, name=meshdata.object_name(label, 0, 1), options=props.server_options(),
+        settings=props.build_settings(), location=tuple(context.scene.cursor.location),
+        address=prefs.server_address, timeout=prefs.request_timeout)
+
+
+def apply_finished(context, request: Request) -> tuple:
+    """Main thread: a finished request -> objects. Returns (level, message, objects) and never raises."""
+    try:
+        info, reconstruction = request.job.future.result(timeout=0)
+    except BaseException as exc:
+        level = "WARNING" if request.job.cancelled else "ERROR"
+        return level, user_message(exc, photo=request.photo, address=request.address), []
+    faces = reconstruction.faces
+    metadata = {"source_photo": request.photo, "options": request.options, "server_address": request.address,
+                "server_version": info.get("server_version", ""), "protocol_version": info.get("protocol_version", 0),
+                "device": info.get("device", ""), "image_size": reconstruction.meta.get("image_size", []),
+                "faces_detected": reconstruction.meta.get("faces_detected", len(faces)),
+                "timings_ms": reconstruction.meta.get("timings_ms", {}),
+                "round_trip_ms": round(request.job.elapsed * 1000, 1)}
+    objects = []
+    try:
+        for order, face in enumerate(faces):
+            x, y, z = request.location
+            objects.append(scene.build_face_object(
+                face, name=meshdata.object_name(request.photo, face.index, len(faces)), settings=request.settings,
+                location=(x + order * FACE_SPACING, y, z), metadata=metadata, collection=context.collection))
+    except (ValueError, KeyError) as exc:  # a malformed reply: say so, keep what was built
+        traceback.print_exc()
+        return "ERROR", f"The server's reply could not be turned into a mesh: {exc}", objects
+    _select(context, objects)
+    SESSION.expected_seconds = request.job.elapsed
+    vertices = sum(len(obj.data.vertices) for obj in objects)
+    return "INFO", (f"Reconstructed {len(objects)} face{'s' * (len(objects) != 1)} from "
+                    f"{os.path.basename(request.photo)} ({vertices} vertices) in {request.job.elapsed:.1f} s"), objects
+
+
+def _select(context, objects: list) -> None:
+    if not objects or context.view_layer is None:
+        return
+    for obj in context.view_layer.objects.selected:
+        obj.select_set(False)
+    for obj in objects:
+        obj.select_set(True)
+    context.view_layer.objects.active = objects[0]
+
+
+class _AwaitJob:
+    """Modal wait on a worker job: redraws while it runs, Esc cancels, ``conclude`` reports. ``execute`` blocks (scripts)."""
+
+    def start(self, context) -> Job | None:
+        raise NotImplementedError
+
+    def conclude(self, context) -> set:
+        raise NotImplementedError
+
+    def _started(self, context) -> Job | None:
+        try:
+            return self.start(context)
+        except ValueError as exc:
+            SESSION.message = ("ERROR", str(exc))
+            self.report({"ERROR"}, str(exc))
+            return None
+
+    def invoke(self, context, event):
+        self._job = self._started(context)
+        if self._job is None:
+            return {"CANCELLED"}
+        wm = context.window_manager
+        self._timer = wm.event_timer_add(0.1, window=context.window)
+        wm.modal_handler_add(self)
+        redraw_panels()
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context, event):
+        if event.type == "ESC" and event.value == "PRESS":
+            self._job.cancel()
+        if not self._job.done():
+            if event.type == "TIMER":
+                redraw_panels()
+            return {"RUNNING_MODAL"} if event.type == "ESC" else {"PASS_THROUGH"}
+        context.window_manager.event_timer_remove(self._timer)
+        redraw_panels()
+        return self.conclude(context)
+
+    def execute(self, context):
+        self._job = self._started(context)
+        if self._job is None:
+            return {"CANCELLED"}
+        concurrent.futures.wait([self._job.future])
+        return self.conclude(context)
+
+    def _report(self, level: str, message: str) -> None:
+        SESSION.message = (level, message)
+        self.report({level}, message)
+
+
+class FACEFORGE_OT_reconstruct(_AwaitJob, bpy.types.Operator):
+    """Send the photo to the FaceForge server and build a textured face mesh at the 3D cursor (Esc cancels)"""
+
+    bl_idname = "faceforge.reconstruct"
+    bl_label = "Reconstruct Face"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        return not SESSION.busy and context.mode == "OBJECT"
+
+    def start(self, context) -> Job:
+        return submit(context).job
+
+    def conclude(self, context) -> set:
+        request = SESSION.request
+        level, message, objects = apply_finished(context, request)
+        self._report(level, message)
+        return {"FINISHED"} if objects else {"CANCELLED"}
+
+
+class FACEFORGE_OT_cancel(bpy.types.Operator):
+    """Abandon the running reconstruction (its reply, if any, is dropped)"""
+
+    bl_idname = "faceforge.cancel"
+    bl_label = "Cancel"
+
+    @classmethod
+    def poll(cls, context):
+        return SESSION.busy
+
+    def execute(self, context):
+        SESSION.cancel_request()
+        return {"FINISHED"}
+
+
+class FACEFORGE_OT_server_start(_AwaitJob, bpy.types.Operator):
+    """Start a local inference server with the interpreter and directory from the add-on preferences"""
+
+    bl_idname = "faceforge.server_start"
+    bl_label = "Start Server"
+
+    @classmethod
+    def poll(cls, context):
+        return SESSION.server_job is None and (SESSION.server is None or not SESSION.server.running)
+
+    def start(self, context) -> Job:
+        prefs = preferences.get(context)
+        if not prefs.python_path:
+            raise ValueError("Set the server's Python interpreter in the add-on preferences")
+        SESSION.message = ("INFO", "Starting the server (loading models)")
+        return SESSION.start_server(bpy.path.abspath(prefs.python_path), prefs.server_address,
+                                    bpy.path.abspath(prefs.server_home), prefs.device, prefs.start_timeout)
+
+    def conclude(self, context) -> set:
+        level, message = SESSION.finish_server_start()
+        self._report(level, message)
+        return {"FINISHED"} if level == "INFO" else {"CANCELLED"}
+
+
+class FACEFORGE_OT_server_stop(bpy.types.Operator):
+    """Stop the local server this add-on started"""
+
+    bl_idname = "faceforge.server_stop"
+    bl_label = "Stop Server"
+
+    @classmethod
+    def poll(cls, context):
+        return SESSION.server is not None and SESSION.server_job is None
+
+    def execute(self, context):
+        SESSION.stop_server(timeout=1.0)
+        SESSION.message = ("INFO", "Server stopped")
+        return {"FINISHED"}
+
+
+def _tick() -> float:
+    """bpy.app.timers: keep the status line fresh without blocking; faster while something runs."""
+    prefs = preferences.get(bpy.context)
+    if SESSION.poll_status(prefs.server_address) or SESSION.busy or SESSION.server_job is not None:
+        redraw_panels()
+    return 0.25 if SESSION.status_job is not None or SESSION.busy else 1.0
+
+
+classes = (FACEFORGE_OT_reconstruct, FACEFORGE_OT_cancel, FACEFORGE_OT_server_start, FACEFORGE_OT_server_stop)
+
+
+def register() -> None:
+    global SESSION
+    SESSION = Session()
+    for cls in classes:
+        bpy.utils.register_class(cls)
+    bpy.app.timers.register(_tick, first_interval=0.5, persistent=True)
+
+
+def unregister() -> None:
+    if bpy.app.timers.is_registered(_tick):
+        bpy.app.timers.unregister(_tick)
+    for cls in reversed(classes):
+        bpy.utils.unregister_class(cls)
+    SESSION.close()

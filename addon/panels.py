@@ -1,0 +1,109 @@
+"""The FaceForge tab in the 3D viewport sidebar (N panel). Drawing only reads state; operators change it."""
+from __future__ import annotations
+
+import bpy
+
+from . import operators
+
+_ICONS = {"INFO": "INFO", "WARNING": "ERROR", "ERROR": "CANCEL"}
+
+
+def _wrapped(layout, text: str, icon: str = "NONE", width: int = 48) -> None:
+    """Long messages as several labels: the sidebar does not wrap text."""
+    words, line, lines = text.split(), "", []
+    for word in words:
+        if line and len(line) + len(word) + 1 > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    lines.append(line)
+    column = layout.column(align=True)
+    for number, text_line in enumerate(lines):
+        column.label(text=text_line, icon=icon if number == 0 else "BLANK1")
+
+
+class _FaceForgePanel:
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "FaceForge"
+
+
+class FACEFORGE_PT_main(_FaceForgePanel, bpy.types.Panel):
+    bl_label = "Reconstruct Face"
+
+    def draw(self, context):
+        layout = self.layout
+        props = context.scene.faceforge
+        session = operators.SESSION
+
+        layout.row().prop(props, "photo_source", expand=True)
+        if props.photo_source == "FILE":
+            layout.prop(props, "photo_path", text="")
+        else:
+            layout.template_ID(props, "photo_image", open="image.open")
+        row = layout.row(align=True)
+        row.prop(props, "face", expand=True)
+        if props.face == "INDEX":
+            layout.prop(props, "face_index")
+
+        column = layout.column(align=True)
+        column.use_property_split = True
+        column.use_property_decorate = False
+        column.prop(props, "resolution")
+        column.prop(props, "smooth_iterations")
+        column.prop(props, "smooth_factor", text="Factor")
+        column.prop(props, "subdivision_levels")
+        column.prop(props, "detail_strength")
+
+        if session.busy:
+            job = session.request.job
+            layout.progress(factor=job.progress, type="BAR", text=f"{job.status} ({job.elapsed:.0f} s)")
+            layout.operator("faceforge.cancel", icon="CANCEL")
+        else:
+            layout.operator("faceforge.reconstruct", icon="USER")
+        level, message = session.message
+        if message:
+            _wrapped(layout.box(), message, _ICONS.get(level, "INFO"))
+
+
+class FACEFORGE_PT_server(_FaceForgePanel, bpy.types.Panel):
+    bl_label = "Server"
+    bl_parent_id = "FACEFORGE_PT_main"
+
+    def draw_header_preset(self, context):
+        connected = operators.SESSION.status is not None
+        self.layout.label(text="", icon="LINKED" if connected else "UNLINKED")
+
+    def draw(self, context):
+        layout = self.layout
+        session = operators.SESSION
+        _wrapped(layout, session.status_line(), "CHECKMARK" if session.status is not None else "UNLINKED")
+        if session.status is None and session.status_error:
+            _wrapped(layout, session.status_error, "BLANK1")
+        if session.server_job is not None:
+            job = session.server_job
+            layout.progress(factor=job.progress, type="BAR", text=f"{job.status} ({job.elapsed:.0f} s)")
+        row = layout.row(align=True)
+        row.operator("faceforge.server_start", icon="PLAY")
+        row.operator("faceforge.server_stop", icon="PAUSE")
+        if session.server is not None and session.server.running:
+            layout.label(text=f"Local server pid {session.server.pid}", icon="CONSOLE")
+        if session.server_log:
+            box = layout.box()
+            box.label(text="Server log (last lines):", icon="TEXT")
+            for line in session.server_log.splitlines()[-12:]:
+                box.label(text=line[-120:])
+
+
+classes = (FACEFORGE_PT_main, FACEFORGE_PT_server)
+
+
+def register() -> None:
+    for cls in classes:
+        bpy.utils.register_class(cls)
+
+
+def unregister() -> None:
+    for cls in reversed(classes):
+        bpy.utils.unregister_class(cls)

@@ -1,0 +1,53 @@
+"""Photo bytes for a request (bpy-free): a file on disk, or pixels of an image made inside Blender.
+
+The server decodes the photo itself, so files travel as their original bytes; only images that
+exist nowhere but in Blender's memory (generated, rendered, painted) are encoded here, as PNG.
+"""
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+
+import numpy as np
+
+MAX_PHOTO_BYTES = 200 * 1024 * 1024  # the protocol's message limit is 256 MB
+
+
+def read_photo(path: str) -> bytes:
+    """The file's bytes; ``OSError`` with a readable ``strerror`` when missing, empty or huge."""
+    if not path:
+        raise OSError(0, "no photo chosen")
+    size = os.path.getsize(path)  # raises FileNotFoundError with strerror
+    if size == 0:
+        raise OSError(0, f"{os.path.basename(path)} is empty")
+    if size > MAX_PHOTO_BYTES:
+        raise OSError(0, f"{os.path.basename(path)} is {size / 2**20:.0f} MB; the limit is {MAX_PHOTO_BYTES >> 20} MB")
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def linear_to_srgb(values: np.ndarray) -> np.ndarray:
+    """Float images in Blender hold scene-linear values; photos on the wire are sRGB."""
+    values = np.clip(values, 0.0, 1.0)
+    return np.where(values <= 0.0031308, values * 12.92, 1.055 * np.power(values, 1 / 2.4) - 0.055)
+
+
+def encode_png(pixels: np.ndarray, width: int, height: int, channels: int = 4, *, linear: bool = False) -> bytes:
+    """Blender pixels (flat float, bottom row first) -> 8-bit RGB PNG bytes, top row first."""
+    rgba = np.asarray(pixels, dtype=np.float32).reshape(height, width, channels)
+    rgb = np.zeros((height, width, 3), dtype=np.float32)
+    rgb[..., :min(channels, 3)] = rgba[::-1, :, :3]
+    if channels < 3:  # grey (and grey + alpha) images
+        rgb[..., 1] = rgb[..., 2] = rgb[..., 0]
+    if linear:
+        rgb = linear_to_srgb(rgb)
+    data = np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
+    rows = np.concatenate([np.zeros((height, 1), np.uint8), data.reshape(height, width * 3)], axis=1)
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit truecolour, no interlace
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
+            + _chunk(b"IEND", b""))

@@ -1,0 +1,64 @@
+"""Add-on preferences: where the server is, how to start a local one, how long to wait."""
+from types import SimpleNamespace
+
+import bpy
+from bpy.props import EnumProperty, FloatProperty, StringProperty
+
+from . import server_process
+from .wire.client import DEFAULT_ADDRESS
+
+_DEVICES = (("auto", "Auto", "CUDA when the server's torch sees a GPU, else CPU"),
+            ("cpu", "CPU", "Always the CPU"),
+            ("cuda", "CUDA", "The first CUDA GPU (fails to start without one)"))
+
+
+class FACEFORGE_AP_preferences(bpy.types.AddonPreferences):
+    bl_idname = __package__
+
+    server_address: StringProperty(name="Server Address", default=DEFAULT_ADDRESS,
+                                    description="ZeroMQ address of the FaceForge inference server")
+    request_timeout: FloatProperty(name="Request Timeout", default=120.0, min=1.0, max=3600.0, subtype="TIME_ABSOLUTE",
+                                   unit="TIME_ABSOLUTE", description="Seconds to wait for one reconstruction")
+    python_path: StringProperty(name="Python", subtype="FILE_PATH", default=server_process.find_python(),
+                                description="Interpreter with the server's dependencies (torch...). Default: "
+                                            "$FACEFORGE_PYTHON, else FACEFORGE_HOME/.venv, else python3")
+    server_home: StringProperty(name="Server Directory", subtype="DIR_PATH", default=server_process.find_home(),
+                                description="Directory containing the inference_server package (the FaceForge "
+                                            "checkout). Default: $FACEFORGE_HOME, else the add-on's own checkout")
+    device: EnumProperty(name="Device", items=_DEVICES, default="auto", description="Device of a local server")
+    start_timeout: FloatProperty(name="Start Timeout", default=120.0, min=5.0, max=1800.0, subtype="TIME_ABSOLUTE",
+                                 unit="TIME_ABSOLUTE", description="Seconds a local server may take to load its models")
+
+    def draw(self, context):
+        layout = self.layout
+        layout.use_property_split = True
+        column = layout.column(heading="Server")
+        column.prop(self, "server_address")
+        column.prop(self, "request_timeout")
+        column = layout.column(heading="Local Server")
+        column.prop(self, "python_path")
+        column.prop(self, "server_home")
+        column.prop(self, "device")
+        column.prop(self, "start_timeout")
+
+
+def get(context) -> "FACEFORGE_AP_preferences | SimpleNamespace":
+    """The preferences, or their defaults when the package runs without being enabled as an add-on (tests, scripts)."""
+    addon = context.preferences.addons.get(__package__)
+    if addon is not None:
+        return addon.preferences
+    props = FACEFORGE_AP_preferences.__annotations__
+    return SimpleNamespace(**{name: prop.keywords["default"] for name, prop in props.items()})
+
+
+classes = (FACEFORGE_AP_preferences,)
+
+
+def register() -> None:
+    for cls in classes:
+        bpy.utils.register_class(cls)
+
+
+def unregister() -> None:
+    for cls in reversed(classes):
+        bpy.utils.unregister_class(cls)

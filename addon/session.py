@@ -1,0 +1,145 @@
+"""What the add-on keeps between operator calls (bpy-free): workers, local server, current request, server status.
+
+Operators write it, the panel reads it, the timers poll its futures. Nothing in it touches bpy,
+so the whole request life cycle is unit-tested without Blender.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from . import photo
+from .jobs import Job, Worker, user_message
+from .server_process import LocalServer
+from .wire.protocol import ErrorCode, ProtocolError
+
+STATUS_INTERVAL = 3.0   # seconds between server status probes
+STATUS_TIMEOUT = 2.0
+
+
+@dataclass
+class Request:
+    """A reconstruction in flight and everything needed to build its objects once it lands."""
+
+    job: Job
+    photo: str                  # what the user picked: a file path or an image name
+    name: str                   # base object name
+    options: dict               # sent to the server
+    settings: Any               # scene.BuildSettings, applied on the main thread
+    location: tuple = (0.0, 0.0, 0.0)
+    address: str = ""
+
+
+@dataclass
+class Session:
+    requests: Worker = field(default_factory=lambda: Worker("requests"))
+    probes: Worker = field(default_factory=lambda: Worker("probes"))
+    server: LocalServer | None = None      # only a server this add-on started
+    server_job: Job | None = None          # a start in progress
+    server_log: str = ""                   # log tail of a failed start, shown in the panel
+    request: Request | None = None
+    status: dict | None = None             # last ``info`` reply, None when not connected
+    status_error: str = ""
+    status_job: Job | None = None
+    status_time: float = float("-inf")
+    message: tuple = ("", "")              # (level, text) of the last outcome: INFO / WARNING / ERROR
+    expected_seconds: float = 10.0         # last reconstruction's duration, drives the progress bar
+
+    @property
+    def busy(self) -> bool:
+        return self.request is not None and not self.request.job.done()
+
+    def submit_reconstruction(self, source: str | Callable[[], bytes], *, photo_label: str, name: str,
+                              options: dict, settings: Any, location: tuple, address: str, timeout: float) -> Request:
+        """Queue one request; ``source`` is a file path or a callable producing the photo's bytes (run off-thread)."""
+        def run(job: Job):
+            job.status = "Reading photo"
+            data = photo.read_photo(source) if isinstance(source, str) else source()
+            if job.cancelled:
+                raise ProtocolError(ErrorCode.CANCELLED, "request cancelled")
+            job.status = "Contacting the server"
+            info = job.client.info(timeout=min(timeout, STATUS_TIMEOUT * 5))  # version for the metadata, fails fast
+            job.status = "Reconstructing on the server"
+            return info, job.client.reconstruct(data, options, timeout=timeout, cancel=job.cancel_event)
+
+        job = self.requests.submit(run, address=address, status="Queued", expected_seconds=self.expected_seconds)
+        self.request = Request(job, photo_label, name, dict(options), settings, tuple(location), address)
+        self.message = ("", "")
+        return self.request
+
+    def cancel_request(self) -> None:
+        if self.request is not None:
+            self.request.job.cancel()
+
+    def poll_status(self, address: str, now: float | None = None) -> bool:
+        """Probe the server every ``STATUS_INTERVAL`` s; True when what the panel shows changed."""
+        now = time.monotonic() if now is None else now
+        job = self.status_job
+        if job is not None and job.done():
+            self.status_job = None
+            before = (self.status, self.status_error)
+            try:
+                self.status, self.status_error = job.future.result(), ""
+            except BaseException as exc:
+                self.status, self.status_error = None, user_message(exc, address=job.address)
+            return (self.status, self.status_error) != before
+        if job is None and now - self.status_time >= STATUS_INTERVAL:
+            self.status_time = now
+            self.status_job = self.probes.submit(lambda j: j.client.info(timeout=STATUS_TIMEOUT), address=address,
+                                                 status="Checking server", expected_seconds=STATUS_TIMEOUT)
+        return False
+
+    def start_server(self, python: str, address: str, cwd: str, device: str, timeout: float) -> Job:
+        """Start a local server on the probe worker (model loading takes seconds)."""
+        self.stop_server()
+        self.server = LocalServer(python, address, cwd=cwd or None, device=device)
+        self.server_log = ""
+        self.server_job = self.probes.submit(lambda job: self.server.start(timeout, cancel=job.cancel_event),
+                                             status="Starting server",
+                                             expected_seconds=10.0)
+        return self.server_job
+
+    def finish_server_start(self) -> tuple | None:
+        """(level, text) once a start has finished, else None; a failure keeps the log tail for the panel."""
+        job = self.server_job
+        if job is None or not job.done():
+            return None
+        self.server_job = None
+        self.status_time = float("-inf")  # probe again at once
+        try:
+            info = job.future.result()
+        except BaseException as exc:
+            if job.cancelled:
+                return "WARNING", "Server start cancelled"
+            headline, _, self.server_log = str(exc).partition("\n")
+            return "ERROR", f"Could not start the server: {headline}"
+        return "INFO", f"Server {info.get('server_version', '?')} ready on {self.server.address} ({device_label(info)})"
+
+    def stop_server(self, timeout: float = 5.0) -> None:
+        if self.server is not None:
+            self.server.stop(timeout)
+            self.server = None
+            self.status_time = float("-inf")
+
+    def status_line(self) -> str:
+        if self.status is None:
+            return "Not connected"
+        info = self.status
+        return (f"Connected: server {info.get('server_version', '?')}, protocol {info.get('protocol_version', '?')}, "
+                f"{device_label(info)}")
+
+    def close(self) -> None:
+        """Unregister / quit: abandon requests, end threads, stop the server we started."""
+        self.cancel_request()
+        self.requests.shutdown()
+        self.probes.shutdown()
+        self.stop_server()
+
+
+def device_label(info: dict) -> str:
+    device = str(info.get("device", "?"))
+    if device.startswith("cuda"):
+        return f"CUDA ({info.get('device_name', device)})"
+    return device.upper()
+
