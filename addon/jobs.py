@@ -104,9 +104,7 @@ class Worker:
                     job.client = self._client_for(job.address)
                 job.future.set_result(job.fn(job))
             except BaseException as exc:  # the thread must outlive any job; the future carries the error
-                if isinstance(exc, ProtocolError) and exc.code in (ErrorCode.TIMEOUT, ErrorCode.CANCELLED):
-                    self._drop_client()  # its late reply must not be mistaken for the next request's
-                elif not isinstance(exc, (ProtocolError, OSError, RuntimeError, ValueError)):
+                if not isinstance(exc, (ProtocolError, OSError, RuntimeError, ValueError)):
                     traceback.print_exc()  # a bug: keep the traceback for the console, the user gets one line
                 job.future.set_exception(exc)
             finally:

@@ -43,13 +43,14 @@ class FACEFORGE_AP_preferences(bpy.types.AddonPreferences):
 
 
 def get(context) -> "FACEFORGE_AP_preferences | SimpleNamespace":
-    """The preferences, or their defaults when the package runs without being enabled as an add-on (tests, scripts)."""
+    """The preferences, or ``DEFAULTS`` when the package runs without being enabled as an add-on (tests, scripts)."""
     addon = context.preferences.addons.get(__package__)
-    if addon is not None:
-        return addon.preferences
-    props = FACEFORGE_AP_preferences.__annotations__
-    return SimpleNamespace(**{name: prop.keywords["default"] for name, prop in props.items()})
+    return addon.preferences if addon is not None else DEFAULTS
 
+
+# Stand-in preferences for a package registered by hand (``addon.register()``); scripts may edit them.
+DEFAULTS = SimpleNamespace(**{name: prop.keywords["default"]
+                              for name, prop in FACEFORGE_AP_preferences.__annotations__.items()})
 
 classes = (FACEFORGE_AP_preferences,)
 

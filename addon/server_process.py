@@ -132,24 +132,22 @@ class LocalServer:
 
     def _wait_ready(self, timeout: float, cancel: threading.Event) -> dict:
         deadline = time.monotonic() + timeout
-        while True:
-            code = self._process.poll()
-            if code is not None:
-                self._close_log()
-                raise RuntimeError(f"the server exited with code {code} while starting:\n{self.log_tail()}")
-            if cancel.is_set():
-                self.stop()
-                raise RuntimeError("server start cancelled")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the server did not answer within {timeout:g} s:\n{self.log_tail()}")
-            # A fresh client per probe: a late reply to an abandoned probe must not meet the next one.
-            with Client(self.address, timeout=1.0) as client:
+        with Client(self.address, timeout=1.0) as client:
+            while True:
+                code = self._process.poll()
+                if code is not None:
+                    self._close_log()
+                    raise RuntimeError(f"the server exited with code {code} while starting:\n{self.log_tail()}")
+                if cancel.is_set():
+                    self.stop()
+                    raise RuntimeError("server start cancelled")
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"the server did not answer within {timeout:g} s:\n{self.log_tail()}")
                 try:
                     return client.info(timeout=1.0)
                 except ProtocolError:
-                    pass
-            time.sleep(0.2)
+                    time.sleep(0.2)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Terminate (then kill) the process; safe to call twice and at interpreter exit."""

@@ -1,0 +1,78 @@
+"""LocalServer: a real ``python -m inference_server serve`` subprocess started, probed and stopped."""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from addon import server_process
+from addon.server_process import LocalServer, free_port
+from addon.wire.client import Client
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_start_answers_info_then_stop(tmp_path):
+    log = tmp_path / "server.log"
+    server = LocalServer(sys.executable, f"tcp://127.0.0.1:{free_port()}", cwd=str(REPO), log_path=str(log),
+                         device="cpu")
+    try:
+        info = server.start(timeout=180)
+        assert server.running and server.pid
+        assert info["protocol_version"] == 1 and info["device"] == "cpu"
+        with Client(server.address, timeout=10) as client:
+            assert client.info()["server_version"] == info["server_version"]
+        assert "ready" in server.log_tail(50)
+        assert server.start() == info  # already running: no second process
+        with pytest.raises(RuntimeError, match="already in use"):
+            LocalServer(sys.executable, server.address, cwd=str(REPO)).start(timeout=10)
+    finally:
+        server.stop()
+    assert not server.running
+    assert not server_process.tcp_in_use(server.address)
+    server.stop()  # idempotent
+
+
+def test_failed_start_raises_with_log_tail(tmp_path):
+    server = LocalServer(sys.executable, f"tcp://127.0.0.1:{free_port()}", cwd=str(tmp_path))
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="exited with code 1") as info:
+        server.start(timeout=60)
+    assert "No module named inference_server" in str(info.value)  # the log tail explains why
+    assert time.monotonic() - started < 30
+    assert not server.running
+
+
+def test_missing_interpreter():
+    with pytest.raises(RuntimeError, match="cannot run '/nonexistent/python'"):
+        LocalServer("/nonexistent/python", f"tcp://127.0.0.1:{free_port()}").start(timeout=5)
+
+
+def test_start_can_be_cancelled(tmp_path):
+    server = LocalServer(sys.executable, f"tcp://127.0.0.1:{free_port()}", cwd=str(REPO), device="cpu")
+    cancel = threading.Event()
+    threading.Timer(0.5, cancel.set).start()
+    with pytest.raises(RuntimeError, match="cancelled"):
+        server.start(timeout=120, cancel=cancel)
+    assert not server.running
+
+
+def test_defaults_follow_environment(tmp_path):
+    assert server_process.find_python({"FACEFORGE_PYTHON": "/opt/py"}) == "/opt/py"
+    venv = tmp_path / ".venv" / "bin"
+    venv.mkdir(parents=True)
+    (venv / "python").write_text("")
+    assert server_process.find_home({"FACEFORGE_HOME": str(tmp_path)}) == str(tmp_path)
+    assert server_process.find_python({"FACEFORGE_HOME": str(tmp_path)}) == str(venv / "python")
+    # From this source checkout: the repository root and its .venv.
+    assert server_process.find_home({}) == str(REPO)
+    if (REPO / ".venv" / "bin" / "python").exists():
+        assert server_process.find_python({}) == str(REPO / ".venv" / "bin" / "python")
+
+
+def test_tcp_in_use():
+    assert not server_process.tcp_in_use(f"tcp://127.0.0.1:{free_port()}")
+    assert not server_process.tcp_in_use("ipc:///tmp/faceforge")
