@@ -84,7 +84,8 @@ def _set_input(node, names: tuple, value) -> None:
 def skin_material(name: str, texture: "bpy.types.Image") -> "bpy.types.Material":
     """Principled BSDF fed by the photo texture through the UV map."""
     material = bpy.data.materials.new(name)
-    material.use_nodes = True  # a no-op (always on) in 5.0, required before it
+    if bpy.app.version < (5, 0, 0):  # always on (and deprecated) since 5.0
+        material.use_nodes = True
     nodes, links = material.node_tree.nodes, material.node_tree.links
     bsdf = next(node for node in nodes if node.type == "BSDF_PRINCIPLED")
     image_node = nodes.new("ShaderNodeTexImage")

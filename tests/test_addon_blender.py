@@ -1,0 +1,245 @@
+"""The add-on inside Blender (bpy 5.0 module): objects built from real server replies, and error paths.
+
+Modal operators and timers do not run headless, so the tests call ``execute`` (which waits on the
+worker's future) and the main-thread step ``operators.apply_finished`` directly.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+
+import numpy as np
+import pytest
+
+from addon.server_process import free_port
+from tests.addon_fixtures import astronaut_reply, bpy_module, photo_dir, pixels_of  # noqa: F401 (fixtures)
+
+
+@pytest.fixture(scope="module")
+def faceforge(bpy_module, server_address):
+    """The add-on registered by hand (package ``addon``), talking to the test server."""
+    import addon
+    from addon import operators, preferences
+
+    addon.register()
+    preferences.DEFAULTS.server_address = server_address
+    preferences.DEFAULTS.request_timeout = 180.0
+    try:
+        yield operators
+    finally:
+        addon.unregister()
+
+
+@pytest.fixture
+def bpy(bpy_module, faceforge):
+    bpy_module.ops.wm.read_homefile(use_empty=True)
+    return bpy_module
+
+
+def _build(bpy, reply, **settings):
+    from addon import scene
+
+    info, reconstruction = reply
+    return scene.build_face_object(
+        reconstruction.faces[0], name="astronaut", settings=scene.BuildSettings(**settings), location=(1.0, 2.0, 3.0),
+        metadata={"source_photo": "/photos/astronaut.png", "server_version": info["server_version"],
+                  "timings_ms": reconstruction.meta["timings_ms"]})
+
+
+def test_object_from_real_reply(bpy, astronaut_reply):
+    obj = _build(bpy, astronaut_reply)
+    arrays = astronaut_reply[1].faces[0].arrays
+    mesh = obj.data
+    assert obj.name == "astronaut" and obj.type == "MESH"
+    assert obj.name in bpy.context.scene.objects
+    assert tuple(obj.location) == (1.0, 2.0, 3.0)
+    assert len(mesh.vertices) == len(arrays["vertices"]) > 1000
+    assert len(mesh.polygons) == len(arrays["faces"])
+    assert {p.loop_total for p in mesh.polygons[:100]} == {3}
+    co = np.empty(len(mesh.vertices) * 3, np.float32)
+    mesh.vertices.foreach_get("co", co)
+    np.testing.assert_array_equal(co.reshape(-1, 3), arrays["vertices"])
+    width = co.reshape(-1, 3)[:, 0].ptp()
+    assert 0.10 < width < 0.25  # metres: a human face, not pixels or centimetres
+
+    # Faces the front view: polygon normals point to -Y on average.
+    normals = np.empty(len(mesh.polygons) * 3, np.float32)
+    mesh.polygons.foreach_get("normal", normals)
+    assert normals.reshape(-1, 3).mean(0)[1] < -0.5
+    smooth = np.empty(len(mesh.polygons), bool)
+    mesh.polygons.foreach_get("use_smooth", smooth)
+    assert smooth.all()
+
+    assert [layer.name for layer in mesh.uv_layers] == ["UVMap"]
+    uv = np.empty(len(mesh.loops) * 2, np.float32)
+    mesh.uv_layers["UVMap"].data.foreach_get("uv", uv)
+    assert 0.0 <= uv.min() and uv.max() <= 1.0
+    np.testing.assert_allclose(uv.reshape(-1, 2), arrays["uvs"][arrays["faces"].ravel()], atol=1e-6)
+
+
+def test_material_textures_and_packed_images(bpy, astronaut_reply):
+    obj = _build(bpy, astronaut_reply)
+    arrays = astronaut_reply[1].faces[0].arrays
+    material = obj.active_material
+    nodes = material.node_tree.nodes
+    bsdf = next(n for n in nodes if n.type == "BSDF_PRINCIPLED")
+    link = bsdf.inputs["Base Color"].links[0]
+    assert link.from_node.type == "TEX_IMAGE"
+    texture = link.from_node.image
+    assert texture.packed_file is not None and not texture.is_float
+    assert tuple(texture.size) == (arrays["texture"].shape[1], arrays["texture"].shape[0])
+    rgba = pixels_of(texture)
+    # Blender rows run bottom-up: its last row is the texture's first.
+    np.testing.assert_allclose(rgba[-1, :, :3], arrays["texture"][0] / 255, atol=1 / 255)
+    np.testing.assert_allclose(rgba[0, :, :3], arrays["texture"][-1] / 255, atol=1 / 255)
+
+    displace = obj.modifiers["Detail"]
+    detail = displace.texture.image
+    assert detail.is_float and detail.packed_file is not None
+    assert detail.colorspace_settings.name == "Non-Color"
+    np.testing.assert_allclose(pixels_of(detail)[::-1, :, 0], 0.5 + arrays["detail"], atol=1e-5)
+
+    depth = obj["faceforge_depth"]
+    assert depth.is_float and depth.packed_file is not None
+    np.testing.assert_allclose(pixels_of(depth)[::-1, :, 0], arrays["depth"], atol=1e-6)
+
+
+def test_modifier_stack_and_metadata(bpy, astronaut_reply):
+    obj = _build(bpy, astronaut_reply, smooth_iterations=7, smooth_factor=0.3, subdivision_levels=2,
+                 detail_strength=0.004)
+    assert [m.type for m in obj.modifiers] == ["LAPLACIANSMOOTH", "SUBSURF", "DISPLACE"]
+    smooth, subsurf, displace = obj.modifiers
+    assert smooth.iterations == 7 and smooth.lambda_factor == pytest.approx(0.3)
+    assert subsurf.levels == 2 and subsurf.render_levels == 2
+    assert displace.texture_coords == "UV" and displace.uv_layer == "UVMap"
+    assert displace.mid_level == pytest.approx(0.5) and displace.strength == pytest.approx(0.004)
+    evaluated = obj.evaluated_get(bpy.context.evaluated_depsgraph_get())
+    assert len(evaluated.data.vertices) > 4 * len(obj.data.vertices)  # two subdivision levels
+
+    meta = obj["faceforge"].to_dict()
+    info, reconstruction = astronaut_reply
+    assert meta["source_photo"] == "/photos/astronaut.png"
+    assert meta["server_version"] == info["server_version"]
+    assert set(meta["timings_ms"]) == set(reconstruction.meta["timings_ms"])
+    assert meta["settings"] == {"smooth_iterations": 7, "smooth_factor": pytest.approx(0.3),
+                                "subdivision_levels": 2, "detail_strength": pytest.approx(0.004)}
+    assert meta["face"]["vertex_count"] == len(obj.data.vertices)
+    assert meta["face_index"] == 0 and len(meta["face"]["box"]) == 4
+
+
+def test_smoothing_off_hides_the_modifier(bpy, astronaut_reply):
+    obj = _build(bpy, astronaut_reply, smooth_iterations=0, subdivision_levels=0)
+    assert not obj.modifiers["Smooth"].show_viewport and obj.modifiers["Subdivision"].levels == 0
+
+
+def test_saved_file_travels(bpy, astronaut_reply, tmp_path):
+    obj = _build(bpy, astronaut_reply)
+    texture = pixels_of(obj.active_material.node_tree.nodes["Image Texture"].image).copy()
+    path = str(tmp_path / "face.blend")
+    bpy.ops.wm.save_as_mainfile(filepath=path)
+    bpy.ops.wm.read_homefile(use_empty=True)
+    assert "astronaut" not in bpy.data.objects
+    bpy.ops.wm.open_mainfile(filepath=path)
+    obj = bpy.data.objects["astronaut"]
+    images = {image.name: image for image in bpy.data.images}
+    assert {"astronaut_texture", "astronaut_detail", "astronaut_depth"} <= set(images)
+    assert all(images[name].packed_file is not None for name in ("astronaut_texture", "astronaut_detail",
+                                                                  "astronaut_depth"))
+    np.testing.assert_allclose(pixels_of(images["astronaut_texture"]), texture, atol=1 / 255)
+    assert obj["faceforge_depth"] == images["astronaut_depth"]
+    assert obj["faceforge"]["source_photo"] == "/photos/astronaut.png"
+
+
+def test_operator_from_photo_file(bpy, faceforge, photo_dir):
+    props = bpy.context.scene.faceforge
+    props.photo_path = str(photo_dir / "astronaut.png")
+    props.resolution = 60
+    bpy.context.scene.cursor.location = (0.5, -1.0, 1.5)
+    assert bpy.ops.faceforge.reconstruct() == {"FINISHED"}
+    obj = bpy.data.objects["astronaut"]
+    assert tuple(obj.location) == pytest.approx((0.5, -1.0, 1.5))
+    assert bpy.context.view_layer.objects.active == obj and obj.select_get()
+    assert obj["faceforge"]["options"].to_dict() == {"face": "largest", "resolution": 60}
+    assert obj["faceforge"]["source_photo"] == str(photo_dir / "astronaut.png")
+    level, message = faceforge.SESSION.message
+    assert level == "INFO" and message.startswith("Reconstructed 1 face from astronaut.png")
+
+
+def test_operator_from_loaded_and_generated_images(bpy, faceforge, photo_dir, astronaut_rgb):
+    from addon import meshdata
+
+    props = bpy.context.scene.faceforge
+    props.photo_source = "IMAGE"
+    props.photo_image = bpy.data.images.load(str(photo_dir / "grace_hopper.jpg"))
+    assert bpy.ops.faceforge.reconstruct() == {"FINISHED"}
+    assert "grace_hopper" in bpy.data.objects  # named after the image datablock, without extension
+
+    height, width = astronaut_rgb.shape[:2]
+    painted = bpy.data.images.new("painted", width, height)  # exists only in memory: sent as PNG
+    painted.pixels.foreach_set(meshdata.rgb_pixels(astronaut_rgb))
+    props.photo_image = painted
+    assert bpy.ops.faceforge.reconstruct() == {"FINISHED"}
+    assert len(bpy.data.objects["painted"].data.vertices) > 1000
+
+
+def test_all_faces_one_object_each(bpy, faceforge, photo_dir):
+    props = bpy.context.scene.faceforge
+    props.photo_path = str(photo_dir / "pair.png")
+    props.face = "ALL"
+    assert bpy.ops.faceforge.reconstruct() == {"FINISHED"}
+    faces = sorted((o for o in bpy.data.objects if o.name.startswith("pair.face")), key=lambda o: o.location.x)
+    assert [o.name for o in faces] == ["pair.face0", "pair.face1"]
+    assert faces[1].location.x - faces[0].location.x == pytest.approx(faceforge.FACE_SPACING)
+    assert faces[0]["faceforge"]["faces_detected"] == 2
+
+
+def _finish(bpy, faceforge, photo_path, **prefs):
+    """Submit through the panel's own path and run the main-thread step; never raises."""
+    from addon import preferences
+
+    saved = {name: getattr(preferences.DEFAULTS, name) for name in prefs}
+    for name, value in prefs.items():
+        setattr(preferences.DEFAULTS, name, value)
+    try:
+        bpy.context.scene.faceforge.photo_path = str(photo_path)
+        request = faceforge.submit(bpy.context)
+        concurrent.futures.wait([request.job.future], 120)
+        return faceforge.apply_finished(bpy.context, request)
+    finally:
+        for name, value in saved.items():
+            setattr(preferences.DEFAULTS, name, value)
+
+
+@pytest.mark.parametrize("photo_name, prefs, expected", [
+    ("astronaut.png", {"server_address": "unreachable"}, "No FaceForge server answers at tcp://127.0.0.1:"),
+    ("grace_hopper.jpg", {"request_timeout": 0.05}, "did not answer in time"),
+    ("coffee.png", {}, "No face found in "),
+    ("broken.jpg", {}, "could not be read as an image"),
+    ("missing.jpg", {}, "No such file or directory"),
+])
+def test_errors_are_reported_not_raised(bpy, faceforge, photo_dir, photo_name, prefs, expected):
+    if prefs.get("server_address") == "unreachable":
+        prefs = {"server_address": f"tcp://127.0.0.1:{free_port()}"}
+    before = set(bpy.data.objects.keys())
+    level, message, objects = _finish(bpy, faceforge, photo_dir / photo_name, **prefs)
+    assert level == "ERROR" and expected in message and "Traceback" not in message
+    assert objects == [] and set(bpy.data.objects.keys()) == before
+
+
+def test_operator_reports_errors_through_blender(bpy, faceforge, photo_dir):
+    bpy.context.scene.faceforge.photo_path = str(photo_dir / "coffee.png")
+    # bpy.ops turns an operator's ERROR report into RuntimeError("Error: <message>") for the calling script.
+    with pytest.raises(RuntimeError, match=r"^Error: No face found in .*coffee\.png"):
+        bpy.ops.faceforge.reconstruct()
+    assert faceforge.SESSION.message[0] == "ERROR" and not bpy.data.objects
+    bpy.context.scene.faceforge.photo_path = ""
+    with pytest.raises(RuntimeError, match="Choose a photo file first"):
+        bpy.ops.faceforge.reconstruct()
+
+
+def test_cancelled_request_is_a_warning(bpy, faceforge, photo_dir):
+    bpy.context.scene.faceforge.photo_path = str(photo_dir / "grace_hopper.jpg")
+    request = faceforge.submit(bpy.context)
+    request.job.cancel()
+    concurrent.futures.wait([request.job.future], 30)
+    assert faceforge.apply_finished(bpy.context, request) == ("WARNING", "Reconstruction cancelled", [])
+    assert not bpy.data.objects
