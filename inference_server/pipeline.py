@@ -178,7 +178,8 @@ class FaceGeometry:
     def depth_map(self, resolution: int) -> tuple[np.ndarray, np.ndarray]:
         """(R, R) height in metres in front of the face's deepest point (0 outside the mask), and the mask."""
         size = self.config.texture_size
-        mask = meshing.region_mask(self.outline * resolution / size, [h * resolution / size for h in self.holes],
+        scale = resolution / size
+        mask = meshing.region_mask(meshing.spline_rings(self.outline * scale, [h * scale for h in self.holes], 0.5),
                                    resolution)
         rows, cols = np.nonzero(mask)
         centres = (np.stack([cols, rows], 1) + 0.5) * (size / resolution)

@@ -36,6 +36,9 @@ def test_mesh_size_and_index_validity(face):
     assert len(v) >= 8000 and len(f) >= 15000
     assert f.min() == 0 and f.max() == len(v) - 1  # compact: every vertex is used
     assert np.isfinite(v).all()
+    a, b = f.ravel().astype(np.int64), np.roll(f, -1, 1).ravel().astype(np.int64)
+    _, uses = np.unique(np.minimum(a, b) * len(v) + np.maximum(a, b), return_counts=True)
+    assert uses.max() == 2, "manifold: no edge shared by three triangles (lattice and band meet exactly)"
 
 
 def test_metric_scale_and_axes(face):
