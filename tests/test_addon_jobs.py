@@ -182,3 +182,38 @@ def test_status_polling(server_address):
 def test_device_label():
     assert session.device_label({"device": "cpu"}) == "CPU"
     assert session.device_label({"device": "cuda:0", "device_name": "NVIDIA H100"}) == "CUDA (NVIDIA H100)"
+
+
+def test_protocol_mismatch_is_reported():
+    """A server from the future (protocol version 2): a stub ROUTER answering every request in v2 framing."""
+    import json
+
+    import zmq
+
+    context = zmq.Context.instance()
+    router = context.socket(zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    stop = threading.Event()
+
+    def answer():
+        while not stop.is_set():
+            if router.poll(50):
+                identity, header, *_ = router.recv_multipart()
+                request_id = json.loads(header)["id"]
+                reply = {"protocol": "faceforge", "version": 2, "id": request_id, "ok": True, "result": {}, "frames": []}
+                router.send_multipart([identity, json.dumps(reply).encode()])
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    state = session.Session()
+    try:
+        job = state.submit_reconstruction(lambda: b"photo", photo_label="p.png", name="p", options={}, settings=None,
+                                          location=(0, 0, 0), address=f"tcp://127.0.0.1:{port}", timeout=10).job
+        error = _wait(job, 30).future.exception()
+        assert isinstance(error, ProtocolError) and error.code == ErrorCode.UNSUPPORTED_VERSION
+        assert jobs.user_message(error).startswith("Server and add-on speak different protocol versions")
+    finally:
+        state.close()
+        stop.set()
+        thread.join(2)
+        router.close(linger=0)
