@@ -411,7 +411,9 @@ def run(opts: core.Options) -> int:
     client = None
     previous = {}
     try:
-        for sig in (signal.SIGTERM, signal.SIGHUP):
+        for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+            if sig is None:
+                continue
             try:
                 previous[sig] = signal.signal(sig, _interrupt)
             except (ValueError, OSError, AttributeError):
@@ -480,6 +482,11 @@ def run(opts: core.Options) -> int:
     except KeyboardInterrupt:
         say("interrupted: stopping")
         summary.run["interrupted"] = True
+        for photo in todo:
+            report = reports[photo.key]
+            if report.status == "pending":
+                report.note = "interrupted before it was done"
+                summary.add(report)
         exit_code = core.EXIT_INTERRUPTED
     finally:
         if client is not None:
@@ -490,16 +497,17 @@ def run(opts: core.Options) -> int:
             except Exception as exc:
                 say(f"warning: stopping the server: {exc}")
         for sig, handler in previous.items():
-            try:
-                signal.signal(sig, handler)
-            except (ValueError, OSError):
+            try:  # a handler installed from C reads back as None: restore the default then
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+            except (TypeError, ValueError, OSError):
                 pass
         summary.finished = exit_code != core.EXIT_INTERRUPTED
         summary.run["elapsed_s"] = round(time.monotonic() - started, 3)
         summary.write()
 
     counts = summary.counts()
-    say(f"done: {counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed "
+    pending = f", {counts['pending']} not done" if counts.get("pending") else ""
+    say(f"done: {counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed{pending} "
         f"in {core.format_duration(time.monotonic() - started)}; summary {opts.summary_path}")
     if exit_code == core.EXIT_OK and counts["failed"]:
         exit_code = core.EXIT_PHOTOS_FAILED
