@@ -63,7 +63,7 @@ def mesh_arrays(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray) -> Mes
         vertex_index=np.ascontiguousarray(corners),
         loop_start=np.arange(0, 3 * count, 3, dtype=np.int32),
         loop_total=np.full(count, 3, dtype=np.int32),
-        loop_uv=np.ascontiguousarray(uvs, dtype=np.float32)[corners].ravel(),
+        loop_uv=np.take(np.asarray(uvs, dtype=np.float32), corners, axis=0).ravel(),
         use_smooth=np.ones(count, dtype=bool),
     )
 

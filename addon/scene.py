@@ -33,12 +33,19 @@ def build_mesh(name: str, vertices, faces, uvs) -> "bpy.types.Mesh":
     mesh.vertices.add(arrays.vertex_count)
     mesh.loops.add(len(arrays.vertex_index))
     mesh.polygons.add(arrays.polygon_count)
-    mesh.vertices.foreach_set("co", arrays.co)
-    mesh.loops.foreach_set("vertex_index", arrays.vertex_index)
+    if bpy.app.version >= (3, 6, 0):
+        # Generic attributes take raw buffers: ~50x faster than the MeshVertex/MeshLoop wrappers.
+        mesh.attributes["position"].data.foreach_set("vector", arrays.co)
+        mesh.attributes[".corner_vert"].data.foreach_set("value", arrays.vertex_index)
+    else:
+        mesh.vertices.foreach_set("co", arrays.co)
+        mesh.loops.foreach_set("vertex_index", arrays.vertex_index)
+        mesh.polygons.foreach_set("loop_total", arrays.loop_total)  # derived from loop_start since 3.6
     mesh.polygons.foreach_set("loop_start", arrays.loop_start)
-    if bpy.app.version < (3, 6, 0):  # face sizes are derived from loop_start since 3.6 (loop_total is read-only)
-        mesh.polygons.foreach_set("loop_total", arrays.loop_total)
-    mesh.polygons.foreach_set("use_smooth", arrays.use_smooth)
+    if bpy.app.version >= (4, 1, 0):
+        mesh.shade_smooth()  # drops the sharp_face attribute: no per-face write
+    else:
+        mesh.polygons.foreach_set("use_smooth", arrays.use_smooth)
     uv_layer = mesh.uv_layers.new(name=UV_NAME)
     if bpy.app.version >= (3, 5, 0):
         uv_layer.uv.foreach_set("vector", arrays.loop_uv)
