@@ -23,7 +23,7 @@ from .image_loading import load_rgb
 from .surface import fit_height_field
 
 FACE_WIDTH_M = 0.14  # bizygomatic width of an average adult face: sets the metric scale
-SILHOUETTE_WEIGHT = 0.25
+SILHOUETTE_WEIGHT = 0.1
 
 
 @dataclass

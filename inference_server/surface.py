@@ -77,7 +77,7 @@ def _bilinear_matrix(grid_xy: np.ndarray, g: int) -> sp.csr_matrix:
 
 
 def fit_height_field(points: np.ndarray, weights: np.ndarray | None = None, grid_size: int = 64,
-                     smoothness: float = 0.15, pad: float = 0.08) -> HeightField:
+                     smoothness: float = 0.4, pad: float = 0.08) -> HeightField:
     """Thin-plate fit through ``points`` (N, 3: pixel x, pixel y, height), each weighted by ``weights``.
 
     ``smoothness`` trades exact interpolation (0) against fairness; heights and smoothness are both in
