@@ -100,12 +100,6 @@ def detail_pixels(detail: np.ndarray) -> np.ndarray:
     return scalar_pixels(detail, DETAIL_MIDLEVEL)
 
 
-def unflip_rgb(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Blender pixels (flat RGBA float, bottom row first) -> (H, W, 3) uint8 top row first; the inverse of ``rgb_pixels``."""
-    rgba = np.asarray(pixels, dtype=np.float32).reshape(height, width, 4)[::-1, :, :3]
-    return np.clip(np.rint(rgba * 255), 0, 255).astype(np.uint8)
-
-
 def idprop_value(value: Any) -> Any:
     """Make metadata storable as Blender custom properties (no None, no mixed lists, str keys)."""
     if isinstance(value, Mapping):

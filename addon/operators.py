@@ -58,7 +58,7 @@ def submit(context) -> Request:
             raise ValueError("Choose an image first")
         source, label = _image_source(props.photo_image), props.photo_image.name
     return SESSION.submit_reconstruction(
-        source, photo_label=label, name=meshdata.object_name(label, 0, 1), options=props.server_options(),
+        source, photo_label=label, options=props.server_options(),
         settings=props.build_settings(), location=tuple(context.scene.cursor.location),
         address=prefs.server_address, timeout=prefs.request_timeout)
 

@@ -23,8 +23,7 @@ class Request:
     """A reconstruction in flight and everything needed to build its objects once it lands."""
 
     job: Job
-    photo: str                  # what the user picked: a file path or an image name
-    name: str                   # base object name
+    photo: str                  # what the user picked: a file path or an image name; objects are named after it
     options: dict               # sent to the server
     settings: Any               # scene.BuildSettings, applied on the main thread
     location: tuple = (0.0, 0.0, 0.0)
@@ -50,8 +49,7 @@ class Session:
     def busy(self) -> bool:
         return self.request is not None and not self.request.job.done()
 
-    def submit_reconstruction(self, source: str | Callable[[], bytes], *, photo_label: str, name: str,
-                              options: dict, settings: Any, location: tuple, address: str, timeout: float) -> Request:
+    def submit_reconstruction(self, source: str | Callable[[], bytes], *, photo_label: str, options: dict, settings: Any, location: tuple, address: str, timeout: float) -> Request:
         """Queue one request; ``source`` is a file path or a callable producing the photo's bytes (run off-thread)."""
         def run(job: Job):
             job.status = "Reading photo"
@@ -64,7 +62,7 @@ class Session:
             return info, job.client.reconstruct(data, options, timeout=timeout, cancel=job.cancel_event)
 
         job = self.requests.submit(run, address=address, status="Queued", expected_seconds=self.expected_seconds)
-        self.request = Request(job, photo_label, name, dict(options), settings, tuple(location), address)
+        self.request = Request(job, photo_label, dict(options), settings, tuple(location), address)
         self.message = ("", "")
         return self.request
 

@@ -69,7 +69,7 @@ def test_unreachable_server_is_reported_not_raised():
     address = f"tcp://127.0.0.1:{free_port()}"
     state = session.Session()
     try:
-        request = state.submit_reconstruction(lambda: b"unused", photo_label="p.png", name="p", options={},
+        request = state.submit_reconstruction(lambda: b"unused", photo_label="p.png", options={},
                                               settings=None, location=(0, 0, 0), address=address, timeout=5)
         error = _wait(request.job).future.exception()
         assert isinstance(error, ProtocolError) and error.code == ErrorCode.UNREACHABLE
@@ -82,7 +82,7 @@ def test_unreachable_server_is_reported_not_raised():
 def test_reconstruction_round_trip_and_progress(server_address, astronaut_png):
     state = session.Session(expected_seconds=1000.0)
     try:
-        request = state.submit_reconstruction(lambda: astronaut_png, photo_label="astronaut.png", name="astronaut",
+        request = state.submit_reconstruction(lambda: astronaut_png, photo_label="astronaut.png",
                                               options={"face": "largest", "resolution": 40}, settings=None,
                                               location=(1, 2, 3), address=server_address, timeout=120)
         assert state.busy and 0.0 <= request.job.progress <= 0.95
@@ -99,7 +99,7 @@ def test_reconstruction_round_trip_and_progress(server_address, astronaut_png):
 def test_cancel_abandons_a_running_request_quickly(server_address, grace_hopper_jpg):
     state = session.Session()
     try:
-        request = state.submit_reconstruction(lambda: grace_hopper_jpg, photo_label="g.jpg", name="g",
+        request = state.submit_reconstruction(lambda: grace_hopper_jpg, photo_label="g.jpg",
                                               options={"resolution": 300}, settings=None, location=(0, 0, 0),
                                               address=server_address, timeout=120)
         deadline = time.monotonic() + 30
@@ -121,7 +121,7 @@ def test_cancel_abandons_a_running_request_quickly(server_address, grace_hopper_
 def test_timeout_is_reported(server_address, grace_hopper_jpg):
     state = session.Session()
     try:
-        request = state.submit_reconstruction(lambda: grace_hopper_jpg, photo_label="g.jpg", name="g", options={},
+        request = state.submit_reconstruction(lambda: grace_hopper_jpg, photo_label="g.jpg", options={},
                                               settings=None, location=(0, 0, 0), address=server_address,
                                               timeout=0.05)
         error = _wait(request.job, 30).future.exception()
@@ -139,7 +139,7 @@ def test_server_errors_become_clear_messages(request, server_address, photo_fixt
     data = request.getfixturevalue(photo_fixture)
     state = session.Session()
     try:
-        job = state.submit_reconstruction(lambda: data, photo_label="coffee.png", name="coffee", options={},
+        job = state.submit_reconstruction(lambda: data, photo_label="coffee.png", options={},
                                           settings=None, location=(0, 0, 0), address=server_address,
                                           timeout=120).job
         error = _wait(job, 120).future.exception()
@@ -153,7 +153,7 @@ def test_missing_photo_file_is_reported(tmp_path):
     state = session.Session()
     try:
         missing = str(tmp_path / "gone.jpg")
-        job = state.submit_reconstruction(missing, photo_label=missing, name="gone", options={}, settings=None,
+        job = state.submit_reconstruction(missing, photo_label=missing, options={}, settings=None,
                                           location=(0, 0, 0), address="tcp://127.0.0.1:1", timeout=1).job
         error = _wait(job).future.exception()
         assert isinstance(error, FileNotFoundError)
@@ -207,7 +207,7 @@ def test_protocol_mismatch_is_reported():
     thread.start()
     state = session.Session()
     try:
-        job = state.submit_reconstruction(lambda: b"photo", photo_label="p.png", name="p", options={}, settings=None,
+        job = state.submit_reconstruction(lambda: b"photo", photo_label="p.png", options={}, settings=None,
                                           location=(0, 0, 0), address=f"tcp://127.0.0.1:{port}", timeout=10).job
         error = _wait(job, 30).future.exception()
         assert isinstance(error, ProtocolError) and error.code == ErrorCode.UNSUPPORTED_VERSION

@@ -80,7 +80,7 @@ def test_idle_panel(ui):
 def test_busy_panel_shows_progress_and_cancel(ui):
     session = ui.operators.SESSION
     gate = threading.Event()
-    request = session.submit_reconstruction(lambda: gate.wait(10) and b"", photo_label="a.png", name="a", options={},
+    request = session.submit_reconstruction(lambda: gate.wait(10) and b"", photo_label="a.png", options={},
                                             settings=None, location=(0, 0, 0), address="tcp://127.0.0.1:1", timeout=1)
     try:
         ui.bpy.context.scene.faceforge.face = "INDEX"
