@@ -196,3 +196,30 @@ def test_no_face_and_bad_options(pipeline, no_face_png, astronaut_png):
         with pytest.raises(ProtocolError) as info:
             pipeline.reconstruct(astronaut_png, params)
         assert info.value.code == ErrorCode.BAD_REQUEST
+
+
+def test_rolled_head_is_aligned_upright(pipeline, astronaut_rgb):
+    """A photo tilted by 25 degrees: the crop is de-rolled, so the mesh's eye line is level and the
+    texture still lands on MTCNN's points in the (tilted) photo."""
+    tilted = Image.fromarray(astronaut_rgb).rotate(25, resample=Image.BICUBIC, expand=True, fillcolor=(90, 90, 90))
+    buf = io.BytesIO()
+    tilted.save(buf, "PNG")
+    face = pipeline.reconstruct(buf.getvalue()).faces[0]
+    marks = face.arrays["landmarks"]
+    left, right = marks[list(lm.EYE_RINGS[0])].mean(0), marks[list(lm.EYE_RINGS[1])].mean(0)
+    roll = np.degrees(np.arctan2(right[2] - left[2], right[0] - left[0]))
+    assert abs(roll) < 5, f"eye line tilted by {roll:.1f} degrees in the mesh"
+    test_uvs_and_texture_alignment(face)
+
+
+def test_large_photo_goes_through_downscaled_detection(pipeline, astronaut_rgb):
+    big = Image.fromarray(astronaut_rgb).resize((3000, 3000), Image.BICUBIC)
+    buf = io.BytesIO()
+    big.save(buf, "JPEG", quality=90)
+    result = pipeline.reconstruct(buf.getvalue())
+    assert result.meta["image_size"] == [3000, 3000]
+    face = result.faces[0]
+    assert len(face.arrays["vertices"]) >= 8000
+    box = np.array(face.meta["box"])
+    assert 400 < box[2] - box[0] < 700  # the 87 px astronaut face, scaled by 3000/512, in full-size pixels
+    test_uvs_and_texture_alignment(face)
