@@ -107,8 +107,8 @@ def main(argv=None) -> int:
             label = args.blender
         print(f"{len(photos)} photos, formats {args.formats}, {label}, {os.cpu_count()} CPU cores, extra {extra or '-'}")
         results = []
-        for jobs in [int(j) for j in args.jobs.split(",")]:
-            output = work / f"out_jobs{jobs}"
+        for run_index, jobs in enumerate(int(j) for j in args.jobs.split(",")):
+            output = work / f"out{run_index}_jobs{jobs}"
             command = launcher + ["--input", str(photos_dir), "--output", str(output), "--server", address,
                                   "--formats", args.formats, "--jobs", str(jobs), *extra]
             t = time.perf_counter()
@@ -127,10 +127,14 @@ def main(argv=None) -> int:
             print(f"jobs {jobs}: {ok} photos in {wall:6.1f} s wall = {ok / wall:.3f} photos/s | "
                   f"batch run {ready:6.1f} s = {ok / ready:.3f} photos/s | per photo: Blender build+write "
                   f"{results[-1][3]:.2f} s, server pipeline {results[-1][4]:.2f} s", flush=True)
-        if len(results) > 1:
-            base = results[0]
-            for jobs, wall, ready, *_ in results[1:]:
-                print(f"jobs {jobs} vs jobs {base[0]}: {base[1] / wall:.2f}x wall, {base[2] / ready:.2f}x batch run")
+        best = {}
+        for jobs, wall, ready, *_ in results:
+            best[jobs] = min(best.get(jobs, ready), ready)
+        if len(best) > 1:
+            base_jobs = min(best)
+            for jobs, ready in sorted(best.items()):
+                print(f"best of runs, jobs {jobs}: {len(photos) / ready:.3f} photos/s "
+                      f"({best[base_jobs] / ready:.2f}x jobs {base_jobs})")
     finally:
         if server is not None:
             server.stop()

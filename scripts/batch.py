@@ -447,7 +447,7 @@ def run(opts: core.Options) -> int:
             summary.run["blender"] = ".".join(map(str, blender.version))
             settings = _settings(opts)
             progress.begin()
-            alive = (lambda: server.running) if server is not None else (lambda: True)
+            alive = (lambda: server.running) if server is not None else _external_alive(address)
             window = core.Window(client, todo, opts.request_params(), jobs=opts.jobs, timeout=opts.timeout,
                                  alive=alive)
             for photo, message, error in window.events():
@@ -518,11 +518,33 @@ class _ServerProblem(Exception):
     pass
 
 
+def _external_alive(address: str, every_s: float = 5.0):
+    """For --server: whether something still listens at a tcp:// address (checked at most every
+    ``every_s``), so a server that dies mid-run fails the batch at once instead of after --timeout."""
+    from addon.server_process import tcp_in_use
+
+    if not address.startswith("tcp://"):
+        return lambda: True
+    state = {"checked": 0.0, "alive": True}
+
+    def alive() -> bool:
+        now = time.monotonic()
+        if now - state["checked"] >= every_s:
+            state["checked"], state["alive"] = now, tcp_in_use(address, timeout=1.0)
+        return state["alive"]
+
+    return alive
+
+
 def main(argv=None) -> int:
     try:
         opts = core.parse_args(core.script_argv(sys.argv if argv is None else argv))
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return int(exc.code or 0)
+    missing = core.missing_modules()
+    if missing:
+        say(core.setup_hint(missing))
+        return core.EXIT_SETUP
     return run(opts)
 
 

@@ -47,6 +47,7 @@ EXIT_OK = 0            # every photo done (or already done)
 EXIT_PHOTOS_FAILED = 1  # the batch ran; at least one photo failed (see the summary)
 EXIT_USAGE = 2          # bad command line
 EXIT_SERVER = 3         # no server: could not start or reach it; nothing (more) was processed
+EXIT_SETUP = 4          # this Python lacks numpy or pyzmq (Debian: apt-get install python3-numpy python3-zmq)
 EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM; the summary lists what was done
 
 # Error codes the batch itself reports, next to the server's (protocol.ErrorCode values).
@@ -147,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="blender -b --python-exit-code 1 -P scripts/batch.py --",
         description="Reconstruct 3D faces from photos and write .blend / .glb / .obj / .ply / .stl files.",
         epilog=f"Exit status: {EXIT_OK} all photos done; {EXIT_PHOTOS_FAILED} some photos failed (see the summary); "
-               f"{EXIT_USAGE} bad arguments; {EXIT_SERVER} no server; {EXIT_INTERRUPTED} interrupted.")
+               f"{EXIT_USAGE} bad arguments; {EXIT_SERVER} no server; {EXIT_SETUP} numpy/pyzmq missing; "
+               f"{EXIT_INTERRUPTED} interrupted.")
     parser.add_argument("--input", "-i", dest="inputs", action="extend", nargs="+", required=True, type=Path,
                         metavar="PHOTO_OR_DIR", help="photos and/or folders of photos (repeatable)")
     parser.add_argument("--output", "-o", required=True, type=Path, metavar="DIR", help="output folder")
@@ -639,6 +641,27 @@ class Window:
 
 # ----------------------------------------------------------------------------------------------
 # Local server helpers
+
+def missing_modules(names: Sequence[str] = ("numpy", "zmq")) -> list:
+    """Modules the batch needs that this Python cannot import (Blender's bundled or the system's)."""
+    import importlib
+
+    missing = []
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    return missing
+
+
+def setup_hint(missing: Sequence[str], executable: str = sys.executable) -> str:
+    packages = {"numpy": "python3-numpy", "zmq": "python3-zmq"}
+    pip = {"numpy": "numpy", "zmq": "pyzmq"}
+    return (f"error: this Python ({executable}, {sys.version.split()[0]}) cannot import {', '.join(missing)}. "
+            f"Debian/Ubuntu Blender: apt-get install {' '.join(packages[m] for m in missing)}; "
+            f"other Pythons: pip install {' '.join(pip[m] for m in missing)}")
+
 
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent

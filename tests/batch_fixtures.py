@@ -62,6 +62,23 @@ def one_photo_folder(tmp_path_factory, astronaut_png) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def two_faces_folder(tmp_path_factory, astronaut_rgb, grace_hopper_jpg) -> Path:
+    """One photo with two faces: the astronaut and Grace Hopper side by side."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    left = Image.fromarray(astronaut_rgb)
+    right = Image.open(io.BytesIO(grace_hopper_jpg)).convert("RGB")
+    right = right.resize((round(right.width * left.height / right.height), left.height), Image.LANCZOS)
+    canvas = np.concatenate([np.asarray(left), np.asarray(right)], axis=1)
+    folder = tmp_path_factory.mktemp("two_faces")
+    Image.fromarray(canvas).save(folder / "pair.png")
+    return folder
+
+
 def blender_command(*args: str) -> list:
     return [BLENDER, "-b", "--factory-startup", "--python-exit-code", "1", "-P", str(BATCH), "--", *args]
 

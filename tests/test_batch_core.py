@@ -412,3 +412,9 @@ def test_pick_server_python(tmp_path):
 def test_free_tcp_address():
     address = core.free_tcp_address()
     assert address.startswith("tcp://127.0.0.1:") and int(address.rsplit(":", 1)[1]) > 0
+
+
+def test_missing_modules_and_hint():
+    assert core.missing_modules(["json", "no_such_module_ff"]) == ["no_such_module_ff"]
+    hint = core.setup_hint(["numpy", "zmq"])
+    assert "apt-get install python3-numpy python3-zmq" in hint and "pip install numpy pyzmq" in hint

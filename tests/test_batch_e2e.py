@@ -14,7 +14,8 @@ import pytest
 from addon.server_process import tcp_in_use
 from tests.batch_fixtures import (BLENDER, batch_core, blender_command, by_key, glb_summary,  # noqa: F401
                                   inspect_blend, load_summary, needs_blender, needs_bpy, one_photo_folder,
-                                  photo_folder, ply_header, python_command, run_batch, stl_summary)
+                                  photo_folder, ply_header, python_command, run_batch, stl_summary,
+                                  two_faces_folder)
 
 ALL_FORMATS = "blend,glb,obj,ply,stl"
 PROGRESS = re.compile(r"^\[\s*(\d+)/(\d+)\] (\S+): (ok|skipped|failed)\b.*\| elapsed \d+:\d\d \| ETA (\d+:\d\d|--:--)")
@@ -169,6 +170,26 @@ def test_python_bpy_batch_resume_add_formats_and_overwrite(one_photo_folder, ser
     assert sorted(p.name for p in folder.iterdir()) == ["astronaut.glb", "astronaut_face0.png", batch_core.MANIFEST]
     assert (folder / "astronaut.glb").stat().st_mtime_ns != stamps["astronaut.glb"]
     assert no_staging_left(output)
+
+
+@needs_bpy
+def test_python_bpy_batch_face_all_gives_one_object_per_face(two_faces_folder, server_address, tmp_path):
+    output = tmp_path / "out"
+    result = run_batch(python_command("--input", str(two_faces_folder), "--output", str(output), "--server",
+                                      server_address, "--face", "all", "--formats", "blend,glb,obj"))
+    assert result.returncode == 0
+    entry = load_summary(output)["photos"][0]
+    assert entry["status"] == "ok" and entry["faces"] == 2
+    assert [face["index"] for face in entry["face_details"]] == [0, 1]
+    folder = output / "pair"
+    blend = inspect_blend(folder / "pair.blend", blender=None)
+    objects = sorted(blend["objects"], key=lambda o: o["name"])
+    assert [o["name"] for o in objects] == ["pair_face0", "pair_face1"]
+    assert abs(objects[0]["location"][0] - objects[1]["location"][0]) > 0.1  # side by side, not overlapping
+    glb = glb_summary(folder / "pair.glb")
+    assert glb["meshes"] == 2 and len(glb["images"]) == 2
+    mtl = (folder / "pair.mtl").read_text()
+    assert "map_Kd pair_face0.png" in mtl and "map_Kd pair_face1.png" in mtl
 
 
 @needs_blender
