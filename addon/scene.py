@@ -118,6 +118,9 @@ def add_modifiers(obj: "bpy.types.Object", detail: "bpy.types.Image", settings: 
     subsurf = obj.modifiers.new("Subdivision", "SUBSURF")
     subsurf.levels = settings.subdivision_levels
     subsurf.render_levels = settings.subdivision_levels
+    # The exact limit surface costs ~6 s on the first evaluation of a 9k-vertex face and looks the
+    # same at these levels; the plain Catmull-Clark result takes ~0.2 s.
+    subsurf.use_limit_surface = False
     texture = bpy.data.textures.new(f"{obj.name}_detail", "IMAGE")
     texture.image = detail
     texture.extension = "EXTEND"

@@ -114,6 +114,7 @@ def test_modifier_stack_and_metadata(bpy, astronaut_reply):
     smooth, subsurf, displace = obj.modifiers
     assert smooth.iterations == 7 and smooth.lambda_factor == pytest.approx(0.3)
     assert subsurf.levels == 2 and subsurf.render_levels == 2
+    assert not subsurf.use_limit_surface  # the exact limit surface costs seconds per face, unseen at these levels
     assert displace.texture_coords == "UV" and displace.uv_layer == "UVMap"
     assert displace.mid_level == pytest.approx(0.5) and displace.strength == pytest.approx(0.004)
     evaluated = obj.evaluated_get(bpy.context.evaluated_depsgraph_get())
