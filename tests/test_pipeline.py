@@ -144,10 +144,18 @@ def test_depth_map_and_mask(face):
     assert (depth[~mask] == 0).all()
 
 
-def test_detail_map_is_a_zero_mean_high_pass(face):
+def test_detail_map_is_a_bounded_high_pass_that_spares_the_eyes(face):
+    from inference_server.pipeline import DETAIL_LIMIT
+
     detail, tex = face.arrays["detail"], face.arrays["texture"]
     assert detail.shape == tex.shape[:2] and detail.dtype == np.float32
-    assert abs(float(detail.mean())) < 0.01 and detail.std() > 0.005
+    assert abs(float(detail.mean())) < 0.01 and detail.std() > 0.003
+    assert np.abs(detail).max() <= DETAIL_LIMIT
+    to_crop = np.linalg.inv(np.vstack([face.meta["crop_to_image"], [0, 0, 1]]))[:2]
+    for ring in lm.EYE_RINGS:
+        centre = to_crop[:, :2] @ face.arrays["landmarks_image"][list(ring)].mean(0) + to_crop[:, 2]
+        x, y = np.round(centre).astype(int)
+        assert np.abs(detail[y - 3:y + 4, x - 3:x + 4]).max() < 0.1 * DETAIL_LIMIT, "iris is not relief"
 
 
 def test_resolution_option_scales_vertex_count(pipeline, astronaut_png):
