@@ -21,6 +21,8 @@ class ReconstructionConfig:
     detail_sigma: float = 3.0      # low-pass radius (texture pixels) of the detail map's high-pass
     max_pixels: int = 40_000_000   # refuse larger images before decoding them
     detect_max_side: int = 640     # photos are downscaled to this for detection (boxes map back to full size)
+    min_face_fraction: float = 0.05  # smallest face searched for, as a fraction of the photo's longer side;
+                                     # MTCNN's cost grows steeply as this shrinks (0.03 ~ 2x slower)
     min_face_score: float = 0.90
 
     def with_params(self, params: Mapping[str, Any]) -> "ReconstructionConfig":
@@ -46,6 +48,8 @@ class ReconstructionConfig:
             value = getattr(self, name)
             if not lo <= value <= hi:
                 raise ProtocolError(ErrorCode.BAD_REQUEST, f"option {name!r}={value} outside [{lo}, {hi}]")
+        if not 0.005 <= self.min_face_fraction <= 1.0:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"option 'min_face_fraction'={self.min_face_fraction} outside [0.005, 1]")
         if self.face not in ("largest", "all") and not self.face.isdigit():
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"option 'face' must be 'largest', 'all' or an index, not {self.face!r}")
 

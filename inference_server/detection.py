@@ -22,17 +22,19 @@ class Detection:
 class FaceDetector:
     """Every face with box, score and 5 landmarks, largest first."""
 
-    def __init__(self, device: torch.device, min_face_size: int = 20):
+    def __init__(self, device: torch.device):
         from facenet_pytorch import MTCNN  # heavy import kept out of module import time
 
         self.device = device
-        self._mtcnn = MTCNN(keep_all=True, device=device, min_face_size=min_face_size, post_process=False)
+        self._mtcnn = MTCNN(keep_all=True, device=device, post_process=False)
 
-    def detect(self, rgb: np.ndarray, max_side: int, min_score: float) -> list[Detection]:
+    def detect(self, rgb: np.ndarray, max_side: int, min_score: float, min_face_fraction: float) -> list[Detection]:
         height, width = rgb.shape[:2]
         scale = min(1.0, max_side / max(height, width))
         small = rgb if scale == 1.0 else cv2.resize(rgb, (round(width * scale), round(height * scale)),
                                                     interpolation=cv2.INTER_AREA)
+        # MTCNN's image pyramid starts at 12 / min_face_size: the smallest face sets the cost.
+        self._mtcnn.min_face_size = max(12, round(min_face_fraction * max(small.shape[:2])))
         with torch.inference_mode():
             boxes, scores, points = self._mtcnn.detect(small, landmarks=True)
         if boxes is None:

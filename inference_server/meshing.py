@@ -77,7 +77,7 @@ def triangulate_region(outline: np.ndarray, holes: list[np.ndarray], spacing: fl
     node_distance = distance[np.ix_(node_px, node_px)] / spacing
     # The raster is only good to half a pixel, about a third of a spacing: decide the nodes close to
     # the rings exactly, against the same ring polylines the Delaunay band uses.
-    rows, cols = np.nonzero(node_mask & (node_distance <= 2.0))
+    rows, cols = np.nonzero(node_mask & (node_distance <= 3.0))
     xy = np.stack([axis[cols], axis[rows]], 1)
     exact = np.min([distance_to_ring(xy, ring) for ring in rings], axis=0)
     close = exact < 3.0  # fillPoly also paints the outline's own pixels: up to ~2 px of error
@@ -98,7 +98,13 @@ def triangulate_region(outline: np.ndarray, holes: list[np.ndarray], spacing: fl
     a, b, d, e = node_index[r, c], node_index[r, c + 1], node_index[r + 1, c], node_index[r + 1, c + 1]
     lattice = np.concatenate([np.stack([a, d, e], 1), np.stack([a, e, b], 1)])
 
-    band = np.concatenate([np.arange(len(boundary)), node_index[kept & (node_distance <= 3.5)]])
+    # The band holds the rings and every corner of a cell the lattice does not cover, so each
+    # uncovered cell is triangulated, whatever the distances' accuracy.
+    uncovered = ~full & (kept[:-1, :-1] | kept[1:, :-1] | kept[:-1, 1:] | kept[1:, 1:])
+    corner = np.zeros_like(kept)
+    for dr, dc in ((0, 0), (1, 0), (0, 1), (1, 1)):
+        corner[dr:dr + uncovered.shape[0], dc:dc + uncovered.shape[1]] |= uncovered
+    band = np.concatenate([np.arange(len(boundary)), node_index[kept & corner]])
     triangles = band[Delaunay(points[band], qhull_options="QJ Qbb Qc").simplices]
     cell = np.floor((points[triangles].mean(1) - spacing / 2) / spacing).astype(np.int64)
     in_range = (cell >= 0).all(1) & (cell < len(axis) - 1).all(1)
@@ -115,7 +121,7 @@ def triangulate_region(outline: np.ndarray, holes: list[np.ndarray], spacing: fl
         inside_ring = points_in_polygon(points[triangles[candidates]].mean(1), ring)
         keep[candidates] = inside_ring if index == 0 else ~inside_ring
     edges = np.linalg.norm(points[triangles] - points[np.roll(triangles, 1, 1)], axis=2)
-    keep &= edges.max(1) < 2.5 * spacing                  # bridges across the band's inner void
+    keep &= edges.max(1) < 2.5 * spacing                  # bridges across concavities of the rings
     return points, np.concatenate([lattice, triangles[keep]]).astype(np.int32), len(boundary)
 
 

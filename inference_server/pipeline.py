@@ -87,7 +87,8 @@ class FacePipeline:
         with timer.stage("load"):
             rgb = load_rgb(image, config.max_pixels)
         with timer.stage("detect"):
-            detections = self.detector.detect(rgb, config.detect_max_side, config.min_face_score)
+            detections = self.detector.detect(rgb, config.detect_max_side, config.min_face_score,
+                                              config.min_face_fraction)
         chosen = select_faces(detections, config.face)
         faces, skipped = [], []
         for index, detection in chosen:

@@ -231,3 +231,16 @@ def test_large_photo_goes_through_downscaled_detection(pipeline, astronaut_rgb):
     box = np.array(face.meta["box"])
     assert 400 < box[2] - box[0] < 700  # the 87 px astronaut face, scaled by 3000/512, in full-size pixels
     test_uvs_and_texture_alignment(face)
+
+
+@pytest.mark.parametrize("resolution", [37, 64, 100, 131, 170])
+def test_mesh_has_no_holes_at_any_resolution(pipeline, astronaut_png, grace_hopper_jpg, resolution):
+    """Lattice and Delaunay band must meet exactly: every open edge belongs to the rim or the open mouth."""
+    for photo in (astronaut_png, grace_hopper_jpg):
+        face = pipeline.reconstruct(photo, {"resolution": resolution}).faces[0]
+        f = face.arrays["faces"]
+        loops = boundary_loops(f)
+        assert len(loops) == 1 + int(face.meta["mouth_open"]), [len(loop) for loop in loops]
+        a, b = f.ravel().astype(np.int64), np.roll(f, -1, 1).ravel().astype(np.int64)
+        _, uses = np.unique(np.minimum(a, b) * len(face.arrays["vertices"]) + np.maximum(a, b), return_counts=True)
+        assert uses.max() == 2
