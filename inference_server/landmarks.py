@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import os
+import sys
+import warnings
+from contextlib import contextmanager
 
 import numpy as np
 
-# MediaPipe's C++ side logs a warning per graph start; keep stderr for messages meant for users.
-os.environ.setdefault("GLOG_minloglevel", "2")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# mediapipe 0.10.14 calls a protobuf API deprecated in protobuf 4.25 on every inference.
+warnings.filterwarnings("ignore", message="SymbolDatabase.GetPrototype", category=UserWarning)
 
 SURFACE_LANDMARKS = 468  # 468 surface points; 10 iris points follow with refine_landmarks
 
@@ -53,18 +55,31 @@ EYE_RINGS = ((33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160,
              (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466))
 
 
+@contextmanager
+def _native_stderr_muted():
+    """MediaPipe's C++ logger writes start-up warnings straight to file descriptor 2, bypassing
+    Python; mute it while the graph starts so a user's terminal shows only FaceForge's messages."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 class LandmarkModel:
     """FaceMesh on an aligned crop; one instance per thread (the graph is not thread-safe)."""
 
     def __init__(self):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # protobuf deprecation chatter from mediapipe's import
+        with _native_stderr_muted():
             import mediapipe as mp
 
-        self._mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=2,
-                                                     refine_landmarks=True, min_detection_confidence=0.5)
+            self._mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=2,
+                                                         refine_landmarks=True, min_detection_confidence=0.5)
+            self._mesh.process(np.zeros((192, 192, 3), np.uint8))  # first run creates the delegates (and logs)
 
     def close(self) -> None:
         self._mesh.close()

@@ -38,6 +38,7 @@ def test_in_process_obj_with_json_summary(photos, tmp_path):
     out = tmp_path / "astro.obj"
     run = cli("reconstruct", photos["astronaut"], "-o", out, "--json")
     assert run.returncode == 0, run.stderr
+    assert run.stderr == "", "no library chatter on the user's terminal"
     summary = json.loads(run.stdout)
     (face,) = summary["faces"]
     assert face["vertices"] >= 8000 and summary["faces_detected"] == 1
@@ -73,6 +74,11 @@ def test_bad_photos_exit_with_one_line(photos, name, code, words, server_address
     assert run.returncode == code
     errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and words in errors[0] and "Traceback" not in run.stderr
+
+
+def test_no_face_in_process_is_exactly_one_line(photos):
+    run = cli("reconstruct", photos["cup"])
+    assert run.returncode == 4 and run.stderr.strip().splitlines() == [f"error: {photos['cup']}: no face found in the image"]
 
 
 def test_missing_file_unreachable_server_and_bad_suffix(tmp_path, photos):
