@@ -239,19 +239,18 @@ def _tick() -> float:
 
 
 classes = (FACEFORGE_OT_reconstruct, FACEFORGE_OT_cancel, FACEFORGE_OT_server_start, FACEFORGE_OT_server_stop)
+_register_classes, _unregister_classes = bpy.utils.register_classes_factory(classes)
 
 
 def register() -> None:
     global SESSION
     SESSION = Session()
-    for cls in classes:
-        bpy.utils.register_class(cls)
+    _register_classes()
     bpy.app.timers.register(_tick, first_interval=0.5, persistent=True)
 
 
 def unregister() -> None:
     if bpy.app.timers.is_registered(_tick):
         bpy.app.timers.unregister(_tick)
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+    _unregister_classes()
     SESSION.close()

@@ -97,13 +97,4 @@ class FACEFORGE_PT_server(_FaceForgePanel, bpy.types.Panel):
 
 
 classes = (FACEFORGE_PT_main, FACEFORGE_PT_server)
-
-
-def register() -> None:
-    for cls in classes:
-        bpy.utils.register_class(cls)
-
-
-def unregister() -> None:
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(classes)

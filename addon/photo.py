@@ -31,6 +31,22 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
 
+def png_bytes(rgb) -> bytes:
+    """Encode an (H, W, 3) or (H, W, 4) uint8 array (row 0 = top) as PNG, with zlib only: Debian's
+    Blender Python has no Pillow, and Blender's own image saving goes through colour management."""
+    pixels = np.ascontiguousarray(rgb, dtype=np.uint8)
+    if pixels.ndim != 3 or pixels.shape[2] not in (3, 4):
+        raise ValueError(f"expected (H, W, 3|4) uint8 pixels, got {pixels.shape}")
+    height, width, channels = pixels.shape
+    rows = np.empty((height, 1 + width * channels), dtype=np.uint8)
+    rows[:, 0] = 0  # filter type "None" per scanline
+    rows[:, 1:] = pixels.reshape(height, width * channels)
+    color_type = 2 if channels == 3 else 6  # 8-bit truecolour (with alpha), no interlace
+    header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
+            + _chunk(b"IEND", b""))
+
+
 def linear_to_srgb(values: np.ndarray) -> np.ndarray:
     """Float images in Blender hold scene-linear values; photos on the wire are sRGB."""
     values = np.clip(values, 0.0, 1.0)
@@ -46,8 +62,4 @@ def encode_png(pixels: np.ndarray, width: int, height: int, channels: int = 4, *
         rgb[..., 1] = rgb[..., 2] = rgb[..., 0]
     if linear:
         rgb = linear_to_srgb(rgb)
-    data = np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
-    rows = np.concatenate([np.zeros((height, 1), np.uint8), data.reshape(height, width * 3)], axis=1)
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit truecolour, no interlace
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
-            + _chunk(b"IEND", b""))
+    return png_bytes(np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8))

@@ -53,13 +53,4 @@ DEFAULTS = SimpleNamespace(**{name: prop.keywords["default"]
                               for name, prop in FACEFORGE_AP_preferences.__annotations__.items()})
 
 classes = (FACEFORGE_AP_preferences,)
-
-
-def register() -> None:
-    for cls in classes:
-        bpy.utils.register_class(cls)
-
-
-def unregister() -> None:
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(classes)

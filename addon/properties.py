@@ -45,15 +45,14 @@ class FACEFORGE_PG_settings(bpy.types.PropertyGroup):
 
 
 classes = (FACEFORGE_PG_settings,)
+_register_classes, _unregister_classes = bpy.utils.register_classes_factory(classes)
 
 
 def register() -> None:
-    for cls in classes:
-        bpy.utils.register_class(cls)
+    _register_classes()
     bpy.types.Scene.faceforge = PointerProperty(type=FACEFORGE_PG_settings)
 
 
 def unregister() -> None:
     del bpy.types.Scene.faceforge
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+    _unregister_classes()

@@ -62,10 +62,10 @@ def make_photos(folder: Path, count: int) -> list:
 
 def start_server():
     from addon.server_process import LocalServer
-    import batch_core
+    from batch_server import free_tcp_address, pick_server_python
 
-    python = batch_core.pick_server_python(None)
-    server = LocalServer(python, batch_core.free_tcp_address(), cwd=str(ROOT), device="cpu")
+    python = pick_server_python(None)
+    server = LocalServer(python, free_tcp_address(), cwd=str(ROOT), device="cpu")
     server.start(300)
     return server
 

@@ -11,11 +11,15 @@ from the add-on (``addon.scene.build_face_object``); without ``--server`` a loca
 is started (``addon.server_process.LocalServer``) and stopped at the end, also on errors and Ctrl-C.
 ``bpy.app.timers`` never fire while a background script blocks, so requests use the synchronous
 client with a deadline each. See scripts/README.md and ``--help`` for outputs and exit codes.
+
+This file runs the batch; the rest lives next to it (``scripts/`` is put on ``sys.path`` below,
+since Blender adds nothing): ``batch_options`` (command line), ``batch_outputs`` (photos, output
+folders, resume), ``batch_window`` (requests in flight), ``batch_progress`` (reports, summary,
+progress line), ``batch_server`` (server Python, setup check) and ``batch_blender`` (scene, exports).
 """
 from __future__ import annotations
 
-import contextlib
-import os
+import shutil
 import signal
 import sys
 import time
@@ -27,224 +31,28 @@ for _path in (str(ROOT), str(ROOT / "scripts")):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-import batch_core as core  # noqa: E402  (bpy-free)
-
-FACE_GAP_M = 0.05  # space between the faces of one photo when --face all finds several
-STL_THICKNESS_M = 0.003  # the STL is closed (solidified) so it can be printed
-STL_SCALE = 1000.0  # STL has no units; slicers read millimetres
+from batch_blender import Blender, blender_chatter_to_stderr  # noqa: E402  (bpy imported lazily)
+from batch_options import (EXIT_INTERRUPTED, EXIT_OK, EXIT_PHOTOS_FAILED, EXIT_SERVER, EXIT_SETUP,  # noqa: E402
+                           EXIT_USAGE, Options, parse_args, script_argv)
+from batch_outputs import (Decision, Photo, clean_stale_staging, commit, decide, discover,  # noqa: E402
+                           make_staging, output_names, photo_dir, texture_name)
+from batch_progress import (ERR_BUILD, ERR_EXISTS, ERR_EXPORT, ERR_UNREADABLE, PhotoReport,  # noqa: E402
+                            Progress, Summary, format_duration)
+from batch_server import free_tcp_address, missing_modules, pick_server_python, setup_hint  # noqa: E402
+from batch_window import Window  # noqa: E402
 
 
 def say(text: str) -> None:
     print(text, flush=True)
 
 
-@contextlib.contextmanager
-def blender_chatter_to_stderr(enabled: bool = True):
-    """Send what Blender and its exporters print (C and Python) to stderr, so stdout carries only
-    the batch's own lines: one per photo."""
-    if not enabled:
-        yield
-        return
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None)
-        flush_c = lambda: libc.fflush(None)  # noqa: E731
-    except (OSError, AttributeError):
-        flush_c = lambda: None  # noqa: E731
-    sys.stdout.flush()
-    flush_c()
-    try:
-        saved = os.dup(1)
-    except OSError:
-        yield
-        return
-    try:
-        os.dup2(2, 1)
-        yield
-    finally:
-        sys.stdout.flush()
-        flush_c()
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
-# ----------------------------------------------------------------------------------------------
-# Blender side (bpy imported lazily so --help works anywhere)
-
-class Blender:
-    """Scene reset, building through the add-on, saving and version-guarded exports."""
-
-    def __init__(self):
-        import bpy
-
-        from addon import scene
-
-        self.bpy = bpy
-        self.scene_mod = scene
-        self.version = tuple(bpy.app.version)
-        # An empty scene: no default cube, camera or light in the outputs.
-        bpy.ops.wm.read_factory_settings(use_empty=True)
-        self.exporters = {}
-
-    # -- isolation ---------------------------------------------------------------------------
-    def reset(self) -> None:
-        """Remove everything a previous photo created, so files contain only this photo's faces."""
-        data = self.bpy.data
-        for collection in (data.objects, data.meshes, data.materials, data.textures, data.images,
-                           data.node_groups, data.collections):
-            ids = list(collection)
-            if ids:
-                data.batch_remove(ids)
-        for scene in data.scenes:
-            for child in list(scene.collection.children):
-                scene.collection.children.unlink(child)
-
-    # -- building ----------------------------------------------------------------------------
-    def build(self, key: str, faces, settings, metadata: dict) -> list:
-        objects, x = [], 0.0
-        ordered = sorted(faces, key=lambda f: f.index)
-        widths = [float(f.arrays["vertices"][:, 0].max() - f.arrays["vertices"][:, 0].min()) for f in ordered]
-        total = sum(widths) + FACE_GAP_M * (len(widths) - 1)
-        x = -total / 2
-        for face, width in zip(ordered, widths):
-            centre = float(face.arrays["vertices"][:, 0].max() + face.arrays["vertices"][:, 0].min()) / 2
-            location = (x + width / 2 - centre, 0.0, 0.0) if len(ordered) > 1 else (0.0, 0.0, 0.0)
-            obj = self.scene_mod.build_face_object(face, name=f"{key}_face{face.index}", settings=settings,
-                                                   location=location, metadata=metadata)
-            objects.append(obj)
-            x += width + FACE_GAP_M
-        return objects
-
-    def select_only(self, objects) -> None:
-        bpy = self.bpy
-        view_layer = bpy.context.view_layer
-        for obj in view_layer.objects:
-            obj.select_set(obj in objects)
-        if objects:
-            view_layer.objects.active = objects[0]
-
-    # -- files -------------------------------------------------------------------------------
-    def save_blend(self, path: Path) -> None:
-        self.bpy.ops.wm.save_as_mainfile(filepath=str(path), copy=True, compress=True)
-
-    def use_texture_files(self, objects, textures: dict) -> None:
-        """Point each material's image node at the PNG written next to the exports (after the
-        .blend was saved with packed images), so OBJ's MTL names the file and glTF embeds it."""
-        bpy = self.bpy
-        for obj in objects:
-            path = textures.get(obj.name)
-            if path is None:
-                continue
-            image = bpy.data.images.load(str(path), check_existing=False)
-            image.name = path.stem
-            for slot in obj.material_slots:
-                if slot.material is None or slot.material.node_tree is None:
-                    continue
-                for node in slot.material.node_tree.nodes:
-                    if node.type == "TEX_IMAGE" and node.image is not None and not node.image.name.endswith(("_detail", "_depth")):
-                        node.image = image
-
-    def _op(self, idname: str):
-        module, name = idname.split(".")
-        op = getattr(getattr(self.bpy.ops, module), name)
-        try:
-            op.get_rna_type()
-        except KeyError:
-            return None
-        return op
-
-    def _enable(self, addon: str) -> None:
-        import addon_utils
-
-        try:
-            addon_utils.enable(addon, default_set=False)
-        except Exception:  # not shipped in this version: the caller falls back
-            pass
-
-    def exporter(self, fmt: str):
-        """``(operator, kwargs)`` for a format, chosen by Blender version (names changed in 3.6/4.x)."""
-        if fmt in self.exporters:
-            return self.exporters[fmt]
-        v = self.version
-        candidates = {
-            "glb": [("export_scene.gltf", "io_scene_gltf2",
-                     dict(export_format="GLB", use_selection=True, export_apply=True, export_texcoords=True,
-                          export_materials="EXPORT"))],
-            # OBJ: the C++ wm.obj_export replaced the io_scene_obj add-on (removed in 4.0).
-            "obj": [("wm.obj_export", None,
-                     dict(export_selected_objects=True, apply_modifiers=True, export_uv=True, export_normals=True,
-                          export_materials=True, path_mode="STRIP"))] if v >= (4, 0, 0) else
-                   [("export_scene.obj", "io_scene_obj",
-                     dict(use_selection=True, use_mesh_modifiers=True, use_uvs=True, use_normals=True,
-                          use_materials=True, path_mode="STRIP", axis_forward="-Z", axis_up="Y")),
-                    ("wm.obj_export", None,
-                     dict(export_selected_objects=True, apply_modifiers=True, export_uv=True, export_normals=True,
-                          export_materials=True, path_mode="STRIP"))],
-            # PLY: wm.ply_export since 3.6 (io_mesh_ply removed in 4.0).
-            "ply": [("wm.ply_export", None,
-                     dict(export_selected_objects=True, apply_modifiers=True, export_uv=True, export_normals=True))]
-                   if v >= (3, 6, 0) else
-                   [("export_mesh.ply", "io_mesh_ply",
-                     dict(use_selection=True, use_mesh_modifiers=True, use_uv_coords=True, use_normals=True,
-                          use_colors=False))],
-            # STL: wm.stl_export since 4.1 (io_mesh_stl removed in 4.2). Millimetres for slicers.
-            "stl": [("wm.stl_export", None,
-                     dict(export_selected_objects=True, apply_modifiers=True, global_scale=STL_SCALE, ascii_format=False))]
-                   if v >= (4, 1, 0) else
-                   [("export_mesh.stl", "io_mesh_stl",
-                     dict(use_selection=True, use_mesh_modifiers=True, global_scale=STL_SCALE, ascii=False,
-                          batch_mode="OFF"))],
-        }[fmt]
-        for idname, addon, kwargs in candidates:
-            op = self._op(idname)
-            if op is None and addon:
-                self._enable(addon)
-                op = self._op(idname)
-            if op is not None:
-                self.exporters[fmt] = (idname, op, kwargs)
-                return self.exporters[fmt]
-        raise RuntimeError(f"Blender {'.'.join(map(str, v))} has no exporter for {fmt} "
-                           f"(tried {', '.join(c[0] for c in candidates)})")
-
-    def export(self, fmt: str, path: Path, objects) -> None:
-        idname, op, kwargs = self.exporter(fmt)
-        self.select_only(objects)
-        extra = []
-        if fmt == "stl":  # printable: a closed shell, thickened backwards (the face looks toward -Y)
-            for obj in objects:
-                mod = obj.modifiers.new("FaceForge print shell", "SOLIDIFY")
-                mod.thickness = STL_THICKNESS_M
-                mod.offset = 1.0 if self._normals_face_back(obj) else -1.0
-                mod.use_rim = True
-                mod.use_even_offset = True
-                extra.append((obj, mod))
-        try:
-            result = op(filepath=str(path), **kwargs)
-        finally:
-            for obj, mod in extra:
-                obj.modifiers.remove(mod)
-        if "FINISHED" not in result or not path.exists():
-            raise RuntimeError(f"{idname} did not write {path.name} (result {sorted(result)})")
-
-    @staticmethod
-    def _normals_face_back(obj) -> bool:
-        """Solidify thickens against the normals with offset -1; we want the shell behind the face."""
-        mesh = obj.data
-        if not len(mesh.polygons):
-            return False
-        total = 0.0
-        for poly in mesh.polygons[: min(len(mesh.polygons), 2000)]:
-            total += poly.normal.y
-        return total > 0  # normals point +Y (away from the viewer): thicken along them
-
-
 # ----------------------------------------------------------------------------------------------
 # One photo
 
-def handle_reply(blender: Blender, photo: core.Photo, message, opts: core.Options, decision: core.Decision,
-                 report: core.PhotoReport, settings) -> None:
+def handle_reply(blender: Blender, photo: Photo, message, opts: Options, decision: Decision,
+                 report: PhotoReport, settings) -> None:
     """Reply -> objects -> files in a staging folder -> moved into place. Fills ``report``."""
+    from addon.photo import png_bytes
     from addon.wire.client import Reconstruction
 
     reconstruction = Reconstruction.from_message(message)  # raises ProtocolError on error replies
@@ -260,8 +68,8 @@ def handle_reply(blender: Blender, photo: core.Photo, message, opts: core.Option
                             **{k: f.meta[k] for k in ("score", "box") if k in f.meta}} for f in faces]
     report.server_timings_ms = dict(reconstruction.meta.get("timings_ms") or {})
     formats = list(decision.missing_formats)
-    final = core.photo_dir(opts.output, photo)
-    staging = core.make_staging(opts.output, photo)
+    final = photo_dir(opts.output, photo)
+    staging = make_staging(opts.output, photo)
     timings = report.timings_s
     try:
         t = time.perf_counter()
@@ -271,7 +79,7 @@ def handle_reply(blender: Blender, photo: core.Photo, message, opts: core.Option
         try:
             objects = blender.build(photo.key, faces, settings, metadata)
         except Exception as exc:
-            raise _Stage(core.ERR_BUILD, f"building the objects failed: {exc.__class__.__name__}: {exc}") from exc
+            raise _Stage(ERR_BUILD, f"building the objects failed: {exc.__class__.__name__}: {exc}") from exc
         timings["build"] = round(time.perf_counter() - t, 4)
         files = []
         step = "the .blend"
@@ -287,8 +95,8 @@ def handle_reply(blender: Blender, photo: core.Photo, message, opts: core.Option
                 t = time.perf_counter()
                 textures = {}
                 for obj, face in zip(objects, sorted(faces, key=lambda f: f.index)):
-                    name = core.texture_name(photo.key, face.index)
-                    (staging / name).write_bytes(core.png_bytes(face.arrays["texture"]))
+                    name = texture_name(photo.key, face.index)
+                    (staging / name).write_bytes(png_bytes(face.arrays["texture"]))
                     textures[obj.name] = staging / name
                     files.append(name)
                 blender.use_texture_files(objects, textures)
@@ -297,22 +105,22 @@ def handle_reply(blender: Blender, photo: core.Photo, message, opts: core.Option
                 step = f"the .{fmt}"
                 t = time.perf_counter()
                 blender.export(fmt, staging / f"{photo.key}.{fmt}", objects)
-                files += core.output_names(photo.key, [fmt])
+                files += output_names(photo.key, [fmt])
                 timings[fmt] = round(time.perf_counter() - t, 4)
         except _Stage:
             raise
         except Exception as exc:
-            raise _Stage(core.ERR_EXPORT, f"writing {step} failed: "
+            raise _Stage(ERR_EXPORT, f"writing {step} failed: "
                                           f"{exc.__class__.__name__}: {exc}") from exc
         missing = [name for name in files if not (staging / name).exists()]
         if missing:
-            raise _Stage(core.ERR_EXPORT, f"exporters did not write {', '.join(missing)}")
+            raise _Stage(ERR_EXPORT, f"exporters did not write {', '.join(missing)}")
         manifest = {"status": "ok", "photo": str(photo.path), "key": photo.key, "formats": formats, "files": files,
                     "faces": report.faces, "vertices": report.vertices, "face_details": report.face_details,
                     "request": opts.request_params(), "build": opts.build_settings(),
                     "blender": ".".join(map(str, blender.version)),
                     "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        outputs = core.commit(staging, final, overwrite=opts.overwrite, manifest=manifest)
+        outputs = commit(staging, final, overwrite=opts.overwrite, manifest=manifest)
         report.outputs = [str(p) for p in outputs]
         report.status = "ok"
         if decision.reason.startswith("add formats"):
@@ -321,7 +129,7 @@ def handle_reply(blender: Blender, photo: core.Photo, message, opts: core.Option
         report.fail(stage.code, stage.text)
     finally:
         if staging.exists():
-            core.shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 class _Stage(Exception):
@@ -333,20 +141,20 @@ class _Stage(Exception):
 # ----------------------------------------------------------------------------------------------
 # The run
 
-def _settings(opts: core.Options):
+def _settings(opts: Options):
     from addon.scene import BuildSettings
 
     return BuildSettings(**opts.build_settings())
 
 
-def _start_server(opts: core.Options):
+def _start_server(opts: Options):
     from addon.server_process import LocalServer
 
-    python = core.pick_server_python(opts.python)
+    python = pick_server_python(opts.python)
     if python is None:
         raise RuntimeError("no Python with torch for the inference server: set FACEFORGE_PYTHON, pass --python, "
                            "create the repo's .venv, or pass --server ADDR")
-    address = core.free_tcp_address()
+    address = free_tcp_address()
     opts.output.mkdir(parents=True, exist_ok=True)
     log_path = opts.output / ".faceforge-server.log"
     server = LocalServer(python, address, cwd=str(ROOT), log_path=str(log_path), device=opts.device)
@@ -358,20 +166,20 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def run(opts: core.Options) -> int:
+def run(opts: Options) -> int:
     started = time.monotonic()
-    summary = core.Summary(opts.summary_path, opts)
-    photos, missing = core.discover(opts.inputs, output=opts.output, recursive=opts.recursive)
+    summary = Summary(opts.summary_path, opts)
+    photos, missing = discover(opts.inputs, output=opts.output, recursive=opts.recursive)
     if not photos and not missing:
         say(f"error: no photos found in {', '.join(map(str, opts.inputs))}")
-        return core.EXIT_USAGE
+        return EXIT_USAGE
     opts.output.mkdir(parents=True, exist_ok=True)
-    core.clean_stale_staging(opts.output)
+    clean_stale_staging(opts.output)
     total = len(photos) + len(missing)
-    progress = core.Progress(total)
+    progress = Progress(total)
     reports: dict = {}
 
-    def finish(report: core.PhotoReport, name: str, processed: bool = True) -> None:
+    def finish(report: PhotoReport, name: str, processed: bool = True) -> None:
         summary.add(report)
         if report.status == "ok":
             detail = f"{report.faces} face{'s' if report.faces != 1 else ''}, {report.vertices} vertices"
@@ -385,28 +193,28 @@ def run(opts: core.Options) -> int:
         summary.write()
 
     for path in missing:
-        finish(core.PhotoReport(photo=str(path), key="").fail(core.ERR_UNREADABLE, f"{path} does not exist"), str(path))
+        finish(PhotoReport(photo=str(path), key="").fail(ERR_UNREADABLE, f"{path} does not exist"), str(path))
 
     todo, decisions = [], {}
     for photo in photos:
-        decision = core.decide(opts.output, photo, opts.formats, opts.overwrite)
-        report = core.PhotoReport(photo=str(photo.path), key=photo.key)
+        decision = decide(opts.output, photo, opts.formats, opts.overwrite)
+        report = PhotoReport(photo=str(photo.path), key=photo.key)
         if decision.action == "skip":
             report.status, report.note = "skipped", "already done; --overwrite redoes it"
             man = decision.manifest or {}
             report.faces, report.vertices = int(man.get("faces", 0)), int(man.get("vertices", 0))
             report.face_details = man.get("face_details", [])
-            folder = core.photo_dir(opts.output, photo)
+            folder = photo_dir(opts.output, photo)
             report.outputs = [str(folder / n) for n in man.get("files", [])]
             finish(report, photo.name, processed=False)
         elif decision.action == "conflict":
-            finish(report.fail(core.ERR_EXISTS, decision.reason), photo.name, processed=False)
+            finish(report.fail(ERR_EXISTS, decision.reason), photo.name, processed=False)
         else:
             todo.append(photo)
             decisions[photo.key] = decision
             reports[photo.key] = report
 
-    exit_code = core.EXIT_OK
+    exit_code = EXIT_OK
     server = None
     client = None
     previous = {}
@@ -448,7 +256,7 @@ def run(opts: core.Options) -> int:
             settings = _settings(opts)
             progress.begin()
             alive = (lambda: server.running) if server is not None else _external_alive(address)
-            window = core.Window(client, todo, opts.request_params(), jobs=opts.jobs, timeout=opts.timeout,
+            window = Window(client, todo, opts.request_params(), jobs=opts.jobs, timeout=opts.timeout,
                                  alive=alive)
             for photo, message, error in window.events():
                 report = reports[photo.key]
@@ -468,7 +276,7 @@ def run(opts: core.Options) -> int:
                 finish(report, photo.name)
             summary.run["max_in_flight"] = window.max_in_flight
             if window.aborted is not None:
-                exit_code = core.EXIT_SERVER
+                exit_code = EXIT_SERVER
                 if server is not None:
                     say("server log (last lines):\n" + server.log_tail(20))
     except _ServerProblem as exc:
@@ -478,7 +286,7 @@ def run(opts: core.Options) -> int:
             report = reports[photo.key]
             if report.status == "pending":
                 finish(report.fail("unreachable", str(exc).splitlines()[0]), photo.name)
-        exit_code = core.EXIT_SERVER
+        exit_code = EXIT_SERVER
     except KeyboardInterrupt:
         say("interrupted: stopping")
         summary.run["interrupted"] = True
@@ -487,7 +295,7 @@ def run(opts: core.Options) -> int:
             if report.status == "pending":
                 report.note = "interrupted before it was done"
                 summary.add(report)
-        exit_code = core.EXIT_INTERRUPTED
+        exit_code = EXIT_INTERRUPTED
     finally:
         if client is not None:
             client.close()
@@ -501,16 +309,16 @@ def run(opts: core.Options) -> int:
                 signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
             except (TypeError, ValueError, OSError):
                 pass
-        summary.finished = exit_code != core.EXIT_INTERRUPTED
+        summary.finished = exit_code != EXIT_INTERRUPTED
         summary.run["elapsed_s"] = round(time.monotonic() - started, 3)
         summary.write()
 
     counts = summary.counts()
     pending = f", {counts['pending']} not done" if counts.get("pending") else ""
     say(f"done: {counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed{pending} "
-        f"in {core.format_duration(time.monotonic() - started)}; summary {opts.summary_path}")
-    if exit_code == core.EXIT_OK and counts["failed"]:
-        exit_code = core.EXIT_PHOTOS_FAILED
+        f"in {format_duration(time.monotonic() - started)}; summary {opts.summary_path}")
+    if exit_code == EXIT_OK and counts["failed"]:
+        exit_code = EXIT_PHOTOS_FAILED
     return exit_code
 
 
@@ -538,13 +346,13 @@ def _external_alive(address: str, every_s: float = 5.0):
 
 def main(argv=None) -> int:
     try:
-        opts = core.parse_args(core.script_argv(sys.argv if argv is None else argv))
+        opts = parse_args(script_argv(sys.argv if argv is None else argv))
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return int(exc.code or 0)
-    missing = core.missing_modules()
+    missing = missing_modules()
     if missing:
-        say(core.setup_hint(missing))
-        return core.EXIT_SETUP
+        say(setup_hint(missing))
+        return EXIT_SETUP
     return run(opts)
 
 

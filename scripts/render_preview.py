@@ -16,9 +16,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
+for _path in (str(ROOT), str(ROOT / "scripts")):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
-import batch_core  # noqa: E402  (png_bytes)
+from addon.photo import png_bytes  # noqa: E402
+from batch_options import script_argv  # noqa: E402
 
 VIEWS = {"front": 0.0, "45": 45.0, "profile": 90.0}  # degrees around Z, from the face's front (-Y)
 
@@ -34,7 +37,7 @@ def parse(argv):
     parser.add_argument("--modes", default="textured,clay,raw")
     parser.add_argument("--views", default="front,45,profile")
     parser.add_argument("--engine", default="CYCLES", choices=["CYCLES", "BLENDER_WORKBENCH", "BLENDER_EEVEE"])
-    return parser.parse_args(batch_core.script_argv(argv))
+    return parser.parse_args(script_argv(argv))
 
 
 def main(argv=None) -> int:
@@ -172,7 +175,7 @@ def main(argv=None) -> int:
         sheet[r * args.size:(r + 1) * args.size, c * args.size:(c + 1) * args.size] = rgb[:args.size, :args.size]
         bpy.data.images.remove(image)
     grid = args.output / f"{prefix}_grid.png"
-    grid.write_bytes(batch_core.png_bytes(sheet))
+    grid.write_bytes(png_bytes(sheet))
     print(f"wrote {grid} (rows {', '.join(modes)}; columns {', '.join(views)}; engine {engine})", flush=True)
     return 0
 

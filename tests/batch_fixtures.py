@@ -1,7 +1,8 @@
-"""Helpers and fixtures for the batch tests: photo folders, running the batch, reading outputs back.
+"""Helpers for the batch tests: running the batch, reading outputs back, and ``scripts/`` on sys.path
+so the batch's modules (``batch_options``, ``batch_outputs``, ...) import as the script imports them.
 
-Imported by tests/test_batch*.py (``from batch_fixtures import ...``); the photos come from the
-session fixtures in conftest.py (astronaut_png, grace_hopper_jpg, no_face_png, corrupt_bytes).
+Imported by tests/test_batch*.py (``from tests.batch_fixtures import ...``); the photo folders are in
+tests/photo_fixtures.py.
 """
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ VENV_PYTHON = REPO / ".venv" / "bin" / "python"
 if str(SCRIPTS) not in sys.path:
     sys.path.insert(0, str(SCRIPTS))
 
-import batch_core  # noqa: E402
+import batch_options  # noqa: E402
+import batch_outputs  # noqa: E402
+import batch_server  # noqa: E402,F401  (for the tests)
 
 needs_blender = pytest.mark.skipif(not Path(BLENDER).exists(),
                                    reason=f"the Blender binary is not installed ({BLENDER}); "
@@ -41,42 +44,6 @@ def _has_bpy() -> bool:
 
 
 needs_bpy = pytest.mark.skipif(not _has_bpy(), reason="bpy (from PyPI) is not installed in this Python")
-
-
-@pytest.fixture(scope="session")
-def photo_folder(tmp_path_factory, astronaut_png, grace_hopper_jpg, no_face_png, corrupt_bytes) -> Path:
-    """Two real photos, a real photo without a face, a corrupt JPEG and a non-photo file."""
-    folder = tmp_path_factory.mktemp("photos")
-    (folder / "astronaut.png").write_bytes(astronaut_png)
-    (folder / "grace_hopper.jpg").write_bytes(grace_hopper_jpg)
-    (folder / "coffee_no_face.png").write_bytes(no_face_png)
-    (folder / "corrupt.jpg").write_bytes(corrupt_bytes)
-    (folder / "notes.txt").write_text("not a photo: ignored by folder discovery\n")
-    return folder
-
-
-@pytest.fixture(scope="session")
-def one_photo_folder(tmp_path_factory, astronaut_png) -> Path:
-    folder = tmp_path_factory.mktemp("one_photo")
-    (folder / "astronaut.png").write_bytes(astronaut_png)
-    return folder
-
-
-@pytest.fixture(scope="session")
-def two_faces_folder(tmp_path_factory, astronaut_rgb, grace_hopper_jpg) -> Path:
-    """One photo with two faces: the astronaut and Grace Hopper side by side."""
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    left = Image.fromarray(astronaut_rgb)
-    right = Image.open(io.BytesIO(grace_hopper_jpg)).convert("RGB")
-    right = right.resize((round(right.width * left.height / right.height), left.height), Image.LANCZOS)
-    canvas = np.concatenate([np.asarray(left), np.asarray(right)], axis=1)
-    folder = tmp_path_factory.mktemp("two_faces")
-    Image.fromarray(canvas).save(folder / "pair.png")
-    return folder
 
 
 def blender_command(*args: str) -> list:
@@ -97,7 +64,7 @@ def run_batch(command: list, timeout: float = 600, env: dict | None = None) -> s
 
 
 def load_summary(output: Path) -> dict:
-    return json.loads((output / batch_core.SUMMARY).read_text())
+    return json.loads((output / batch_options.SUMMARY).read_text())
 
 
 def by_key(summary: dict) -> dict:
@@ -149,7 +116,7 @@ def inspect_blend(path: Path, *, blender: str | None = BLENDER, timeout: float =
 
 def glb_summary(path: Path) -> dict:
     """Parse a .glb ourselves: header, JSON chunk, embedded images (PNG/JPEG magic), accessor counts."""
-    document, binary = batch_core.read_glb(path)
+    document, binary = batch_outputs.read_glb(path)
     views = document.get("bufferViews", [])
     images = []
     for image in document.get("images", []):

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from addon.server_process import free_port
-from tests.addon_fixtures import astronaut_reply, bpy_module, photo_dir, pixels_of  # noqa: F401 (fixtures)
+from tests.addon_fixtures import astronaut_reply, bpy_module, pixels_of  # noqa: F401 (fixtures)
+from tests.photo_fixtures import photo_folder, two_faces_folder  # noqa: F401 (fixtures)
 
 
 @pytest.fixture(scope="module")
@@ -154,9 +155,9 @@ def test_saved_file_travels(bpy, astronaut_reply, tmp_path):
     assert obj["faceforge"]["source_photo"] == "/photos/astronaut.png"
 
 
-def test_operator_from_photo_file(bpy, faceforge, photo_dir):
+def test_operator_from_photo_file(bpy, faceforge, photo_folder):
     props = bpy.context.scene.faceforge
-    props.photo_path = str(photo_dir / "astronaut.png")
+    props.photo_path = str(photo_folder / "astronaut.png")
     props.resolution = 60
     bpy.context.scene.cursor.location = (0.5, -1.0, 1.5)
     assert bpy.ops.faceforge.reconstruct() == {"FINISHED"}
@@ -164,17 +165,17 @@ def test_operator_from_photo_file(bpy, faceforge, photo_dir):
     assert tuple(obj.location) == pytest.approx((0.5, -1.0, 1.5))
     assert bpy.context.view_layer.objects.active == obj and obj.select_get()
     assert obj["faceforge"]["options"].to_dict() == {"face": "largest", "resolution": 60}
-    assert obj["faceforge"]["source_photo"] == str(photo_dir / "astronaut.png")
+    assert obj["faceforge"]["source_photo"] == str(photo_folder / "astronaut.png")
     level, message = faceforge.SESSION.message
     assert level == "INFO" and message.startswith("Reconstructed 1 face from astronaut.png")
 
 
-def test_operator_from_loaded_and_generated_images(bpy, faceforge, photo_dir, astronaut_rgb):
+def test_operator_from_loaded_and_generated_images(bpy, faceforge, photo_folder, astronaut_rgb):
     from addon import meshdata
 
     props = bpy.context.scene.faceforge
     props.photo_source = "IMAGE"
-    props.photo_image = bpy.data.images.load(str(photo_dir / "grace_hopper.jpg"))
+    props.photo_image = bpy.data.images.load(str(photo_folder / "grace_hopper.jpg"))
     assert bpy.ops.faceforge.reconstruct() == {"FINISHED"}
     assert "grace_hopper" in bpy.data.objects  # named after the image datablock, without extension
 
@@ -186,9 +187,9 @@ def test_operator_from_loaded_and_generated_images(bpy, faceforge, photo_dir, as
     assert len(bpy.data.objects["painted"].data.vertices) > 1000
 
 
-def test_all_faces_one_object_each(bpy, faceforge, photo_dir):
+def test_all_faces_one_object_each(bpy, faceforge, two_faces_folder):
     props = bpy.context.scene.faceforge
-    props.photo_path = str(photo_dir / "pair.png")
+    props.photo_path = str(two_faces_folder / "pair.png")
     props.face = "ALL"
     assert bpy.ops.faceforge.reconstruct() == {"FINISHED"}
     faces = sorted((o for o in bpy.data.objects if o.name.startswith("pair.face")), key=lambda o: o.location.x)
@@ -217,23 +218,23 @@ def _finish(bpy, faceforge, photo_path, **prefs):
 @pytest.mark.parametrize("photo_name, prefs, expected", [
     ("astronaut.png", {"server_address": "unreachable"}, "No FaceForge server answers at tcp://127.0.0.1:"),
     ("grace_hopper.jpg", {"request_timeout": 0.05}, "did not answer in time"),
-    ("coffee.png", {}, "No face found in "),
-    ("broken.jpg", {}, "could not be read as an image"),
+    ("coffee_no_face.png", {}, "No face found in "),
+    ("corrupt.jpg", {}, "could not be read as an image"),
     ("missing.jpg", {}, "No such file or directory"),
 ])
-def test_errors_are_reported_not_raised(bpy, faceforge, photo_dir, photo_name, prefs, expected):
+def test_errors_are_reported_not_raised(bpy, faceforge, photo_folder, photo_name, prefs, expected):
     if prefs.get("server_address") == "unreachable":
         prefs = {"server_address": f"tcp://127.0.0.1:{free_port()}"}
     before = set(bpy.data.objects.keys())
-    level, message, objects = _finish(bpy, faceforge, photo_dir / photo_name, **prefs)
+    level, message, objects = _finish(bpy, faceforge, photo_folder / photo_name, **prefs)
     assert level == "ERROR" and expected in message and "Traceback" not in message
     assert objects == [] and set(bpy.data.objects.keys()) == before
 
 
-def test_operator_reports_errors_through_blender(bpy, faceforge, photo_dir):
-    bpy.context.scene.faceforge.photo_path = str(photo_dir / "coffee.png")
+def test_operator_reports_errors_through_blender(bpy, faceforge, photo_folder):
+    bpy.context.scene.faceforge.photo_path = str(photo_folder / "coffee_no_face.png")
     # bpy.ops turns an operator's ERROR report into RuntimeError("Error: <message>") for the calling script.
-    with pytest.raises(RuntimeError, match=r"^Error: No face found in .*coffee\.png"):
+    with pytest.raises(RuntimeError, match=r"^Error: No face found in .*coffee_no_face\.png"):
         bpy.ops.faceforge.reconstruct()
     assert faceforge.SESSION.message[0] == "ERROR" and not bpy.data.objects
     bpy.context.scene.faceforge.photo_path = ""
@@ -241,8 +242,8 @@ def test_operator_reports_errors_through_blender(bpy, faceforge, photo_dir):
         bpy.ops.faceforge.reconstruct()
 
 
-def test_cancelled_request_is_a_warning(bpy, faceforge, photo_dir):
-    bpy.context.scene.faceforge.photo_path = str(photo_dir / "grace_hopper.jpg")
+def test_cancelled_request_is_a_warning(bpy, faceforge, photo_folder):
+    bpy.context.scene.faceforge.photo_path = str(photo_folder / "grace_hopper.jpg")
     request = faceforge.submit(bpy.context)
     request.job.cancel()
     concurrent.futures.wait([request.job.future], 30)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.addon_fixtures import photo_dir  # noqa: F401 (fixture)
+from tests.photo_fixtures import photo_folder  # noqa: F401 (fixture)
 
 _SPEC = importlib.util.spec_from_file_location(
     "build_extension", Path(__file__).resolve().parents[1] / "scripts" / "build_extension.py")
@@ -99,12 +99,12 @@ def test_wheel_request_parsing():
         build_extension.wheel_request("pyzmq-27.3.0-1-cp311-cp311-win_amd64.whl")
 
 
-def test_installed_extension_reconstructs(extension_zip, server_address, photo_dir, tmp_path):
+def test_installed_extension_reconstructs(extension_zip, server_address, photo_folder, tmp_path):
     pytest.importorskip("bpy")
     env = dict(os.environ, BLENDER_USER_RESOURCES=str(tmp_path / "blender"))
     env.pop("PYTHONPATH", None)  # the add-on must load from the installed extension, not this checkout
     result = subprocess.run([sys.executable, "-c", INSTALL_AND_RUN, str(extension_zip), server_address,
-                             str(photo_dir / "astronaut.png")], capture_output=True, text=True, timeout=600,
+                             str(photo_folder / "astronaut.png")], capture_output=True, text=True, timeout=600,
                             cwd=str(tmp_path), env=env)
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     assert result.returncode == 0 and lines, result.stdout[-3000:] + result.stderr[-3000:]

@@ -116,6 +116,18 @@ def test_encode_png_converts_linear_float_and_grey():
     assert decoded[:, 0].tolist() == [[255, 255, 255], [0, 0, 0]]
 
 
+def test_png_bytes_round_trip():
+    from PIL import Image
+
+    rgb = np.random.default_rng(0).integers(0, 256, (7, 5, 3), dtype=np.uint8)
+    decoded = np.asarray(Image.open(io.BytesIO(photo.png_bytes(rgb))))
+    assert decoded.shape == (7, 5, 3) and np.array_equal(decoded, rgb)
+    rgba = np.dstack([rgb, np.full((7, 5), 9, np.uint8)])
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(photo.png_bytes(rgba)))), rgba)
+    with pytest.raises(ValueError):
+        photo.png_bytes(np.zeros((4, 4), np.uint8))
+
+
 def test_read_photo(tmp_path, astronaut_png):
     path = tmp_path / "astronaut.png"
     path.write_bytes(astronaut_png)

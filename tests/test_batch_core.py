@@ -1,5 +1,5 @@
-"""Unit tests of the bpy-free batch core: arguments, discovery, resume bookkeeping, the request
-window, progress and the file helpers. No Blender and no server needed."""
+"""Unit tests of the bpy-free modules of the batch (scripts/batch_*.py): arguments, discovery, resume
+bookkeeping, the request window, progress and the file helpers. No Blender and no server needed."""
 from __future__ import annotations
 
 import io
@@ -11,37 +11,44 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.batch_fixtures import batch_core as core
+from tests.batch_fixtures import SCRIPTS  # noqa: F401  (puts scripts/ on sys.path)
+
+from batch_options import DEFAULT_FORMATS, EXIT_USAGE, parse_args, script_argv
+from batch_outputs import (STAGING_PREFIX, Photo, assign_keys, clean_stale_staging, commit, decide, discover,
+                           make_staging, output_names, read_glb, read_manifest)
+from batch_progress import ERR_SERVER_GONE, ERR_UNREADABLE, PhotoReport, Progress, Summary, format_duration
+from batch_server import free_tcp_address, missing_modules, pick_server_python, setup_hint
+from batch_window import Window
 
 
 # ------------------------------------------------------------------------------------------ argv
 
 def test_script_argv_takes_everything_after_double_dash():
     argv = ["/usr/bin/blender", "-b", "--python-exit-code", "1", "-P", "scripts/batch.py", "--", "--input", "a", "-o", "b"]
-    assert core.script_argv(argv) == ["--input", "a", "-o", "b"]
-    assert core.script_argv(["scripts/batch.py", "--input", "a"]) == ["--input", "a"]
-    assert core.script_argv(["scripts/batch.py", "--", "--input", "a"]) == ["--input", "a"]
+    assert script_argv(argv) == ["--input", "a", "-o", "b"]
+    assert script_argv(["scripts/batch.py", "--input", "a"]) == ["--input", "a"]
+    assert script_argv(["scripts/batch.py", "--", "--input", "a"]) == ["--input", "a"]
 
 
 def test_parse_args_defaults_and_values(tmp_path):
-    opts = core.parse_args(["--input", "x.jpg", "y", "--input", "z", "--output", "out"])
+    opts = parse_args(["--input", "x.jpg", "y", "--input", "z", "--output", "out"])
     assert [str(p) for p in opts.inputs] == ["x.jpg", "y", "z"]
     assert opts.output.is_absolute() and opts.output.name == "out"
-    assert opts.formats == core.DEFAULT_FORMATS and opts.face == "largest" and opts.jobs == 2
+    assert opts.formats == DEFAULT_FORMATS and opts.face == "largest" and opts.jobs == 2
     assert opts.server is None and not opts.overwrite
     assert opts.request_params() == {"face": "largest"}
     assert opts.build_settings() == {}
     assert opts.summary_path == opts.output / "summary.json"
 
-    opts = core.parse_args(["-i", "a", "-o", "o", "--server", "tcp://h:1", "--face", "ALL", "--formats", "stl, gltf,obj,stl",
-                            "--resolution", "60", "--smooth", "0", "--detail", "0.001", "--subdivision", "2",
-                            "--overwrite", "--jobs", "3"])
+    opts = parse_args(["-i", "a", "-o", "o", "--server", "tcp://h:1", "--face", "ALL", "--formats", "stl, gltf,obj,stl",
+                       "--resolution", "60", "--smooth", "0", "--detail", "0.001", "--subdivision", "2",
+                       "--overwrite", "--jobs", "3"])
     assert opts.server == "tcp://h:1" and opts.face == "all"
     assert opts.formats == ("stl", "glb", "obj")
     assert opts.request_params() == {"face": "all", "resolution": 60}
     assert opts.build_settings() == {"smooth_iterations": 0, "subdivision_levels": 2, "detail_strength": 0.001}
     assert opts.overwrite and opts.jobs == 3
-    assert core.parse_args(["-i", "a", "-o", "o", "--face", "1"]).face == "1"
+    assert parse_args(["-i", "a", "-o", "o", "--face", "1"]).face == "1"
 
 
 @pytest.mark.parametrize("argv", [
@@ -56,8 +63,8 @@ def test_parse_args_defaults_and_values(tmp_path):
 ])
 def test_parse_args_rejects_bad_command_lines(argv, capsys):
     with pytest.raises(SystemExit) as exc:
-        core.parse_args(argv)
-    assert exc.value.code == core.EXIT_USAGE
+        parse_args(argv)
+    assert exc.value.code == EXIT_USAGE
     assert "error" in capsys.readouterr().err
 
 
@@ -75,37 +82,37 @@ def test_discover_files_and_folders(tmp_path):
     explicit = tmp_path / "explicit.dat"
     explicit.write_bytes(b"x")
 
-    found, missing = core.discover([photos, explicit, photos / "a.png", tmp_path / "nope.jpg"], output=output)
+    found, missing = discover([photos, explicit, photos / "a.png", tmp_path / "nope.jpg"], output=output)
     assert [p.name for p in found] == ["a.png", "b.JPG", "c.webp", "explicit.dat"]  # explicit files whatever suffix; deduped
     assert [p.name for p in missing] == ["nope.jpg"]
     assert all(p.path.is_absolute() for p in found)
 
-    found, _ = core.discover([photos], output=output, recursive=True)
+    found, _ = discover([photos], output=output, recursive=True)
     assert [p.name for p in found] == ["a.png", "b.JPG", "c.webp", "d.jpeg"]
 
 
 def test_keys_are_unique_and_safe():
     paths = [Path("/x/face.jpg"), Path("/x/face.png"), Path("/y/face.jpg"), Path("/z/other one.jpg"), Path("/z/a:b*c.png")]
-    keys = core.assign_keys(paths)
+    keys = assign_keys(paths)
     assert keys[0] == "face_jpg" and keys[1] == "face_png"
     assert keys[2] == "y_face_jpg"
     assert keys[3] == "other one"
     assert keys[4] == "a_b_c"
     assert len({k.lower() for k in keys}) == len(keys)
     # Same name three times in folders with the same name: numbered.
-    keys = core.assign_keys([Path("/a/p/x.jpg"), Path("/b/p/x.jpg"), Path("/c/p/x.jpg")])
+    keys = assign_keys([Path("/a/p/x.jpg"), Path("/b/p/x.jpg"), Path("/c/p/x.jpg")])
     assert len(set(keys)) == 3
 
 
 # ------------------------------------------------------------------------------ resume / commit
 
-def _photo(tmp_path, key="a") -> core.Photo:
-    return core.Photo(path=tmp_path / f"{key}.jpg", key=key)
+def _photo(tmp_path, key="a") -> Photo:
+    return Photo(path=tmp_path / f"{key}.jpg", key=key)
 
 
 def _stage(output, photo, formats, content=b"new"):
-    staging = core.make_staging(output, photo)
-    files = core.output_names(photo.key, formats)
+    staging = make_staging(output, photo)
+    files = output_names(photo.key, formats)
     for name in files:
         (staging / name).write_bytes(content)
     return staging, {"status": "ok", "formats": list(formats), "files": files}
@@ -113,42 +120,42 @@ def _stage(output, photo, formats, content=b"new"):
 
 def test_new_photo_runs_then_is_skipped(tmp_path):
     output, photo = tmp_path / "out", _photo(tmp_path)
-    decision = core.decide(output, photo, ("blend", "glb"), overwrite=False)
+    decision = decide(output, photo, ("blend", "glb"), overwrite=False)
     assert decision.action == "run" and decision.missing_formats == ("blend", "glb")
     staging, manifest = _stage(output, photo, ("blend", "glb"))
-    assert staging.name.startswith(core.STAGING_PREFIX)
-    paths = core.commit(staging, output / "a", overwrite=False, manifest=manifest)
+    assert staging.name.startswith(STAGING_PREFIX)
+    paths = commit(staging, output / "a", overwrite=False, manifest=manifest)
     assert sorted(p.name for p in paths) == ["a.blend", "a.glb"]
     assert not staging.exists()
     umask = os.umask(0)
     os.umask(umask)
     assert (output / "a").stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's 0700
-    assert core.read_manifest(output / "a")["status"] == "ok"
-    assert core.decide(output, photo, ("blend", "glb"), overwrite=False).action == "skip"
-    assert core.decide(output, photo, ("glb",), overwrite=False).action == "skip"
+    assert read_manifest(output / "a")["status"] == "ok"
+    assert decide(output, photo, ("blend", "glb"), overwrite=False).action == "skip"
+    assert decide(output, photo, ("glb",), overwrite=False).action == "skip"
 
 
 def test_missing_formats_are_added_without_touching_existing_files(tmp_path):
     output, photo = tmp_path / "out", _photo(tmp_path)
     staging, manifest = _stage(output, photo, ("blend",), b"old")
-    core.commit(staging, output / "a", overwrite=False, manifest=manifest)
-    decision = core.decide(output, photo, ("blend", "obj"), overwrite=False)
+    commit(staging, output / "a", overwrite=False, manifest=manifest)
+    decision = decide(output, photo, ("blend", "obj"), overwrite=False)
     assert decision.action == "run" and decision.missing_formats == ("obj",)
     staging, manifest = _stage(output, photo, ("blend", "obj"), b"new")  # even if a build re-made the .blend
-    core.commit(staging, output / "a", overwrite=False, manifest=manifest)
+    commit(staging, output / "a", overwrite=False, manifest=manifest)
     assert (output / "a" / "a.blend").read_bytes() == b"old"
     assert (output / "a" / "a.obj").read_bytes() == b"new" and (output / "a" / "a.mtl").exists()
-    merged = core.read_manifest(output / "a")
+    merged = read_manifest(output / "a")
     assert merged["formats"] == ["blend", "obj"] and "a.mtl" in merged["files"]
-    assert core.decide(output, photo, ("obj", "blend"), overwrite=False).action == "skip"
+    assert decide(output, photo, ("obj", "blend"), overwrite=False).action == "skip"
 
 
 def test_deleted_output_file_is_redone(tmp_path):
     output, photo = tmp_path / "out", _photo(tmp_path)
     staging, manifest = _stage(output, photo, ("blend", "glb"))
-    core.commit(staging, output / "a", overwrite=False, manifest=manifest)
+    commit(staging, output / "a", overwrite=False, manifest=manifest)
     (output / "a" / "a.glb").unlink()
-    decision = core.decide(output, photo, ("blend", "glb"), overwrite=False)
+    decision = decide(output, photo, ("blend", "glb"), overwrite=False)
     assert decision.action == "run" and decision.missing_formats == ("glb",)
 
 
@@ -156,19 +163,19 @@ def test_foreign_or_unfinished_folder_is_a_conflict_unless_overwrite(tmp_path):
     output, photo = tmp_path / "out", _photo(tmp_path)
     (output / "a").mkdir(parents=True)
     (output / "a" / "mine.txt").write_text("user data")
-    decision = core.decide(output, photo, ("blend",), overwrite=False)
+    decision = decide(output, photo, ("blend",), overwrite=False)
     assert decision.action == "conflict" and "--overwrite" in decision.reason
-    assert core.decide(output, photo, ("blend",), overwrite=True).action == "run"
+    assert decide(output, photo, ("blend",), overwrite=True).action == "run"
 
 
 def test_overwrite_replaces_the_folder(tmp_path):
     output, photo = tmp_path / "out", _photo(tmp_path)
     staging, manifest = _stage(output, photo, ("blend", "glb"), b"old")
-    core.commit(staging, output / "a", overwrite=False, manifest=manifest)
-    decision = core.decide(output, photo, ("blend",), overwrite=True)
+    commit(staging, output / "a", overwrite=False, manifest=manifest)
+    decision = decide(output, photo, ("blend",), overwrite=True)
     assert decision.action == "run" and decision.reason == "overwrite"
     staging, manifest = _stage(output, photo, ("blend",), b"new")
-    core.commit(staging, output / "a", overwrite=True, manifest=manifest)
+    commit(staging, output / "a", overwrite=True, manifest=manifest)
     assert (output / "a" / "a.blend").read_bytes() == b"new"
     assert not (output / "a" / "a.glb").exists()
     assert [p.name for p in output.iterdir()] == ["a"]  # no staging or trash left behind
@@ -176,32 +183,32 @@ def test_overwrite_replaces_the_folder(tmp_path):
 
 def test_stale_staging_is_cleaned(tmp_path):
     output = tmp_path / "out"
-    stale = core.make_staging(output, _photo(tmp_path))
+    stale = make_staging(output, _photo(tmp_path))
     (stale / "half.blend").write_bytes(b"x")
     keep = output / "user_folder"
     keep.mkdir()
-    assert core.clean_stale_staging(output) == [stale]
+    assert clean_stale_staging(output) == [stale]
     assert not stale.exists() and keep.exists()
 
 
 # ----------------------------------------------------------------------------- summary/progress
 
 def test_summary_written_atomically(tmp_path):
-    opts = core.parse_args(["-i", "a", "-o", str(tmp_path / "o")])
-    summary = core.Summary(opts.summary_path, opts)
-    summary.add(core.PhotoReport(photo="a.jpg", key="a", status="ok", faces=1, vertices=10))
-    summary.add(core.PhotoReport(photo="b.jpg", key="b").fail("no_face", "no face\nfound "))
+    opts = parse_args(["-i", "a", "-o", str(tmp_path / "o")])
+    summary = Summary(opts.summary_path, opts)
+    summary.add(PhotoReport(photo="a.jpg", key="a", status="ok", faces=1, vertices=10))
+    summary.add(PhotoReport(photo="b.jpg", key="b").fail("no_face", "no face\nfound "))
     summary.write()
     data = json.loads(opts.summary_path.read_text())
     assert data["counts"] == {"ok": 1, "skipped": 0, "failed": 1, "pending": 0}
     assert data["photos"][1]["error"] == "no face found" and data["photos"][1]["error_code"] == "no_face"
-    assert data["options"]["formats"] == list(core.DEFAULT_FORMATS)
+    assert data["options"]["formats"] == list(DEFAULT_FORMATS)
     assert not list(tmp_path.glob("o/*.tmp"))
 
 
 def test_progress_lines_and_eta():
     now = [100.0]
-    progress = core.Progress(4, clock=lambda: now[0])
+    progress = Progress(4, clock=lambda: now[0])
     now[0] = 110.0               # 10 s of server start-up, not counted in the rate
     progress.begin()
     line = progress.line("skip.jpg", "skipped", processed=False)
@@ -213,7 +220,7 @@ def test_progress_lines_and_eta():
     progress.line("b.jpg", "failed")
     line = progress.line("c.jpg", "ok")
     assert "[4/4]" in line and "ETA 00:00" in line
-    assert core.format_duration(3725) == "1:02:05" and core.format_duration(None) == "--:--"
+    assert format_duration(3725) == "1:02:05" and format_duration(None) == "--:--"
 
 
 # -------------------------------------------------------------------------------- request window
@@ -274,7 +281,7 @@ class FakeClock:
 
 
 def _photos(n, tmp_path=Path("/nonexistent")):
-    return [core.Photo(path=tmp_path / f"p{i}.jpg", key=f"p{i}") for i in range(n)]
+    return [Photo(path=tmp_path / f"p{i}.jpg", key=f"p{i}") for i in range(n)]
 
 
 def _read(path):
@@ -296,7 +303,7 @@ def _drain(window, clock, build_s=0.0):
 def test_window_keeps_jobs_in_the_pipeline(jobs):
     clock = FakeClock()
     client = FakeClient(clock, latency=1.0)
-    window = core.Window(client, _photos(6), {"face": "largest"}, jobs=jobs, timeout=30, read=_read, clock=clock)
+    window = Window(client, _photos(6), {"face": "largest"}, jobs=jobs, timeout=30, read=_read, clock=clock)
     events = _drain(window, clock, build_s=1.0)
     assert [k for k, _ in events] == [f"p{i}" for i in range(6)] and all(s == "ok" for _, s in events)
     assert window.max_in_flight == jobs  # at the start nothing is being built: all jobs at the server
@@ -309,7 +316,7 @@ def test_window_keeps_jobs_in_the_pipeline(jobs):
 def test_window_sends_the_next_request_before_handing_out_a_reply():
     clock = FakeClock()
     client = FakeClient(clock, latency=1.0)
-    window = core.Window(client, _photos(3), {}, jobs=2, timeout=30, read=_read, clock=clock)
+    window = Window(client, _photos(3), {}, jobs=2, timeout=30, read=_read, clock=clock)
     events = window.events()
     photo, message, error = next(events)
     assert photo.key == "p0" and message.id == "r1"
@@ -320,10 +327,10 @@ def test_window_reports_errors_unreadable_and_late_replies():
     clock = FakeClock()
     client = FakeClient(clock, latency=1.0, replies={b"p1": "no_face", b"p3": "silent"})
     photos = _photos(5)
-    photos[2] = core.Photo(path=Path("/x/unreadable.jpg"), key="unreadable")
-    window = core.Window(client, photos, {}, jobs=2, timeout=5, read=_read, clock=clock)
+    photos[2] = Photo(path=Path("/x/unreadable.jpg"), key="unreadable")
+    window = Window(client, photos, {}, jobs=2, timeout=5, read=_read, clock=clock)
     events = dict(_drain(window, clock))
-    assert events == {"p0": "ok", "p1": "no_face", "unreadable": core.ERR_UNREADABLE, "p3": "timeout", "p4": "ok"}
+    assert events == {"p0": "ok", "p1": "no_face", "unreadable": ERR_UNREADABLE, "p3": "timeout", "p4": "ok"}
 
 
 def test_window_retries_busy_replies():
@@ -340,40 +347,28 @@ def test_window_retries_busy_replies():
         return message
 
     client.receive = receive
-    window = core.Window(client, _photos(2), {}, jobs=2, timeout=5, read=_read, clock=clock, sleep=lambda s: None)
+    window = Window(client, _photos(2), {}, jobs=2, timeout=5, read=_read, clock=clock, sleep=lambda s: None)
     assert dict(_drain(window, clock)) == {"p0": "ok", "p1": "ok"}
     assert [s[1] for s in client.sent].count(b"p0") == 2
 
 
 def test_window_aborts_when_the_server_is_unreachable_or_gone():
     clock = FakeClock()
-    window = core.Window(FakeClient(clock, unreachable=True), _photos(3), {}, jobs=2, timeout=5, read=_read, clock=clock)
+    window = Window(FakeClient(clock, unreachable=True), _photos(3), {}, jobs=2, timeout=5, read=_read, clock=clock)
     assert [s for _, s in _drain(window, clock)] == ["unreachable"] * 3
     assert window.aborted[0] == "unreachable"
 
     clock = FakeClock()
     client = FakeClient(clock, latency=1.0, replies={b"p1": "silent", b"p2": "silent"})
-    window = core.Window(client, _photos(4), {}, jobs=2, timeout=60, read=_read, clock=clock,
-                         alive=lambda: clock.now < 3)
+    window = Window(client, _photos(4), {}, jobs=2, timeout=60, read=_read, clock=clock,
+                    alive=lambda: clock.now < 3)
     events = _drain(window, clock)
     assert events[0] == ("p0", "ok")
-    assert {k for k, s in events[1:] if s == core.ERR_SERVER_GONE} == {"p1", "p2", "p3"}
+    assert {k for k, s in events[1:] if s == ERR_SERVER_GONE} == {"p1", "p2", "p3"}
     assert clock.now < 10  # noticed within a receive slice, not after the 60 s timeout
 
 
 # ----------------------------------------------------------------------------------------- files
-
-def test_png_bytes_round_trip():
-    from PIL import Image
-
-    rgb = np.random.default_rng(0).integers(0, 256, (7, 5, 3), dtype=np.uint8)
-    decoded = np.asarray(Image.open(io.BytesIO(core.png_bytes(rgb))))
-    assert decoded.shape == (7, 5, 3) and np.array_equal(decoded, rgb)
-    rgba = np.dstack([rgb, np.full((7, 5), 9, np.uint8)])
-    assert np.array_equal(np.asarray(Image.open(io.BytesIO(core.png_bytes(rgba)))), rgba)
-    with pytest.raises(ValueError):
-        core.png_bytes(np.zeros((4, 4), np.uint8))
-
 
 def _glb(document: dict, binary: bytes) -> bytes:
     text = json.dumps(document).encode()
@@ -386,35 +381,35 @@ def _glb(document: dict, binary: bytes) -> bytes:
 def test_read_glb(tmp_path):
     path = tmp_path / "x.glb"
     path.write_bytes(_glb({"asset": {"version": "2.0"}, "meshes": [{}]}, b"\x01\x02"))
-    document, binary = core.read_glb(path)
+    document, binary = read_glb(path)
     assert document["meshes"] == [{}] and binary[:2] == b"\x01\x02"
     path.write_bytes(b"glTF" + b"\0" * 20)
     with pytest.raises(ValueError):
-        core.read_glb(path)
+        read_glb(path)
 
 
 def test_pick_server_python(tmp_path):
     root = tmp_path / "repo"
-    assert core.pick_server_python("/opt/py", env={"FACEFORGE_PYTHON": "/e"}, root=root) == "/opt/py"
-    assert core.pick_server_python(None, env={"FACEFORGE_PYTHON": "/e"}, root=root) == "/e"
-    assert core.pick_server_python(None, env={}, root=root, executable="/usr/bin/python3",
-                                   has_torch=lambda p: True) == "/usr/bin/python3"
-    assert core.pick_server_python(None, env={}, root=root, executable="/usr/bin/python3",
-                                   has_torch=lambda p: False) is None
-    assert core.pick_server_python(None, env={}, root=root, executable="/usr/bin/blender",
-                                   has_torch=lambda p: True) is None  # Blender's binary is no server Python
+    assert pick_server_python("/opt/py", env={"FACEFORGE_PYTHON": "/e"}, root=root) == "/opt/py"
+    assert pick_server_python(None, env={"FACEFORGE_PYTHON": "/e"}, root=root) == "/e"
+    assert pick_server_python(None, env={}, root=root, executable="/usr/bin/python3",
+                              has_torch=lambda p: True) == "/usr/bin/python3"
+    assert pick_server_python(None, env={}, root=root, executable="/usr/bin/python3",
+                              has_torch=lambda p: False) is None
+    assert pick_server_python(None, env={}, root=root, executable="/usr/bin/blender",
+                              has_torch=lambda p: True) is None  # Blender's binary is no server Python
     venv = root / ".venv" / "bin"
     venv.mkdir(parents=True)
     (venv / "python").write_text("")
-    assert core.pick_server_python(None, env={}, root=root, executable="/x") == str(venv / "python")
+    assert pick_server_python(None, env={}, root=root, executable="/x") == str(venv / "python")
 
 
 def test_free_tcp_address():
-    address = core.free_tcp_address()
+    address = free_tcp_address()
     assert address.startswith("tcp://127.0.0.1:") and int(address.rsplit(":", 1)[1]) > 0
 
 
 def test_missing_modules_and_hint():
-    assert core.missing_modules(["json", "no_such_module_ff"]) == ["no_such_module_ff"]
-    hint = core.setup_hint(["numpy", "zmq"])
+    assert missing_modules(["json", "no_such_module_ff"]) == ["no_such_module_ff"]
+    hint = setup_hint(["numpy", "zmq"])
     assert "apt-get install python3-numpy python3-zmq" in hint and "pip install numpy pyzmq" in hint

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from addon.server_process import tcp_in_use
-from tests.batch_fixtures import (BLENDER, batch_core, blender_command, by_key, glb_summary,  # noqa: F401
-                                  inspect_blend, load_summary, needs_blender, needs_bpy, one_photo_folder,
-                                  photo_folder, ply_header, python_command, run_batch, stl_summary,
-                                  two_faces_folder)
+from tests.batch_fixtures import (BLENDER, batch_options, batch_outputs, batch_server, blender_command,  # noqa: F401
+                                  by_key, glb_summary, inspect_blend, load_summary, needs_blender, needs_bpy,
+                                  ply_header, python_command, run_batch, stl_summary)
+from tests.photo_fixtures import one_photo_folder, photo_folder, two_faces_folder  # noqa: F401 (fixtures)
 
 ALL_FORMATS = "blend,glb,obj,ply,stl"
 PROGRESS = re.compile(r"^\[\s*(\d+)/(\d+)\] (\S+): (ok|skipped|failed)\b.*\| elapsed \d+:\d\d \| ETA (\d+:\d\d|--:--)")
@@ -26,7 +26,7 @@ def progress_lines(stdout: str) -> list:
 
 
 def no_staging_left(output: Path) -> bool:
-    return not [p for p in output.iterdir() if p.name.startswith(batch_core.STAGING_PREFIX)]
+    return not [p for p in output.iterdir() if p.name.startswith(batch_outputs.STAGING_PREFIX)]
 
 
 @needs_blender
@@ -36,7 +36,7 @@ def test_blender_batch_starts_its_server_and_writes_every_format(photo_folder, t
     output = tmp_path / "out"
     result = run_batch(blender_command("--input", str(photo_folder), "--output", str(output), "--formats", ALL_FORMATS,
                                        "--device", "cpu", "--jobs", "2"))
-    assert result.returncode == batch_core.EXIT_PHOTOS_FAILED
+    assert result.returncode == batch_options.EXIT_PHOTOS_FAILED
 
     lines = progress_lines(result.stdout)
     assert [(done, total) for done, total, *_ in lines] == [("1", "4"), ("2", "4"), ("3", "4"), ("4", "4")]
@@ -67,7 +67,7 @@ def test_blender_batch_starts_its_server_and_writes_every_format(photo_folder, t
         expected = {f"{key}{suffix}" for suffix in (".blend", ".glb", ".obj", ".mtl", ".ply", ".stl")} | {f"{key}_face0.png"}
         assert {Path(p).name for p in entry["outputs"]} == expected
         assert all(Path(p).is_file() and Path(p).stat().st_size > 0 for p in entry["outputs"])
-        assert batch_core.read_manifest(folder)["formats"] == ALL_FORMATS.split(",")
+        assert batch_outputs.read_manifest(folder)["formats"] == ALL_FORMATS.split(",")
 
         # .blend: one object per face, modifiers kept, images packed (opened by Debian's Blender).
         blend = inspect_blend(folder / f"{key}.blend")
@@ -112,7 +112,7 @@ def test_blender_batch_with_running_server_resumes_and_keeps_failing_bad_photos(
     args = ["--input", str(photo_folder), "--output", str(output), "--server", server_address, "--formats", "blend",
             "--jobs", "1", "--smooth", "2", "--detail", "0.001"]
     first = run_batch(blender_command(*args))
-    assert first.returncode == batch_core.EXIT_PHOTOS_FAILED
+    assert first.returncode == batch_options.EXIT_PHOTOS_FAILED
     summary = load_summary(output)
     assert summary["counts"]["ok"] == 2 and summary["run"]["started_server"] is False
     assert summary["run"]["max_in_flight"] == 1
@@ -120,7 +120,7 @@ def test_blender_batch_with_running_server_resumes_and_keeps_failing_bad_photos(
     stamp = blend.stat().st_mtime_ns
 
     second = run_batch(blender_command(*args))
-    assert second.returncode == batch_core.EXIT_PHOTOS_FAILED
+    assert second.returncode == batch_options.EXIT_PHOTOS_FAILED
     summary = load_summary(output)
     assert summary["counts"] == {"ok": 0, "skipped": 2, "failed": 2, "pending": 0}
     assert by_key(summary)["astronaut"]["outputs"] == [str(blend)]
@@ -158,16 +158,16 @@ def test_python_bpy_batch_resume_add_formats_and_overwrite(one_photo_folder, ser
     entry = load_summary(output)["photos"][0]
     assert entry["status"] == "ok" and "add formats stl,obj" in entry["note"]
     for name, stamp in stamps.items():
-        if name != batch_core.MANIFEST:
+        if name != batch_outputs.MANIFEST:
             assert (folder / name).stat().st_mtime_ns == stamp, f"{name} was rewritten without --overwrite"
     assert (folder / "astronaut.stl").exists() and (folder / "astronaut.obj").exists()
-    assert set(batch_core.read_manifest(folder)["formats"]) == {"blend", "glb", "stl", "obj"}
+    assert set(batch_outputs.read_manifest(folder)["formats"]) == {"blend", "glb", "stl", "obj"}
 
     time.sleep(0.01)
     redo = run_batch(python_command(*base, "--formats", "glb", "--overwrite"))
     assert redo.returncode == 0
     assert load_summary(output)["photos"][0]["status"] == "ok"
-    assert sorted(p.name for p in folder.iterdir()) == ["astronaut.glb", "astronaut_face0.png", batch_core.MANIFEST]
+    assert sorted(p.name for p in folder.iterdir()) == ["astronaut.glb", "astronaut_face0.png", batch_outputs.MANIFEST]
     assert (folder / "astronaut.glb").stat().st_mtime_ns != stamps["astronaut.glb"]
     assert no_staging_left(output)
 
@@ -195,10 +195,10 @@ def test_python_bpy_batch_face_all_gives_one_object_per_face(two_faces_folder, s
 @needs_blender
 def test_blender_batch_unreachable_server_exits_3(one_photo_folder, tmp_path):
     output = tmp_path / "out"
-    dead = batch_core.free_tcp_address()
+    dead = batch_server.free_tcp_address()
     result = run_batch(blender_command("--input", str(one_photo_folder), "--output", str(output), "--server", dead),
                        timeout=120)
-    assert result.returncode == batch_core.EXIT_SERVER
+    assert result.returncode == batch_options.EXIT_SERVER
     summary = load_summary(output)
     assert summary["counts"]["failed"] == 1 and summary["photos"][0]["error_code"] == "unreachable"
     assert "error:" in result.stdout
@@ -208,11 +208,11 @@ def test_blender_batch_unreachable_server_exits_3(one_photo_folder, tmp_path):
 def test_blender_batch_usage_errors_exit_2(tmp_path):
     result = run_batch(blender_command("--input", str(tmp_path), "--output", str(tmp_path / "o"), "--formats", "fbx"),
                        timeout=120)
-    assert result.returncode == batch_core.EXIT_USAGE and "unknown format" in result.stderr
+    assert result.returncode == batch_options.EXIT_USAGE and "unknown format" in result.stderr
     empty = tmp_path / "empty"
     empty.mkdir()
     result = run_batch(blender_command("--input", str(empty), "--output", str(tmp_path / "o")), timeout=120)
-    assert result.returncode == batch_core.EXIT_USAGE and "no photos found" in result.stdout
+    assert result.returncode == batch_options.EXIT_USAGE and "no photos found" in result.stdout
 
 
 @needs_blender
@@ -235,7 +235,7 @@ def test_blender_batch_stops_its_server_on_sigint(photo_folder, tmp_path):
         if process.poll() is None:
             process.kill()
             process.wait()
-    assert process.returncode == batch_core.EXIT_INTERRUPTED, "".join(lines) + rest
+    assert process.returncode == batch_options.EXIT_INTERRUPTED, "".join(lines) + rest
     summary = load_summary(output)
     assert summary["run"]["interrupted"] and not summary["finished"]
     assert summary["counts"]["pending"] + summary["counts"]["ok"] + summary["counts"]["failed"] == 4

@@ -1,0 +1,211 @@
+"""The Blender side of the headless batch (``scripts/batch.py``): an empty scene per photo, faces
+built by the add-on (``addon.scene.build_face_object``), the .blend saved, and version-guarded
+exporters for glb / obj / ply / stl. ``bpy`` is imported lazily so ``--help`` works anywhere."""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+FACE_GAP_M = 0.05  # space between the faces of one photo when --face all finds several
+STL_THICKNESS_M = 0.003  # the STL is closed (solidified) so it can be printed
+STL_SCALE = 1000.0  # STL has no units; slicers read millimetres
+
+
+@contextlib.contextmanager
+def blender_chatter_to_stderr(enabled: bool = True):
+    """Send what Blender and its exporters print (C and Python) to stderr, so stdout carries only
+    the batch's own lines: one per photo."""
+    if not enabled:
+        yield
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        flush_c = lambda: libc.fflush(None)  # noqa: E731
+    except (OSError, AttributeError):
+        flush_c = lambda: None  # noqa: E731
+    sys.stdout.flush()
+    flush_c()
+    try:
+        saved = os.dup(1)
+    except OSError:
+        yield
+        return
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        flush_c()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+class Blender:
+    """Scene reset, building through the add-on, saving and version-guarded exports."""
+
+    def __init__(self):
+        import bpy
+
+        from addon import scene
+
+        self.bpy = bpy
+        self.scene_mod = scene
+        self.version = tuple(bpy.app.version)
+        # An empty scene: no default cube, camera or light in the outputs.
+        bpy.ops.wm.read_factory_settings(use_empty=True)
+        self.exporters = {}
+
+    # -- isolation ---------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Remove everything a previous photo created, so files contain only this photo's faces."""
+        data = self.bpy.data
+        for collection in (data.objects, data.meshes, data.materials, data.textures, data.images,
+                           data.node_groups, data.collections):
+            ids = list(collection)
+            if ids:
+                data.batch_remove(ids)
+        for scene in data.scenes:
+            for child in list(scene.collection.children):
+                scene.collection.children.unlink(child)
+
+    # -- building ----------------------------------------------------------------------------
+    def build(self, key: str, faces, settings, metadata: dict) -> list:
+        objects, x = [], 0.0
+        ordered = sorted(faces, key=lambda f: f.index)
+        widths = [float(f.arrays["vertices"][:, 0].max() - f.arrays["vertices"][:, 0].min()) for f in ordered]
+        total = sum(widths) + FACE_GAP_M * (len(widths) - 1)
+        x = -total / 2
+        for face, width in zip(ordered, widths):
+            centre = float(face.arrays["vertices"][:, 0].max() + face.arrays["vertices"][:, 0].min()) / 2
+            location = (x + width / 2 - centre, 0.0, 0.0) if len(ordered) > 1 else (0.0, 0.0, 0.0)
+            obj = self.scene_mod.build_face_object(face, name=f"{key}_face{face.index}", settings=settings,
+                                                   location=location, metadata=metadata)
+            objects.append(obj)
+            x += width + FACE_GAP_M
+        return objects
+
+    def select_only(self, objects) -> None:
+        bpy = self.bpy
+        view_layer = bpy.context.view_layer
+        for obj in view_layer.objects:
+            obj.select_set(obj in objects)
+        if objects:
+            view_layer.objects.active = objects[0]
+
+    # -- files -------------------------------------------------------------------------------
+    def save_blend(self, path: Path) -> None:
+        self.bpy.ops.wm.save_as_mainfile(filepath=str(path), copy=True, compress=True)
+
+    def use_texture_files(self, objects, textures: dict) -> None:
+        """Point each material's image node at the PNG written next to the exports (after the
+        .blend was saved with packed images), so OBJ's MTL names the file and glTF embeds it."""
+        bpy = self.bpy
+        for obj in objects:
+            path = textures.get(obj.name)
+            if path is None:
+                continue
+            image = bpy.data.images.load(str(path), check_existing=False)
+            image.name = path.stem
+            for slot in obj.material_slots:
+                if slot.material is None or slot.material.node_tree is None:
+                    continue
+                for node in slot.material.node_tree.nodes:
+                    if node.type == "TEX_IMAGE" and node.image is not None and not node.image.name.endswith(("_detail", "_depth")):
+                        node.image = image
+
+    def _op(self, idname: str):
+        module, name = idname.split(".")
+        op = getattr(getattr(self.bpy.ops, module), name)
+        try:
+            op.get_rna_type()
+        except KeyError:
+            return None
+        return op
+
+    def _enable(self, addon: str) -> None:
+        import addon_utils
+
+        try:
+            addon_utils.enable(addon, default_set=False)
+        except Exception:  # not shipped in this version: the caller falls back
+            pass
+
+    def exporter(self, fmt: str):
+        """``(operator, kwargs)`` for a format, chosen by Blender version (names changed in 3.6/4.x)."""
+        if fmt in self.exporters:
+            return self.exporters[fmt]
+        v = self.version
+        candidates = {
+            "glb": [("export_scene.gltf", "io_scene_gltf2",
+                     dict(export_format="GLB", use_selection=True, export_apply=True, export_texcoords=True,
+                          export_materials="EXPORT"))],
+            # OBJ: the C++ wm.obj_export replaced the io_scene_obj add-on (removed in 4.0).
+            "obj": [("wm.obj_export", None,
+                     dict(export_selected_objects=True, apply_modifiers=True, export_uv=True, export_normals=True,
+                          export_materials=True, path_mode="STRIP"))] if v >= (4, 0, 0) else
+                   [("export_scene.obj", "io_scene_obj",
+                     dict(use_selection=True, use_mesh_modifiers=True, use_uvs=True, use_normals=True,
+                          use_materials=True, path_mode="STRIP", axis_forward="-Z", axis_up="Y")),
+                    ("wm.obj_export", None,
+                     dict(export_selected_objects=True, apply_modifiers=True, export_uv=True, export_normals=True,
+                          export_materials=True, path_mode="STRIP"))],
+            # PLY: wm.ply_export since 3.6 (io_mesh_ply removed in 4.0).
+            "ply": [("wm.ply_export", None,
+                     dict(export_selected_objects=True, apply_modifiers=True, export_uv=True, export_normals=True))]
+                   if v >= (3, 6, 0) else
+                   [("export_mesh.ply", "io_mesh_ply",
+                     dict(use_selection=True, use_mesh_modifiers=True, use_uv_coords=True, use_normals=True,
+                          use_colors=False))],
+            # STL: wm.stl_export since 4.1 (io_mesh_stl removed in 4.2). Millimetres for slicers.
+            "stl": [("wm.stl_export", None,
+                     dict(export_selected_objects=True, apply_modifiers=True, global_scale=STL_SCALE, ascii_format=False))]
+                   if v >= (4, 1, 0) else
+                   [("export_mesh.stl", "io_mesh_stl",
+                     dict(use_selection=True, use_mesh_modifiers=True, global_scale=STL_SCALE, ascii=False,
+                          batch_mode="OFF"))],
+        }[fmt]
+        for idname, addon, kwargs in candidates:
+            op = self._op(idname)
+            if op is None and addon:
+                self._enable(addon)
+                op = self._op(idname)
+            if op is not None:
+                self.exporters[fmt] = (idname, op, kwargs)
+                return self.exporters[fmt]
+        raise RuntimeError(f"Blender {'.'.join(map(str, v))} has no exporter for {fmt} "
+                           f"(tried {', '.join(c[0] for c in candidates)})")
+
+    def export(self, fmt: str, path: Path, objects) -> None:
+        idname, op, kwargs = self.exporter(fmt)
+        self.select_only(objects)
+        extra = []
+        if fmt == "stl":  # printable: a closed shell, thickened backwards (the face looks toward -Y)
+            for obj in objects:
+                mod = obj.modifiers.new("FaceForge print shell", "SOLIDIFY")
+                mod.thickness = STL_THICKNESS_M
+                mod.offset = 1.0 if self._normals_face_back(obj) else -1.0
+                mod.use_rim = True
+                mod.use_even_offset = True
+                extra.append((obj, mod))
+        try:
+            result = op(filepath=str(path), **kwargs)
+        finally:
+            for obj, mod in extra:
+                obj.modifiers.remove(mod)
+        if "FINISHED" not in result or not path.exists():
+            raise RuntimeError(f"{idname} did not write {path.name} (result {sorted(result)})")
+
+    @staticmethod
+    def _normals_face_back(obj) -> bool:
+        """Solidify thickens against the normals with offset -1; we want the shell behind the face."""
+        mesh = obj.data
+        if not len(mesh.polygons):
+            return False
+        total = 0.0
+        for poly in mesh.polygons[: min(len(mesh.polygons), 2000)]:
+            total += poly.normal.y
+        return total > 0  # normals point +Y (away from the viewer): thicken along them

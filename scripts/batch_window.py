@@ -1,0 +1,145 @@
+"""The request window of the batch (bpy-free, zmq-free: the client is passed in): N photos in the
+pipeline on one client, so the server works while Blender builds and writes files."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from batch_outputs import Photo
+from batch_progress import ERR_SERVER_GONE, ERR_UNREADABLE
+
+
+@dataclass
+class InFlight:
+    photo: Photo
+    request_id: str
+    sent: float
+
+
+class Window:
+    """Keeps up to ``jobs`` photos in the pipeline on one client -- requests in flight at the server
+    plus the one the caller is building in Blender -- and yields replies in the order they arrive.
+
+    ``jobs=1`` is strictly serial (send, wait, build, send the next). With ``jobs=N`` the next
+    requests are already queued at the server while the caller builds and exports a reply, so the
+    server is never idle while Blender writes files. The refill happens *before* a reply is handed
+    to the caller.
+
+    ``client`` needs ``send(op, params, payloads) -> id`` and ``receive(timeout) -> message`` with
+    ``message.id`` and ``message.error`` (``addon.wire.client.Client``). ``read`` returns a photo's
+    bytes or raises OSError. ``timeout`` bounds how long the server may work on the oldest request
+    *after* finishing the one before (requests queued behind others are not penalised for waiting).
+    ``alive`` is polled while waiting; when it turns false the remaining photos fail at once.
+
+    ``events()`` yields ``(photo, message, error)``: a reply message (possibly an error reply), or
+    ``error`` as ``(code, text)`` for photos that never got a reply (unreadable, timeout, no server).
+    """
+
+    BUSY_CODE = "busy"
+
+    def __init__(self, client, photos: Sequence[Photo], params: dict, *, jobs: int, timeout: float,
+                 read: Callable[[Path], bytes] = lambda p: p.read_bytes(),
+                 alive: Callable[[], bool] = lambda: True, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep,
+                 unreachable_codes: Sequence[str] = ("unreachable",), busy_retries: int = 50, busy_delay: float = 0.5):
+        self.client = client
+        self.pending = list(photos)
+        self.params = dict(params)
+        self.jobs = max(1, int(jobs))
+        self.timeout = float(timeout)
+        self.read = read
+        self.alive = alive
+        self.clock = clock
+        self.sleep = sleep
+        self.unreachable_codes = tuple(unreachable_codes)
+        self.busy_retries = busy_retries
+        self.busy_delay = busy_delay
+        self.attempts: dict = {}        # photo key -> sends so far
+        self.in_flight: dict = {}       # request id -> InFlight, in send order
+        self.last_progress = clock()
+        self.max_in_flight = 0
+        self.aborted: tuple | None = None  # (code, text) once the server is unreachable/gone
+
+    def _send(self, photo: Photo) -> None:
+        data = self.read(photo.path)
+        request_id = self.client.send("reconstruct", self.params, {"image": data})
+        if not self.in_flight:
+            self.last_progress = self.clock()
+        self.attempts[photo.key] = self.attempts.get(photo.key, 0) + 1
+        self.in_flight[request_id] = InFlight(photo, request_id, self.clock())
+        self.max_in_flight = max(self.max_in_flight, len(self.in_flight))
+
+    def fill(self, capacity: int) -> list:
+        """Send until ``capacity`` requests are in flight. Returns immediate failures as events."""
+        failures = []
+        while self.pending and len(self.in_flight) < capacity and self.aborted is None:
+            photo = self.pending.pop(0)
+            try:
+                self._send(photo)
+            except OSError as exc:
+                failures.append((photo, None, (ERR_UNREADABLE, f"cannot read {photo.path}: {exc.strerror or exc}")))
+            except Exception as exc:  # ProtocolError(unreachable) and friends
+                code = getattr(exc, "code", "internal")
+                text = getattr(exc, "message", str(exc))
+                failures.append((photo, None, (code, text)))
+                if code in self.unreachable_codes:
+                    self.aborted = (code, text)
+        return failures
+
+    def _abort_all(self, code: str, text: str) -> list:
+        self.aborted = (code, text)
+        lost = [(f.photo, None, (code, text)) for f in self.in_flight.values()]
+        lost += [(p, None, (code, text)) for p in self.pending]
+        self.in_flight.clear()
+        self.pending.clear()
+        return lost
+
+    def events(self):
+        while True:
+            yield from self.fill(self.jobs)
+            if self.aborted is not None:
+                yield from self._abort_all(*self.aborted)
+                return
+            if not self.in_flight:
+                return
+            oldest = next(iter(self.in_flight.values()))
+            start = max(self.last_progress, oldest.sent)
+            remaining = start + self.timeout - self.clock()
+            if remaining <= 0:
+                del self.in_flight[oldest.request_id]
+                self.last_progress = self.clock()
+                yield oldest.photo, None, ("timeout", f"no reply within {self.timeout:g} s")
+                continue
+            try:
+                message = self.client.receive(min(remaining, 1.0))
+            except Exception as exc:
+                code = getattr(exc, "code", "internal")
+                if code == "timeout":          # a 1-second slice passed: check the server, loop
+                    if not self.alive():
+                        yield from self._abort_all(ERR_SERVER_GONE, "the server process exited")
+                        return
+                    continue
+                # A reply that does not decode: we cannot tell whose it was; fail the oldest.
+                del self.in_flight[oldest.request_id]
+                yield oldest.photo, None, (code, getattr(exc, "message", str(exc)))
+                continue
+            entry = self.in_flight.pop(message.id, None)
+            if entry is None:
+                if message.id == "" and self.in_flight:   # id-less error: the server could not parse ours
+                    entry = self.in_flight.pop(oldest.request_id)
+                else:
+                    continue                               # late reply to a timed-out request
+            self.last_progress = self.clock()
+            error = getattr(message, "error", None)
+            if (error is not None and getattr(error, "code", "") == self.BUSY_CODE
+                    and self.attempts.get(entry.photo.key, 0) < self.busy_retries):
+                self.pending.insert(0, entry.photo)        # server queue full (shared server): retry
+                if not self.in_flight:
+                    self.sleep(self.busy_delay)
+                continue
+            # Refill first (the caller's photo takes one slot): the server starts the next photo
+            # while the caller builds and exports this one.
+            yield from self.fill(self.jobs - 1)
+            yield entry.photo, message, None
