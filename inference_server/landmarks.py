@@ -37,12 +37,15 @@ def _ordered_rings(edges) -> list[list[int]]:
     return rings
 
 
+UPPER_LIP_MID, LOWER_LIP_MID = 13, 14  # inner-lip midpoints: their gap says whether the mouth is open
+
+
 def _topology():
     from mediapipe.python.solutions import face_mesh_connections as connections
 
     (oval,) = _ordered_rings(connections.FACEMESH_FACE_OVAL)
-    # The lips connections hold two rings; the inner one passes through the lip midpoints 13/14.
-    (inner_lips,) = [r for r in _ordered_rings(connections.FACEMESH_LIPS) if {13, 14} <= set(r)]
+    # The lips connections hold two rings; the inner one passes through the inner-lip midpoints.
+    (inner_lips,) = [r for r in _ordered_rings(connections.FACEMESH_LIPS) if {UPPER_LIP_MID, LOWER_LIP_MID} <= set(r)]
     return np.array(oval), np.array(inner_lips)
 
 

@@ -38,11 +38,6 @@ def closed_spline(ring: np.ndarray, spacing: float) -> np.ndarray:
     return np.stack([np.interp(at, arc, closed[:, 0]), np.interp(at, arc, closed[:, 1])], 1)
 
 
-def polygon_area(ring: np.ndarray) -> float:
-    x, y = ring[:, 0], ring[:, 1]
-    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
-
-
 def spline_rings(outline: np.ndarray, holes: list[np.ndarray], spacing: float) -> list[np.ndarray]:
     """The region's boundary polylines: the outline's spline first, then each hole's."""
     return [closed_spline(ring, spacing) for ring in [outline, *holes]]
@@ -65,7 +60,7 @@ def triangulate_region(outline: np.ndarray, holes: list[np.ndarray], spacing: fl
     Lattice cells whose corners all keep 1.5 spacings from every ring are split directly into two
     triangles. Only the band near the rings goes through Delaunay: no ring point can fall inside
     such a cell's circumcircle (radius 0.71 spacing), so both parts share the cells' edges exactly.
-    Returns (points (N, 2), triangles (F, 3) int32, ring point count); rings come first in ``points``.
+    Returns points (N, 2), ring samples first, and triangles (F, 3) int32.
     """
     rings = spline_rings(outline, holes, spacing)
     boundary = np.vstack(rings)
@@ -122,7 +117,7 @@ def triangulate_region(outline: np.ndarray, holes: list[np.ndarray], spacing: fl
         keep[candidates] = inside_ring if index == 0 else ~inside_ring
     edges = np.linalg.norm(points[triangles] - points[np.roll(triangles, 1, 1)], axis=2)
     keep &= edges.max(1) < 2.5 * spacing                  # bridges across concavities of the rings
-    return points, np.concatenate([lattice, triangles[keep]]).astype(np.int32), len(boundary)
+    return points, np.concatenate([lattice, triangles[keep]]).astype(np.int32)
 
 
 def distance_to_ring(points: np.ndarray, ring: np.ndarray, subdivisions: int = 8) -> np.ndarray:

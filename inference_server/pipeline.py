@@ -160,11 +160,11 @@ class FaceGeometry:
         self.scale = FACE_WIDTH_M / self.pixel_width
         oval = surface[lm.FACE_OVAL, :2]
         centre = oval.mean(0)
-        self.outline = centre + (oval - centre) * (1 - config.contour_inset * self.pixel_width / np.linalg.norm(oval - centre, axis=1, keepdims=True).mean())
-        lips = surface[lm.INNER_LIPS, :2]
-        gap = float(np.linalg.norm(points[13, :2] - points[14, :2]))
-        self.mouth_open = gap > 0.02 * self.pixel_width
-        self.holes = [lips] if self.mouth_open else []
+        radius = float(np.linalg.norm(oval - centre, axis=1).mean())
+        self.outline = centre + (oval - centre) * (1 - config.contour_inset * self.pixel_width / radius)
+        gap = float(np.linalg.norm(points[lm.UPPER_LIP_MID, :2] - points[lm.LOWER_LIP_MID, :2]))
+        self.mouth_open = gap > 0.02 * self.pixel_width  # parted lips: a hole, not a sheet across the mouth
+        self.holes = [surface[lm.INNER_LIPS, :2]] if self.mouth_open else []
         rim = meshing.closed_spline(self.outline, 2.0)
         self.rim_height = float(self.field.sample(rim).mean())
         self.centre = np.array([(self.outline[:, 0].min() + self.outline[:, 0].max()) / 2,
@@ -193,7 +193,7 @@ class FaceGeometry:
     def mesh(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         size = self.config.texture_size
         spacing = self.pixel_width / self.config.resolution
-        points, faces, _ = meshing.triangulate_region(self.outline, self.holes, spacing, size)
+        points, faces = meshing.triangulate_region(self.outline, self.holes, spacing, size)
         faces = meshing.face_the_viewer(points, faces)
         vertices = self.to_metres(points, self.field.sample(points))
         faces = meshing.remove_spikes(vertices, faces)
