@@ -185,4 +185,7 @@ def test_full_queue_answers_busy(small_server, astronaut_png):
         ids = [client.send("reconstruct", {"resolution": 30}, {"image": astronaut_png}) for _ in range(5)]
         replies = [client.receive() for _ in ids]
     codes = [r.error.code if r.error else "ok" for r in replies]
-    assert codes.count("ok") >= 2 and ErrorCode.BUSY in codes
+    # The first request always queues; whether the worker has taken it before the second arrives is
+    # timing, so one or two (queue of one + one in progress) are accepted and the rest told "busy".
+    assert 1 <= codes.count("ok") <= 2, codes
+    assert codes.count(ErrorCode.BUSY) == len(codes) - codes.count("ok"), codes
