@@ -51,6 +51,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_address() -> str:
+    """A ``tcp://127.0.0.1:PORT`` address nothing listens on right now."""
+    return f"tcp://127.0.0.1:{free_port()}"
+
+
 def tcp_in_use(address: str, timeout: float = 0.3) -> bool:
     """Whether something already accepts connections at a ``tcp://host:port`` address (fast, no ZeroMQ wait)."""
     parts = urlsplit(address)
@@ -78,11 +83,12 @@ class LocalServer:
     """One server subprocess: ``python -m inference_server serve --bind ADDRESS --device DEVICE``."""
 
     def __init__(self, python: str, address: str, cwd: str | None = None, log_path: str | None = None,
-                 device: str = "auto"):
+                 device: str = "auto", extra_args: tuple = ()):
         self.python = python
         self.address = address
         self.cwd = cwd or None
         self.device = device
+        self.extra_args = tuple(extra_args)  # further ``serve`` options, e.g. ("--max-queue", "4")
         if log_path is None:
             handle, log_path = tempfile.mkstemp(prefix="faceforge-server-", suffix=".log")
             os.close(handle)
@@ -93,7 +99,8 @@ class LocalServer:
 
     @property
     def command(self) -> list:
-        return [self.python, "-m", "inference_server", "serve", "--bind", self.address, "--device", self.device]
+        return [self.python, "-m", "inference_server", "serve", "--bind", self.address, "--device", self.device,
+                *self.extra_args]
 
     @property
     def running(self) -> bool:
@@ -149,8 +156,9 @@ class LocalServer:
                 except ProtocolError:
                     time.sleep(0.2)
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Terminate (then kill) the process; safe to call twice and at interpreter exit."""
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """Terminate (then kill) the process; safe to call twice and at interpreter exit.
+        Returns the exit code (0: the server shut down cleanly on SIGTERM), None if nothing ran."""
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
             process.terminate()
@@ -161,6 +169,7 @@ class LocalServer:
                 process.wait(timeout)
         self._close_log()
         atexit.unregister(self.stop)
+        return None if process is None else process.returncode
 
     def _close_log(self) -> None:
         if self._log is not None:

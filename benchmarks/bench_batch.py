@@ -61,11 +61,11 @@ def make_photos(folder: Path, count: int) -> list:
 
 
 def start_server():
-    from addon.server_process import LocalServer
-    from batch_server import free_tcp_address, pick_server_python
+    from addon.server_process import LocalServer, free_address
+    from batch_server import pick_server_python
 
     python = pick_server_python(None)
-    server = LocalServer(python, free_tcp_address(), cwd=str(ROOT), device="cpu")
+    server = LocalServer(python, free_address(), cwd=str(ROOT), device="cpu")
     server.start(300)
     return server
 

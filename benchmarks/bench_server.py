@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import io
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -23,6 +22,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from addon.server_process import LocalServer, free_address  # noqa: E402
 from addon.wire import protocol  # noqa: E402
 from addon.wire.client import Client, Reconstruction  # noqa: E402
 
@@ -135,25 +135,15 @@ def main() -> None:
     for size, image in photos.items():
         print(f"in-process stages, {size}x{size} JPEG (median ms):")
         print("  ", bench_stages(image, args.runs, args.device))
-    port = subprocess.check_output([sys.executable, "-c", "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"], text=True).strip()
-    address = f"tcp://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "inference_server", "serve", "--bind", address, "--device",
-                               args.device, "--threads", str(args.threads)], cwd=REPO,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = LocalServer(sys.executable, free_address(), cwd=str(REPO), device=args.device,
+                         extra_args=("--threads", str(args.threads)))
+    server.start(timeout=300)
     try:
-        with Client(address, timeout=2) as client:
-            for _ in range(240):
-                try:
-                    client.info()
-                    break
-                except protocol.ProtocolError:
-                    time.sleep(0.5)
         for size, image in photos.items():
             print(f"server round trip, {size}x{size} JPEG (median ms):")
-            print("  ", bench_round_trip(address, image, args.runs))
+            print("  ", bench_round_trip(server.address, image, args.runs))
     finally:
-        server.terminate()
-        server.wait(30)
+        server.stop()
 
 
 if __name__ == "__main__":

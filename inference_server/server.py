@@ -83,7 +83,6 @@ class InferenceServer:
 
     def _handle(self, router, frames) -> None:
         identity, body = frames[0].bytes, frames[1:]
-        request_id = _best_effort_id(body)
         try:
             message = protocol.decode(body, max_frames=protocol.DEFAULT_MAX_FRAMES,
                                       max_bytes=self.config.max_message_bytes)
@@ -100,6 +99,7 @@ class InferenceServer:
                     raise ProtocolError(ErrorCode.BUSY, f"server busy: {self.config.max_queue} requests already queued") from None
                 return
         except ProtocolError as err:
+            request_id = _best_effort_id(body)  # only rejected requests need their id dug out by hand
             log.warning("rejected request %r: %s", request_id, err)
             reply = protocol.encode_error(request_id, err.code, err.message)
         protocol.send_frames(router, reply, prefix=[identity])

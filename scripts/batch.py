@@ -38,7 +38,7 @@ from batch_outputs import (Decision, Photo, clean_stale_staging, commit, decide,
                            make_staging, output_names, photo_dir, texture_name)
 from batch_progress import (ERR_BUILD, ERR_EXISTS, ERR_EXPORT, ERR_UNREADABLE, PhotoReport,  # noqa: E402
                             Progress, Summary, format_duration)
-from batch_server import free_tcp_address, missing_modules, pick_server_python, setup_hint  # noqa: E402
+from batch_server import missing_modules, pick_server_python, setup_hint  # noqa: E402
 from batch_window import Window  # noqa: E402
 
 
@@ -148,13 +148,13 @@ def _settings(opts: Options):
 
 
 def _start_server(opts: Options):
-    from addon.server_process import LocalServer
+    from addon.server_process import LocalServer, free_address
 
     python = pick_server_python(opts.python)
     if python is None:
         raise RuntimeError("no Python with torch for the inference server: set FACEFORGE_PYTHON, pass --python, "
                            "create the repo's .venv, or pass --server ADDR")
-    address = free_tcp_address()
+    address = free_address()
     opts.output.mkdir(parents=True, exist_ok=True)
     log_path = opts.output / ".faceforge-server.log"
     server = LocalServer(python, address, cwd=str(ROOT), log_path=str(log_path), device=opts.device)

@@ -3,7 +3,6 @@ which one runs a started inference server, and a free address for that server.""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -61,8 +60,3 @@ def pick_server_python(explicit: str | None = None, *, env: dict | None = None, 
         return executable
     return None
 
-
-def free_tcp_address(host: str = "127.0.0.1") -> str:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return f"tcp://{host}:{sock.getsockname()[1]}"

@@ -76,3 +76,9 @@ def test_defaults_follow_environment(tmp_path):
 def test_tcp_in_use():
     assert not server_process.tcp_in_use(f"tcp://127.0.0.1:{free_port()}")
     assert not server_process.tcp_in_use("ipc:///tmp/faceforge")
+
+
+def test_free_address_is_a_loopback_tcp_address():
+    address = server_process.free_address()
+    assert address.startswith("tcp://127.0.0.1:") and int(address.rsplit(":", 1)[1]) > 0
+    assert not server_process.tcp_in_use(address)

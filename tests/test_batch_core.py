@@ -17,7 +17,7 @@ from batch_options import DEFAULT_FORMATS, EXIT_USAGE, parse_args, script_argv
 from batch_outputs import (STAGING_PREFIX, Photo, assign_keys, clean_stale_staging, commit, decide, discover,
                            make_staging, output_names, read_glb, read_manifest)
 from batch_progress import ERR_SERVER_GONE, ERR_UNREADABLE, PhotoReport, Progress, Summary, format_duration
-from batch_server import free_tcp_address, missing_modules, pick_server_python, setup_hint
+from batch_server import missing_modules, pick_server_python, setup_hint
 from batch_window import Window
 
 
@@ -402,11 +402,6 @@ def test_pick_server_python(tmp_path):
     venv.mkdir(parents=True)
     (venv / "python").write_text("")
     assert pick_server_python(None, env={}, root=root, executable="/x") == str(venv / "python")
-
-
-def test_free_tcp_address():
-    address = free_tcp_address()
-    assert address.startswith("tcp://127.0.0.1:") and int(address.rsplit(":", 1)[1]) > 0
 
 
 def test_missing_modules_and_hint():

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from addon.server_process import tcp_in_use
-from tests.batch_fixtures import (BLENDER, batch_options, batch_outputs, batch_server, blender_command,  # noqa: F401
+from addon.server_process import free_address, tcp_in_use
+from tests.batch_fixtures import (BLENDER, batch_options, batch_outputs, blender_command,  # noqa: F401
                                   by_key, glb_summary, inspect_blend, load_summary, needs_blender, needs_bpy,
                                   ply_header, python_command, run_batch, stl_summary)
 from tests.photo_fixtures import one_photo_folder, photo_folder, two_faces_folder  # noqa: F401 (fixtures)
@@ -195,7 +195,7 @@ def test_python_bpy_batch_face_all_gives_one_object_per_face(two_faces_folder, s
 @needs_blender
 def test_blender_batch_unreachable_server_exits_3(one_photo_folder, tmp_path):
     output = tmp_path / "out"
-    dead = batch_server.free_tcp_address()
+    dead = free_address()
     result = run_batch(blender_command("--input", str(one_photo_folder), "--output", str(output), "--server", dead),
                        timeout=120)
     assert result.returncode == batch_options.EXIT_SERVER

@@ -11,7 +11,9 @@ from addon.wire import protocol
 from addon.wire.client import Client, Reconstruction
 from addon.wire.protocol import ErrorCode, ProtocolError
 
-from .conftest import ServerProcess, free_port
+from addon.server_process import free_address
+
+from .conftest import start_server
 
 
 def raw_exchange(address: str, frames: list, timeout: float = 10.0) -> protocol.Message:
@@ -126,7 +128,7 @@ def test_pipelined_requests_on_one_socket(server_address, astronaut_png, grace_h
 
 def test_unreachable_server_fails_fast():
     start = time.monotonic()
-    with Client(f"tcp://127.0.0.1:{free_port()}", timeout=30) as client:
+    with Client(free_address(), timeout=30) as client:
         with pytest.raises(ProtocolError) as info:
             client.info()
     assert info.value.code == ErrorCode.UNREACHABLE and "running" in info.value.message
@@ -163,13 +165,11 @@ def test_silent_server_times_out_and_the_client_stays_usable():
 @pytest.fixture(scope="module")
 def small_server(tmp_path_factory):
     """A second server with tight limits: 1 MB messages, a queue of one."""
-    proc = ServerProcess(f"tcp://127.0.0.1:{free_port()}", tmp_path_factory.mktemp("small") / "server.log",
-                         "--max-message-mb", "1", "--max-queue", "1")
+    server = start_server(tmp_path_factory.mktemp("small") / "server.log", "--max-message-mb", "1", "--max-queue", "1")
     try:
-        proc.wait_ready()
-        yield proc
+        yield server
     finally:
-        assert proc.stop() == 0, "SIGTERM ends the server cleanly"
+        assert server.stop() == 0, "SIGTERM ends the server cleanly"
 
 
 def test_oversize_message_is_refused_then_service_continues(small_server, astronaut_png):
