@@ -56,8 +56,8 @@ def _serve(args) -> int:
     except (RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    config = ServerConfig(bind=args.bind, device=str(device), max_queue=args.max_queue,
-                          max_message_bytes=int(args.max_message_mb * 1024 * 1024), threads=args.threads)
+    config = ServerConfig(bind=args.bind, max_queue=args.max_queue,
+                          max_message_bytes=int(args.max_message_mb * 1024 * 1024))
     server = InferenceServer(config, lambda: FacePipeline(device))
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: server.stop())

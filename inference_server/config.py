@@ -56,8 +56,8 @@ class ReconstructionConfig:
 
 @dataclass(frozen=True)
 class ServerConfig:
+    """Socket-side settings; the device belongs to the pipeline, which the server receives ready-made."""
+
     bind: str = "tcp://127.0.0.1:5555"
-    device: str = "auto"                         # "auto", "cpu", "cuda" or "cuda:N"
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_queue: int = 32                          # reconstruct requests waiting beyond this get a "busy" reply
-    threads: int = 0                             # torch intra-op threads; 0 leaves torch's default

@@ -12,8 +12,8 @@ Each entry of ``frames`` is ``{"name": str, "kind": "array"|"bytes", "dtype": st
 (``dtype``/``shape`` only for arrays).  Arrays travel as their raw C-ordered bytes, so large
 payloads are sent and received without copies (``copy=False`` on both ends).
 
-Only numpy and the standard library are imported here, so the module loads inside Blender's
-Python as well as in the torch server process.
+Only numpy and pyzmq are imported here, so the module loads inside Blender's Python as well as
+in the torch server process.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import zmq
 
 PROTOCOL = "faceforge"
 VERSION = 1
@@ -149,7 +150,7 @@ def send_frames(socket, frames: Sequence, prefix: Sequence[bytes] = ()) -> None:
     last = len(parts) - 1
     for i, part in enumerate(parts):
         big = isinstance(part, np.ndarray) and part.nbytes >= ZERO_COPY_THRESHOLD
-        socket.send(part, flags=(0 if i == last else _SNDMORE), copy=not big)
+        socket.send(part, flags=(0 if i == last else zmq.SNDMORE), copy=not big)
 
 
 def frame_bytes(frame) -> memoryview:
@@ -250,17 +251,6 @@ FACE_ARRAYS = {
     "landmarks": ("float32", "(N, 3) FaceMesh landmarks in mesh space (metres)"),
     "landmarks_image": ("float32", "(N, 2) FaceMesh landmarks in source-image pixels"),
 }
-
-
-def _sndmore_flag() -> int:
-    try:
-        import zmq
-        return zmq.SNDMORE
-    except ImportError:  # decode/encode still work without pyzmq (unit tests of the format)
-        return 2
-
-
-_SNDMORE = _sndmore_flag()
 
 
 def as_jsonable(value: Any) -> Any:
