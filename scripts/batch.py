@@ -154,12 +154,11 @@ def _start_server(opts: Options):
     if python is None:
         raise RuntimeError("no Python with torch for the inference server: set FACEFORGE_PYTHON, pass --python, "
                            "create the repo's .venv, or pass --server ADDR")
-    address = free_address()
     opts.output.mkdir(parents=True, exist_ok=True)
     log_path = opts.output / ".faceforge-server.log"
-    server = LocalServer(python, address, cwd=str(ROOT), log_path=str(log_path), device=opts.device)
-    say(f"starting a local server: {python} on {address} (log {log_path})")
-    return server, address
+    server = LocalServer(python, free_address(), cwd=str(ROOT), log_path=str(log_path), device=opts.device)
+    say(f"starting a local server: {python} on {server.address} (log {log_path})")
+    return server
 
 
 def _interrupt(signum, frame):
@@ -232,7 +231,8 @@ def run(opts: Options) -> int:
 
             address = opts.server
             if address is None:
-                server, address = _start_server(opts)
+                server = _start_server(opts)
+                address = server.address
                 t = time.perf_counter()
                 try:
                     info = server.start(opts.server_timeout)
