@@ -1,0 +1,73 @@
+"""The morphable head model as arrays: ``X = vertices + id_coeffs @ id_deltas + exp_weights @ exp_deltas``.
+
+One in-memory form for every user of the model (converter, fit, texture, evaluation). The file
+format is the converted ``.npz`` whose keys are listed in ``REQUIRED``; units are metres, the
+model's own frame is +Y up, +Z out of the face, +X toward the subject's left.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+REQUIRED = ("vertices", "faces", "face_poly", "face_material", "material_names", "uv", "face_uv",
+            "vertex_part", "part_names", "face_mask", "face_full_mask", "iris_mask", "landmarks68",
+            "id_deltas", "exp_deltas", "exp_names")
+
+
+class ModelFileError(ValueError):
+    """A model file that is missing, unreadable or lacks arrays: the message says which."""
+
+
+@dataclass(frozen=True)
+class HeadModel:
+    vertices: np.ndarray        # (V, 3) float32 neutral head, metres
+    faces: np.ndarray           # (F, 3) int32 triangles (upstream quads split along 0-2)
+    face_poly: np.ndarray       # (F,) int32 upstream polygon of each triangle (rebuilds quads)
+    face_material: np.ndarray   # (F,) uint8 index into material_names
+    material_names: tuple
+    uv: np.ndarray              # (T, 2) float32 upstream texture coordinates (u spans 7 tiles)
+    face_uv: np.ndarray         # (F, 3) int32 per-corner index into uv
+    vertex_part: np.ndarray     # (V,) uint8 index into part_names
+    part_names: tuple
+    face_mask: np.ndarray       # (V,) bool frontal skin (upstream narrow face area)
+    face_full_mask: np.ndarray  # (V,) bool face incl. ears and front neck
+    iris_mask: np.ndarray       # (V,) bool
+    landmarks68: np.ndarray     # (68,) int32 Multi-PIE landmark vertices
+    id_deltas: np.ndarray       # (100, V, 3) float16 identity modes, coefficients ~ N(0, 1)
+    exp_deltas: np.ndarray      # (53, V, 3) float16 ARKit-named expression deltas, weights in [0, 1]
+    exp_names: tuple
+    info: dict
+
+    @classmethod
+    def load(cls, path: str | Path) -> "HeadModel":
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                missing = [key for key in REQUIRED if key not in data.files]
+                if missing:
+                    raise ModelFileError(f"{path} is not a FaceForge head model: missing {', '.join(missing)}")
+                arrays = {key: data[key] for key in REQUIRED}
+                info = json.loads(str(data["info"])) if "info" in data.files else {}
+        except (OSError, ValueError) as exc:
+            if isinstance(exc, ModelFileError):
+                raise
+            raise ModelFileError(f"cannot read head model {path}: {exc}") from None
+        for key in ("material_names", "part_names", "exp_names"):
+            arrays[key] = tuple(str(name) for name in arrays[key])
+        return cls(info=info, **arrays)
+
+    @property
+    def vertex_count(self) -> int:
+        return len(self.vertices)
+
+    def shape(self, id_coeffs: np.ndarray | None = None, exp_weights: np.ndarray | None = None) -> np.ndarray:
+        """Vertices (V, 3) float32 for the given coefficients (missing ones are zero)."""
+        out = self.vertices.astype(np.float32).copy()
+        if id_coeffs is not None:
+            out += np.tensordot(np.asarray(id_coeffs, np.float32), self.id_deltas[:len(id_coeffs)].astype(np.float32), 1)
+        if exp_weights is not None:
+            out += np.tensordot(np.asarray(exp_weights, np.float32), self.exp_deltas[:len(exp_weights)].astype(np.float32), 1)
+        return out
