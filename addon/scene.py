@@ -6,6 +6,7 @@ and the bpy-free ``meshdata``. API differences between versions are guarded by `
 from __future__ import annotations
 
 import bpy
+from mathutils import Matrix
 
 from . import meshdata
 from .meshdata import BuildSettings
@@ -136,6 +137,9 @@ def build_face_object(face, *, name: str, settings: BuildSettings, location=(0.0
     mesh = build_mesh(name, arrays["vertices"], arrays["faces"], arrays["uvs"])
     obj = bpy.data.objects.new(name, mesh)
     obj.location = location
+    if "rotation" in face.meta:  # the mesh is in the face's frontal frame; the photo's view is the object's pose
+        obj.rotation_mode = "QUATERNION"
+        obj.rotation_quaternion = Matrix(face.meta["rotation"]).to_quaternion()
     images = face_images(obj.name, arrays)
     mesh.materials.append(skin_material(f"{obj.name}_skin", images["texture"]))
     add_modifiers(obj, images["detail"], settings)
