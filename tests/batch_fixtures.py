@@ -80,6 +80,8 @@ for obj in bpy.data.objects:
                     "materials": [m.name for m in obj.data.materials if m],
                     "uv_layers": [uv.name for uv in obj.data.uv_layers],
                     "has_faceforge_prop": "faceforge" in obj.keys(),
+                    "metadata": {k: v for k, v in (obj["faceforge"].to_dict() if "faceforge" in obj.keys() else {}).items()
+                                 if isinstance(v, (int, float, str))},
                     "location": list(obj.location)})
     obj.evaluated_get(deps).to_mesh_clear()
 images = [{"name": im.name, "packed": im.packed_file is not None, "size": list(im.size)}
