@@ -10,6 +10,7 @@ import pytest
 
 from addon import server_process
 from addon.server_process import LocalServer, free_port
+from addon.wire import protocol
 from addon.wire.client import Client
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,7 +23,7 @@ def test_start_answers_info_then_stop(tmp_path):
     try:
         info = server.start(timeout=180)
         assert server.running and server.pid
-        assert info["protocol_version"] == 1 and info["device"] == "cpu"
+        assert info["protocol_version"] == protocol.VERSION and info["device"] == "cpu"
         with Client(server.address, timeout=10) as client:
             assert client.info()["server_version"] == info["server_version"]
         assert "ready" in server.log_tail(50)
