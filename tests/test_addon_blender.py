@@ -195,7 +195,12 @@ def test_all_faces_one_object_each(bpy, faceforge, two_faces_folder):
     assert bpy.ops.faceforge.reconstruct() == {"FINISHED"}
     faces = sorted((o for o in bpy.data.objects if o.name.startswith("pair.face")), key=lambda o: o.location.x)
     assert [o.name for o in faces] == ["pair.face0", "pair.face1"]
-    assert faces[1].location.x - faces[0].location.x == pytest.approx(faceforge.FACE_SPACING)
+    # Side by side, FACE_GAP_M apart (scene.build_reconstruction places the batch's faces the same way).
+    from addon.scene import FACE_GAP_M
+
+    spans = [(obj.location.x + min(v.co.x for v in obj.data.vertices),
+              obj.location.x + max(v.co.x for v in obj.data.vertices)) for obj in faces]
+    assert spans[1][0] - spans[0][1] == pytest.approx(FACE_GAP_M, abs=1e-4)
     assert faces[0]["faceforge"]["faces_detected"] == 2
 
 
