@@ -49,15 +49,20 @@ class HeadModel:
                 missing = [key for key in REQUIRED if key not in data.files]
                 if missing:
                     raise ModelFileError(f"{path} is not a FaceForge head model: missing {', '.join(missing)}")
-                arrays = {key: data[key] for key in REQUIRED}
-                info = json.loads(str(data["info"])) if "info" in data.files else {}
+                return cls.from_arrays({key: data[key] for key in (*REQUIRED, "info") if key in data.files})
         except (OSError, ValueError) as exc:
             if isinstance(exc, ModelFileError):
                 raise
             raise ModelFileError(f"cannot read head model {path}: {exc}") from None
+
+    @classmethod
+    def from_arrays(cls, arrays: dict) -> "HeadModel":
+        """The model from the file's arrays (``REQUIRED`` keys, optional ``info`` JSON string)."""
+        fields = {key: arrays[key] for key in REQUIRED}
         for key in ("material_names", "part_names", "exp_names"):
-            arrays[key] = tuple(str(name) for name in arrays[key])
-        return cls(info=info, **arrays)
+            fields[key] = tuple(str(name) for name in fields[key])
+        info = json.loads(str(arrays["info"])) if "info" in arrays else {}
+        return cls(info=info, **fields)
 
     @property
     def vertex_count(self) -> int:

@@ -84,16 +84,18 @@ def missing_model_message() -> str:
 
 def fingerprint(model: HeadModel) -> dict[str, float]:
     """A few sums and norms that change when any part of the model does (values, order or sign of modes)."""
-    def modes(deltas: np.ndarray) -> tuple[float, float]:
-        energy = np.einsum("kvc,kvc->k", deltas.astype(np.float64), deltas.astype(np.float64))
-        return float(np.sqrt(energy.sum())), float((np.arange(1, len(energy) + 1) * energy).sum() / energy.sum())
+    def modes(deltas: np.ndarray) -> tuple[float, float, float]:
+        flat = deltas.reshape(len(deltas), -1).astype(np.float64)
+        energy = np.einsum("kn,kn->k", flat, flat)
+        centre = (np.arange(1, len(energy) + 1) * energy).sum() / energy.sum()
+        return float(np.sqrt(energy.sum())), float(centre), float(flat.sum())
 
     vertices = model.vertices.astype(np.float64)
-    id_norm, id_centre = modes(model.id_deltas)
-    exp_norm, exp_centre = modes(model.exp_deltas)
+    id_norm, id_centre, id_sum = modes(model.id_deltas)
+    exp_norm, exp_centre, _ = modes(model.exp_deltas)
     return {"vertices_sum": float(vertices.sum()), "vertices_norm": float(np.linalg.norm(vertices)),
             "uv_sum": float(model.uv.astype(np.float64).sum()), "faces_index_sum": float(model.faces.astype(np.int64).sum()),
-            "id_norm": id_norm, "id_mode_centre": id_centre, "id_sum": float(model.id_deltas.astype(np.float64).sum()),
+            "id_norm": id_norm, "id_mode_centre": id_centre, "id_sum": id_sum,
             "exp_norm": exp_norm, "exp_mode_centre": exp_centre}
 
 
@@ -112,14 +114,14 @@ def install(source: str | Path, *, verify_pinned: bool = False, log: Callable[[s
         raise InstallError(f"{source} does not exist")
     target = default_model_path()
     try:
+        model, write, licence = _read_source(source)
+        check_model(model)
+        if verify_pinned:
+            verify(model)
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=".install-") as scratch:
-            staged, licence = _stage(source, Path(scratch))
-            model = HeadModel.load(staged)
-            check_model(model)
-            if verify_pinned:
-                verify(model)
-            os.replace(staged, target)
+            write(Path(scratch) / MODEL_FILE)
+            os.replace(Path(scratch) / MODEL_FILE, target)
         (target.parent / LICENCE_FILE).write_text(licence or f"ICT-FaceKit: {model.info.get('license', LICENCE_NOTICE)}\n")
     except ValueError as exc:  # ConversionError, ModelFileError, arrays numpy refuses
         raise InstallError(str(exc)) from None
@@ -133,16 +135,15 @@ def install(source: str | Path, *, verify_pinned: bool = False, log: Callable[[s
     return target
 
 
-def _stage(source: Path, scratch: Path) -> tuple[Path, str | None]:
-    """The converted .npz in ``scratch`` and the licence text that came with the source."""
-    staged = scratch / MODEL_FILE
+def _read_source(source: Path) -> tuple[HeadModel, Callable[[Path], None], str | None]:
+    """The model, how to write it as one .npz, and the licence text that came with the source."""
     if source.is_file() and zipfile.is_zipfile(source) and _is_npz(source):
-        shutil.copyfile(source, staged)
         beside = source.parent / "LICENSE"
-        return staged, beside.read_text(errors="replace") if beside.is_file() else None
+        return (HeadModel.load(source), lambda path: shutil.copyfile(source, path),
+                beside.read_text(errors="replace") if beside.is_file() else None)
     model_source = open_source(source)
-    write_npz(convert_source(model_source), staged)
-    return staged, model_source.licence_text()
+    arrays = convert_source(model_source)
+    return HeadModel.from_arrays(arrays), lambda path: write_npz(arrays, path), model_source.licence_text()
 
 
 def _is_npz(path: Path) -> bool:
