@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ class ModelFileError(ValueError):
     """A model file that is missing, unreadable or lacks arrays: the message says which."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity equality: models are compared and cached by object
 class HeadModel:
     vertices: np.ndarray        # (V, 3) float32 neutral head, metres
     faces: np.ndarray           # (F, 3) int32 triangles (upstream quads split along 0-2)
@@ -76,3 +77,17 @@ class HeadModel:
         if exp_weights is not None:
             out += np.tensordot(np.asarray(exp_weights, np.float32), self.exp_deltas[:len(exp_weights)].astype(np.float32), 1)
         return out
+
+    @cached_property
+    def atlas(self):
+        """The UVs repacked into one [0, 1] texture (``atlas.Atlas``), computed once per model."""
+        from .atlas import build_atlas
+
+        return build_atlas(self)
+
+    @cached_property
+    def mirror(self):
+        """Left/right vertex correspondence of the neutral head (``symmetry.Mirror``), computed once."""
+        from .symmetry import find_mirror
+
+        return find_mirror(self)
