@@ -25,7 +25,8 @@ seams stay where upstream has them and mip-mapping does not bleed between region
 
 The face gets 0.75 x 0.75 (56 % of the texels: the part a photo shows, 768 px across at 1024);
 back head, teeth, gums+tongue, eyelashes and each sclera 0.25; irises and eye occlusion 0.125;
-lacrimal fluid left/right (lL, lR) and eye blend (bl) 0.0625.
+lacrimal fluid left/right (lL, lR) and eye blend (bl) 0.0625. The transparent eye occlusion and
+eye blend shells of both eyes share their texels, as upstream; every other chart has its own.
 """
 from __future__ import annotations
 
