@@ -73,24 +73,31 @@ def _splat(xy: np.ndarray, depth: np.ndarray, values: np.ndarray, size: tuple[in
 
 
 def _weights(model: HeadModel, camera: Camera, zbuffer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Image positions and visibility x facing of the posed head's vertices."""
+    """Image positions and visibility x facing of the posed head's vertices. A vertex is visible when
+    no splatted point in its pixel is nearer than the depth a pixel spans at its slant (+1 mm)."""
     from scipy.ndimage import minimum_filter
 
     xy, depth = camera.project(model.vertices)
-    closed = minimum_filter(zbuffer, size=3)  # close pinholes between splatted points
-    col = np.clip(xy[:, 0].astype(int), 0, camera.size[0] - 1)
-    row = np.clip(xy[:, 1].astype(int), 0, camera.size[1] - 1)
-    visible = depth <= closed[row, col] + 0.003
     posed_normals = _vertex_normals(model.vertices, model.faces) @ camera.rotation.T
     towards_camera = -(((model.vertices - camera.centre) @ camera.rotation.T) - [0, 0, camera.distance])
     towards_camera /= np.linalg.norm(towards_camera, axis=1, keepdims=True)
     facing = np.clip((posed_normals * towards_camera).sum(axis=1), 0, 1)
+    closed = np.where(np.isfinite(zbuffer), zbuffer, minimum_filter(zbuffer, size=3))  # pinholes between points
+    col = np.clip(xy[:, 0].astype(int), 0, camera.size[0] - 1)
+    row = np.clip(xy[:, 1].astype(int), 0, camera.size[1] - 1)
+    slant = np.sqrt(1 - np.minimum(facing, 0.95) ** 2) / np.maximum(facing, 0.3)
+    visible = depth <= closed[row, col] + 0.001 + depth / camera.focal * slant
     return xy, visible * facing
 
 
-def _texel_points(model: HeadModel, size: int) -> np.ndarray:
+def _texel_points(model: HeadModel, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """3D point of every covered texel on the neutral head, and whether it may hide what is behind
+    it (the transparent eye shells and the thin eyelashes do not)."""
     texels = texel_map(model, size)
-    return np.einsum("nk,nkc->nc", texels.bary, model.vertices[model.faces[texels.face]].astype(np.float64))
+    points = np.einsum("nk,nkc->nc", texels.bary, model.vertices[texels.corners].astype(np.float64))
+    see_through = np.array([name.startswith(("lacrimal", "eye_blend", "eye_occlusion", "eyelashes"))
+                            for name in model.part_names])
+    return points, ~see_through[model.vertex_part[texels.corners[:, 0]]]
 
 
 def _pattern(points: np.ndarray) -> np.ndarray:
@@ -146,3 +153,94 @@ def test_mirror_map_pairs_left_and_right(model):
     assert (model.vertex_part[mirror.index[model.vertex_part == left]] == right).all()
     centre = np.abs(model.vertices[:, 0]) < 1e-7
     assert (mirror.index[centre] == np.nonzero(centre)[0]).mean() > 0.99, "the midline maps to itself"
+
+
+@pytest.fixture(scope="module")
+def turned_head(model):
+    """A head turned 40 degrees (its left cheek away from the camera) painted with ``_pattern``."""
+    camera = Camera(model, yaw=40)
+    points, opaque = _texel_points(model, SIZE)
+    xy, depth = camera.project(points[opaque])
+    photo, zbuffer = _splat(xy, depth, np.clip(_pattern(points[opaque]), 0, 255).astype(np.uint8), camera.size)
+    image_xy, weight = _weights(model, camera, zbuffer)
+    texture, coverage = unwrap(photo, image_xy, weight, model, SIZE)
+    _save("head_turned_photo.png", photo)
+    _save("head_turned_texture.png", texture)
+    return points, texture, coverage
+
+
+def test_unwrap_recovers_a_known_texture_and_mirrors_the_hidden_side(model, turned_head):
+    points, texture, coverage = turned_head
+    texels = texel_map(model, SIZE)
+    truth = _pattern(points)
+    colour = texture.reshape(-1, 3)[texels.texel].astype(float)
+    alpha = coverage.reshape(-1)[texels.texel]
+    assert np.isfinite(coverage).all() and coverage.min() >= 0 and coverage.max() <= 1
+    face = model.atlas.face_region[texels.face] == REGION_INDEX["face"]
+    error = np.abs(colour - truth).mean(axis=1)
+    seen = face & (alpha > 0.99)
+    assert seen.sum() > 0.25 * face.sum() and error[seen].mean() < 6, (seen.sum(), error[seen].mean())
+    # The cheek turned away is not in the photo; its mirror image is, and the pattern is symmetric.
+    from inference_server.head.texture import _interpolate, _sample, vertex_fill
+
+    mirror_alpha = np.nan_to_num(_sample(coverage[..., None], texels.mirror_xy)[:, 0])
+    hidden_cheek = face & (alpha == 0) & (mirror_alpha > 0.99) & (points[:, 0] > 0.03)
+    assert hidden_cheek.sum() > 0.15 * face.sum()
+    assert error[hidden_cheek].mean() < 6, error[hidden_cheek].mean()
+    # ... and that came from the mirror: the smooth fill alone is far off there.
+    photo = np.asarray(Image.open(OUT / "head_turned_photo.png"), np.float32)
+    camera = Camera(model, yaw=40)
+    _, weight = _weights(model, camera, _splat(*camera.project(points), np.zeros((len(points), 1)), camera.size)[1])
+    fill = _interpolate(texels, vertex_fill(photo, camera.project(model.vertices)[0], weight, model))
+    assert np.abs(fill - truth)[hidden_cheek].mean() > 2 * error[hidden_cheek].mean()
+
+
+def test_unwrap_of_a_real_photo_fills_the_unseen_head_with_skin(model):
+    from skimage import data
+
+    photo = data.astronaut()
+    camera = _camera_on_astronaut(model)
+    points, opaque = _texel_points(model, SIZE)
+    _, zbuffer = _splat(*camera.project(points[opaque]), np.zeros((opaque.sum(), 1), np.uint8), camera.size)
+    image_xy, weight = _weights(model, camera, zbuffer)
+    texture, coverage = unwrap(photo, image_xy, weight, model, SIZE)
+    print(f"texture written to {_save('head_astronaut_texture.png', texture)}")
+    texels = texel_map(model, SIZE)
+    alpha, colour = coverage.reshape(-1)[texels.texel], texture.reshape(-1, 3)[texels.texel].astype(float)
+    chin, brow = model.vertices[model.landmarks68[8], 1], model.vertices[model.landmarks68[17:27], 1].max()
+    front = model.face_mask & (np.abs(model.vertices[:, 0]) < 0.04) & (model.vertices[:, 1] > chin) & (model.vertices[:, 1] < brow)
+    frontal = front[texels.corners].all(axis=1) & (model.atlas.face_region[texels.face] == 0)
+    assert alpha[frontal].mean() > 0.8, "the face between brows, chin and cheeks comes from the photo"
+    visible_skin = model.face_mask & (weight > 0.6)
+    skin = np.median(photo[image_xy[visible_skin, 1].astype(int), image_xy[visible_skin, 0].astype(int)], axis=0)
+    scalp = model.vertex_part[texels.corners[:, 0]] == model.part_names.index("head_neck")  # not the sockets
+    back = (model.atlas.face_region[texels.face] == REGION_INDEX["back_head"]) & (alpha == 0) & scalp
+    assert back.sum() > 10000
+    assert np.abs(colour[back].mean(axis=0) - skin).max() < 25, (colour[back].mean(axis=0), skin)
+    assert colour[back].std(axis=0).max() < 25, "a smooth fill, no streaks"
+    teeth = (model.atlas.face_region[texels.face] == REGION_INDEX["teeth"]) & (alpha == 0)
+    assert np.abs(colour[teeth].mean(axis=0) - (225, 215, 195)).max() < 15, "hidden teeth get a tooth colour"
+
+
+def _camera_on_astronaut(model: HeadModel) -> Camera:
+    """The frontal model head placed on the astronaut's face: its eye centres on hers (201, 100), (246, 100)."""
+    eyes = np.stack([model.vertices[model.landmarks68[36:42]].mean(axis=0),
+                     model.vertices[model.landmarks68[42:48]].mean(axis=0)])
+    unit = Camera(model, yaw=0, size=(512, 512), centre_px=(0, 0), focal=1.0).project(eyes)[0]
+    focal = 45.0 / np.linalg.norm(unit[1] - unit[0])
+    return Camera(model, yaw=0, size=(512, 512), centre_px=tuple((201 + 246) / 2 - focal * unit[:, 0].mean()
+                                                                  for _ in (0,)) + (100 - focal * unit[:, 1].mean(),),
+                  focal=focal)
+
+
+@pytest.mark.parametrize("case", ["photo", "xy", "weight"])
+def test_unwrap_refuses_malformed_input(model, case):
+    photo, xy, weight = np.zeros((64, 64, 3), np.uint8), np.zeros((model.vertex_count, 2)), np.ones(model.vertex_count)
+    if case == "photo":
+        photo = photo[..., 0]
+    elif case == "xy":
+        xy = xy[:-1]
+    else:
+        weight = weight[:10]
+    with pytest.raises(ValueError, match="photo must be|need image_xy"):
+        unwrap(photo, xy, weight, model, 256)

@@ -28,6 +28,7 @@ class TexelMap:
     size: int
     texel: np.ndarray          # (N,) int64 flat index (row * size + col) of each covered texel
     face: np.ndarray           # (N,) int32 triangle the texel lies in
+    corners: np.ndarray        # (N, 3) int32 that triangle's vertices
     bary: np.ndarray           # (N, 3) float32 barycentric coordinates in that triangle
     mirror_xy: np.ndarray      # (N, 2) float32 (col, row) image position of the mirror texel; NaN if none
     nearest: np.ndarray        # (size * size,) int64 for every texel, the nearest covered one (flat index)
@@ -46,7 +47,8 @@ def texel_map(model: "HeadModel", size: int) -> TexelMap:
     covered[texel] = True
     _, nearest = ndimage.distance_transform_edt(~covered.reshape(size, size), return_indices=True)
     nearest = (nearest[0] * size + nearest[1]).ravel()
-    return TexelMap(size, texel, face, bary.astype(np.float32), _mirror_xy(model, face, bary, size), nearest)
+    return TexelMap(size, texel, face, model.faces[face], bary.astype(np.float32), _mirror_xy(model, face, bary, size),
+                    nearest)
 
 
 def rasterise(corner_xy: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -44,12 +44,13 @@ HELPER_SHADE = 0.8   # transparent helper shells: a muted skin colour if drawn a
 
 @dataclass(frozen=True)
 class UnwrapConfig:
-    min_weight: float = 0.3     # texels below this weight never take photo colour
-    full_weight: float = 0.6    # texels above it take only photo colour (linear ramp between)
+    min_weight: float = 0.25    # texels below this weight (about 75 degrees off the view) never take photo colour
+    full_weight: float = 0.5    # texels above it (60 degrees: stretched 2x) only photo colour, a ramp between
     smoothness: float = 1.0     # edge weight of the mesh diffusion
     prior: float = 2e-3         # pull towards the class default (sets how far seen colours spread)
-    skin_mad: float = 2.5       # skin constraints are clipped to median +- this many MADs
+    skin_mad: float = 2.0       # skin constraints are clipped to median +- this many MADs
     vertex_blur_px: float = 1.5  # photo blur before sampling per-vertex colours (noise, not detail)
+    edge_softness_px: float = 2.0  # atlas texels over which photo colour fades out at visibility edges
 
 
 def unwrap(photo_rgb: np.ndarray, image_xy: np.ndarray, weight: np.ndarray, model: "HeadModel",
@@ -58,26 +59,31 @@ def unwrap(photo_rgb: np.ndarray, image_xy: np.ndarray, weight: np.ndarray, mode
     share of each texel's colour taken directly from the photo."""
     image_xy, weight = _check_inputs(photo_rgb, image_xy, weight, model)
     texels = texel_map(model, size)
-    corners = model.faces[texels.face]                                          # (N, 3)
-    alpha = _photo_alpha(weight, corners, texels.bary, config)
-    xy = np.einsum("nk,nkc->nc", texels.bary, image_xy[corners]).astype(np.float32)
+    alpha = _photo_alpha(weight, texels, config)
     photo = photo_rgb.astype(np.float32)
-    seen = _sample(photo, xy)                                                   # (N, 3)
+    seen = _sample(photo, _interpolate(texels, image_xy.astype(np.float32)))        # (N, 3)
     seen_image = np.zeros((size * size, 4), np.float32)
     seen_image[texels.texel, :3] = seen * alpha[:, None]
     seen_image[texels.texel, 3] = alpha
-    mirrored = _sample(seen_image.reshape(size, size, 4), texels.mirror_xy)     # premultiplied
-    mirror_alpha = np.nan_to_num(mirrored[:, 3])
-    mirror_colour = mirrored[:, :3] / np.maximum(mirror_alpha, 1e-6)[:, None]
-    fill = np.einsum("nk,nkc->nc", texels.bary, vertex_fill(photo, image_xy, weight, model, config)[corners])
-    rest = mirror_alpha[:, None] * mirror_colour + (1 - mirror_alpha[:, None]) * fill
-    colour = alpha[:, None] * seen + (1 - alpha[:, None]) * rest
+    mirrored = _sample(seen_image.reshape(size, size, 4), texels.mirror_xy)     # premultiplied colour, alpha
+    mirror_alpha = mirrored[:, 3:]
+    fill = _interpolate(texels, vertex_fill(photo, image_xy, weight, model, config))
+    # photo where seen, else the mirror texel where that was seen, else the fill
+    colour = seen_image[texels.texel, :3] + (1 - alpha[:, None]) * (mirrored[:, :3] + (1 - mirror_alpha) * fill)
     texture = np.zeros((size * size, 3), np.float32)
     texture[texels.texel] = colour
     coverage = np.zeros(size * size, np.float32)
     coverage[texels.texel] = alpha
     texture = texture[texels.nearest]                                           # fill gutters
-    return np.clip(np.rint(texture), 0, 255).astype(np.uint8).reshape(size, size, 3), coverage.reshape(size, size)
+    return np.clip(texture + 0.5, 0, 255).astype(np.uint8).reshape(size, size, 3), coverage.reshape(size, size)
+
+
+def _interpolate(texels, values: np.ndarray) -> np.ndarray:
+    """Per-vertex ``values`` at every covered texel (barycentric), float32."""
+    values = values.astype(np.float32, copy=False)
+    corners, bary = texels.corners, texels.bary
+    return (bary[:, 0:1] * values[corners[:, 0]] + bary[:, 1:2] * values[corners[:, 1]]
+            + bary[:, 2:3] * values[corners[:, 2]])
 
 
 def _check_inputs(photo_rgb, image_xy, weight, model) -> tuple[np.ndarray, np.ndarray]:
@@ -93,12 +99,16 @@ def _check_inputs(photo_rgb, image_xy, weight, model) -> tuple[np.ndarray, np.nd
     return np.nan_to_num(image_xy), weight
 
 
-def _photo_alpha(weight, corners, bary, config: UnwrapConfig) -> np.ndarray:
+def _photo_alpha(weight: np.ndarray, texels, config: UnwrapConfig) -> np.ndarray:
     """How much of each texel comes from the photo: the interpolated weight, ramped; zero in any
     triangle with a hidden corner (partly occluded triangles would smear the occluder)."""
-    interpolated = np.einsum("nk,nk->n", bary, weight[corners])
+    interpolated = _interpolate(texels, weight[:, None])[:, 0]
     ramp = np.clip((interpolated - config.min_weight) / (config.full_weight - config.min_weight), 0.0, 1.0)
-    return (ramp * (weight[corners].min(axis=1) > 0)).astype(np.float32)
+    alpha = ramp * (weight[texels.corners].min(axis=1) > 0)
+    image = np.zeros(texels.size * texels.size, np.float32)
+    image[texels.texel] = alpha
+    soft = cv2.GaussianBlur(image.reshape(texels.size, texels.size), (0, 0), config.edge_softness_px)
+    return np.minimum(alpha, soft.reshape(-1)[texels.texel] * 2)  # fade in over a few texels: no jagged edges
 
 
 def _sample(image: np.ndarray, xy: np.ndarray) -> np.ndarray:
@@ -125,17 +135,30 @@ def vertex_fill(photo: np.ndarray, image_xy: np.ndarray, weight: np.ndarray, mod
     borrowed = (confidence == 0) & mirror.matched & (confidence[mirror.index] > 0)
     colour[borrowed] = colour[mirror.index[borrowed]]
     confidence[borrowed] = 0.5
-    defaults = _class_defaults(colour, confidence, classes, names, model)
-    skin = classes == names.index("skin")
-    if (confidence[skin] > 0).any():  # keep brows, stubble and highlights from spreading
-        median, mad = _median_mad(colour[skin & (confidence > 0)])
-        colour[skin] = np.clip(colour[skin], median - config.skin_mad * mad, median + config.skin_mad * mad)
+    confidence[classes == names.index("sclera")] = 0.0  # what the lids hide is white, whatever lies next to it
+    skin_tone = _skin_tone(colour, confidence, model)
+    if skin_tone is not None:  # hair, brows, collars, shadows and highlights do not spread over the head
+        median, mad = skin_tone
+        off_tone = (np.abs(colour - median) > config.skin_mad * mad).any(axis=1)
+        confidence[(classes == names.index("skin")) & off_tone] = 0.0
+    defaults = _class_defaults(colour, confidence, classes, names,
+                               skin_tone[0] if skin_tone is not None else np.array(DEFAULT_COLOURS["skin"], float))
     system = (sparse.diags(confidence + config.prior) + config.smoothness * _class_laplacian(model, classes)).tocsr()
     rhs = confidence[:, None] * colour + config.prior * defaults[classes]
     preconditioner = sparse.diags(1.0 / system.diagonal())
     solved = [cg(system, rhs[:, k], x0=defaults[classes][:, k], rtol=1e-4, maxiter=400, M=preconditioner)[0]
               for k in range(3)]
     return np.stack(solved, axis=1).astype(np.float32)
+
+
+def _skin_tone(colour: np.ndarray, confidence: np.ndarray, model: "HeadModel"):
+    """Median and spread of the seen skin between the eyes' outer corners, brows and chin (mostly
+    cheeks, nose and forehead; never hair or the neck), or None when too little of it was seen."""
+    vertices, marks = model.vertices, model.landmarks68
+    x_limit = np.abs(vertices[marks[[36, 45]], 0]).max()
+    central = (model.face_mask & (np.abs(vertices[:, 0]) < x_limit) & (vertices[:, 1] > vertices[marks[8], 1])
+               & (vertices[:, 1] < vertices[marks[17:27], 1].max()) & (confidence >= 1.0))
+    return _median_mad(colour[central]) if central.sum() >= 20 else None
 
 
 def _vertex_classes(model: "HeadModel") -> tuple[np.ndarray, list[str]]:
@@ -149,11 +172,9 @@ def _vertex_classes(model: "HeadModel") -> tuple[np.ndarray, list[str]]:
     return classes, names
 
 
-def _class_defaults(colour, confidence, classes, names, model) -> np.ndarray:
-    """Default colour per class: seen skin's median for skin (shaded for sockets and helpers), a
-    class's own seen median where at least a few of its vertices were seen, else a fixed colour."""
-    frontal_skin = model.face_mask & (confidence >= 1.0)
-    skin = _median_mad(colour[frontal_skin])[0] if frontal_skin.sum() >= 20 else np.array(DEFAULT_COLOURS["skin"], float)
+def _class_defaults(colour, confidence, classes, names, skin: np.ndarray) -> np.ndarray:
+    """Default colour per class: the skin tone for skin (shaded for sockets and helpers), a class's
+    own seen median where at least a few of its vertices were seen, else a fixed colour."""
     defaults = np.zeros((len(names), 3))
     for k, name in enumerate(names):
         seen = (classes == k) & (confidence > 0)
