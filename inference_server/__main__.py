@@ -15,6 +15,8 @@ from pathlib import Path
 from addon.wire import options
 from addon.wire.errors import EXIT_HELP, Exit, exit_for
 
+from .head.cli import add_model_commands, run_model_command
+
 
 def request_options() -> tuple:
     """The schema's request options, read when a parser is built (so the parser follows the schema)."""
@@ -39,11 +41,14 @@ def _parser() -> argparse.ArgumentParser:
     recon.add_argument("--device", default="auto", help="device for in-process reconstruction")
     recon.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the server")
     recon.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    add_model_commands(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "model":
+        return run_model_command(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
         return _serve(args) if args.command == "serve" else _reconstruct(args)
