@@ -85,13 +85,18 @@ def atlas_uvs(model, starts, sizes, corner_uv_index):
 
 
 def generated_texture(size: int) -> np.ndarray:
-    """A colour per atlas cell with a dark grid every 1/16 of a cell: shows seams and stretching."""
+    """A colour per atlas cell with a dark grid every 1/16 of a cell (shows seams and stretching),
+    and an iris with its pupil in the middle of the eye cell, where the eye shell's UVs put the cornea."""
     v, u = np.mgrid[0:size, 0:size] + 0.5
-    column = (u / size * GRID[0]).astype(int)
-    row = ((size - v) / size * GRID[1]).astype(int)  # row 0 of the image is the atlas' top
-    texture = CELL_COLOURS[row * GRID[0] + column].astype(np.float32)
-    lines = ((u / size * GRID[0] * 16) % 1 < 0.08) | (((size - v) / size * GRID[1] * 16) % 1 < 0.08)
+    cell_u, cell_v = u / size * GRID[0], (size - v) / size * GRID[1]  # row 0 of the image is the atlas' top
+    cell = cell_v.astype(int) * GRID[0] + cell_u.astype(int)
+    texture = CELL_COLOURS[cell].astype(np.float32)
+    lines = (cell_u * 16 % 1 < 0.08) | (cell_v * 16 % 1 < 0.08)
     texture[lines] *= 0.6
+    eye = UPSTREAM["M_ScleraLeft"][1]
+    radius = np.hypot(cell_u % 1 - 0.5, cell_v % 1 - 0.5)
+    texture[(cell == eye) & (radius < 0.13)] = (60, 100, 150)
+    texture[(cell == eye) & (radius < 0.05)] = (10, 10, 10)
     return texture.astype(np.uint8)
 
 
