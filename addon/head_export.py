@@ -91,11 +91,12 @@ def textures_as_files(objects, folder: Path, stem: str):
 
 def export_glb(objects, path: Path) -> None:
     """glTF binary: one morph target per shape key (names in ``mesh.extras.targetNames``), weights
-    = the keys' values, the atlas embedded."""
+    = the keys' values, the atlas embedded. Targets carry positions only: normals per target made
+    the file 3x larger (26 vs 9 MB) and the export 8x slower (8.8 vs 1.0 s) for a shading nuance."""
     _select_only(objects)
     _run("export_scene.gltf", "io_scene_gltf2", Path(path),
          dict(export_format="GLB", use_selection=True, export_apply=False, export_morph=True,
-              export_morph_normal=True, export_texcoords=True, export_normals=True, export_materials="EXPORT"),
+              export_morph_normal=False, export_texcoords=True, export_normals=True, export_materials="EXPORT"),
          dict(export_animations=False, export_yup=True))
 
 
