@@ -26,7 +26,8 @@ def add_shape_keys(obj: "bpy.types.Object", keys: headdata.ShapeKeys) -> None:
     obj.shape_key_add(name=BASIS, from_mix=False)
     for name, coords, weight in zip(keys.names, keys.coords, keys.weights):
         key = obj.shape_key_add(name=name, from_mix=False)
-        key.data.foreach_set("co", coords)
+        # ``points`` (newer Blenders) takes a raw buffer: ~1000x faster than the older ``data``.
+        (key.points if "points" in key.bl_rna.properties else key.data).foreach_set("co", coords)
         key.value = float(weight)
     obj.data.shape_keys.use_relative = True
     obj.data.update()
