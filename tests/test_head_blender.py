@@ -196,6 +196,7 @@ def test_fbx_blendshapes_import_back_as_shape_keys(bpy, head_reply, tmp_path):
     assert [key.name for key in blocks[1:]] == head_reply.meta["expressions"]
     assert blocks["jawOpen"].value == pytest.approx(WEIGHTS["jawOpen"], abs=1e-3)
     assert len(imported.data.vertices) == 24591 and len(imported.material_slots) == 7
+    np.testing.assert_allclose(np.array(imported.matrix_world), POSE, atol=1e-5)  # the pose survives the axis swap
     assert any(image.size[0] == 128 for image in bpy.data.images)  # the embedded atlas came back
 
 

@@ -29,6 +29,16 @@ def test_mixed_polygons_become_loop_buffers():
     assert arrays.co.dtype == np.float32 and arrays.use_smooth.all()
 
 
+def test_read_only_reply_views_are_accepted():
+    arrays = _quad_and_triangle()
+    for array in arrays.values():
+        array.setflags(write=False)  # replies are zero-copy read-only views of the message
+    assert headdata.head_mesh_arrays(arrays, material_count=2).co.flags.c_contiguous
+    deltas = np.zeros((1, 5, 3), np.float32)
+    deltas.setflags(write=False)
+    assert headdata.shape_keys(arrays["vertices"], deltas, np.ones(1), ["jawOpen"]).coords.shape == (1, 15)
+
+
 @pytest.mark.parametrize("name, value, message", [
     ("polygon_sizes", np.array([4, 5], np.uint8), "3s and 4s"),
     ("polygon_vertices", np.array([0, 1, 2, 3, 3, 2], np.int32), "sum of polygon_sizes"),
