@@ -9,6 +9,7 @@ keys, so it gets what the viewport shows: expression, pose and modifiers applied
 from __future__ import annotations
 
 import contextlib
+import tempfile
 from pathlib import Path
 
 import bpy
@@ -16,12 +17,9 @@ import numpy as np
 
 from .photo import png_bytes
 
-TEXTURE_NODE = "TEX_IMAGE"
-
-
-def _run(idname: str, addon: str | None, path: Path, required: dict, optional: dict) -> None:
-    """Call an exporter (enabling its bundled add-on if it is off); ``optional`` arguments are
-    passed only where this Blender has them (their names changed between 3.4 and 5.0)."""
+def _run(idname: str, addon: str | None, path: Path, **kwargs) -> None:
+    """Call an exporter, enabling its bundled add-on if the user turned it off. Every argument
+    used here exists under the same name in 3.4, 4.2 and 5.0 (checked against their RNA)."""
     module, name = idname.split(".")
     op = getattr(getattr(bpy.ops, module), name)
     try:
@@ -30,8 +28,6 @@ def _run(idname: str, addon: str | None, path: Path, required: dict, optional: d
         import addon_utils
 
         addon_utils.enable(addon, default_set=False)
-    known = set(op.get_rna_type().properties.keys())
-    kwargs = dict(required, **{key: value for key, value in optional.items() if key in known})
     result = op(filepath=str(path), **kwargs)
     if "FINISHED" not in result or not path.exists():
         raise RuntimeError(f"{idname} did not write {path.name} (result {sorted(result)})")
@@ -45,13 +41,19 @@ def _select_only(objects) -> None:
     view_layer.objects.active = objects[0]
 
 
-def _atlas(obj) -> "bpy.types.Image":
-    """The image every part material of a head reads (the first image texture node's)."""
+def _image_nodes(obj):
+    """Image texture nodes of the object's materials, slot after slot."""
     for slot in obj.material_slots:
-        for node in slot.material.node_tree.nodes if slot.material and slot.material.node_tree else ():
-            if node.type == TEXTURE_NODE and node.image is not None:
-                return node.image
-    raise ValueError(f"{obj.name} has no textured material")
+        if slot.material is not None and slot.material.node_tree is not None:
+            yield from (node for node in slot.material.node_tree.nodes if node.type == "TEX_IMAGE" and node.image)
+
+
+def _atlas(obj) -> "bpy.types.Image":
+    """The image every part material of a head reads."""
+    node = next(_image_nodes(obj), None)
+    if node is None:
+        raise ValueError(f"{obj.name} has no textured material")
+    return node.image
 
 
 def write_png(image: "bpy.types.Image", path: Path) -> Path:
@@ -75,11 +77,10 @@ def textures_as_files(objects, folder: Path, stem: str):
             path = write_png(atlas, folder / (f"{stem}.png" if len(objects) == 1 else f"{stem}_{obj.name}.png"))
             written.append(path)
             on_disk = bpy.data.images.load(str(path), check_existing=False)
-            for slot in obj.material_slots:
-                for node in slot.material.node_tree.nodes:
-                    if node.type == TEXTURE_NODE and node.image == atlas:
-                        swaps.append((node, atlas))
-                        node.image = on_disk
+            for node in _image_nodes(obj):
+                if node.image == atlas:
+                    swaps.append((node, atlas))
+                    node.image = on_disk
         yield written
     finally:
         loaded = {node.image for node, _ in swaps}
@@ -94,30 +95,28 @@ def export_glb(objects, path: Path) -> None:
     = the keys' values, the atlas embedded. Targets carry positions only: normals per target made
     the file 3x larger (26 vs 9 MB) and the export 8x slower (8.8 vs 1.0 s) for a shading nuance."""
     _select_only(objects)
-    _run("export_scene.gltf", "io_scene_gltf2", Path(path),
-         dict(export_format="GLB", use_selection=True, export_apply=False, export_morph=True,
-              export_morph_normal=False, export_texcoords=True, export_normals=True, export_materials="EXPORT"),
-         dict(export_animations=False, export_yup=True))
+    _run("export_scene.gltf", "io_scene_gltf2", Path(path), export_format="GLB", use_selection=True,
+         export_apply=False, export_morph=True, export_morph_normal=False, export_texcoords=True,
+         export_normals=True, export_materials="EXPORT", export_animations=False, export_yup=True)
 
 
 def export_fbx(objects, path: Path) -> None:
     """FBX with blendshapes (one per shape key) and the atlas embedded; Y up, -Z forward."""
     path = Path(path)
     _select_only(objects)
-    with textures_as_files(objects, path.parent, path.stem):
-        _run("export_scene.fbx", "io_scene_fbx", path,
-             dict(use_selection=True, object_types={"MESH"}, use_mesh_modifiers=False, mesh_smooth_type="FACE",
-                  path_mode="COPY", embed_textures=True, bake_anim=False, axis_forward="-Z", axis_up="Y"),
-             dict(add_leaf_bones=False, use_custom_props=False))
+    with tempfile.TemporaryDirectory() as folder, textures_as_files(objects, Path(folder), path.stem):
+        _run("export_scene.fbx", "io_scene_fbx", path, use_selection=True, object_types={"MESH"},
+             use_mesh_modifiers=False, mesh_smooth_type="FACE", path_mode="COPY", embed_textures=True,
+             bake_anim=False, add_leaf_bones=False, use_custom_props=False, axis_forward="-Z", axis_up="Y")
 
 
 def export_obj(objects, path: Path) -> list:
-    """OBJ + MTL + PNG of the posed head as the viewport shows it (expression, pose, modifiers)."""
+    """OBJ + MTL + PNG of the posed head as the viewport shows it (expression, pose, modifiers);
+    returns the files written."""
     path = Path(path)
     _select_only(objects)
     with textures_as_files(objects, path.parent, path.stem) as textures:
-        _run("wm.obj_export", None, path,
-             dict(export_selected_objects=True, apply_modifiers=True, export_uv=True, export_normals=True,
-                  export_materials=True, path_mode="STRIP"),
-             dict(export_triangulated_mesh=False, forward_axis="NEGATIVE_Z", up_axis="Y"))
+        _run("wm.obj_export", None, path, export_selected_objects=True, apply_modifiers=True, export_uv=True,
+             export_normals=True, export_materials=True, export_triangulated_mesh=False, path_mode="STRIP",
+             forward_axis="NEGATIVE_Z", up_axis="Y")
     return [path, path.with_suffix(".mtl"), *textures]

@@ -189,6 +189,7 @@ def test_fbx_blendshapes_import_back_as_shape_keys(bpy, head_reply, tmp_path):
 
     obj = _build(head_reply)
     head_export.export_fbx([obj], tmp_path / "head.fbx")
+    assert [p.name for p in tmp_path.iterdir()] == ["head.fbx"]  # the atlas travels inside
     bpy.ops.wm.read_homefile(use_empty=True)
     bpy.ops.import_scene.fbx(filepath=str(tmp_path / "head.fbx"))
     (imported,) = [o for o in bpy.data.objects if o.type == "MESH"]
