@@ -217,16 +217,16 @@ def test_obj_is_the_posed_head_with_its_texture(bpy, head_reply, tmp_path):
     assert "head.png" not in bpy.data.images  # the file-backed stand-in is gone again
 
 
-BLENDER_34_SCRIPT = r"""
+OLDER_BLENDER_SCRIPT = r"""
 import json, sys
 import numpy as np
 import bpy
 sys.path.insert(0, sys.argv[-3])
 from pathlib import Path
+from types import SimpleNamespace
 from addon import head_export, head_scene, scene
-from addon.wire.client import FaceData
 data, out = np.load(sys.argv[-2]), Path(sys.argv[-1])
-face = FaceData(index=0, meta=json.loads((out / "meta.json").read_text()), arrays={k: data[k] for k in data.files})
+face = SimpleNamespace(index=0, meta=json.loads((out / "meta.json").read_text()), arrays={k: data[k] for k in data.files})
 obj = head_scene.build_head_object(face, name="head", settings=scene.BuildSettings(), metadata={})
 mesh = obj.data
 result = {"version": list(bpy.app.version), "quads": sum(p.loop_total == 4 for p in mesh.polygons),
@@ -244,19 +244,32 @@ print("RESULT " + json.dumps(result))
 """
 
 
-def test_head_on_blender_3_4(head_reply, tmp_path):
-    """The same module builds and exports under Debian's Blender 3.4 (older mesh, UV and exporter APIs)."""
-    blender = shutil.which("blender")
-    if blender is None:
-        pytest.skip("no blender binary on PATH")
+REPO = Path(__file__).resolve().parents[1]
+BPY42_PYTHON = REPO / ".venv-bpy42" / "bin" / "python"  # kept by ./run test (bpy + numpy only)
+
+
+@pytest.mark.parametrize("blender", ["blender-3.4", "bpy-4.2-lts"])
+def test_head_on_older_blenders(head_reply, tmp_path, blender):
+    """The same modules build and export under Debian's Blender 3.4 and bpy 4.2 LTS (older mesh,
+    shape-key and exporter APIs)."""
+    script = tmp_path / "script.py"
+    script.write_text(OLDER_BLENDER_SCRIPT)
+    if blender == "blender-3.4":
+        if shutil.which("blender") is None:
+            pytest.skip("no blender binary on PATH")
+        command = [shutil.which("blender"), "-b", "--factory-startup", "--python-exit-code", "1", "-P", str(script)]
+    else:
+        if not BPY42_PYTHON.exists():
+            pytest.skip(f"no bpy 4.2 interpreter at {BPY42_PYTHON} (created by ./run test)")
+        command = [str(BPY42_PYTHON), str(script)]
     np.savez(tmp_path / "head.npz", **head_reply.arrays)
     (tmp_path / "meta.json").write_text(json.dumps(head_reply.meta))
-    result = subprocess.run([blender, "-b", "--factory-startup", "--python-exit-code", "1", "--python-expr",
-                             BLENDER_34_SCRIPT, "--", str(Path(__file__).resolve().parents[1]),
-                             str(tmp_path / "head.npz"), str(tmp_path)], capture_output=True, text=True, timeout=300)
+    result = subprocess.run([*command, "--", str(REPO), str(tmp_path / "head.npz"), str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines, result.stdout[-3000:] + result.stderr[-3000:]
     out = json.loads(lines[-1][len("RESULT "):])
+    assert out["version"][:2] == ([3, 4] if blender == "blender-3.4" else [4, 2])
     names = ["Basis", *head_reply.meta["expressions"]]
     assert out["quads"] == int((head_reply.arrays["polygon_sizes"] == 4).sum())
     assert out["keys"] == names and out["fbx_keys"] == names and out["materials"] == 7 and out["smooth"]
