@@ -72,6 +72,7 @@ class Blender:
     def select_only(self, objects) -> None:
         bpy = self.bpy
         view_layer = bpy.context.view_layer
+        view_layer.update()  # objects linked since the last update are not in view_layer.objects yet
         for obj in view_layer.objects:
             obj.select_set(obj in objects)
         if objects:
