@@ -7,12 +7,11 @@ bpy-free ``headdata`` before any datablock is created, so a bad reply leaves the
 """
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import bpy
 from mathutils import Matrix
 
 from . import headdata, meshdata, scene
+from .wire import options
 
 BASIS = "Basis"
 # Surface looks per reply material (roughness, specular); any other name looks like skin.
@@ -68,6 +67,6 @@ def build_head_object(face, *, name: str, settings: scene.BuildSettings, metadat
     scene.add_modifiers(obj, images["detail"], settings)
     obj[scene.DEPTH_PROPERTY] = images["depth"]
     obj[scene.PROPERTY] = meshdata.idprop_value(dict(metadata or {}, face=meta, face_index=face.index,
-                                                     settings=asdict(settings)))
+                                                     settings=options.as_dict(settings)))
     (collection or bpy.context.scene.collection).objects.link(obj)
     return obj

@@ -172,7 +172,16 @@ def build_reconstruction(reconstruction, *, photo: str, settings: BuildSettings,
     objects = []
     for face, offset, (lo, hi) in zip(faces, offsets, spans):
         shift = offset - (lo + hi) / 2 if len(faces) > 1 else 0.0
-        objects.append(build_face_object(face, name=meshdata.object_name(photo, face.index, len(faces)),
-                                         settings=settings, location=(x + shift, y, z), metadata=metadata,
-                                         collection=collection))
+        name = meshdata.object_name(photo, face.index, len(faces))
+        if face.meta.get("geometry") == "head":
+            from . import head_scene  # head_scene builds on this module
+
+            obj = head_scene.build_head_object(face, name=name, settings=settings, metadata=metadata,
+                                               collection=collection)
+            obj.location = (x + shift, y, z)  # posed like the photo, placed where the user asked
+            head_scene.show_neutral(obj, settings.neutral_expression)
+        else:
+            obj = build_face_object(face, name=name, settings=settings, location=(x + shift, y, z),
+                                    metadata=metadata, collection=collection)
+        objects.append(obj)
     return objects
