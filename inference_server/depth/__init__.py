@@ -12,5 +12,6 @@ from .store import data_dir, find_checkpoint, install_checkpoint, installed
 
 __all__ = ["ARCHITECTURES", "Alignment", "Architecture", "CheckpointError", "DepthConfig", "DepthEstimator",
            "DepthNet", "FuseConfig", "build_network", "data_dir", "detect_architecture", "find_checkpoint",
-           "fuse_depth", "get_architecture", "install_checkpoint", "installed", "load_network", "network_from_state_dict",
+           "fuse_depth", "get_architecture", "install_checkpoint", "installed", "load_network",
+           "network_from_state_dict",
            "read_state_dict", "to_upstream"]

@@ -14,15 +14,13 @@ from pathlib import Path
 
 import torch
 
-from .networks import (ARCHITECTURES, DEPTH_ANYTHING_V2, MIDAS_HYBRID, MIDAS_SMALL, Architecture, DepthNet,
-                       build_network, get_architecture)
+from .networks import (ARCHITECTURES, DEPTH_ANYTHING_V2, MIDAS_SMALL, Architecture, DepthNet, build_network,
+                       get_architecture)
 
 # Upstream tensors with no counterpart here: classifier heads the depth models never use, the
 # DINOv2 mask token (training only), and buffers timm now recomputes (BEiT's position index, zero k-bias).
-_DROPPED = {
-    DEPTH_ANYTHING_V2: re.compile(r"^pretrained\.mask_token$"),
-}
-_DROPPED_MIDAS = re.compile(r"^pretrained\.model\.(head|pre_logits)\.|\.relative_position_index$|\.attn\.k_bias$")
+_UNUSED_DEPTH_ANYTHING = re.compile(r"^pretrained\.mask_token$")
+_UNUSED_MIDAS = re.compile(r"^pretrained\.model\.(head|pre_logits)\.|\.relative_position_index$|\.attn\.k_bias$")
 
 
 class CheckpointError(ValueError):
@@ -43,11 +41,10 @@ _MIDAS_HEAD = [("scratch.output_conv.0.", "head.conv1."), ("scratch.output_conv.
                ("scratch.output_conv.4.", "head.conv3.")]
 # MiDaS small's encoder is EfficientNet-Lite3 cut into four Sequentials: stem (conv, bn, act) + stages 0-1,
 # stage 2, stages 3-4, stages 5-6.
-_EFFNET = [("pretrained.layer1.0.", "encoder.backbone.conv_stem."), ("pretrained.layer1.1.", "encoder.backbone.bn1."),
-           ("pretrained.layer1.3.", "encoder.backbone.blocks.0."), ("pretrained.layer1.4.", "encoder.backbone.blocks.1."),
-           ("pretrained.layer2.0.", "encoder.backbone.blocks.2."), ("pretrained.layer3.0.", "encoder.backbone.blocks.3."),
-           ("pretrained.layer3.1.", "encoder.backbone.blocks.4."), ("pretrained.layer4.0.", "encoder.backbone.blocks.5."),
-           ("pretrained.layer4.1.", "encoder.backbone.blocks.6.")]
+_EFFNET = [("pretrained.layer1.0.", "encoder.backbone.conv_stem."),
+           ("pretrained.layer1.1.", "encoder.backbone.bn1.")] + [
+    (f"pretrained.layer{layer}.{index}.", f"encoder.backbone.blocks.{stage}.")
+    for layer, index, stage in ((1, 3, 0), (1, 4, 1), (2, 0, 2), (3, 0, 3), (3, 1, 4), (4, 0, 5), (4, 1, 6))]
 
 
 def key_rules(arch: Architecture) -> list[tuple[str, str]]:
@@ -59,7 +56,8 @@ def key_rules(arch: Architecture) -> list[tuple[str, str]]:
         for i in range(4):
             rules += [(f"depth_head.projects.{i}.", f"encoder.reassemble.{i}.project."),
                       (f"depth_head.resize_layers.{i}.", f"encoder.reassemble.{i}.resample.")]
-        head = [("depth_head.scratch.output_conv1.", "head.conv1."), ("depth_head.scratch.output_conv2.0.", "head.conv2."),
+        head = [("depth_head.scratch.output_conv1.", "head.conv1."),
+                ("depth_head.scratch.output_conv2.0.", "head.conv2."),
                 ("depth_head.scratch.output_conv2.2.", "head.conv3.")]
         return rules + _decoder_rules("depth_head.scratch.", head)
     rules = [("pretrained.model.", "encoder.backbone.")]
@@ -91,7 +89,7 @@ def to_upstream(state: dict[str, torch.Tensor], arch: Architecture) -> dict[str,
 
 
 def _dropped(key: str, arch: Architecture) -> bool:
-    pattern = _DROPPED.get(arch.family, _DROPPED_MIDAS)
+    pattern = _UNUSED_DEPTH_ANYTHING if arch.family == DEPTH_ANYTHING_V2 else _UNUSED_MIDAS
     return bool(pattern.search(key))
 
 

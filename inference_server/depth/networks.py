@@ -18,7 +18,8 @@ from .blocks import Decoder, DepthHead
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 HALF_MEAN, HALF_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
-MIDAS_DPT, MIDAS_HYBRID, MIDAS_SMALL, DEPTH_ANYTHING_V2 = "midas_dpt", "midas_hybrid", "midas_small", "depth_anything_v2"
+MIDAS_DPT, MIDAS_HYBRID, MIDAS_SMALL = "midas_dpt", "midas_hybrid", "midas_small"
+DEPTH_ANYTHING_V2 = "depth_anything_v2"
 
 
 @dataclass(frozen=True)
