@@ -211,6 +211,11 @@ def test_estimator_predicts_on_the_crop_grid(small_checkpoint, tmp_path, monkeyp
     assert inverse.shape == (256, 256) and inverse.dtype == np.float32
     assert np.isfinite(inverse).all() and inverse.min() >= 0 and inverse.std() > 0
     assert estimator.info()["input_size"] == [128, 128]
+    shape, _, mask = face_like_surface(128)  # prior on a coarser grid than the crop, as in the pipeline
+    fused, alignment = estimator.fused_depth(crop, shape, mask)
+    assert fused.shape == (128, 128) and np.isfinite(fused).all()
+    assert np.array_equal(fused[~mask], shape[~mask])
+    assert np.array_equal(estimator.fused_depth(crop, shape, mask, weight=0.0)[0], shape)
     with pytest.raises(ValueError, match="RGB uint8"):
         estimator.predict(crop.astype(np.float32))
 

@@ -181,11 +181,11 @@ def network_from_state_dict(upstream: dict[str, torch.Tensor], arch: Architectur
     mapped = from_upstream(upstream, model)
     model = model.to_empty(device=device)
     model.load_state_dict(mapped, strict=False)
-    _fill_unsaved_buffers(model, set(mapped))
+    fill_unsaved_buffers(model, set(mapped))
     return model.eval()
 
 
-def _fill_unsaved_buffers(model: DepthNet, loaded: set[str]) -> None:
+def fill_unsaved_buffers(model: DepthNet, loaded: set[str]) -> None:
     """Buffers the file does not carry are uninitialised after ``to_empty``: recompute them."""
     for module_name, module in model.named_modules():
         if hasattr(module, "init_non_persistent_buffers"):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -75,15 +75,17 @@ class DepthEstimator:
             raise FloatingPointError(f"{self.arch.id} produced non-finite depth (half-precision overflow?)")
         return result
 
-    def fused_depth(self, crop_rgb: np.ndarray, prior_depth: np.ndarray,
-                    mask: np.ndarray) -> tuple[np.ndarray, Alignment]:
+    def fused_depth(self, crop_rgb: np.ndarray, prior_depth: np.ndarray, mask: np.ndarray,
+                    weight: float | None = None) -> tuple[np.ndarray, Alignment]:
         """(fused metric heights on the prior's grid, alignment) - see ``fuse.fuse_depth``.
 
-        ``prior_depth`` and ``mask`` cover the same area as the crop, at any resolution."""
+        ``prior_depth`` and ``mask`` cover the same area as the crop, at any resolution; ``weight``
+        overrides the configured fuse weight for this call (a per-request option)."""
         inverse = self.predict(crop_rgb)
         rows, cols = prior_depth.shape
         on_prior_grid = cv2.resize(inverse, (cols, rows), interpolation=cv2.INTER_AREA)
-        return fuse_depth(on_prior_grid, prior_depth, mask, self.fuse)
+        fuse = self.fuse if weight is None else replace(self.fuse, weight=weight)
+        return fuse_depth(on_prior_grid, prior_depth, mask, fuse)
 
     def info(self) -> dict:
         return {"architecture": self.arch.id, "title": self.arch.title, "licence": self.arch.licence,
