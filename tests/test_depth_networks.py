@@ -300,3 +300,5 @@ def test_network_that_disagrees_with_the_prior_is_not_used():
         fuse_depth(truth[:10], truth, mask)
     with pytest.raises(ValueError, match="outside"):
         FuseConfig(weight=1.5)
+    with pytest.raises(ValueError, match="not in front of a camera"):
+        fuse_depth(truth, truth, mask, FuseConfig(camera_distance=0.05))

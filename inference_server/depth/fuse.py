@@ -94,6 +94,9 @@ def align_to_prior(network: np.ndarray, prior: np.ndarray, mask: np.ndarray,
                    camera_distance: float = 1.0) -> tuple[np.ndarray, Alignment]:
     """The network's relative inverse depth as metric heights matching ``prior`` inside ``mask``."""
     mask = mask.astype(bool)
+    if prior[mask].max() >= camera_distance:
+        raise ValueError(f"prior heights reach {prior[mask].max():.3f} m: not in front of a camera "
+                         f"{camera_distance} m away")
     target = to_alignment_space(prior[mask].astype(np.float64), camera_distance)
     s, t, inliers = robust_affine(network[mask], target)
     alignment = Alignment(scale=s, shift=t, inliers=inliers, usable=s > 0)
