@@ -105,10 +105,11 @@ def from_upstream(upstream: dict[str, torch.Tensor], model: DepthNet) -> dict[st
             mapped[ours] = value
         elif not _dropped(key, arch):
             unexpected.append(key)
+    upstream_rules = [(dst, src) for src, dst in rules]
     # BatchNorm's step counter is bookkeeping for training; older files may lack it.
-    missing = [to_upstream({k: v}, arch).popitem()[0] for k, v in expected.items()
+    missing = [_rename(k, upstream_rules) for k in expected
                if k not in mapped and not k.endswith("num_batches_tracked")]
-    misshapen = [f"{to_upstream({k: v}, arch).popitem()[0]} {tuple(v.shape)} (expected {tuple(expected[k].shape)})"
+    misshapen = [f"{_rename(k, upstream_rules)} {tuple(v.shape)} (expected {tuple(expected[k].shape)})"
                  for k, v in mapped.items() if v.shape != expected[k].shape]
     problems = [(name, items) for name, items in
                 (("missing", missing), ("unexpected", unexpected), ("misshapen", misshapen)) if items]
