@@ -1,0 +1,201 @@
+"""Derive where MediaPipe's 478 landmarks sit on the ICT-FaceKit head: render, detect, back-project.
+
+    PYTHONPATH=. .venv/bin/python scripts/derive_head_landmarks.py [--model NPZ] [--identities 8]
+                 [--output inference_server/head/landmarks_ict.npz] [--save-renders DIR]
+
+The mean head and random identities are rendered with the project's rasteriser (Lambert shading,
+part colours) in several poses; the real landmark chain (MTCNN -> aligned crop -> FaceMesh) runs on
+each render, and every landmark is traced back to the surface point under it. A landmark's place
+is the median of its hits (mapped onto the mean head, which shares the topology), snapped to the
+surface. Face-oval points on cheeks and jaw are not fixed anatomy — FaceMesh moves them with the
+head's yaw — so they get one place per yaw bin, from the renders in that bin. Left/right pairs are
+averaged through the mirror, so the table is symmetric.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.head_fit_eval import shared_model_path  # noqa: E402
+from inference_server.head import render  # noqa: E402
+from inference_server.head.camera import Camera, head_rotation  # noqa: E402
+from inference_server.head.correspondence import TABLE_PATH, LandmarkTable  # noqa: E402
+from inference_server.head.model import HeadModel  # noqa: E402
+from inference_server.head.raster import project, rasterize  # noqa: E402
+
+YAW_BINS = (-40, -25, -12, 0, 12, 25, 40)       # degrees; contour places are tabulated per bin
+POSES = tuple((yaw, 0) for yaw in YAW_BINS) + ((0, -12), (0, 12), (-12, 6), (12, -6))   # (yaw, pitch)
+CAMERA = Camera(focal=1600.0, principal=(320.0, 320.0), size=(640, 640))
+DISTANCE_M = 0.9
+UP_SLOPE = 0.55         # oval points whose outward direction rises steeper than this stay fixed (forehead)
+
+
+def landmark_surface(model: HeadModel) -> np.ndarray:
+    """Triangles a landmark may land on: drawn geometry without the eyelash cards."""
+    faces = render.drawn_faces(model)
+    lashes = model.part_names.index("eyelashes_left"), model.part_names.index("eyelashes_right")
+    return faces[~np.isin(model.vertex_part[faces], lashes).any(1)]
+
+
+def views(model: HeadModel, identities: int):
+    """(identity index, pose, canonical vertices, R) for every render."""
+    rng = np.random.default_rng(7)
+    for identity in range(identities):
+        coeffs = np.zeros(100, np.float32) if identity == 0 else 0.8 * rng.standard_normal(100).astype(np.float32)
+        vertices = model.shape(coeffs)
+        for pose in POSES:
+            yield identity, pose, vertices, head_rotation(*pose)
+
+
+def backproject(points_px: np.ndarray, screen: torch.Tensor, faces: torch.Tensor, triangle: torch.Tensor):
+    """Triangle id (-1 = miss) and perspective-correct barycentrics of the surface under each point."""
+    cols = np.clip(np.floor(points_px[:, 0]).astype(int), 0, triangle.shape[1] - 1)
+    rows = np.clip(np.floor(points_px[:, 1]).astype(int), 0, triangle.shape[0] - 1)
+    tri = triangle[rows, cols].numpy()
+    corners = screen[faces[np.maximum(tri, 0)]].numpy().astype(np.float64)       # (L, 3, 3)
+    a, b, c = corners[:, 0, :2], corners[:, 1, :2], corners[:, 2, :2]
+    matrix = np.stack([b - a, c - a], 2)                                          # (L, 2, 2)
+    uv = np.linalg.solve(matrix + np.eye(2) * 1e-12, (points_px[:, :2] - a)[..., None])[..., 0]
+    bary = np.clip(np.column_stack([1 - uv.sum(1), uv]), 0, None)
+    bary = bary / corners[:, :, 2]                                                # perspective-correct
+    return tri, bary / bary.sum(1, keepdims=True)
+
+
+def collect_hits(model: HeadModel, identities: int, save_renders: Path | None):
+    """(renders, 478, 3) hit points mapped onto the mean head (NaN = miss) and each render's (yaw, pitch)."""
+    from inference_server.detection import FaceDetector
+    from inference_server.head.photo_landmarks import locate_all
+    from inference_server.landmarks import LandmarkModel
+
+    detector, landmarker = FaceDetector(torch.device("cpu")), LandmarkModel()
+    drawn = torch.from_numpy(render.drawn_faces(model)).long()
+    surface = torch.from_numpy(landmark_surface(model)).long()
+    colours = torch.from_numpy(render.vertex_colours(model))
+    mean = model.vertices.astype(np.float64)
+    hits, poses = [], []
+    for identity, pose, vertices, rotation in views(model, identities):
+        print(f"identity {identity} pose {pose}", flush=True)
+        cam = torch.from_numpy((vertices @ rotation.T + [0.0, 0.02, DISTANCE_M]).astype(np.float32))
+        rgb, _ = render.render_shaded(cam, drawn, colours, CAMERA)
+        found = locate_all(rgb, detector, landmarker)
+        if save_renders:
+            from PIL import Image
+            save_renders.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rgb).save(save_renders / f"id{identity}_yaw{pose[0]}_pitch{pose[1]}.png")
+        if not found:
+            print(f"identity {identity} pose {pose}: no landmarks", flush=True)
+            continue
+        screen = project(cam, CAMERA.focal, CAMERA.principal)
+        triangle = rasterize(screen, surface, CAMERA.size, render.FRONT_FACING).triangle
+        tri, bary = backproject(found[0], screen, surface, triangle)
+        points = np.einsum("lk,lkd->ld", bary, mean[surface.numpy()[np.maximum(tri, 0)]])
+        points[tri < 0] = np.nan
+        hits.append(points)
+        poses.append(pose)
+    return np.stack(hits), np.array(poses)
+
+
+def snap_to_surface(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray):
+    """Nearest surface point of each 3D point: (triangle vertices (L, 3), barycentrics (L, 3))."""
+    corners = vertices[faces]                                              # (F, 3, 3)
+    centroids = corners.mean(1)
+    out_tri, out_bary = [], []
+    for point in points:
+        near = np.argsort(np.linalg.norm(centroids - point, axis=1))[:64]
+        a, b, c = corners[near, 0], corners[near, 1], corners[near, 2]
+        matrix = np.stack([b - a, c - a], 2)                               # (n, 3, 2)
+        gram = np.einsum("nki,nkj->nij", matrix, matrix) + np.eye(2) * 1e-15
+        rhs = np.einsum("nki,nk->ni", matrix, point - a)
+        uv = np.linalg.solve(gram, rhs[..., None])[..., 0]
+        bary = np.clip(np.column_stack([1 - uv.sum(1), uv]), 0, None)
+        bary /= bary.sum(1, keepdims=True)
+        distance = np.linalg.norm(np.einsum("nk,nkd->nd", bary, corners[near]) - point, axis=1)
+        best = int(np.argmin(distance))
+        out_tri.append(faces[near[best]])
+        out_bary.append(bary[best])
+    return np.array(out_tri, np.int32), np.array(out_bary, np.float32)
+
+
+def mirror_pairs(points: np.ndarray) -> np.ndarray:
+    """(L,) index of each landmark's mirror image: the landmark nearest to it reflected in x = 0."""
+    reflected = points * [-1.0, 1.0, 1.0]
+    return np.argmin(np.linalg.norm(points[:, None] - reflected[None], axis=2), axis=1)
+
+
+def symmetric(points: np.ndarray, mirror: np.ndarray) -> np.ndarray:
+    """Average each point with its partner's reflection (points: (..., L, 3) with landmarks on -2)."""
+    return 0.5 * (points + points[..., mirror, :] * [-1.0, 1.0, 1.0])
+
+
+def contour_landmarks(fixed: np.ndarray) -> np.ndarray:
+    """Face-oval landmarks on cheeks and jaw (outward direction not steeply upward)."""
+    from inference_server.landmarks import FACE_OVAL
+
+    oval = np.asarray(FACE_OVAL)
+    outward = fixed[oval, :2] - fixed[oval, :2].mean(0)
+    outward /= np.linalg.norm(outward, axis=1, keepdims=True)
+    return oval[outward[:, 1] < UP_SLOPE].astype(np.int32)
+
+
+def build_table(model: HeadModel, hits: np.ndarray, poses: np.ndarray) -> LandmarkTable:
+    median = np.nanmedian(hits, 0)
+    mirror = mirror_pairs(median)
+    fixed = symmetric(median, mirror)
+    contour = contour_landmarks(fixed)
+    by_yaw = np.stack([np.nanmedian(hits[poses[:, 0] == yaw], 0) for yaw in YAW_BINS])      # (B, L, 3)
+    by_yaw = 0.5 * (by_yaw + by_yaw[::-1][:, mirror] * [-1.0, 1.0, 1.0])     # bin -yaw mirrors bin +yaw
+    fixed[contour] = by_yaw[YAW_BINS.index(0), contour]
+    by_yaw = by_yaw[:, contour]
+    for b in range(len(YAW_BINS)):   # a bin where FaceMesh missed: take the nearest bin toward frontal
+        step = -1 if YAW_BINS[b] > 0 else 1
+        source = b
+        while np.isnan(by_yaw[b]).any() and YAW_BINS[source] != 0:
+            source += step
+            by_yaw[b] = np.where(np.isnan(by_yaw[b]), by_yaw[source], by_yaw[b])
+    surface = landmark_surface(model)
+    vertices = model.vertices.astype(np.float64)
+    tri, bary = snap_to_surface(fixed, vertices, surface)
+    contour_tri, contour_bary = snap_to_surface(by_yaw.reshape(-1, 3), vertices, surface)
+    spread = np.nanmedian(np.linalg.norm(hits - median, axis=2), 0) * 1000
+    return LandmarkTable(triangle_vertices=tri, bary=bary, contour=contour,
+                         contour_yaw=np.asarray(YAW_BINS, np.float32),
+                         contour_triangle_vertices=contour_tri.reshape(len(YAW_BINS), len(contour), 3).transpose(1, 0, 2),
+                         contour_bary=contour_bary.reshape(len(YAW_BINS), len(contour), 3).transpose(1, 0, 2),
+                         spread_mm=spread.astype(np.float32))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=shared_model_path())
+    parser.add_argument("--identities", type=int, default=6)
+    parser.add_argument("--output", type=Path, default=TABLE_PATH)
+    parser.add_argument("--save-renders", type=Path)
+    parser.add_argument("--hits", type=Path, help="cache of the traced hits (.npz): reused when it exists")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    try:
+        model = HeadModel.load(args.model)
+    except ValueError as exc:
+        sys.exit(f"error: {exc}")
+    if args.hits and args.hits.exists():
+        with np.load(args.hits) as cached:
+            hits, poses = cached["hits"], cached["poses"]
+    else:
+        hits, poses = collect_hits(model, args.identities, args.save_renders)
+        if args.hits:
+            np.savez_compressed(args.hits, hits=hits, poses=poses)
+    table = build_table(model, hits, poses)
+    table.save(args.output)
+    print(f"{len(hits)} renders; {len(table.contour)} contour landmarks; median spread "
+          f"{np.median(table.spread_mm):.2f} mm; wrote {args.output} ({args.output.stat().st_size} bytes)")
+
+
+if __name__ == "__main__":
+    main()
