@@ -7,9 +7,9 @@ The mean head and random identities are rendered with the project's rasteriser (
 part colours) in several poses; the real landmark chain (MTCNN -> aligned crop -> FaceMesh) runs on
 each render, and every landmark is traced back to the surface point under it. A landmark's place
 is the median of its hits (mapped onto the mean head, which shares the topology), snapped to the
-surface. Face-oval points on cheeks and jaw are not fixed anatomy — FaceMesh moves them with the
-head's yaw — so they get one place per yaw bin, from the renders in that bin. Left/right pairs are
-averaged through the mirror, so the table is symmetric.
+surface. FaceMesh's points drift over the skin as the head turns (the face oval most), so every
+landmark gets one place per yaw bin, from the renders in that bin (pitch variants pooled). Left/right
+pairs are averaged through the mirror, so the table is symmetric.
 """
 from __future__ import annotations
 
@@ -34,7 +34,6 @@ YAW_BINS = (-40, -25, -12, 0, 12, 25, 40)       # degrees; contour places are ta
 POSES = tuple((yaw, 0) for yaw in YAW_BINS) + ((0, -12), (0, 12), (-12, 6), (12, -6))   # (yaw, pitch)
 CAMERA = Camera(focal=1600.0, principal=(320.0, 320.0), size=(640, 640))
 DISTANCE_M = 0.9
-UP_SLOPE = 0.55         # oval points whose outward direction rises steeper than this stay fixed (forehead)
 
 
 def landmark_surface(model: HeadModel) -> np.ndarray:
@@ -129,46 +128,23 @@ def mirror_pairs(points: np.ndarray) -> np.ndarray:
     return np.argmin(np.linalg.norm(points[:, None] - reflected[None], axis=2), axis=1)
 
 
-def symmetric(points: np.ndarray, mirror: np.ndarray) -> np.ndarray:
-    """Average each point with its partner's reflection (points: (..., L, 3) with landmarks on -2)."""
-    return 0.5 * (points + points[..., mirror, :] * [-1.0, 1.0, 1.0])
-
-
-def contour_landmarks(fixed: np.ndarray) -> np.ndarray:
-    """Face-oval landmarks on cheeks and jaw (outward direction not steeply upward)."""
-    from inference_server.landmarks import FACE_OVAL
-
-    oval = np.asarray(FACE_OVAL)
-    outward = fixed[oval, :2] - fixed[oval, :2].mean(0)
-    outward /= np.linalg.norm(outward, axis=1, keepdims=True)
-    return oval[outward[:, 1] < UP_SLOPE].astype(np.int32)
-
-
 def build_table(model: HeadModel, hits: np.ndarray, poses: np.ndarray) -> LandmarkTable:
-    median = np.nanmedian(hits, 0)
-    mirror = mirror_pairs(median)
-    fixed = symmetric(median, mirror)
-    contour = contour_landmarks(fixed)
+    """Median hit per landmark and yaw bin, made left/right symmetric, snapped to the surface.
+    A bin where FaceMesh missed a point takes the neighbouring bin toward frontal."""
+    mirror = mirror_pairs(np.nanmedian(hits, 0))
     by_yaw = np.stack([np.nanmedian(hits[poses[:, 0] == yaw], 0) for yaw in YAW_BINS])      # (B, L, 3)
     by_yaw = 0.5 * (by_yaw + by_yaw[::-1][:, mirror] * [-1.0, 1.0, 1.0])     # bin -yaw mirrors bin +yaw
-    fixed[contour] = by_yaw[YAW_BINS.index(0), contour]
-    by_yaw = by_yaw[:, contour]
-    for b in range(len(YAW_BINS)):   # a bin where FaceMesh missed: take the nearest bin toward frontal
-        step = -1 if YAW_BINS[b] > 0 else 1
-        source = b
-        while np.isnan(by_yaw[b]).any() and YAW_BINS[source] != 0:
-            source += step
-            by_yaw[b] = np.where(np.isnan(by_yaw[b]), by_yaw[source], by_yaw[b])
-    surface = landmark_surface(model)
-    vertices = model.vertices.astype(np.float64)
-    tri, bary = snap_to_surface(fixed, vertices, surface)
-    contour_tri, contour_bary = snap_to_surface(by_yaw.reshape(-1, 3), vertices, surface)
-    spread = np.nanmedian(np.linalg.norm(hits - median, axis=2), 0) * 1000
-    return LandmarkTable(triangle_vertices=tri, bary=bary, contour=contour,
-                         contour_yaw=np.asarray(YAW_BINS, np.float32),
-                         contour_triangle_vertices=contour_tri.reshape(len(YAW_BINS), len(contour), 3).transpose(1, 0, 2),
-                         contour_bary=contour_bary.reshape(len(YAW_BINS), len(contour), 3).transpose(1, 0, 2),
-                         spread_mm=spread.astype(np.float32))
+    centre = YAW_BINS.index(0)
+    for b in sorted(range(len(YAW_BINS)), key=lambda b: abs(YAW_BINS[b])):
+        toward_centre = b + (1 if b < centre else -1)
+        if b != centre:
+            by_yaw[b] = np.where(np.isnan(by_yaw[b]), by_yaw[toward_centre], by_yaw[b])
+    tri, bary = snap_to_surface(by_yaw.reshape(-1, 3), model.vertices.astype(np.float64), landmark_surface(model))
+    spread = np.nanmedian(np.linalg.norm(hits - np.nanmedian(hits, 0), axis=2), 0) * 1000
+    shape = (len(YAW_BINS), hits.shape[1], 3)
+    return LandmarkTable(yaw_bins=np.asarray(YAW_BINS, np.float32),
+                         triangle_vertices=tri.reshape(shape).transpose(1, 0, 2).copy(),
+                         bary=bary.reshape(shape).transpose(1, 0, 2).copy(), spread_mm=spread.astype(np.float32))
 
 
 def main() -> None:
@@ -193,7 +169,7 @@ def main() -> None:
             np.savez_compressed(args.hits, hits=hits, poses=poses)
     table = build_table(model, hits, poses)
     table.save(args.output)
-    print(f"{len(hits)} renders; {len(table.contour)} contour landmarks; median spread "
+    print(f"{len(hits)} renders; median spread of the hits "
           f"{np.median(table.spread_mm):.2f} mm; wrote {args.output} ({args.output.stat().st_size} bytes)")
 
 

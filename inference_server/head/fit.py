@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..landmarks import EYE_RINGS
+from ..landmarks import EYE_RINGS, FACE_OVAL, SURFACE_LANDMARKS
 from .camera import DEFAULT_FOCAL_FACTOR, FRONTAL
 from .correspondence import LandmarkTable, head_yaw_deg
 from .model import HeadModel
@@ -30,11 +30,14 @@ POSE_PARAMS = 7          # rotation increment (3), translation (3), log focal (1
 class HeadFitConfig:
     """Weights of the MAP fit. Residuals are in units of ``landmark_sigma`` x eye distance."""
 
-    landmark_sigma: float = 0.02      # landmark noise, fraction of the eye distance (FaceMesh on photos)
+    landmark_sigma: float = 0.04      # landmark noise, fraction of the eye distance (FaceMesh on photos)
     robust_scale: float = 2.5         # Geman-McClure scale in sigmas: beyond it a landmark fades out
-    contour_weight: float = 0.5       # face-oval points: drawn less consistently by FaceMesh
+    oval_weight: float = 1.0          # face-oval points (their yaw-dependent places are measured)
     iris_weight: float = 0.3          # the model's gaze is only what its expression shapes allow
-    depth_weight: float = 0.05        # MediaPipe's relative z, relative to the 2D terms
+    # MediaPipe's relative z, relative to the 2D terms. Off by default: on renders with known depth
+    # it correlates 0.98 with the truth for frontal faces but only 0.8 at 30 deg of yaw, and every
+    # weight tried (0.003 - 0.3) made pose and shape worse (benchmarks/head_fit_eval.py).
+    depth_weight: float = 0.0
     identity_prior: float = 1.0       # multiplies ||id_coeffs||^2 (the model's N(0, 1))
     expression_l1: float = 2.0        # multiplies sum(exp_weights): most expressions stay at zero
     expression_l2: float = 0.5        # keeps the expression block well conditioned
@@ -71,10 +74,10 @@ class ShapeBasis:
         self.identity_count = model.id_deltas.shape[0]
         self.mean = torch.from_numpy(model.vertices.astype(np.float32)).to(device)           # (V, 3)
         self.deltas = torch.from_numpy(deltas.reshape(len(deltas), -1)).to(device).float()   # (153, 3V)
-        ids, weights = table.sampling(0.0)
-        self.fixed_mean, self.fixed_basis = self._sample(ids, weights)
 
-    def _sample(self, ids: np.ndarray, weights: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def landmarks(self, yaw_deg: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean (478, 3) and basis (478, 3, 153) of the landmark points at this yaw."""
+        ids, weights = self.table.sampling(yaw_deg)
         index = torch.from_numpy(ids).to(self.device)
         weights = torch.from_numpy(weights).to(self.device)
         mean = (weights[..., None] * self.mean[index]).sum(1)                                  # (L, 3)
@@ -82,15 +85,6 @@ class ShapeBasis:
         rows = self.deltas[:, columns].reshape(-1, len(ids), ids.shape[1], 3)                 # (153, L, k, 3)
         basis = (weights[None, ..., None] * rows).sum(2).permute(1, 2, 0)                      # (L, 3, 153)
         return mean, basis.contiguous()
-
-    def landmarks(self, yaw_deg: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean (478, 3) and basis (478, 3, 153) of the landmark points at this yaw (only the
-        contour rows change)."""
-        ids, weights = self.table.sampling(yaw_deg)
-        contour = torch.from_numpy(self.table.contour.astype(np.int64)).to(self.device)
-        mean, basis = self.fixed_mean.clone(), self.fixed_basis.clone()
-        mean[contour], basis[contour] = self._sample(ids[self.table.contour], weights[self.table.contour])
-        return mean, basis
 
     def vertices(self, coeffs: torch.Tensor) -> torch.Tensor:
         """(V, 3) head for stacked identity + expression coefficients."""
@@ -141,7 +135,7 @@ class _Problem:
         self.principal = torch.tensor(principal, dtype=torch.float32, device=device)
         self.sigma = config.landmark_sigma * eye_distance(landmarks_px)
         static = np.ones(len(landmarks_px), np.float32)
-        static[basis.table.contour] = config.contour_weight
+        static[FACE_OVAL] = config.oval_weight
         static[IRIS] = config.iris_weight
         self.static_weight = torch.from_numpy(static).to(device)
         self.log_prior_focal = float(np.log(prior_focal))
@@ -232,12 +226,12 @@ def _bounded_step(hessian: torch.Tensor, gradient: torch.Tensor, values: torch.T
 
 
 def _initial_pose(basis: ShapeBasis, landmarks_px: np.ndarray, focal: float, principal) -> tuple[np.ndarray, np.ndarray]:
-    """Rigid pose of the mean head from the fixed (non-contour) landmarks by PnP; frontal at a
+    """Rigid pose of the mean head from the inner (non-oval) landmarks by PnP; frontal at a
     face-sized distance if PnP fails."""
     import cv2
 
-    mean, _ = basis.landmarks(0.0)
-    fixed = np.setdiff1d(np.arange(468), basis.table.contour)
+    mean, _ = basis.landmarks(0.0)   # a frontal guess: PnP's pose error here is a few degrees
+    fixed = np.setdiff1d(np.arange(SURFACE_LANDMARKS), FACE_OVAL)
     object_points = mean.cpu().numpy()[fixed].astype(np.float64)
     image_points = landmarks_px[fixed, :2].astype(np.float64)
     camera = np.array([[focal, 0, principal[0]], [0, focal, principal[1]], [0, 0, 1]])
@@ -280,7 +274,7 @@ def fit_head(model: HeadModel, landmarks_px: np.ndarray, image_size: tuple[int, 
 
 
 def _optimise(problem: _Problem, state: _State, config: HeadFitConfig):
-    """Levenberg-Marquardt with reweighting; the contour places follow the current yaw."""
+    """Levenberg-Marquardt with reweighting; the landmarks' places follow the current yaw."""
     params = POSE_PARAMS + state.coeffs.numel()
     damping = config.damping
     for iteration in range(config.iterations):
