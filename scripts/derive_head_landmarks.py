@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -122,17 +123,25 @@ def snap_to_surface(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray)
     return np.array(out_tri, np.int32), np.array(out_bary, np.float32)
 
 
-def mirror_pairs(points: np.ndarray) -> np.ndarray:
-    """(L,) index of each landmark's mirror image: the landmark nearest to it reflected in x = 0."""
-    reflected = points * [-1.0, 1.0, 1.0]
-    return np.argmin(np.linalg.norm(points[:, None] - reflected[None], axis=2), axis=1)
+def mirror_pairs(by_yaw: np.ndarray) -> np.ndarray:
+    """(L,) index of each landmark's mirror partner. Each landmark's places over all yaw bins are
+    compared with every landmark's reflected places at the opposite yaw; an optimal assignment on
+    that symmetric cost gives a one-to-one pairing (nearest neighbours alone are not)."""
+    from scipy.optimize import linear_sum_assignment
+
+    reflected = by_yaw[::-1] * [-1.0, 1.0, 1.0]
+    cost = np.nanmean(np.linalg.norm(by_yaw[:, :, None] - reflected[:, None], axis=-1), axis=0)
+    cost = np.nan_to_num(cost + cost.T, nan=1.0)
+    return linear_sum_assignment(cost)[1]
 
 
 def build_table(model: HeadModel, hits: np.ndarray, poses: np.ndarray) -> LandmarkTable:
     """Median hit per landmark and yaw bin, made left/right symmetric, snapped to the surface.
     A bin where FaceMesh missed a point takes the neighbouring bin toward frontal."""
-    mirror = mirror_pairs(np.nanmedian(hits, 0))
-    by_yaw = np.stack([np.nanmedian(hits[poses[:, 0] == yaw], 0) for yaw in YAW_BINS])      # (B, L, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)    # a landmark FaceMesh missed in a whole bin
+        by_yaw = np.stack([np.nanmedian(hits[poses[:, 0] == yaw], 0) for yaw in YAW_BINS])  # (B, L, 3)
+    mirror = mirror_pairs(by_yaw)
     by_yaw = 0.5 * (by_yaw + by_yaw[::-1][:, mirror] * [-1.0, 1.0, 1.0])     # bin -yaw mirrors bin +yaw
     centre = YAW_BINS.index(0)
     for b in sorted(range(len(YAW_BINS)), key=lambda b: abs(YAW_BINS[b])):
