@@ -6,7 +6,7 @@ import bpy
 from . import operators
 
 _ICONS = {"INFO": "INFO", "WARNING": "ERROR", "ERROR": "CANCEL"}
-HAS_PROGRESS = hasattr(bpy.types.UILayout, "progress")  # Blender 4.0+
+HAS_PROGRESS = "progress" in bpy.types.UILayout.bl_rna.functions  # Blender 4.0+
 
 
 def progress_bar(layout, factor: float, text: str, width: int = 48) -> None:

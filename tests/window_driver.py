@@ -33,7 +33,7 @@ def note(event: str, **details) -> None:
 
 
 class RecordingLayout:
-    """Forwards every call to the real UILayout and keeps the ``text`` it was given."""
+    """Forwards every call to the real UILayout and keeps the ``text`` it was given (``[id]`` for operators)."""
 
     def __init__(self, layout, texts: list):
         object.__setattr__(self, "_layout", layout)
@@ -48,6 +48,8 @@ class RecordingLayout:
             return attribute
 
         def call(*args, **kwargs):
+            if name == "operator":
+                self._texts.append(f"[{kwargs.get('operator') or args[0]}]")
             if kwargs.get("text"):
                 self._texts.append(kwargs["text"])
             result = attribute(*args, **kwargs)
@@ -68,7 +70,8 @@ def record_draws(panel_classes) -> None:
 def _recording(panel: str, draw):
     def recording_draw(self, context):
         texts: list = []
-        entry = {"t": round(time.monotonic() - STARTED, 2), "panel": panel, "texts": texts}
+        began = time.monotonic()
+        entry = {"t": round(began - STARTED, 2), "panel": panel, "texts": texts}
         RESULT["draws"].append(entry)
         try:
             draw(_PanelView(RecordingLayout(self.layout, texts)), context)
@@ -76,7 +79,7 @@ def _recording(panel: str, draw):
             entry["error"] = traceback.format_exc()
             raise
         finally:
-            entry["ms"] = round((time.monotonic() - STARTED - entry["t"]) * 1000, 1)
+            entry["ms"] = round((time.monotonic() - began) * 1000, 1)
 
     return recording_draw
 
@@ -228,6 +231,11 @@ def scenario():
     yield from show_faceforge_tab(lambda: sum(d["panel"] == "FACEFORGE_PT_main" for d in RESULT["draws"]))
     yield from wait(3.0)
     screenshot("1_before")
+    TICKER.phase = "sidebar redraw"  # what one redraw of this sidebar costs here: the yardstick for the gaps
+    for _ in range(10):
+        view3d()[2]["UI"].tag_redraw()
+        yield from wait(0.5)
+    TICKER.phase = "idle"
 
     TICKER.phase = "starting"
     invoke("faceforge.server_start")
