@@ -184,7 +184,7 @@ class Session:
         self.cancel_request()
         self.requests.shutdown()
         self.probes.shutdown()
-        self.stop_server()
+        self.stop_server(timeout=3.0)  # Blender is quitting: a clean exit is nice, not worth a long wait
 
 
 def device_label(info: dict) -> str:

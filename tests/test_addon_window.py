@@ -118,14 +118,15 @@ def test_ui_stays_responsive_while_a_request_runs(window):
     """Only the sidebar redraws, and only when what it shows changed: the viewport is never redrawn for it.
 
     The longest starvation of a 100 ms timer is then one redraw of this sidebar: milliseconds on a
-    GPU, but under software OpenGL on a loaded 2-core machine one sidebar redraw alone can take
-    longer than ``GAP_BOUND`` (0.3-0.4 s measured, up to twice that while the server computes on
-    the same cores). So the bound grows to two sidebar redraws as measured in this same window;
-    redrawing the whole 3D view, as the add-on used to, starved the timer 3-5 times longer.
+    GPU, but under software OpenGL on a loaded 2-core machine, with the server computing on the
+    same cores, one sidebar redraw alone can take longer than ``GAP_BOUND`` (0.2-0.6 s measured).
+    So the bound grows to 1.5 sidebar redraws as measured in this same window under the same load
+    (the driver tags the sidebar while a request it sent itself runs); redrawing the whole 3D view,
+    as the add-on used to, starved the timer 2-5 times longer than that.
     """
     result, _, _ = window
     gaps = result["max_gap"]
-    bound = max(GAP_BOUND, 2 * gaps["sidebar redraw"])
+    bound = max(GAP_BOUND, 1.5 * gaps["sidebar redraw"], 1.5 * gaps["sidebar redraw, face in view"])
     print(f"\nmax gap of a 100 ms timer: {gaps} (s); bound while a request runs: {bound:.2f} s")
     assert not [t for phase, t in result["viewport_draws"] if phase == "request"]
     assert gaps["request"] <= bound and gaps["cancel"] <= bound
