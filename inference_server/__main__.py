@@ -111,9 +111,14 @@ def _reconstruct(args) -> int:
         return exit_for(err.code)
     outputs = []
     if args.output:
-        for index, arrays in faces:
-            target = args.output if len(faces) == 1 else args.output.with_name(f"{args.output.stem}_face{index}{args.output.suffix}")
-            outputs += [str(p) for p in exporters.write(target, arrays)]
+        try:
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            for index, arrays in faces:
+                target = args.output if len(faces) == 1 else args.output.with_name(f"{args.output.stem}_face{index}{args.output.suffix}")
+                outputs += [str(p) for p in exporters.write(target, arrays)]
+        except OSError as exc:
+            print(f"error: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
+            return Exit.FAILED
     summary = {"photo": str(args.photo), "image_size": meta.get("image_size"), "faces_detected": meta.get("faces_detected"),
                "faces": [{"index": i, "vertices": int(len(a["vertices"])),
                           "triangles": int(len(exporters.polygons(a).triangles()))} for i, a in faces],
