@@ -105,8 +105,9 @@ class LocalServer:
     """One server subprocess: ``python -m inference_server serve --bind ADDRESS --device DEVICE``."""
 
     def __init__(self, python: str, address: str, cwd: str | None = None, log_path: str | None = None,
-                 device: str = "auto", extra_args: tuple = ()):
+                 device: str = "auto", extra_args: tuple = (), environ: dict | None = None):
         self.python = python
+        self.environ = dict(environ or {})  # added to this process's environment, e.g. FACEFORGE_DATA
         self.address = address
         self.cwd = cwd or None
         self.device = device
@@ -145,7 +146,7 @@ class LocalServer:
             raise RuntimeError(f"{self.address} is already in use: another server is running there "
                                "(use it, stop it, or choose another address)")
         self._log = open(self.log_path, "ab")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.environ)
         if self.cwd:  # the server imports ``addon.wire`` and ``inference_server`` from its home
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [self.cwd, env.get("PYTHONPATH")]))
         try:
