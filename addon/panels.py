@@ -4,6 +4,7 @@ from __future__ import annotations
 import bpy
 
 from . import operators
+from .properties import PANEL_OPTIONS
 
 _ICONS = {"INFO": "INFO", "WARNING": "ERROR", "ERROR": "CANCEL"}
 HAS_PROGRESS = "progress" in bpy.types.UILayout.bl_rna.functions  # Blender 4.0+
@@ -65,14 +66,16 @@ class FACEFORGE_PT_main(_FaceForgePanel, bpy.types.Panel):
         if props.face == "INDEX":
             layout.prop(props, "face_index")
 
+        layout.row(align=True).prop(props, "geometry", expand=True)
+        model_line = session.model_line()
+        if model_line:
+            _wrapped(layout, model_line, "INFO", _chars_per_line(context))
         column = layout.column(align=True)
         column.use_property_split = True
         column.use_property_decorate = False
-        column.prop(props, "resolution")
-        column.prop(props, "smooth_iterations")
-        column.prop(props, "smooth_factor", text="Factor")
-        column.prop(props, "subdivision_levels")
-        column.prop(props, "detail_strength")
+        for option in PANEL_OPTIONS:  # the schema's panel options, in its order
+            if option.name != "geometry":
+                column.prop(props, option.name)
 
         line = session.request_line()
         if line is not None:

@@ -178,6 +178,15 @@ class Session:
         return (f"Connected: server {info.get('server_version', '?')}, protocol {info.get('protocol_version', '?')}, "
                 f"{device_label(info)}")
 
+    def model_line(self) -> str:
+        """Whether the connected server can make full heads, and how to make it able to ('' when unknown)."""
+        if self.status is None:
+            return ""
+        if "head" in self.status.get("geometries", ()):
+            return "Head model installed: full heads with expression shape keys"
+        return ("No head model on the server (face mode only). Install it with: python -m inference_server "
+                "model fetch, or model install FOLDER|ZIP")
+
     def close(self) -> None:
         """Unregister / quit: abandon requests, end threads, stop the server we started."""
         self.cancel_request()

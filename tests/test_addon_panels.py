@@ -117,6 +117,19 @@ def test_messages_and_server_state(ui):
     assert _draw(ui, ui.panels.FACEFORGE_PT_server, "draw_header_preset")[0][1]["icon"] == "LINKED"
 
 
+def test_geometry_choice_and_model_status(ui):
+    session = ui.operators.SESSION
+    props = {named["property"] for name, named in _draw(ui, ui.panels.FACEFORGE_PT_main) if name == "prop"}
+    assert {"geometry", "neutral_expression", "resolution", "detail_strength"} <= props
+    session.status = {"server_version": "0.1.0", "protocol_version": 2, "device": "cpu", "geometries": ["face"]}
+    texts = " ".join(_texts(_draw(ui, ui.panels.FACEFORGE_PT_main)))
+    assert "No head model" in texts and "model fetch" in texts
+    session.status["geometries"] = ["head", "face"]
+    texts = " ".join(_texts(_draw(ui, ui.panels.FACEFORGE_PT_main)))
+    assert "Head model installed" in texts and "No head model" not in texts
+    session.status = None
+
+
 def test_preferences_draw(ui):
     calls = []
     prefs = SimpleNamespace(layout=CheckedLayout(ui.bpy, calls), **vars(ui.preferences.DEFAULTS))
