@@ -8,7 +8,6 @@ from scipy.spatial import cKDTree
 
 from benchmarks import head_fit_eval as evaluation
 from inference_server.head import raster, render
-from inference_server.head.camera import Camera
 from inference_server.head.correspondence import LandmarkTable
 from inference_server.head.fit import HeadFitConfig, ShapeBasis, fit_head
 from tests.conftest import grace_hopper_path
@@ -159,8 +158,7 @@ def test_mirrored_photo_gives_the_mirrored_head_and_tilt_changes_nothing(model, 
 @needs_model
 def test_depth_map_of_the_fit_covers_the_face(model, photo_fits):
     landmarks, fit = photo_fits["astronaut"]
-    camera = Camera(fit.focal, fit.principal, fit.image_size)
-    depth, mask, scale = render.depth_map(fit.posed_vertices, render.drawn_faces(model), camera, max_side=256)
+    depth, mask, scale = render.depth_map(fit.posed_vertices, render.drawn_faces(model), fit.camera, max_side=256)
     assert depth.shape == mask.shape == (256, 256) and scale == 0.5
     inside = np.round(landmarks[:468, :2] * scale).astype(int)
     assert mask[inside[:, 1], inside[:, 0]].mean() > 0.97

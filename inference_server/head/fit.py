@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..landmarks import EYE_RINGS, FACE_OVAL, SURFACE_LANDMARKS
-from .camera import DEFAULT_FOCAL_FACTOR, FRONTAL
+from .camera import FRONTAL, Camera
 from .correspondence import LandmarkTable, head_yaw_deg
 from .model import HeadModel
 
@@ -62,6 +62,11 @@ class HeadFit:
     residual_px: float             # median 2D landmark residual
     residual_eye_pct: float        # the same in % of the eye distance
     yaw_deg: float
+
+    @property
+    def camera(self) -> Camera:
+        """The photo's camera as fitted (e.g. for ``render.depth_map`` or ``render.overlay``)."""
+        return Camera(self.focal, self.principal, self.image_size)
 
 
 class ShapeBasis:
@@ -260,9 +265,8 @@ def fit_head(model: HeadModel, landmarks_px: np.ndarray, image_size: tuple[int, 
     if landmarks_px.shape != (478, 3) or not np.isfinite(landmarks_px).all():
         raise ValueError(f"landmarks must be a finite (478, 3) array, got {landmarks_px.shape}")
     basis = basis or ShapeBasis(model, table or LandmarkTable.load(), device)
-    height, width = image_size
-    principal = (width / 2.0, height / 2.0)
-    prior_focal = float(focal_px or DEFAULT_FOCAL_FACTOR * max(height, width))
+    default = Camera.default_for(tuple(image_size), focal_px)
+    principal, prior_focal = default.principal, default.focal
     problem = _Problem(basis, landmarks_px, principal, config, prior_focal, focal_px is not None)
     rotation, translation = _initial_pose(basis, landmarks_px, prior_focal, principal)
     state = _State(torch.tensor(rotation, dtype=torch.float32, device=device),
