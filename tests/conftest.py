@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -58,14 +59,17 @@ def corrupt_bytes(grace_hopper_jpg) -> bytes:
     return grace_hopper_jpg[:1024] + bytes(range(256)) * 8
 
 
-def start_server(log_path: Path, *extra_args: str, data_dir: Path | None = None) -> LocalServer:
-    """`python -m inference_server serve` as a real subprocess on a free port, models loaded.
+def pytest_configure(config):
+    """Tests never see models installed on this machine: servers, batches and CLIs they start get an
+    empty data folder ($FACEFORGE_DATA) unless a test gives them one (``head_data_dir``)."""
+    os.environ["FACEFORGE_DATA"] = tempfile.mkdtemp(prefix="faceforge-test-data-")
 
-    ``data_dir`` is its $FACEFORGE_DATA (installed models); by default an empty folder, so the server
-    is in face mode whatever this machine has installed."""
-    data_dir = data_dir or Path(tempfile.mkdtemp(prefix="faceforge-data-"))
+
+def start_server(log_path: Path, *extra_args: str, data_dir: Path | None = None) -> LocalServer:
+    """`python -m inference_server serve` as a real subprocess on a free port, models loaded;
+    ``data_dir`` is its $FACEFORGE_DATA (installed models)."""
     server = LocalServer(sys.executable, free_address(), cwd=str(REPO), log_path=str(log_path), device="cpu",
-                         extra_args=extra_args, environ={"FACEFORGE_DATA": str(data_dir)})
+                         extra_args=extra_args, environ={"FACEFORGE_DATA": str(data_dir)} if data_dir else None)
     server.start(timeout=180)
     return server
 
