@@ -8,6 +8,8 @@ import signal
 import sys
 from pathlib import Path
 
+from .head.cli import add_model_commands, run_model_command
+
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_BAD_INPUT, EXIT_NO_FACE, EXIT_SERVER = 0, 1, 2, 3, 4, 5
 
 
@@ -30,11 +32,14 @@ def _parser() -> argparse.ArgumentParser:
     recon.add_argument("--device", default="auto", help="device for in-process reconstruction")
     recon.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the server")
     recon.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    add_model_commands(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "model":
+        return run_model_command(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
         return _serve(args) if args.command == "serve" else _reconstruct(args)
