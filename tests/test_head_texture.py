@@ -16,8 +16,8 @@ from PIL import Image
 
 from inference_server.head.atlas import MARGIN, REGION_INDEX, REGIONS
 from inference_server.head.model import HeadModel
-from inference_server.head.texels import texel_map
-from inference_server.head.texture import unwrap
+from inference_server.head.texels import interpolate, texel_map
+from inference_server.head.texture import DEFAULT_COLOURS, sample_bilinear, unwrap, vertex_fill
 from tests import ict_fixtures as ict
 
 SIZE = 1024
@@ -155,23 +155,29 @@ def test_mirror_map_pairs_left_and_right(model):
     assert (mirror.index[centre] == np.nonzero(centre)[0]).mean() > 0.99, "the midline maps to itself"
 
 
+def _photograph(model: HeadModel, camera: Camera, paint=None):
+    """The head as ``camera`` sees it: the photo (painted by ``paint(points)``, if given), the
+    vertices' image positions and their visibility x facing weights."""
+    points, opaque = _texel_points(model, SIZE)
+    colours = np.zeros((opaque.sum(), 3), np.uint8) if paint is None else np.clip(paint(points[opaque]), 0, 255).astype(np.uint8)
+    photo, zbuffer = _splat(*camera.project(points[opaque]), colours, camera.size)
+    return (photo, *_weights(model, camera, zbuffer))
+
+
 @pytest.fixture(scope="module")
 def turned_head(model):
-    """A head turned 40 degrees (its left cheek away from the camera) painted with ``_pattern``."""
-    camera = Camera(model, yaw=40)
-    points, opaque = _texel_points(model, SIZE)
-    xy, depth = camera.project(points[opaque])
-    photo, zbuffer = _splat(xy, depth, np.clip(_pattern(points[opaque]), 0, 255).astype(np.uint8), camera.size)
-    image_xy, weight = _weights(model, camera, zbuffer)
+    """A head turned 40 degrees (its left cheek away from the camera) painted with ``_pattern``, unwrapped."""
+    photo, image_xy, weight = _photograph(model, Camera(model, yaw=40), _pattern)
     texture, coverage = unwrap(photo, image_xy, weight, model, SIZE)
     _save("head_turned_photo.png", photo)
-    _save("head_turned_texture.png", texture)
-    return points, texture, coverage
+    print(f"texture written to {_save('head_turned_texture.png', texture)}")
+    return {"photo": photo, "image_xy": image_xy, "weight": weight, "texture": texture, "coverage": coverage}
 
 
 def test_unwrap_recovers_a_known_texture_and_mirrors_the_hidden_side(model, turned_head):
-    points, texture, coverage = turned_head
+    texture, coverage = turned_head["texture"], turned_head["coverage"]
     texels = texel_map(model, SIZE)
+    points = _texel_points(model, SIZE)[0]
     truth = _pattern(points)
     colour = texture.reshape(-1, 3)[texels.texel].astype(float)
     alpha = coverage.reshape(-1)[texels.texel]
@@ -181,17 +187,13 @@ def test_unwrap_recovers_a_known_texture_and_mirrors_the_hidden_side(model, turn
     seen = face & (alpha > 0.99)
     assert seen.sum() > 0.25 * face.sum() and error[seen].mean() < 6, (seen.sum(), error[seen].mean())
     # The cheek turned away is not in the photo; its mirror image is, and the pattern is symmetric.
-    from inference_server.head.texture import _interpolate, _sample, vertex_fill
-
-    mirror_alpha = np.nan_to_num(_sample(coverage[..., None], texels.mirror_xy)[:, 0])
+    mirror_alpha = np.nan_to_num(sample_bilinear(coverage[..., None], texels.mirror_xy)[:, 0])
     hidden_cheek = face & (alpha == 0) & (mirror_alpha > 0.99) & (points[:, 0] > 0.03)
     assert hidden_cheek.sum() > 0.15 * face.sum()
     assert error[hidden_cheek].mean() < 6, error[hidden_cheek].mean()
     # ... and that came from the mirror: the smooth fill alone is far off there.
-    photo = np.asarray(Image.open(OUT / "head_turned_photo.png"), np.float32)
-    camera = Camera(model, yaw=40)
-    _, weight = _weights(model, camera, _splat(*camera.project(points), np.zeros((len(points), 1)), camera.size)[1])
-    fill = _interpolate(texels, vertex_fill(photo, camera.project(model.vertices)[0], weight, model))
+    fill = interpolate(texels, vertex_fill(turned_head["photo"].astype(np.float32), turned_head["image_xy"],
+                                           turned_head["weight"], model))
     assert np.abs(fill - truth)[hidden_cheek].mean() > 2 * error[hidden_cheek].mean()
 
 
@@ -199,38 +201,38 @@ def test_unwrap_of_a_real_photo_fills_the_unseen_head_with_skin(model):
     from skimage import data
 
     photo = data.astronaut()
-    camera = _camera_on_astronaut(model)
-    points, opaque = _texel_points(model, SIZE)
-    _, zbuffer = _splat(*camera.project(points[opaque]), np.zeros((opaque.sum(), 1), np.uint8), camera.size)
-    image_xy, weight = _weights(model, camera, zbuffer)
+    _, image_xy, weight = _photograph(model, _camera_on_astronaut(model))
     texture, coverage = unwrap(photo, image_xy, weight, model, SIZE)
     print(f"texture written to {_save('head_astronaut_texture.png', texture)}")
     texels = texel_map(model, SIZE)
     alpha, colour = coverage.reshape(-1)[texels.texel], texture.reshape(-1, 3)[texels.texel].astype(float)
-    chin, brow = model.vertices[model.landmarks68[8], 1], model.vertices[model.landmarks68[17:27], 1].max()
-    front = model.face_mask & (np.abs(model.vertices[:, 0]) < 0.04) & (model.vertices[:, 1] > chin) & (model.vertices[:, 1] < brow)
-    frontal = front[texels.corners].all(axis=1) & (model.atlas.face_region[texels.face] == 0)
+    region = model.atlas.face_region[texels.face]
+    x, y = model.vertices[:, 0], model.vertices[:, 1]
+    chin, brow = y[model.landmarks68[8]], y[model.landmarks68[17:27]].max()
+    front = model.face_mask & (np.abs(x) < 0.04) & (y > chin) & (y < brow)
+    frontal = front[texels.corners].all(axis=1) & (region == REGION_INDEX["face"])
     assert alpha[frontal].mean() > 0.8, "the face between brows, chin and cheeks comes from the photo"
     visible_skin = model.face_mask & (weight > 0.6)
     skin = np.median(photo[image_xy[visible_skin, 1].astype(int), image_xy[visible_skin, 0].astype(int)], axis=0)
     scalp = model.vertex_part[texels.corners[:, 0]] == model.part_names.index("head_neck")  # not the sockets
-    back = (model.atlas.face_region[texels.face] == REGION_INDEX["back_head"]) & (alpha == 0) & scalp
+    back = (region == REGION_INDEX["back_head"]) & (alpha == 0) & scalp
     assert back.sum() > 10000
     assert np.abs(colour[back].mean(axis=0) - skin).max() < 25, (colour[back].mean(axis=0), skin)
     assert colour[back].std(axis=0).max() < 25, "a smooth fill, no streaks"
-    teeth = (model.atlas.face_region[texels.face] == REGION_INDEX["teeth"]) & (alpha == 0)
-    assert np.abs(colour[teeth].mean(axis=0) - (225, 215, 195)).max() < 15, "hidden teeth get a tooth colour"
+    teeth = (region == REGION_INDEX["teeth"]) & (alpha == 0)
+    assert np.abs(colour[teeth].mean(axis=0) - DEFAULT_COLOURS["teeth"]).max() < 15, "hidden teeth: a tooth colour"
+    sclera = np.isin(region, [REGION_INDEX["sclera_left"], REGION_INDEX["sclera_right"]]) & (alpha == 0)
+    assert np.abs(colour[sclera].mean(axis=0) - DEFAULT_COLOURS["sclera"]).max() < 15, "under the lids: white"
 
 
 def _camera_on_astronaut(model: HeadModel) -> Camera:
-    """The frontal model head placed on the astronaut's face: its eye centres on hers (201, 100), (246, 100)."""
+    """The frontal model head on the astronaut's face: its eye centres on hers, (201, 100) and (246, 100)."""
     eyes = np.stack([model.vertices[model.landmarks68[36:42]].mean(axis=0),
                      model.vertices[model.landmarks68[42:48]].mean(axis=0)])
     unit = Camera(model, yaw=0, size=(512, 512), centre_px=(0, 0), focal=1.0).project(eyes)[0]
     focal = 45.0 / np.linalg.norm(unit[1] - unit[0])
-    return Camera(model, yaw=0, size=(512, 512), centre_px=tuple((201 + 246) / 2 - focal * unit[:, 0].mean()
-                                                                  for _ in (0,)) + (100 - focal * unit[:, 1].mean(),),
-                  focal=focal)
+    principal = np.array([(201 + 246) / 2, 100]) - focal * unit.mean(axis=0)
+    return Camera(model, yaw=0, size=(512, 512), centre_px=tuple(principal), focal=focal)
 
 
 @pytest.mark.parametrize("case", ["photo", "xy", "weight"])

@@ -34,6 +34,14 @@ class TexelMap:
     nearest: np.ndarray        # (size * size,) int64 for every texel, the nearest covered one (flat index)
 
 
+def interpolate(texels: TexelMap, values: np.ndarray) -> np.ndarray:
+    """Per-vertex ``values`` (V, C) at every covered texel (barycentric), (N, C) float32."""
+    values = values.astype(np.float32, copy=False)
+    corners, bary = texels.corners, texels.bary
+    return (bary[:, 0:1] * values[corners[:, 0]] + bary[:, 1:2] * values[corners[:, 1]]
+            + bary[:, 2:3] * values[corners[:, 2]])
+
+
 def atlas_xy(uv: np.ndarray, size: int) -> np.ndarray:
     """Atlas UVs to continuous (col, row) image coordinates (texel centres at +0.5)."""
     return np.stack([uv[..., 0] * size, (1.0 - uv[..., 1]) * size], axis=-1)

@@ -20,7 +20,7 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse.linalg import cg
 
-from .texels import texel_map
+from .texels import interpolate, texel_map
 
 if TYPE_CHECKING:
     from .model import HeadModel
@@ -61,13 +61,13 @@ def unwrap(photo_rgb: np.ndarray, image_xy: np.ndarray, weight: np.ndarray, mode
     texels = texel_map(model, size)
     alpha = _photo_alpha(weight, texels, config)
     photo = photo_rgb.astype(np.float32)
-    seen = _sample(photo, _interpolate(texels, image_xy.astype(np.float32)))        # (N, 3)
+    seen = sample_bilinear(photo, interpolate(texels, image_xy.astype(np.float32)))        # (N, 3)
     seen_image = np.zeros((size * size, 4), np.float32)
     seen_image[texels.texel, :3] = seen * alpha[:, None]
     seen_image[texels.texel, 3] = alpha
-    mirrored = _sample(seen_image.reshape(size, size, 4), texels.mirror_xy)     # premultiplied colour, alpha
+    mirrored = sample_bilinear(seen_image.reshape(size, size, 4), texels.mirror_xy)     # premultiplied colour, alpha
     mirror_alpha = mirrored[:, 3:]
-    fill = _interpolate(texels, vertex_fill(photo, image_xy, weight, model, config))
+    fill = interpolate(texels, vertex_fill(photo, image_xy, weight, model, config))
     # photo where seen, else the mirror texel where that was seen, else the fill
     colour = seen_image[texels.texel, :3] + (1 - alpha[:, None]) * (mirrored[:, :3] + (1 - mirror_alpha) * fill)
     texture = np.zeros((size * size, 3), np.float32)
@@ -76,14 +76,6 @@ def unwrap(photo_rgb: np.ndarray, image_xy: np.ndarray, weight: np.ndarray, mode
     coverage[texels.texel] = alpha
     texture = texture[texels.nearest]                                           # fill gutters
     return np.clip(texture + 0.5, 0, 255).astype(np.uint8).reshape(size, size, 3), coverage.reshape(size, size)
-
-
-def _interpolate(texels, values: np.ndarray) -> np.ndarray:
-    """Per-vertex ``values`` at every covered texel (barycentric), float32."""
-    values = values.astype(np.float32, copy=False)
-    corners, bary = texels.corners, texels.bary
-    return (bary[:, 0:1] * values[corners[:, 0]] + bary[:, 1:2] * values[corners[:, 1]]
-            + bary[:, 2:3] * values[corners[:, 2]])
 
 
 def _check_inputs(photo_rgb, image_xy, weight, model) -> tuple[np.ndarray, np.ndarray]:
@@ -102,7 +94,7 @@ def _check_inputs(photo_rgb, image_xy, weight, model) -> tuple[np.ndarray, np.nd
 def _photo_alpha(weight: np.ndarray, texels, config: UnwrapConfig) -> np.ndarray:
     """How much of each texel comes from the photo: the interpolated weight, ramped; zero in any
     triangle with a hidden corner (partly occluded triangles would smear the occluder)."""
-    interpolated = _interpolate(texels, weight[:, None])[:, 0]
+    interpolated = interpolate(texels, weight[:, None])[:, 0]
     ramp = np.clip((interpolated - config.min_weight) / (config.full_weight - config.min_weight), 0.0, 1.0)
     alpha = ramp * (weight[texels.corners].min(axis=1) > 0)
     image = np.zeros(texels.size * texels.size, np.float32)
@@ -111,8 +103,9 @@ def _photo_alpha(weight: np.ndarray, texels, config: UnwrapConfig) -> np.ndarray
     return np.minimum(alpha, soft.reshape(-1)[texels.texel] * 2)  # fade in over a few texels: no jagged edges
 
 
-def _sample(image: np.ndarray, xy: np.ndarray) -> np.ndarray:
-    """Bilinear samples of ``image`` at pixel positions ``xy`` (x = column); NaN positions give 0."""
+def sample_bilinear(image: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """(N, channels) bilinear samples of ``image`` at pixel positions ``xy`` (x = column, pixel centres
+    at +0.5); NaN or far-outside positions give 0."""
     n, width = len(xy), 1024
     rows = -(-n // width)
     maps = np.full((rows * width, 2), -1e6, np.float32)  # far outside: BORDER_CONSTANT zero
@@ -129,7 +122,7 @@ def vertex_fill(photo: np.ndarray, image_xy: np.ndarray, weight: np.ndarray, mod
     class, relaxing to the class default away from them."""
     classes, names = _vertex_classes(model)
     blurred = cv2.GaussianBlur(photo, (0, 0), config.vertex_blur_px)
-    colour = _sample(blurred, image_xy.astype(np.float32))
+    colour = sample_bilinear(blurred, image_xy.astype(np.float32))
     confidence = np.where(weight >= config.full_weight, 1.0, 0.0)
     mirror = model.mirror
     borrowed = (confidence == 0) & mirror.matched & (confidence[mirror.index] > 0)
