@@ -22,13 +22,13 @@ _STOP = object()
 class Job:
     """One unit of work: a future plus what the panel shows while it runs."""
 
-    def __init__(self, fn: Callable[["Job"], Any], address: str, status: str, expected_seconds: float):
+    def __init__(self, fn: Callable[["Job"], Any], address: str, status: str):
         self.fn = fn
         self.address = address
         self.future: concurrent.futures.Future = concurrent.futures.Future()
         self.cancel_event = threading.Event()
         self.status = status          # written by the worker, read by the panel (a str swap is atomic)
-        self.expected_seconds = expected_seconds
+        self.fraction = 0.0           # of the work done, as the server reports it (a float swap is atomic)
         self.started = time.monotonic()
         self.finished: float | None = None
         self.client: Client | None = None  # set by the worker just before ``fn`` runs
@@ -51,10 +51,17 @@ class Job:
 
     @property
     def progress(self) -> float:
-        """0..1 for the progress bar; the server sends no progress, so time against the expected duration (capped)."""
-        if self.done():
-            return 1.0
-        return min(0.95, self.elapsed / max(self.expected_seconds, 0.1))
+        """0..1 for the progress bar: the server's own report of the stages done."""
+        return 1.0 if self.done() else self.fraction
+
+    def report(self, progress: dict) -> None:
+        """A server progress message (``protocol.encode_progress``) -> what the panel shows; worker thread."""
+        text = str(progress.get("text") or progress.get("stage") or "")
+        if text:
+            self.status = text[:1].upper() + text[1:]
+        fraction = progress.get("fraction")
+        if isinstance(fraction, (int, float)) and not isinstance(fraction, bool):
+            self.fraction = min(1.0, max(self.fraction, float(fraction)))
 
 
 class Worker:
@@ -69,9 +76,8 @@ class Worker:
         self._current: Job | None = None
         self._lock = threading.Lock()
 
-    def submit(self, fn: Callable[[Job], Any], *, address: str = "", status: str = "Working",
-               expected_seconds: float = 10.0) -> Job:
-        job = Job(fn, address, status, expected_seconds)
+    def submit(self, fn: Callable[[Job], Any], *, address: str = "", status: str = "Working") -> Job:
+        job = Job(fn, address, status)
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name=f"faceforge-{self.name}", daemon=True)

@@ -12,6 +12,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .wire import options
+
+BuildSettings = options.config_class(
+    "BuildSettings", options.on_side(options.BUILD),
+    "Blender-side settings of a build (modifiers); fields and defaults from ``addon.wire.options``.")
+
 DETAIL_MIDLEVEL = 0.5  # the detail map is stored as MIDLEVEL + detail, so the Displace modifier's midlevel is this
 
 
@@ -130,6 +136,25 @@ def idprop_value(value: Any) -> Any:
             return items  # a matrix: Blender stores nested numeric lists
         return json.dumps(value, default=str)
     return str(value)
+
+
+def face_offsets(widths: list, gap: float) -> list:
+    """X offsets that put faces of the given widths side by side, ``gap`` apart, centred on 0."""
+    total = sum(widths) + gap * (len(widths) - 1)
+    offsets, x = [], -total / 2
+    for width in widths:
+        offsets.append(x + width / 2)
+        x += width + gap
+    return offsets
+
+
+def reconstruction_metadata(meta: dict, info: dict, photo: str, options: dict, **extra) -> dict:
+    """What every built object records about its request: the photo, the options sent, the server
+    (from its ``info`` reply) and the reply's own figures; ``extra`` adds the caller's (batch, timings)."""
+    return {"source_photo": photo, "options": dict(options),
+            "server_version": info.get("server_version", ""), "protocol_version": info.get("protocol_version", 0),
+            "device": info.get("device", ""), "image_size": meta.get("image_size", []),
+            "faces_detected": meta.get("faces_detected", 0), "timings_ms": meta.get("timings_ms", {}), **extra}
 
 
 def object_name(photo: str, face_index: int, face_count: int) -> str:

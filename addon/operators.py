@@ -19,7 +19,6 @@ from .jobs import Job, user_message
 from .session import Request, Session
 
 SESSION = Session()   # replaced on every register(), closed on unregister()
-FACE_SPACING = 0.2    # metres between faces along X when several come back
 
 
 def redraw_panels() -> None:
@@ -70,25 +69,17 @@ def apply_finished(context, request: Request) -> tuple:
     except BaseException as exc:
         level = "WARNING" if request.job.cancelled else "ERROR"
         return level, user_message(exc, photo=request.photo, address=request.address), []
-    faces = reconstruction.faces
-    metadata = {"source_photo": request.photo, "options": request.options, "server_address": request.address,
-                "server_version": info.get("server_version", ""), "protocol_version": info.get("protocol_version", 0),
-                "device": info.get("device", ""), "image_size": reconstruction.meta.get("image_size", []),
-                "faces_detected": reconstruction.meta.get("faces_detected", len(faces)),
-                "timings_ms": reconstruction.meta.get("timings_ms", {}),
-                "round_trip_ms": round(request.job.elapsed * 1000, 1)}
-    objects = []
+    metadata = meshdata.reconstruction_metadata(
+        reconstruction.meta, info, request.photo, request.options, server_address=request.address,
+        round_trip_ms=round(request.job.elapsed * 1000, 1))
     try:
-        for order, face in enumerate(faces):
-            x, y, z = request.location
-            objects.append(scene.build_face_object(
-                face, name=meshdata.object_name(request.photo, face.index, len(faces)), settings=request.settings,
-                location=(x + order * FACE_SPACING, y, z), metadata=metadata, collection=context.collection))
-    except (ValueError, KeyError) as exc:  # a malformed reply: say so, keep what was built
+        objects = scene.build_reconstruction(reconstruction, photo=request.photo, settings=request.settings,
+                                             metadata=metadata, location=request.location,
+                                             collection=context.collection)
+    except (ValueError, KeyError) as exc:  # a malformed reply: say so
         traceback.print_exc()
-        return "ERROR", f"The server's reply could not be turned into a mesh: {exc}", objects
+        return "ERROR", f"The server's reply could not be turned into a mesh: {exc}", []
     _select(context, objects)
-    SESSION.expected_seconds = request.job.elapsed
     vertices = sum(len(obj.data.vertices) for obj in objects)
     return "INFO", (f"Reconstructed {len(objects)} face{'s' * (len(objects) != 1)} from "
                     f"{os.path.basename(request.photo)} ({vertices} vertices) in {request.job.elapsed:.1f} s"), objects

@@ -1,47 +1,66 @@
-"""Per-scene panel settings (``scene.faceforge``): saved with the .blend, so a file remembers its last request."""
+"""Per-scene panel settings (``scene.faceforge``): saved with the .blend, so a file remembers its last request.
+
+The option properties are derived from ``addon.wire.options`` (name, default, range, help); only the
+photo and face pickers, which are UI rather than options, are declared here.
+"""
 import bpy
-from bpy.props import EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
 
-from .scene import BuildSettings
+from .meshdata import BuildSettings
+from .wire import options
 
-_DEFAULTS = BuildSettings()
+_PROPERTY_TYPES = {int: IntProperty, float: FloatProperty, bool: BoolProperty}
+
+
+def option_property(option: options.Option):
+    """A bpy property for one schema option: its default, hard range, slider range and unit."""
+    if option.choices and option.kind is str:
+        items = tuple((value.upper(), value.replace("_", " ").title(), option.help) for value in option.choices)
+        return EnumProperty(name=option.title, description=option.help, items=items, default=option.default.upper())
+    kwargs = {"name": option.title, "description": option.help, "default": option.default}
+    if option.kind in (int, float):
+        kwargs.update(min=option.minimum, max=option.maximum)
+        if option.soft_maximum is not None:
+            kwargs["soft_max"] = option.soft_maximum
+    if option.unit == "LENGTH":
+        kwargs.update(subtype="DISTANCE", unit="LENGTH", precision=4, step=0.01)
+    return _PROPERTY_TYPES[option.kind](**kwargs)
+
+
+PANEL_OPTIONS = tuple(option for option in options.OPTIONS if option.panel)
+_FACE = options.BY_NAME["face"]
 
 
 class FACEFORGE_PG_settings(bpy.types.PropertyGroup):
-    photo_source: EnumProperty(
-        name="Photo", description="Where the photo comes from",
-        items=(("FILE", "File", "A photo on disk", "FILE_IMAGE", 0),
-               ("IMAGE", "Image", "An image already loaded in Blender", "IMAGE_DATA", 1)),
-        default="FILE")
-    photo_path: StringProperty(name="Photo File", description="Photo with a face (JPEG, PNG, WebP, BMP, TIFF)",
-                               subtype="FILE_PATH")
-    photo_image: PointerProperty(name="Image", type=bpy.types.Image, description="Image datablock to reconstruct from")
-    face: EnumProperty(
-        name="Face", description="Which detected face to reconstruct",
-        items=(("LARGEST", "Largest", "The largest face in the photo"),
-               ("INDEX", "Index", "Face number N, by size (0 = largest)"),
-               ("ALL", "All", "Every face: one object each")),
-        default="LARGEST")
-    face_index: IntProperty(name="Face Index", description="0 = largest face, 1 = next largest, ...", default=0, min=0)
-    resolution: IntProperty(name="Resolution", description="Mesh grid cells across the face width "
-                            "(100 gives about 9k vertices)", default=100, min=8, max=1000, soft_max=300)
-    smooth_iterations: IntProperty(name="Smoothing", description="Laplacian smoothing iterations (0 = off)",
-                                   default=_DEFAULTS.smooth_iterations, min=0, max=200, soft_max=50)
-    smooth_factor: FloatProperty(name="Smoothing Factor", description="Laplacian smoothing strength per iteration",
-                                 default=_DEFAULTS.smooth_factor, min=0.0, soft_max=2.0)
-    subdivision_levels: IntProperty(name="Subdivisions", description="Subdivision Surface levels before displacement",
-                                    default=_DEFAULTS.subdivision_levels, min=0, max=6, soft_max=3)
-    detail_strength: FloatProperty(name="Detail Strength", description="Displacement in metres per unit of the "
-                                   "detail map (skin texture relief)", default=_DEFAULTS.detail_strength,
-                                   min=-0.05, max=0.05, precision=4, step=0.01, subtype="DISTANCE", unit="LENGTH")
+    __annotations__ = {
+        "photo_source": EnumProperty(
+            name="Photo", description="Where the photo comes from",
+            items=(("FILE", "File", "A photo on disk", "FILE_IMAGE", 0),
+                   ("IMAGE", "Image", "An image already loaded in Blender", "IMAGE_DATA", 1)),
+            default="FILE"),
+        "photo_path": StringProperty(name="Photo File", description="Photo with a face (JPEG, PNG, WebP, BMP, TIFF)",
+                                     subtype="FILE_PATH"),
+        "photo_image": PointerProperty(name="Image", type=bpy.types.Image,
+                                       description="Image datablock to reconstruct from"),
+        "face": EnumProperty(
+            name="Face", description=_FACE.help,
+            items=(("LARGEST", "Largest", "The largest face in the photo"),
+                   ("INDEX", "Index", "Face number N, by size (0 = largest)"),
+                   ("ALL", "All", "Every face: one object each")),
+            default=_FACE.default.upper()),
+        "face_index": IntProperty(name="Face Index", description="0 = largest face, 1 = next largest, ...",
+                                  default=0, min=0, max=options.MAX_FACE_INDEX),
+        **{option.name: option_property(option) for option in PANEL_OPTIONS},
+    }
 
     def build_settings(self) -> BuildSettings:
-        return BuildSettings(smooth_iterations=self.smooth_iterations, smooth_factor=self.smooth_factor,
-                             subdivision_levels=self.subdivision_levels, detail_strength=self.detail_strength)
+        return BuildSettings(**{o.name: getattr(self, o.name) for o in PANEL_OPTIONS if o.side == options.BUILD})
 
     def server_options(self) -> dict:
+        """The request's options: the face choice plus every panel option the server applies."""
         face = {"LARGEST": "largest", "ALL": "all"}.get(self.face, str(self.face_index))
-        return {"face": face, "resolution": self.resolution}
+        chosen = {o.name: getattr(self, o.name) for o in PANEL_OPTIONS if o.side != options.BUILD}
+        return {"face": face, **{k: v.lower() if isinstance(v, str) else v for k, v in chosen.items()}}
 
 
 classes = (FACEFORGE_PG_settings,)

@@ -5,25 +5,17 @@ and the bpy-free ``meshdata``. API differences between versions are guarded by `
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import bpy
+from mathutils import Matrix
 
 from . import meshdata
+from .meshdata import BuildSettings
+from .wire import options
 
 UV_NAME = "UVMap"
 PROPERTY = "faceforge"           # object custom property holding the request's metadata
 DEPTH_PROPERTY = "faceforge_depth"  # object custom property pointing at the depth image (keeps it alive)
-
-
-@dataclass
-class BuildSettings:
-    """Modifier settings; the defaults are the panel's defaults."""
-
-    smooth_iterations: int = 5
-    smooth_factor: float = 0.5
-    subdivision_levels: int = 1
-    detail_strength: float = 0.002  # metres of displacement per unit of detail
+FACE_GAP_M = 0.05  # space between the faces of one photo when several come back
 
 
 def build_mesh(name: str, vertices, faces, uvs) -> "bpy.types.Mesh":
@@ -145,11 +137,34 @@ def build_face_object(face, *, name: str, settings: BuildSettings, location=(0.0
     mesh = build_mesh(name, arrays["vertices"], arrays["faces"], arrays["uvs"])
     obj = bpy.data.objects.new(name, mesh)
     obj.location = location
+    if "rotation" in face.meta:  # the mesh is in the face's frontal frame; the photo's view is the object's pose
+        obj.rotation_mode = "QUATERNION"
+        obj.rotation_quaternion = Matrix(face.meta["rotation"]).to_quaternion()
     images = face_images(obj.name, arrays)
     mesh.materials.append(skin_material(f"{obj.name}_skin", images["texture"]))
     add_modifiers(obj, images["detail"], settings)
     obj[DEPTH_PROPERTY] = images["depth"]
     obj[PROPERTY] = meshdata.idprop_value(dict(metadata or {}, face=face.meta, face_index=face.index,
-                                               settings=asdict(settings)))
+                                               settings=options.as_dict(settings)))
     (collection or bpy.context.scene.collection).objects.link(obj)
     return obj
+
+
+def build_reconstruction(reconstruction, *, photo: str, settings: BuildSettings, metadata: dict,
+                         location=(0.0, 0.0, 0.0), collection=None) -> list:
+    """The one way from a reply to the scene (panel and batch): one object per face, named after the
+    photo (``meshdata.object_name``), side by side around ``location``, each with ``metadata``.
+
+    ``reconstruction`` is a ``client.Reconstruction``; ``metadata`` comes from
+    ``meshdata.reconstruction_metadata``."""
+    faces = sorted(reconstruction.faces, key=lambda face: face.index)
+    spans = [(float(f.arrays["vertices"][:, 0].min()), float(f.arrays["vertices"][:, 0].max())) for f in faces]
+    offsets = meshdata.face_offsets([hi - lo for lo, hi in spans], FACE_GAP_M) if len(faces) > 1 else [0.0]
+    x, y, z = location
+    objects = []
+    for face, offset, (lo, hi) in zip(faces, offsets, spans):
+        shift = offset - (lo + hi) / 2 if len(faces) > 1 else 0.0
+        objects.append(build_face_object(face, name=meshdata.object_name(photo, face.index, len(faces)),
+                                         settings=settings, location=(x + shift, y, z), metadata=metadata,
+                                         collection=collection))
+    return objects

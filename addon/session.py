@@ -43,7 +43,6 @@ class Session:
     status_job: Job | None = None
     status_time: float = float("-inf")
     message: tuple = ("", "")              # (level, text) of the last outcome: INFO / WARNING / ERROR
-    expected_seconds: float = 10.0         # last reconstruction's duration, drives the progress bar
 
     @property
     def busy(self) -> bool:
@@ -58,10 +57,11 @@ class Session:
                 raise ProtocolError(ErrorCode.CANCELLED, "request cancelled")
             job.status = "Contacting the server"
             info = job.client.info(timeout=min(timeout, STATUS_TIMEOUT * 5))  # version for the metadata, fails fast
-            job.status = "Reconstructing on the server"
-            return info, job.client.reconstruct(data, options, timeout=timeout, cancel=job.cancel_event)
+            job.status = "Waiting for the server"
+            return info, job.client.reconstruct(data, options, timeout=timeout, cancel=job.cancel_event,
+                                                on_progress=job.report)
 
-        job = self.requests.submit(run, address=address, status="Queued", expected_seconds=self.expected_seconds)
+        job = self.requests.submit(run, address=address, status="Queued")
         self.request = Request(job, photo_label, dict(options), settings, tuple(location), address)
         self.message = ("", "")
         return self.request
@@ -85,7 +85,7 @@ class Session:
         if job is None and now - self.status_time >= STATUS_INTERVAL:
             self.status_time = now
             self.status_job = self.probes.submit(lambda j: j.client.info(timeout=STATUS_TIMEOUT), address=address,
-                                                 status="Checking server", expected_seconds=STATUS_TIMEOUT)
+                                                 status="Checking server")
         return False
 
     def start_server(self, python: str, address: str, cwd: str, device: str, timeout: float) -> Job:
@@ -94,8 +94,7 @@ class Session:
         self.server = LocalServer(python, address, cwd=cwd or None, device=device)
         self.server_log = ""
         self.server_job = self.probes.submit(lambda job: self.server.start(timeout, cancel=job.cancel_event),
-                                             status="Starting server",
-                                             expected_seconds=10.0)
+                                             status="Starting server")
         return self.server_job
 
     def finish_server_start(self) -> tuple | None:

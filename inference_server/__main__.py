@@ -1,4 +1,8 @@
-"""Command line: ``serve`` runs the ZeroMQ server; ``reconstruct`` turns one photo into mesh files."""
+"""Command line: ``serve`` runs the ZeroMQ server; ``reconstruct`` turns one photo into mesh files.
+
+Reconstruction options come from the one schema (``addon.wire.options``): ``serve`` takes them as the
+server's defaults (and limits), ``reconstruct`` as the request's options.
+"""
 from __future__ import annotations
 
 import argparse
@@ -8,26 +12,28 @@ import signal
 import sys
 from pathlib import Path
 
+from addon.wire import options
+from addon.wire.errors import EXIT_HELP, Exit, exit_for
+
 from .head.cli import add_model_commands, run_model_command
 
-EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_BAD_INPUT, EXIT_NO_FACE, EXIT_SERVER = 0, 1, 2, 3, 4, 5
+REQUEST_OPTIONS = options.on_side(options.SERVER, options.LIMIT)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m inference_server", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m inference_server", description=__doc__, epilog=EXIT_HELP)
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the inference server")
+    serve = commands.add_parser("serve", help="run the inference server", epilog=EXIT_HELP)
     serve.add_argument("--bind", default="tcp://127.0.0.1:5555", help="ZeroMQ address to bind (default %(default)s)")
     serve.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default %(default)s)")
     serve.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     serve.add_argument("--max-queue", type=int, default=32, help="queued reconstructions before 'busy' replies")
     serve.add_argument("--max-message-mb", type=float, default=256, help="largest accepted request, MB")
-    recon = commands.add_parser("reconstruct", help="reconstruct the face(s) in one photo")
+    options.add_arguments(serve, REQUEST_OPTIONS, title="request defaults (limits: the most a request may ask for)")
+    recon = commands.add_parser("reconstruct", help="reconstruct the face(s) in one photo", epilog=EXIT_HELP)
     recon.add_argument("photo", type=Path)
     recon.add_argument("-o", "--output", type=Path, help="OUT.obj | OUT.ply | OUT.npz (one file per face with --face all)")
-    recon.add_argument("--face", default="largest", help="largest | all | N (0 = largest)")
-    recon.add_argument("--resolution", type=int, help="grid cells across the face width (default 100)")
-    recon.add_argument("--smooth", type=int, help="Taubin smoothing passes for the exported mesh")
+    options.add_arguments(recon, REQUEST_OPTIONS, title="reconstruction options (default: the server's)")
     recon.add_argument("--server", help="use a running server at this address instead of loading models here")
     recon.add_argument("--device", default="auto", help="device for in-process reconstruction")
     recon.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the server")
@@ -44,13 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _serve(args) if args.command == "serve" else _reconstruct(args)
     except KeyboardInterrupt:
-        return 130
+        return Exit.INTERRUPTED
 
 
 def _serve(args) -> int:
     import torch
 
-    from .config import ServerConfig
+    from .config import ReconstructionConfig, ServerConfig
     from .pipeline import FacePipeline, resolve_device
     from .server import InferenceServer
 
@@ -60,10 +66,11 @@ def _serve(args) -> int:
         device = resolve_device(args.device)
     except (RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return Exit.USAGE
     config = ServerConfig(bind=args.bind, max_queue=args.max_queue,
                           max_message_bytes=int(args.max_message_mb * 1024 * 1024))
-    server = InferenceServer(config, lambda: FacePipeline(device))
+    defaults = ReconstructionConfig(**options.given(args, REQUEST_OPTIONS))
+    server = InferenceServer(config, lambda: FacePipeline(device, defaults), defaults)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: server.stop())
 
@@ -74,36 +81,29 @@ def _serve(args) -> int:
         server.serve_forever(on_ready=ready)
     except Exception as exc:  # bind failures and model-loading failures end the process with one line
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_INTERNAL
-    return EXIT_OK
+        return Exit.FAILED
+    return Exit.OK
 
 
 def _reconstruct(args) -> int:
-    from addon.wire.protocol import ErrorCode, ProtocolError
+    from addon.wire.errors import ProtocolError
 
     from . import exporters
 
     if args.output and args.output.suffix.lower() not in exporters.SUFFIXES:
         print(f"error: unsupported output {args.output.suffix!r}; use one of {', '.join(exporters.SUFFIXES)}", file=sys.stderr)
-        return EXIT_USAGE
+        return Exit.USAGE
     try:
         data = args.photo.read_bytes()
     except OSError as exc:
         print(f"error: cannot read {args.photo}: {exc.strerror}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    options = {"face": args.face}
-    if args.resolution is not None:
-        options["resolution"] = args.resolution
-    if args.smooth is not None:
-        options["smooth_iterations"] = args.smooth
+        return Exit.BAD_INPUT
+    request = options.given(args, REQUEST_OPTIONS)
     try:
-        faces, meta = (_through_server if args.server else _in_process)(args, data, options)
+        faces, meta = (_through_server if args.server else _in_process)(args, data, request)
     except ProtocolError as err:
-        codes = {ErrorCode.NO_FACE: EXIT_NO_FACE, ErrorCode.BAD_IMAGE: EXIT_BAD_INPUT, ErrorCode.TOO_LARGE: EXIT_BAD_INPUT,
-                 ErrorCode.BAD_REQUEST: EXIT_USAGE, ErrorCode.TIMEOUT: EXIT_SERVER, ErrorCode.UNREACHABLE: EXIT_SERVER,
-                 ErrorCode.UNSUPPORTED_VERSION: EXIT_SERVER, ErrorCode.BUSY: EXIT_SERVER}
         print(f"error: {args.photo}: {err.message}", file=sys.stderr)
-        return codes.get(err.code, EXIT_INTERNAL)
+        return exit_for(err.code)
     outputs = []
     if args.output:
         for index, arrays in faces:
@@ -119,22 +119,22 @@ def _reconstruct(args) -> int:
             print(f"face {face['index']}: {face['vertices']} vertices, {face['triangles']} triangles")
         for path in outputs:
             print(f"wrote {path}")
-    return EXIT_OK
+    return Exit.OK
 
 
-def _in_process(args, data: bytes, options: dict):
+def _in_process(args, data: bytes, request: dict):
     from .pipeline import FacePipeline, resolve_device
 
     pipeline = FacePipeline(resolve_device(args.device))
-    result = pipeline.reconstruct(data, options)
+    result = pipeline.reconstruct(data, request)
     return [(face.index, face.arrays) for face in result.faces], result.meta
 
 
-def _through_server(args, data: bytes, options: dict):
+def _through_server(args, data: bytes, request: dict):
     from addon.wire.client import Client
 
     with Client(args.server, timeout=args.timeout) as client:
-        result = client.reconstruct(data, options)
+        result = client.reconstruct(data, request)
     return [(face.index, face.arrays) for face in result.faces], result.meta
 
 

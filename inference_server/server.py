@@ -1,10 +1,12 @@
 """ZeroMQ ROUTER server: validates requests on the I/O thread, reconstructs on a worker thread.
 
-The I/O thread owns the ROUTER socket and answers ``info`` at once, even while a reconstruction
-runs. Reconstructions queue for the worker, which owns the models (MediaPipe graphs are bound to
-the thread that made them) and pushes encoded replies back over an inproc socket, because ZeroMQ
-sockets must not be shared between threads. Any bad request gets a structured error reply; the
-loop itself never dies from one.
+The I/O thread owns the ROUTER socket and answers ``info`` and ``cancel`` at once, even while a
+reconstruction runs, and validates every request's options before it may queue (a bad option never
+occupies the worker). Reconstructions queue for the worker, which owns the models (MediaPipe graphs
+are bound to the thread that made them) and pushes progress messages and encoded replies back over
+an inproc socket, because ZeroMQ sockets must not be shared between threads. A request that was
+cancelled, or outlived the ``timeout_ms`` its client sent, is dropped from the queue or stopped at
+its running stage's end. Any bad request gets a structured error reply; the loop never dies from one.
 """
 from __future__ import annotations
 
@@ -12,29 +14,57 @@ import json
 import logging
 import queue
 import threading
+import time
 import traceback
 import uuid
+from dataclasses import dataclass, field
 from typing import Callable
 
 import zmq
 
-from addon.wire import protocol
+from addon.wire import options, protocol
 from addon.wire.protocol import ErrorCode, ProtocolError
 
 from . import __version__
-from .config import ServerConfig
+from .config import ReconstructionConfig, ServerConfig
 
 log = logging.getLogger("faceforge.server")
 
 _STOP = object()
 
 
+@dataclass
+class Job:
+    """A validated reconstruct request, from the I/O thread's queue to the worker's reply."""
+
+    identity: bytes
+    message: protocol.Message
+    config: object                    # ReconstructionConfig with the request's options applied
+    deadline: float                   # time.monotonic() after which nobody waits for the reply
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def key(self) -> tuple:
+        return self.identity, self.message.id
+
+    def check(self) -> None:
+        """Raise at a stage boundary if the client no longer wants this request."""
+        if self.cancelled.is_set():
+            raise ProtocolError(ErrorCode.CANCELLED, "request cancelled by the client")
+        if time.monotonic() > self.deadline:
+            raise ProtocolError(ErrorCode.CANCELLED, "request stopped: its client's deadline has passed")
+
+
 class InferenceServer:
     """``pipeline_factory`` builds the models inside the worker thread (loading is slow: seconds)."""
 
-    def __init__(self, config: ServerConfig, pipeline_factory: Callable[[], object]):
+    def __init__(self, config: ServerConfig, pipeline_factory: Callable[[], object],
+                 defaults: ReconstructionConfig = ReconstructionConfig()):
         self.config = config
+        self.defaults = defaults  # requests' options are applied to these (limits are ceilings)
         self._factory = pipeline_factory
+        self._active: dict[tuple, Job] = {}  # queued or running, by (client identity, request id)
+        self._active_lock = threading.Lock()
         self._context = zmq.Context()
         self._jobs: queue.Queue = queue.Queue(maxsize=config.max_queue)
         self._results_address = f"inproc://results-{uuid.uuid4().hex}"
@@ -90,13 +120,10 @@ class InferenceServer:
                 raise ProtocolError(ErrorCode.UNKNOWN_OP, f"unknown op {message.op!r}; known: {', '.join(protocol.OPS)}")
             if message.op == "info":
                 reply = protocol.encode_reply(message.id, self.info())
+            elif message.op == "cancel":
+                reply = protocol.encode_reply(message.id, {"cancelled": self._cancel(identity, message.params)})
             else:
-                if "image" not in message.payloads:
-                    raise ProtocolError(ErrorCode.BAD_REQUEST, "reconstruct needs an 'image' frame with the photo's bytes")
-                try:
-                    self._jobs.put_nowait((identity, message))
-                except queue.Full:
-                    raise ProtocolError(ErrorCode.BUSY, f"server busy: {self.config.max_queue} requests already queued") from None
+                self._enqueue(identity, message)
                 return
         except ProtocolError as err:
             request_id = _best_effort_id(body)  # only rejected requests need their id dug out by hand
@@ -104,9 +131,38 @@ class InferenceServer:
             reply = protocol.encode_error(request_id, err.code, err.message)
         protocol.send_frames(router, reply, prefix=[identity])
 
+    def _enqueue(self, identity: bytes, message: protocol.Message) -> None:
+        if "image" not in message.payloads:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "reconstruct needs an 'image' frame with the photo's bytes")
+        config = self.defaults.with_params(message.params)
+        timeout_ms = message.header.get("timeout_ms")
+        if timeout_ms is not None and (isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int) or timeout_ms < 1):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "'timeout_ms' must be a positive integer")
+        deadline = time.monotonic() + (timeout_ms / 1000 if timeout_ms else float("inf"))
+        job = Job(identity, message, config, deadline)
+        with self._active_lock:
+            if job.key in self._active:
+                raise ProtocolError(ErrorCode.BAD_REQUEST, f"request id {message.id[:40]!r} is already in progress")
+            try:
+                self._jobs.put_nowait(job)
+            except queue.Full:
+                raise ProtocolError(ErrorCode.BUSY, f"server busy: {self.config.max_queue} requests already queued") from None
+            self._active[job.key] = job
+
+    def _cancel(self, identity: bytes, params: dict) -> bool:
+        """Mark a client's own queued or running request as cancelled; False if there is none."""
+        target = params.get("id") if isinstance(params, dict) else None
+        if not isinstance(target, str):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "cancel needs params.id, the id of the request to stop")
+        with self._active_lock:
+            job = self._active.get((identity, target))
+        if job is not None:
+            job.cancelled.set()
+        return job is not None
+
     def info(self) -> dict:
         return dict(self._info, protocol=protocol.PROTOCOL, protocol_version=protocol.VERSION,
-                    server_version=__version__, queued=self._jobs.qsize())
+                    server_version=__version__, queued=self._jobs.qsize(), defaults=options.as_dict(self.defaults))
 
     def _work(self) -> None:
         try:
@@ -124,15 +180,24 @@ class InferenceServer:
                 job = self._jobs.get()
                 if job is _STOP:
                     return
-                identity, message = job
-                reply = self._reconstruct(pipeline, message)
-                protocol.send_frames(push, reply, prefix=[identity])
+                try:
+                    reply = self._reconstruct(pipeline, job, push)
+                finally:
+                    with self._active_lock:
+                        self._active.pop(job.key, None)
+                protocol.send_frames(push, reply, prefix=[job.identity])
         finally:
             push.close(linger=0)
 
-    def _reconstruct(self, pipeline, message: protocol.Message) -> list:
+    def _reconstruct(self, pipeline, job: Job, push) -> list:
+        message = job.message
+
+        def report(stage: str, text: str, fraction: float, face: int, faces: int) -> None:
+            job.check()
+            protocol.send_frames(push, protocol.encode_progress(message.id, stage, text, fraction, face, faces),
+                                 prefix=[job.identity])
         try:
-            result = pipeline.reconstruct(message.payloads["image"], message.params)
+            result = pipeline.reconstruct(message.payloads["image"], config=job.config, report=report)
             payloads = {}
             for face in result.faces:
                 payloads.update(protocol.face_payloads(face.index, face.arrays))

@@ -145,7 +145,7 @@ def test_depth_map_and_mask(face):
 
 
 def test_detail_map_is_a_bounded_high_pass_that_spares_the_eyes(face):
-    from inference_server.pipeline import DETAIL_LIMIT
+    from inference_server.detail import DETAIL_LIMIT
 
     detail, tex = face.arrays["detail"], face.arrays["texture"]
     assert detail.shape == tex.shape[:2] and detail.dtype == np.float32
@@ -166,8 +166,8 @@ def test_resolution_option_scales_vertex_count(pipeline, astronaut_png):
 
 
 def test_smoothing_keeps_the_boundary_and_reduces_roughness(pipeline, grace_hopper_jpg):
-    raw = pipeline.reconstruct(grace_hopper_jpg, {"smooth_iterations": 0}).faces[0].arrays
-    smooth = pipeline.reconstruct(grace_hopper_jpg, {"smooth_iterations": 10}).faces[0].arrays
+    raw = pipeline.reconstruct(grace_hopper_jpg, {"taubin_passes": 0}).faces[0].arrays
+    smooth = pipeline.reconstruct(grace_hopper_jpg, {"taubin_passes": 10}).faces[0].arrays
     rim = meshing.boundary_vertices(len(raw["vertices"]), raw["faces"])
     np.testing.assert_allclose(raw["vertices"][rim], smooth["vertices"][rim])
     rough = lambda a: np.abs(meshing._neighbour_average(len(a["vertices"]), a["faces"]) @ a["vertices"] - a["vertices"])[~rim].mean()  # noqa: E731

@@ -54,14 +54,14 @@ def test_reconstruct_over_the_wire(server_address, astronaut_png):
     ([b"[]"], ErrorCode.BAD_REQUEST),
     ([json.dumps({"protocol": "faceforge", "version": 7, "id": "v7", "op": "info", "frames": []}).encode()],
      ErrorCode.UNSUPPORTED_VERSION),
-    ([json.dumps({"protocol": "faceforge", "version": 1, "id": "u", "op": "explode", "frames": []}).encode()],
+    ([json.dumps({"protocol": "faceforge", "version": protocol.VERSION, "id": "u", "op": "explode", "frames": []}).encode()],
      ErrorCode.UNKNOWN_OP),
-    ([json.dumps({"protocol": "faceforge", "version": 1, "id": "m", "op": "reconstruct", "frames": []}).encode()],
+    ([json.dumps({"protocol": "faceforge", "version": protocol.VERSION, "id": "m", "op": "reconstruct", "frames": []}).encode()],
      ErrorCode.BAD_REQUEST),
-    ([json.dumps({"protocol": "faceforge", "version": 1, "id": "n", "op": "info",
+    ([json.dumps({"protocol": "faceforge", "version": protocol.VERSION, "id": "n", "op": "info",
                   "frames": [{"name": "a", "kind": "array", "dtype": "float32", "shape": [9]}]}).encode(), b"short"],
      ErrorCode.BAD_REQUEST),
-    ([json.dumps({"protocol": "faceforge", "version": 1, "id": "f", "op": "info", "frames": []}).encode()]
+    ([json.dumps({"protocol": "faceforge", "version": protocol.VERSION, "id": "f", "op": "info", "frames": []}).encode()]
      + [b"x"] * 70, ErrorCode.TOO_LARGE),
 ])
 def test_abuse_gets_structured_errors_and_the_server_keeps_serving(server_address, frames, code, astronaut_png):
@@ -84,7 +84,7 @@ def test_a_good_request_after_abuse_succeeds(server_address, grace_hopper_jpg):
 
 def test_client_version_mismatch_is_reported(server_address):
     with Client(server_address, timeout=10) as client:
-        rid = client.send("info", version=2)
+        rid = client.send("info", version=1)  # an old client
         reply = client.receive()
     assert reply.id == rid and reply.error.code == ErrorCode.UNSUPPORTED_VERSION
     assert "version 1" in reply.error.message
@@ -149,13 +149,18 @@ def test_silent_server_times_out_and_the_client_stays_usable():
             with pytest.raises(ProtocolError) as info:
                 client.call("info", timeout=30, cancel=cancel)
             assert info.value.code == ErrorCode.CANCELLED
-            # Late replies to the two abandoned requests must not be taken for the next one.
+            # Late replies to the two abandoned requests must not be taken for the next one;
+            # each abandoned request was followed by a cancel for it.
             rid = client.send("info")
-            for _ in range(3):
+            ops = []
+            for _ in range(5):
                 identity, header = sink.recv_multipart()[:2]
-                request_id = json.loads(header)["id"]
-                protocol.send_frames(sink, protocol.encode_reply(request_id, {"fresh": request_id == rid}),
+                request = json.loads(header)
+                ops.append((request["op"], request["params"].get("id")))
+                protocol.send_frames(sink, protocol.encode_reply(request["id"], {"fresh": request["id"] == rid}),
                                      prefix=[identity])
+            cancelled = [target for op, target in ops if op == "cancel"]
+            assert len(cancelled) == 2 and all(target != rid for target in cancelled)
             reply = client.receive(5)
             assert reply.id == rid and reply.result == {"fresh": True}
     finally:
@@ -189,3 +194,43 @@ def test_full_queue_answers_busy(small_server, astronaut_png):
     # timing, so one or two (queue of one + one in progress) are accepted and the rest told "busy".
     assert 1 <= codes.count("ok") <= 2, codes
     assert codes.count(ErrorCode.BUSY) == len(codes) - codes.count("ok"), codes
+
+
+def test_progress_messages_rise_before_the_reply(server_address, astronaut_png):
+    reports = []
+    with Client(server_address, timeout=120) as client:
+        result = client.reconstruct(astronaut_png, {"resolution": 40}, on_progress=reports.append)
+    assert len(result.faces) == 1
+    stages = [report["stage"] for report in reports]
+    fractions = [report["fraction"] for report in reports]
+    assert stages[:2] == ["load", "detect"] and {"landmarks", "mesh", "detail"} <= set(stages)
+    assert fractions == sorted(fractions) and 0.0 <= fractions[0] < fractions[-1] < 1.0
+    assert reports[-1]["face"] == 1 and reports[-1]["faces"] == 1
+
+
+def test_bad_option_is_refused_at_once_naming_its_range(server_address, astronaut_png):
+    with Client(server_address, timeout=10) as client:
+        started = time.monotonic()
+        with pytest.raises(ProtocolError) as info:
+            client.reconstruct(astronaut_png, {"resolution": 4})
+    assert info.value.code == ErrorCode.BAD_REQUEST and "'resolution'" in info.value.message
+    assert "[8, 400]" in info.value.message and time.monotonic() - started < 2.0
+
+
+def test_cancelled_request_stops_early_and_frees_the_worker(server_address, grace_hopper_jpg, astronaut_png):
+    with Client(server_address, timeout=120) as client:
+        started = time.monotonic()
+        client.reconstruct(grace_hopper_jpg, {"resolution": 400})  # the full cost, for comparison
+        full = time.monotonic() - started
+        first_progress = threading.Event()
+        heavy = client.send("reconstruct", {"resolution": 400}, {"image": grace_hopper_jpg},
+                            on_progress=lambda report: first_progress.set())
+        with pytest.raises(ProtocolError):  # stops waiting (CANCELLED) once the first progress report arrived
+            client.receive(timeout=30, cancel=first_progress)
+        client.abandon(heavy)  # sends the cancel
+        cancelled_at = time.monotonic()
+        # The worker is free again: a small request is answered long before the heavy one would have been.
+        probe = client.reconstruct(astronaut_png, {"resolution": 20})
+        waited = time.monotonic() - cancelled_at
+    assert len(probe.faces) == 1
+    assert waited < full * 0.8, (waited, full)

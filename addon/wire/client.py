@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import zmq
 
@@ -24,6 +24,7 @@ from .protocol import ErrorCode, Message, ProtocolError
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
 CONNECT_TIMEOUT = 3.0  # seconds to wait for the TCP connection before calling the server unreachable
 _POLL_SLICE_MS = 50    # granularity at which a blocking wait notices cancellation
+_CANCEL_LINGER_MS = 200  # a closing client's cancel messages get this long to leave
 
 
 class Client:
@@ -41,12 +42,17 @@ class Client:
         self._socket.setsockopt(zmq.IMMEDIATE, 1)
         self._socket.connect(address)
         self._ids = itertools.count(1)
+        self._cancels_sent = False
         self._prefix = f"{os.getpid():x}-{id(self) & 0xFFFFFF:x}"
         self._outstanding: set[str] = set()      # sent, not yet answered, not abandoned
         self._early: dict[str, Message] = {}     # answered while ``call`` waited for another id
+        self._on_progress: dict[str, Callable[[dict], None]] = {}
 
     def close(self) -> None:
-        self._socket.close(linger=0)
+        """Close the socket, first asking the server to stop whatever this client still waits for."""
+        for request_id in list(self._outstanding):
+            self.abandon(request_id)
+        self._socket.close(linger=_CANCEL_LINGER_MS if self._cancels_sent else 0)
 
     def __enter__(self) -> "Client":
         return self
@@ -55,20 +61,31 @@ class Client:
         self.close()
 
     def send(self, op: str, params: Mapping | None = None, payloads: Mapping[str, Any] | None = None,
-             *, version: int = protocol.VERSION) -> str:
-        """Queue one request; returns its id. Raises ``ProtocolError(UNREACHABLE)`` if no server answers the connection."""
+             *, version: int = protocol.VERSION, timeout: float | None = None,
+             on_progress: Callable[[dict], None] | None = None) -> str:
+        """Queue one request; returns its id. Raises ``ProtocolError(UNREACHABLE)`` if no server answers the connection.
+
+        ``timeout`` travels with the request: the server drops or stops it once it is that old.
+        ``on_progress`` is called (on this client's thread, while it waits) with each progress report."""
         request_id = f"{self._prefix}-{next(self._ids)}"
-        frames = protocol.encode_request(op, request_id, params, payloads, version=version)
+        frames = protocol.encode_request(op, request_id, params, payloads, version=version, timeout=timeout)
         if not self._socket.poll(int(CONNECT_TIMEOUT * 1000), zmq.POLLOUT):
             raise ProtocolError(ErrorCode.UNREACHABLE,
                                 f"cannot connect to the FaceForge server at {self.address}: is it running?")
         protocol.send_frames(self._socket, frames)
         self._outstanding.add(request_id)
+        if on_progress is not None:
+            self._on_progress[request_id] = on_progress
         return request_id
 
     def abandon(self, request_id: str) -> None:
-        """Forget a request: its reply, if it ever comes, is dropped."""
+        """Forget a request (its reply, if it ever comes, is dropped) and ask the server to stop it."""
+        if request_id in self._outstanding and self._socket.poll(0, zmq.POLLOUT):
+            cancel = protocol.encode_request("cancel", f"{request_id}-cancel", {"id": request_id})
+            protocol.send_frames(self._socket, cancel)  # its reply is dropped like any unknown id
+            self._cancels_sent = True
         self._outstanding.discard(request_id)
+        self._on_progress.pop(request_id, None)
         self._early.pop(request_id, None)
 
     def receive(self, timeout: float | None = None, cancel: threading.Event | None = None) -> Message:
@@ -85,24 +102,32 @@ class Client:
                 raise ProtocolError(ErrorCode.TIMEOUT, f"no reply from {self.address} in time: the server may be busy or gone")
             if self._socket.poll(min(_POLL_SLICE_MS, max(1, int(remaining * 1000))), zmq.POLLIN):
                 reply = protocol.decode(self._socket.recv_multipart(copy=False), max_bytes=self.max_bytes)
+                if reply.progress is not None:
+                    callback = self._on_progress.get(reply.id)
+                    if callback is not None and reply.id in self._outstanding:
+                        callback(reply.progress)
+                    continue
                 if reply.id in self._outstanding:
                     self._outstanding.discard(reply.id)
+                    self._on_progress.pop(reply.id, None)
                     return reply
                 if reply.id == "" and not reply.ok:
                     return reply  # the server could not read a request's id: report, don't drop
 
     def call(self, op: str, params: Mapping | None = None, payloads: Mapping[str, Any] | None = None,
-             *, timeout: float | None = None, cancel: threading.Event | None = None) -> Message:
+             *, timeout: float | None = None, cancel: threading.Event | None = None,
+             on_progress: Callable[[dict], None] | None = None) -> Message:
         """Send one request and wait for its own reply. Error replies raise ``ProtocolError``."""
-        request_id = self.send(op, params, payloads)
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        timeout = self.timeout if timeout is None else timeout
+        request_id = self.send(op, params, payloads, timeout=timeout, on_progress=on_progress)
+        deadline = time.monotonic() + timeout
         try:
             while True:
                 if request_id in self._early:
                     return self._early.pop(request_id).raise_for_error()
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise ProtocolError(ErrorCode.TIMEOUT, f"no reply from {self.address} within {timeout or self.timeout:g} s")
+                    raise ProtocolError(ErrorCode.TIMEOUT, f"no reply from {self.address} within {timeout:g} s")
                 reply = self.receive(remaining, cancel)
                 if reply.id == request_id or reply.id == "":
                     # An id-less error is the server's answer to a request it could not even parse: ours.
@@ -117,8 +142,10 @@ class Client:
         return self.call("info", timeout=timeout).result
 
     def reconstruct(self, image: bytes, options: Mapping | None = None, *, timeout: float | None = None,
-                    cancel: threading.Event | None = None) -> "Reconstruction":
-        reply = self.call("reconstruct", dict(options or {}), {"image": image}, timeout=timeout, cancel=cancel)
+                    cancel: threading.Event | None = None,
+                    on_progress: Callable[[dict], None] | None = None) -> "Reconstruction":
+        reply = self.call("reconstruct", dict(options or {}), {"image": image}, timeout=timeout, cancel=cancel,
+                          on_progress=on_progress)
         return Reconstruction.from_message(reply)
 
 

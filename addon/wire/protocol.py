@@ -5,8 +5,15 @@ A message is a ZeroMQ multipart message:
     frame 0      JSON header (UTF-8), at most ``MAX_HEADER_BYTES``
     frame 1..n   raw binary payloads, described by ``header["frames"]``
 
-Header keys (request):  ``protocol``, ``version``, ``id``, ``op``, ``params``, ``frames``.
+Header keys (request):  ``protocol``, ``version``, ``id``, ``op``, ``params``, ``frames`` and optionally
+                        ``timeout_ms`` (the server drops or stops the request once it is that old).
 Header keys (reply):    ``protocol``, ``version``, ``id``, ``ok``, ``result`` or ``error``, ``frames``.
+Progress (server -> client, zero or more before a ``reconstruct`` reply, same ``id``): ``progress`` =
+``{"stage", "text", "fraction", "face", "faces"}`` and no ``ok``.
+
+Ops: ``info``; ``reconstruct`` (frame ``image``, options in ``params``, see ``options.py``);
+``cancel`` (``params.id`` = the request to stop; the server stops it at its next stage boundary and
+answers it with ``cancelled``).
 
 Each entry of ``frames`` is ``{"name": str, "kind": "array"|"bytes", "dtype": str, "shape": [..]}``
 (``dtype``/``shape`` only for arrays).  Arrays travel as their raw C-ordered bytes, so large
@@ -24,47 +31,20 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import zmq
 
+from .errors import ErrorCode, ProtocolError  # noqa: F401  (re-exported: one import for protocol users)
+
 PROTOCOL = "faceforge"
-VERSION = 1
+VERSION = 2  # 2: progress messages, cancel op, request timeouts
 
 MAX_HEADER_BYTES = 64 * 1024
 DEFAULT_MAX_FRAMES = 64
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 ZERO_COPY_THRESHOLD = 64 * 1024  # below this, copying is cheaper than zero-copy bookkeeping
 
-OPS = ("info", "reconstruct")
+OPS = ("info", "reconstruct", "cancel")
 
 # Dtypes allowed on the wire: fixed-size numeric only, never object arrays.
 _ALLOWED_DTYPES = {"uint8", "int8", "uint16", "int16", "uint32", "int32", "int64", "float16", "float32", "float64", "bool"}
-
-
-class ErrorCode:
-    """Machine-readable error codes carried in ``error.code``."""
-
-    BAD_REQUEST = "bad_request"          # malformed header or frames
-    UNSUPPORTED_VERSION = "unsupported_version"
-    UNKNOWN_OP = "unknown_op"
-    TOO_LARGE = "too_large"              # message or image over the configured limits
-    BAD_IMAGE = "bad_image"              # bytes that do not decode to an image
-    NO_FACE = "no_face"
-    BUSY = "busy"                        # server queue full
-    INTERNAL = "internal"
-    # Client-side conditions, never sent by a server but reported the same way.
-    TIMEOUT = "timeout"
-    UNREACHABLE = "unreachable"
-    CANCELLED = "cancelled"
-
-
-class ProtocolError(Exception):
-    """A message that violates the protocol, or an error reply. ``code`` is an ``ErrorCode``."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"{self.message} [{self.code}]"
 
 
 @dataclass
@@ -85,6 +65,12 @@ class Message:
     @property
     def params(self) -> dict:
         return self.header.get("params") or {}
+
+    @property
+    def progress(self) -> dict | None:
+        """The progress report of a progress message, None for requests and replies."""
+        value = self.header.get("progress")
+        return value if isinstance(value, dict) else None
 
     @property
     def ok(self) -> bool:
@@ -127,13 +113,23 @@ def _encode(header: dict, payloads: Mapping[str, Any] | None) -> list:
         descriptors.append(desc)
         buffers.append(buf)
     header = dict(header, protocol=PROTOCOL, version=header.get("version", VERSION), frames=descriptors)
-    return [json.dumps(header, separators=(",", ":")).encode("utf-8"), *buffers]
+    return [json.dumps(header, separators=(",", ":"), allow_nan=False).encode("utf-8"), *buffers]
 
 
 def encode_request(op: str, request_id: str, params: Mapping | None = None,
-                   payloads: Mapping[str, Any] | None = None, version: int = VERSION) -> list:
+                   payloads: Mapping[str, Any] | None = None, version: int = VERSION,
+                   timeout: float | None = None) -> list:
     """Frames of a request. ``version`` is only overridden by tests of version checks."""
-    return _encode({"version": version, "id": request_id, "op": op, "params": dict(params or {})}, payloads)
+    header = {"version": version, "id": request_id, "op": op, "params": dict(params or {})}
+    if timeout is not None:
+        header["timeout_ms"] = max(1, int(timeout * 1000))
+    return _encode(header, payloads)
+
+
+def encode_progress(request_id: str, stage: str, text: str, fraction: float, face: int = 0, faces: int = 0) -> list:
+    """A progress report for ``request_id``: ``fraction`` of the whole request done, 0..1."""
+    return _encode({"id": request_id, "progress": {"stage": stage, "text": text, "fraction": round(fraction, 4),
+                                                   "face": face, "faces": faces}}, None)
 
 
 def encode_reply(request_id: str, result: Mapping | None = None, payloads: Mapping[str, Any] | None = None) -> list:

@@ -1,0 +1,198 @@
+"""Every reconstruction option, declared once: name, type, default, range, help and which side uses it.
+
+Everything else is derived from ``OPTIONS``: the server's ``ReconstructionConfig`` dataclass, the
+request validation on the server's I/O thread, the Blender panel's properties, and the command
+lines of ``python -m inference_server`` and ``scripts/batch.py``. Pure Python (no numpy, pyzmq or
+bpy), so Blender, the batch and the server all import it.
+
+Sides:
+- ``SERVER``: sent with a request, applied by the server (ranges bound what a request may cost);
+- ``LIMIT``: a server operator's ceiling; a request may lower it, never raise it;
+- ``BUILD``: applied in Blender when the reply becomes objects (modifier settings).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass, field, fields, make_dataclass, replace
+from typing import Any, Callable, Iterable, Mapping
+
+from .errors import ErrorCode, ProtocolError
+
+SERVER, LIMIT, BUILD = "server", "limit", "build"
+MAX_FACE_INDEX = 99
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    kind: type                      # int, float, str or bool
+    default: Any
+    help: str
+    side: str = SERVER
+    minimum: float | None = None
+    maximum: float | None = None
+    soft_maximum: float | None = None   # the panel's slider end; typing may go up to ``maximum``
+    choices: tuple = ()
+    check: Callable[[Any], str | None] | None = None  # extra rule: returns why a value is wrong, or None
+    label: str = ""                 # the panel's name; derived from ``name`` when empty
+    unit: str = ""                  # "LENGTH" for distances in metres (panel shows scene units)
+    panel: bool = False             # shown in the add-on's panel
+    cli_aliases: tuple = ()         # extra command-line flags kept for users' scripts
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def title(self) -> str:
+        return self.label or self.name.replace("_", " ").capitalize()
+
+    def range_text(self) -> str:
+        if self.choices:
+            return " | ".join(self.choices)
+        if self.minimum is not None and self.maximum is not None:
+            return f"[{self.minimum:g}, {self.maximum:g}]"
+        return self.kind.__name__
+
+    def validate(self, value: Any) -> Any:
+        """The value if it is exactly of this option's type and in range, else ``ProtocolError(bad_request)``.
+
+        Strict on purpose: JSON ``true`` is not 1, ``8.9`` is not an integer, infinities and NaN are
+        refused, and strings are matched exactly."""
+        problem = self._problem(value)
+        if problem:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"option {self.name!r} {problem}")
+        return float(value) if self.kind is float else value
+
+    def _problem(self, value: Any) -> str | None:
+        if self.kind is bool:
+            return None if isinstance(value, bool) else "must be true or false"
+        if self.kind is str:
+            if not isinstance(value, str):
+                return f"must be a string ({self.range_text()})"
+            if self.choices and value not in self.choices:
+                return self.check(value) if self.check else f"must be one of {self.range_text()}, not {value[:40]!r}"
+        else:
+            numeric = (int,) if self.kind is int else (int, float)
+            if isinstance(value, bool) or not isinstance(value, numeric):
+                return f"must be {'an integer' if self.kind is int else 'a number'} in {self.range_text()}"
+            if not math.isfinite(value):
+                return f"must be finite, in {self.range_text()}"
+            if (self.minimum is not None and value < self.minimum) or (self.maximum is not None and value > self.maximum):
+                return f"is {value:g}, outside {self.range_text()}"
+        return None if self.kind is str or self.check is None else self.check(value)
+
+
+def _face_index(value: str) -> str | None:
+    if value.isascii() and value.isdigit() and int(value) <= MAX_FACE_INDEX:
+        return None
+    return f"must be 'largest', 'all' or a face index 0..{MAX_FACE_INDEX}, not {value[:40]!r}"
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("face", str, "largest", "which face: largest, all, or an index by size (0 = largest)",
+           choices=("largest", "all"), check=_face_index),
+    Option("resolution", int, 100, "mesh grid cells across the face width (100 gives about 9k vertices)",
+           minimum=8, maximum=400, soft_maximum=300, panel=True),
+    Option("depth_size", int, 256, "side of the returned depth map in pixels", minimum=16, maximum=1024),
+    Option("texture_size", int, 512, "side of the aligned photo crop used as texture, pixels",
+           minimum=64, maximum=2048),
+    Option("crop_margin", float, 0.3, "border around the detected face box, as a fraction of its size",
+           minimum=0.0, maximum=1.0),
+    Option("contour_inset", float, 0.015, "pull the face outline inward (fraction of face width) to keep "
+           "background off the rim", minimum=0.0, maximum=0.1),
+    Option("taubin_passes", int, 0, "Taubin smoothing passes on the server's mesh (Blender smooths with a "
+           "modifier instead)", minimum=0, maximum=50),
+    Option("detail_sigma", float, 3.0, "low-pass radius (texture pixels) of the detail map's high-pass",
+           minimum=0.5, maximum=20.0),
+    Option("detect_max_side", int, 640, "photos are downscaled to this side for face detection",
+           minimum=64, maximum=2048),
+    Option("min_face_fraction", float, 0.05, "smallest face searched for, as a fraction of the photo's longer "
+           "side (smaller is slower)", minimum=0.01, maximum=1.0),
+    Option("min_face_score", float, 0.9, "detector confidence a face needs", minimum=0.5, maximum=0.999),
+    Option("max_pixels", int, 40_000_000, "refuse larger photos before decoding them", side=LIMIT,
+           minimum=1, maximum=200_000_000),
+    Option("smooth_iterations", int, 5, "Laplacian Smooth modifier iterations (0 = off)", side=BUILD,
+           minimum=0, maximum=200, soft_maximum=50, label="Smoothing", panel=True, cli_aliases=("--smooth",)),
+    Option("smooth_factor", float, 0.5, "Laplacian Smooth modifier strength per iteration", side=BUILD,
+           minimum=0.0, maximum=10.0, soft_maximum=2.0, label="Smoothing Factor", panel=True),
+    Option("subdivision_levels", int, 1, "Subdivision Surface levels before the detail displacement", side=BUILD,
+           minimum=0, maximum=4, soft_maximum=3, label="Subdivisions", panel=True, cli_aliases=("--subdivision",)),
+    Option("detail_strength", float, 0.002, "displacement in metres per unit of the detail map", side=BUILD,
+           minimum=-0.05, maximum=0.05, label="Detail Strength", unit="LENGTH", panel=True,
+           cli_aliases=("--detail",)),
+)
+
+BY_NAME = {option.name: option for option in OPTIONS}
+
+
+def on_side(*sides: str) -> tuple[Option, ...]:
+    return tuple(option for option in OPTIONS if option.side in sides)
+
+
+def _validated_params(self, params: Mapping[str, Any]):
+    """A copy with a request's options applied; unknown, mistyped, out-of-range or ceiling-raising
+    options raise ``ProtocolError(bad_request)`` naming the option and its allowed values."""
+    if not isinstance(params, Mapping):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "'params' must be a JSON object of options")
+    known = {f.name for f in fields(self)}
+    changes = {}
+    for key, value in params.items():
+        if key not in known:
+            raise ProtocolError(ErrorCode.BAD_REQUEST,
+                                f"unknown option {str(key)[:40]!r}; known: {', '.join(sorted(known))}")
+        option = BY_NAME[key]
+        changes[key] = option.validate(value)
+        if option.side == LIMIT and changes[key] > getattr(self, key):
+            raise ProtocolError(ErrorCode.TOO_LARGE, f"option {key!r}={value} exceeds this server's limit "
+                                                     f"{getattr(self, key)}; a request may only lower it")
+    return replace(self, **changes)
+
+
+def config_class(name: str, options: Iterable[Option], doc: str) -> type:
+    """A frozen dataclass with one typed field per option (defaults from the schema) and ``with_params``."""
+    cls = make_dataclass(name, [(o.name, o.kind, field(default=o.default)) for o in options], frozen=True,
+                         namespace={"with_params": _validated_params, "__doc__": doc})
+    return cls
+
+
+def as_dict(config) -> dict:
+    return {f.name: getattr(config, f.name) for f in fields(config)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Command lines
+
+def _argument_type(option: Option) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = option.kind(text) if option.kind is not str else text.strip().lower()
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {option.kind.__name__} in {option.range_text()}") from None
+        try:
+            return option.validate(value)
+        except ProtocolError as err:
+            raise argparse.ArgumentTypeError(err.message.split(" ", 2)[2]) from None
+    parse.__name__ = option.kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser, options: Iterable[Option], *, title: str = "") -> None:
+    """One flag per option (``--resolution``, ``--smooth-iterations``...). The default is None: options
+    not given are not sent, so the server's (or the builder's) own defaults apply."""
+    group = parser.add_argument_group(title) if title else parser
+    for option in options:
+        if option.kind is bool:
+            group.add_argument(option.flag, *option.cli_aliases, dest=option.name, default=None,
+                               action=argparse.BooleanOptionalAction, help=f"{option.help} (default {option.default})")
+        else:
+            group.add_argument(option.flag, *option.cli_aliases, dest=option.name, default=None,
+                               type=_argument_type(option), metavar=option.kind.__name__.upper(),
+                               help=f"{option.help}; {option.range_text()}, default {option.default}"
+                               if option.kind is not str else f"{option.help}; default {option.default}")
+
+
+def given(namespace: argparse.Namespace, options: Iterable[Option]) -> dict:
+    """The options a command line actually set."""
+    return {o.name: getattr(namespace, o.name) for o in options if getattr(namespace, o.name, None) is not None}
