@@ -14,10 +14,10 @@ from scipy.spatial import cKDTree
 from inference_server.head import sh as spherical
 from inference_server.head.camera import Camera, head_rotation
 from inference_server.head.model import HeadModel
-from inference_server.head.raster import vertex_normals
+from inference_server.head.raster import project, vertex_normals, vertex_visibility
 from inference_server.head.render import HIDDEN_MATERIALS, vertex_colours
-from inference_server.head.shading import linear_to_srgb, render, srgb_to_linear
-from inference_server.head.texels import interpolate, texel_map
+from inference_server.head.shading import linear_to_srgb, rasterize_view, render, srgb_to_linear
+from inference_server.head.texels import atlas_xy, interpolate, texel_map
 
 CHEEK_RADIUS_M = 0.012
 BACKGROUND = (0.25, 0.27, 0.3)
@@ -83,14 +83,18 @@ def cheek_vertices(model: HeadModel) -> tuple[np.ndarray, np.ndarray]:
 
 
 def side_light(model: HeadModel, posed: np.ndarray, ratio: float = 30.0) -> np.ndarray:
-    """SH of a white key light from image right and a little above, plus the ambient that makes the
-    lit cheek's irradiance ``ratio`` times the shadowed one's."""
+    """SH of a white key light from image right and a little above, plus the ambient (found by
+    bisection) that makes the lit cheek's mean irradiance ``ratio`` times the shadowed one's."""
     normals = vertex_normals(torch.as_tensor(posed), torch.as_tensor(model.faces.astype(np.int64))).numpy()
     left, right = cheek_vertices(model)
-    key = spherical.directional([1.0, -0.3, -0.35], (1.0, 1.0, 1.0))
-    dark, bright = (spherical.irradiance(normals[ids], key)[:, 0].mean() for ids in (left, right))
-    ambient = (bright - ratio * dark) / (ratio - 1)          # (bright + a) / (dark + a) = ratio
-    return spherical.directional([1.0, -0.3, -0.35], (1.0, 1.0, 1.0), (ambient,) * 3)
+    direction = [1.0, -0.3, -0.35]
+    key = [spherical.irradiance(normals[ids], spherical.directional(direction))[:, 0] for ids in (left, right)]
+    low, high = 0.0, 1.0
+    for _ in range(40):
+        ambient = (low + high) / 2
+        dark, bright = (np.maximum(k + ambient, 0).mean() for k in key)
+        low, high = (ambient, high) if bright / dark > ratio else (low, ambient)
+    return spherical.directional(direction, (1.0, 1.0, 1.0), (ambient,) * 3)
 
 
 def make_scene(model: HeadModel, *, yaw: float = 0.0, size: int = 512, texture_size: int = 512,
@@ -100,16 +104,71 @@ def make_scene(model: HeadModel, *, yaw: float = 0.0, size: int = 512, texture_s
     rotation = head_rotation(yaw)
     centre = model.vertices[model.face_mask].mean(0)
     plain = ((model.vertices - centre) @ rotation.T + np.array([0.0, 0.0, 0.6])).astype(np.float32)
-    faces = torch.as_tensor(model.faces.astype(np.int64))
-    normals = vertex_normals(torch.as_tensor(plain), faces).numpy()
+    drawn = drawn_mask(model)
+    faces = torch.as_tensor(model.faces[drawn].astype(np.int64))
+    normals = vertex_normals(torch.as_tensor(plain), faces).numpy()   # the refinement's displacement direction
     displacement = smooth_displacement(model, rms_m, seed)
     truth = (plain + displacement[:, None] * normals).astype(np.float32)
-    sh = (side_light(model, plain, ratio) if ratio else
+    sh = (side_light(model, truth, ratio) if ratio else
           spherical.directional([0.3, -0.4, -1.0], (0.8, 0.78, 0.75), (0.35, 0.36, 0.38)))
     albedo = skin_texture(model, texture_size, seed)
-    drawn = drawn_mask(model)
-    image, _ = render(torch.as_tensor(truth), faces[drawn], camera, torch.as_tensor(sh, dtype=torch.float32),
+    image, _ = render(torch.as_tensor(truth), faces, camera, torch.as_tensor(sh, dtype=torch.float32),
                       texture=torch.as_tensor(albedo), corner_uv=torch.as_tensor(model.atlas.corner_uv[drawn]),
                       background=BACKGROUND)
     image = image.numpy() + np.random.default_rng(seed + 1).normal(0, noise, image.shape)
     return Scene(linear_to_srgb(image), camera, plain, truth, displacement, sh.astype(np.float32), albedo)
+
+
+def texture_at_vertices(model: HeadModel, texture: np.ndarray, vertex_ids: np.ndarray) -> np.ndarray:
+    """(N, C) texture values at the vertices (bilinear, via one face corner of each vertex)."""
+    corner_of = np.full(model.vertex_count, -1, np.int64)
+    corner_of[model.faces.ravel()[::-1]] = np.arange(model.faces.size)[::-1]
+    corner = corner_of[vertex_ids]
+    uv = model.atlas.corner_uv.reshape(-1, 2)[corner]
+    xy = atlas_xy(uv, texture.shape[0]) - 0.5
+    return np.stack([ndimage.map_coordinates(texture[..., c].astype(np.float64), [xy[:, 1], xy[:, 0]], order=1)
+                     for c in range(texture.shape[2])], 1)
+
+
+def luminance(linear_rgb: np.ndarray) -> np.ndarray:
+    return linear_rgb @ np.array([0.2126, 0.7152, 0.0722])
+
+
+def visible_face_vertices(model: HeadModel, posed: np.ndarray, camera: Camera, min_facing: float = 0.3) -> np.ndarray:
+    """(V,) bool: face-area vertices the camera sees, facing it by more than ``min_facing`` (cosine)."""
+    vertices = torch.as_tensor(posed)
+    faces = torch.as_tensor(model.faces[drawn_mask(model)].astype(np.int64))
+    raster = rasterize_view(vertices, faces, camera)
+    visible = vertex_visibility(project(vertices, camera.focal, camera.principal), raster, 0.002).numpy()
+    normals = vertex_normals(vertices, faces)
+    facing = (normals * torch.nn.functional.normalize(-vertices, dim=1)).sum(1).numpy()
+    return model.face_mask & visible & (facing > min_facing)
+
+
+def mean_distance_mm(a: np.ndarray, b: np.ndarray, vertex_ids: np.ndarray) -> float:
+    """Mean distance between corresponding vertices of two posed heads, millimetres."""
+    return float(1000 * np.linalg.norm(a[vertex_ids] - b[vertex_ids], axis=1).mean())
+
+
+def displaced(model: HeadModel, posed: np.ndarray, displacement: np.ndarray) -> np.ndarray:
+    """``posed`` moved by ``displacement`` (V,) metres along its vertex normals (the refinement's convention)."""
+    faces = torch.as_tensor(model.faces[drawn_mask(model)].astype(np.int64))
+    normals = vertex_normals(torch.as_tensor(posed), faces).numpy()
+    return posed + displacement[:, None] * normals
+
+
+def cheek_ratio(model: HeadModel, linear_texture: np.ndarray) -> float:
+    """Brighter over darker mean cheek luminance of a linear albedo texture."""
+    left, right = (luminance(texture_at_vertices(model, linear_texture, ids)).mean() for ids in cheek_vertices(model))
+    return float(max(left, right) / min(left, right))
+
+
+def photo_cheek_ratio(model: HeadModel, scene: Scene) -> float:
+    """The same for the photo (linear luminance at the cheek vertices' pixels)."""
+    xy = project(torch.as_tensor(scene.truth), scene.camera.focal, scene.camera.principal)[:, :2].numpy()
+    photo = srgb_to_linear(scene.photo)
+    values = []
+    for ids in cheek_vertices(model):
+        col, row = np.floor(xy[ids]).astype(int).T
+        values.append(luminance(photo[row, col]).mean())
+    return float(max(values) / min(values))

@@ -153,7 +153,11 @@ class _Regulariser:
     """Bending, shrink and landmark-drift terms of the loss (see the module docstring)."""
 
     def __init__(self, patch: Patch, rest: torch.Tensor, camera, config: ReliefConfig):
-        self.laplacian = _torch_sparse(patch.laplacian, rest.device, rest.dtype)
+        coo = patch.laplacian.tocoo()
+        off = coo.row != coo.col
+        self.rows = torch.as_tensor(coo.row[off], dtype=torch.int64, device=rest.device)
+        self.cols = torch.as_tensor(coo.col[off], dtype=torch.int64, device=rest.device)
+        self.degree = torch.as_tensor(patch.laplacian.diagonal(), dtype=rest.dtype, device=rest.device)
         self.marks = torch.as_tensor(patch.landmarks, device=rest.device)
         self.camera, self.config = camera, config
         self.marks_px = self._landmarks_px(rest)
@@ -164,7 +168,8 @@ class _Regulariser:
 
     def __call__(self, d: torch.Tensor, vertices: torch.Tensor) -> torch.Tensor:
         config = self.config
-        bending = (torch.sparse.mm(self.laplacian, d[:, None]) / self.edge ** 2).square().mean() * 1e-4
+        curvature = self.degree * d - torch.zeros_like(d).index_add(0, self.rows, d[self.cols])   # L d
+        bending = (curvature / self.edge ** 2).square().mean() * 1e-4
         drift = (self._landmarks_px(vertices) - self.marks_px).square().sum()
         return config.bending * bending + config.shrink * (d / 0.01).square().mean() + config.landmark_weight * drift
 
@@ -175,9 +180,3 @@ def _displaced(rest: torch.Tensor, normals: torch.Tensor, d: torch.Tensor, free:
 
 def _mean_edge(vertices: torch.Tensor, faces: torch.Tensor) -> float:
     return float((vertices[faces[:, 0]] - vertices[faces[:, 1]]).norm(dim=1).mean())
-
-
-def _torch_sparse(matrix: sparse.csr_matrix, device, dtype) -> torch.Tensor:
-    coo = matrix.tocoo()
-    index = torch.as_tensor(np.vstack([coo.row, coo.col]), dtype=torch.int64)
-    return torch.sparse_coo_tensor(index, torch.as_tensor(coo.data, dtype=dtype), coo.shape).coalesce().to(device)
