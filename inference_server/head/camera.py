@@ -33,8 +33,8 @@ DEFAULT_FOCAL_FACTOR = 1.4
 
 def head_rotation(yaw_deg: float = 0.0, pitch_deg: float = 0.0, roll_deg: float = 0.0) -> np.ndarray:
     """Camera-from-model rotation for a head turned by yaw (toward the subject's left, i.e. the
-    nose moves to image right, for positive yaw), pitch (chin down for positive) and roll (in the
-    image plane, clockwise as seen for positive) — applied to the model, then made frontal."""
+    nose moves to image right, for positive yaw), pitch (chin up for positive) and roll (in the
+    image plane) — applied to the model, then made frontal."""
     y, p, r = (math.radians(a) for a in (yaw_deg, pitch_deg, roll_deg))
     yaw = np.array([[math.cos(y), 0, math.sin(y)], [0, 1, 0], [-math.sin(y), 0, math.cos(y)]])
     pitch = np.array([[1, 0, 0], [0, math.cos(p), math.sin(p)], [0, -math.sin(p), math.cos(p)]])

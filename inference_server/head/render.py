@@ -92,3 +92,46 @@ def render_shaded(vertices_cam: torch.Tensor, faces: torch.Tensor, colours: torc
     rgb = albedo * (0.35 + 0.75 * lambert[..., None])
     rgb = torch.where(raster.mask[..., None], rgb, torch.tensor(background, dtype=rgb.dtype, device=rgb.device))
     return (rgb.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy(), raster
+
+
+def depth_map(posed_vertices: np.ndarray, faces: np.ndarray, camera: Camera, max_side: int = 512
+              ) -> tuple[np.ndarray, np.ndarray, float]:
+    """Camera-z depth (metres, 0 where empty) and mask of a posed head seen by ``camera``, at most
+    ``max_side`` pixels on the longer side, and the scale from photo pixels to map pixels."""
+    height, width = camera.size
+    scale = min(1.0, max_side / max(height, width))
+    small = Camera(camera.focal * scale, (camera.principal[0] * scale, camera.principal[1] * scale),
+                   (max(1, round(height * scale)), max(1, round(width * scale))))
+    with torch.inference_mode():
+        screen = project(torch.from_numpy(np.asarray(posed_vertices, np.float32)), small.focal, small.principal)
+        raster = rasterize(screen, torch.from_numpy(faces).long(), small.size, FRONT_FACING)
+    mask = raster.mask.numpy()
+    return np.where(mask, raster.depth.numpy(), 0.0).astype(np.float32), mask, scale
+
+
+def clay_views(canonical_vertices: np.ndarray, model: HeadModel, size: int = 384,
+               yaws=(0.0, 45.0, 90.0)) -> np.ndarray:
+    """Front / 45 deg / profile clay renders of a canonical head side by side (uint8 RGB)."""
+    from .camera import head_rotation
+
+    faces = torch.from_numpy(drawn_faces(model)).long()
+    clay = torch.full((model.vertex_count, 3), 0.75)
+    camera = Camera(size * 3.2, (size / 2, size / 2), (size, size))
+    centre = canonical_vertices[model.face_full_mask].mean(0)
+    views = []
+    for yaw in yaws:
+        posed = (canonical_vertices - centre) @ head_rotation(yaw).T + [0.0, 0.0, 1.0]
+        rgb, _ = render_shaded(torch.from_numpy(posed.astype(np.float32)), faces, clay, camera)
+        views.append(rgb)
+    return np.concatenate(views, 1)
+
+
+def overlay(photo: np.ndarray, posed_vertices: np.ndarray, model: HeadModel, camera: Camera,
+            opacity: float = 0.6) -> np.ndarray:
+    """The photo with the fitted head drawn over it (shaded, part colours) where it covers."""
+    faces = torch.from_numpy(drawn_faces(model)).long()
+    colours = torch.from_numpy(vertex_colours(model))
+    rgb, raster = render_shaded(torch.from_numpy(np.asarray(posed_vertices, np.float32)), faces, colours, camera)
+    mask = raster.mask.numpy()[..., None]
+    blended = photo * (1 - opacity * mask) + rgb * (opacity * mask)
+    return blended.round().astype(np.uint8)
