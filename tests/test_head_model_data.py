@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +87,19 @@ def test_a_folder_missing_expressions_is_refused_naming_them(shared_npz, tmp_pat
     assert len(err) == 1 and err[0].startswith("error:") and "2 expression files" in err[0], err
     assert all(name in err[0] for name in left_out)
     assert store.find_model() is None and not list(data_dir.rglob("*.npz")), "nothing half-installed"
+
+
+def test_incomplete_or_foreign_zips_are_refused(shared_npz, tmp_path, data_dir, capsys):
+    sample = {p.name: p.read_bytes() for p in ict.UPSTREAM_SAMPLE.iterdir()}
+    partial = ict.write_repository_zip(tmp_path / "partial.zip", sample, "abc")
+    foreign = tmp_path / "foreign.zip"
+    with zipfile.ZipFile(foreign, "w") as archive:
+        archive.writestr("other-project/README.md", b"hello")
+    for archive, message in ((partial, "missing 98 identity files"), (foreign, "no FaceXModel/generic_neutral_mesh.obj")):
+        assert main(["model", "install", str(archive)]) == 3
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert store.find_model() is None
 
 
 def test_install_npz_then_list(shared_npz, data_dir, capsys):

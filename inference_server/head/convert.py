@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -83,9 +84,15 @@ class FolderSource:
 
     def read(self, name: str) -> bytes:
         path = self.folder / name
-        if path.stat().st_size > MAX_OBJ_BYTES:
-            raise ConversionError(f"{path} is larger than {MAX_OBJ_BYTES} bytes: not an upstream model file")
-        return path.read_bytes()
+        try:
+            if path.stat().st_size > MAX_OBJ_BYTES:
+                raise ConversionError(f"{path} is larger than {MAX_OBJ_BYTES} bytes: not an upstream model file")
+            return path.read_bytes()
+        except OSError as exc:
+            raise ConversionError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+    def close(self) -> None:
+        pass
 
     def licence_text(self) -> str | None:
         for path in (self.folder / "LICENSE", self.folder.parent / "LICENSE"):
@@ -113,7 +120,13 @@ class ZipSource:
         entry = self.archive.getinfo(self.prefix + name)
         if entry.file_size > MAX_OBJ_BYTES:
             raise ConversionError(f"{self.label}: {name} unpacks to {entry.file_size} bytes: not an upstream model file")
-        return self.archive.read(entry)
+        try:
+            return self.archive.read(entry)
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+            raise ConversionError(f"{self.label}: {name} is damaged ({exc})") from None
+
+    def close(self) -> None:
+        self.archive.close()
 
     def licence_text(self) -> str | None:
         root = self.prefix[:-len("FaceXModel/")]
@@ -184,7 +197,10 @@ def open_source(path: Path) -> FolderSource | ZipSource:
     if path.is_dir():
         return FolderSource(path)
     if zipfile.is_zipfile(path):
-        return ZipSource(zipfile.ZipFile(path), str(path))
+        try:
+            return ZipSource(zipfile.ZipFile(path), str(path))
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise ConversionError(f"{path} is a damaged zip ({exc})") from None
     raise ConversionError(f"{path} is neither a FaceXModel folder, a repository zip nor a converted .npz")
 
 

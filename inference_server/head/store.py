@@ -6,6 +6,7 @@ directory (``$FACEFORGE_DATA``, else the platform's user data folder from platfo
 """
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import shutil
@@ -100,6 +101,7 @@ def fingerprint(model: HeadModel) -> dict[str, float]:
 
 
 def verify(model: HeadModel) -> None:
+    """Refuse a model whose fingerprint differs from the pinned commit's (``InstallError``)."""
     found = fingerprint(model)
     off = [key for key, want in FINGERPRINT.items() if not np.isclose(found[key], want, rtol=FINGERPRINT_RTOL, atol=0)]
     if off:
@@ -107,8 +109,10 @@ def verify(model: HeadModel) -> None:
         raise InstallError(f"the model does not match ICT-FaceKit at commit {PINNED_COMMIT[:12]}: {detail}")
 
 
-def install(source: str | Path, *, verify_pinned: bool = False, log: Callable[[str], None] = print) -> Path:
-    """Convert (or copy) ``source`` into the data directory and return the installed model's path."""
+def install(source: str | Path, *, verify_pinned: bool = False, log: Callable[[str], None] = print,
+            label: str | None = None) -> Path:
+    """Convert (or copy) ``source`` into the data directory and return the installed model's path.
+    ``label`` names the source in the messages (the address a download came from)."""
     source = Path(source)
     if not source.exists():
         raise InstallError(f"{source} does not exist")
@@ -129,7 +133,7 @@ def install(source: str | Path, *, verify_pinned: bool = False, log: Callable[[s
         raise InstallError(f"cannot install into {target.parent}: {exc.strerror or exc}") from None
     log(f"installed ICT-FaceKit head model: {model.vertex_count} vertices, {len(model.faces)} triangles, "
         f"{len(model.id_deltas)} identity modes, {len(model.exp_names)} expressions")
-    log(f"  from {source}")
+    log(f"  from {label or source}")
     log(f"  to   {target} ({target.stat().st_size / 1e6:.1f} MB)")
     log(f"licence: {LICENCE_NOTICE} (saved as {target.parent / LICENCE_FILE})")
     return target
@@ -141,14 +145,18 @@ def _read_source(source: Path) -> tuple[HeadModel, Callable[[Path], None], str |
         beside = source.parent / "LICENSE"
         return (HeadModel.load(source), lambda path: shutil.copyfile(source, path),
                 beside.read_text(errors="replace") if beside.is_file() else None)
-    model_source = open_source(source)
-    arrays = convert_source(model_source)
-    return HeadModel.from_arrays(arrays), lambda path: write_npz(arrays, path), model_source.licence_text()
+    with contextlib.closing(open_source(source)) as model_source:
+        arrays = convert_source(model_source)
+        licence = model_source.licence_text()
+    return HeadModel.from_arrays(arrays), lambda path: write_npz(arrays, path), licence
 
 
 def _is_npz(path: Path) -> bool:
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith(".npy") for name in archive.namelist())
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith(".npy") for name in archive.namelist())
+    except zipfile.BadZipFile:
+        return False  # open_source then names the damage
 
 
 def installed_models() -> list[InstalledModel]:
@@ -190,7 +198,10 @@ def fetch(url: str = PINNED_URL, *, timeout_s: float = 60.0, max_bytes: int = MA
         log(f"downloading {url}")
         size = _download(url, archive, timeout_s, max_bytes)
         log(f"downloaded {size / 1e6:.1f} MB; converting and verifying")
-        return install(archive, verify_pinned=True, log=log)
+        try:
+            return install(archive, verify_pinned=True, log=log, label=url)
+        except InstallError as exc:
+            raise InstallError(f"what {url} sent is not the pinned model: {exc}") from None
 
 
 def _download(url: str, path: Path, timeout_s: float, max_bytes: int) -> int:

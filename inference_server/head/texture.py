@@ -55,8 +55,13 @@ class UnwrapConfig:
 
 def unwrap(photo_rgb: np.ndarray, image_xy: np.ndarray, weight: np.ndarray, model: "HeadModel",
            size: int = 1024, config: UnwrapConfig = UnwrapConfig()) -> tuple[np.ndarray, np.ndarray]:
-    """Texture (size, size, 3) uint8 in the model's atlas, and coverage (size, size) float32: the
-    share of each texel's colour taken directly from the photo."""
+    """Texture (size, size, 3) uint8 in the model's atlas (row 0 = v 1), and coverage (size, size)
+    float32: the share of each texel's colour taken directly from the photo.
+
+    ``image_xy``: where each vertex of the posed head lands in the photo, in pixels, x right and y
+    down from the image's top-left corner (pixel centres at +0.5). ``weight``: visibility x facing
+    (cosine between normal and view ray) per vertex in [0, 1]; 0 for hidden vertices.
+    """
     image_xy, weight = _check_inputs(photo_rgb, image_xy, weight, model)
     texels = texel_map(model, size)
     alpha = _photo_alpha(weight, texels, config)
@@ -87,7 +92,9 @@ def _check_inputs(photo_rgb, image_xy, weight, model) -> tuple[np.ndarray, np.nd
         raise ValueError(f"need image_xy ({model.vertex_count}, 2) and weight ({model.vertex_count},), "
                          f"got {image_xy.shape} and {weight.shape}")
     weight = np.clip(np.nan_to_num(weight), 0.0, 1.0)
-    weight[~np.isfinite(image_xy).all(axis=1)] = 0.0  # a vertex behind the camera has no image position
+    height, width = photo_rgb.shape[:2]
+    inside = np.isfinite(image_xy).all(axis=1) & (image_xy >= 0).all(axis=1) & (image_xy <= (width, height)).all(axis=1)
+    weight[~inside] = 0.0  # outside the frame (or behind the camera): the photo has nothing there
     return np.nan_to_num(image_xy), weight
 
 
