@@ -1,6 +1,6 @@
 """Geometry accuracy against known shapes: ICT-FaceKit identities rendered in Blender, reconstructed.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/ict_eval.py [--identities 8] [--save-renders DIR]
+    .venv/bin/python benchmarks/ict_eval.py [--identities 8] [--save-renders DIR]
 
 Each identity (random N(0, 1) coefficients of the ICT morphable model, neutral expression) is
 rendered with bpy from the front (orthographic, so image pixels map linearly to metres), sent
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +29,6 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 ICT_MODEL = REPO.parent / "shared" / "data" / "ict_facekit" / "ict_face_model.npz"
-sys.path.insert(0, str(REPO))
 
 RENDER_SIZE = 512
 ORTHO_SCALE = 0.30  # metres across the square image

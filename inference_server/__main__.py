@@ -17,7 +17,10 @@ from addon.wire.errors import EXIT_HELP, Exit, exit_for
 
 from .head.cli import add_model_commands, run_model_command
 
-REQUEST_OPTIONS = options.on_side(options.SERVER, options.LIMIT)
+
+def request_options() -> tuple:
+    """The schema's request options, read when a parser is built (so the parser follows the schema)."""
+    return options.on_side(options.SERVER, options.LIMIT)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,11 +32,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     serve.add_argument("--max-queue", type=int, default=32, help="queued reconstructions before 'busy' replies")
     serve.add_argument("--max-message-mb", type=float, default=256, help="largest accepted request, MB")
-    options.add_arguments(serve, REQUEST_OPTIONS, title="request defaults (limits: the most a request may ask for)")
+    options.add_arguments(serve, request_options(), title="request defaults (limits: the most a request may ask for)")
     recon = commands.add_parser("reconstruct", help="reconstruct the face(s) in one photo", epilog=EXIT_HELP)
     recon.add_argument("photo", type=Path)
     recon.add_argument("-o", "--output", type=Path, help="OUT.obj | OUT.ply | OUT.npz (one file per face with --face all)")
-    options.add_arguments(recon, REQUEST_OPTIONS, title="reconstruction options (default: the server's)")
+    options.add_arguments(recon, request_options(), title="reconstruction options (default: the server's)")
     recon.add_argument("--server", help="use a running server at this address instead of loading models here")
     recon.add_argument("--device", default="auto", help="device for in-process reconstruction")
     recon.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the server")
@@ -69,7 +72,7 @@ def _serve(args) -> int:
         return Exit.USAGE
     config = ServerConfig(bind=args.bind, max_queue=args.max_queue,
                           max_message_bytes=int(args.max_message_mb * 1024 * 1024))
-    defaults = ReconstructionConfig(**options.given(args, REQUEST_OPTIONS))
+    defaults = ReconstructionConfig(**options.given(args, request_options()))
     server = InferenceServer(config, lambda: FacePipeline(device, defaults), defaults)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: server.stop())
@@ -98,7 +101,7 @@ def _reconstruct(args) -> int:
     except OSError as exc:
         print(f"error: cannot read {args.photo}: {exc.strerror}", file=sys.stderr)
         return Exit.BAD_INPUT
-    request = options.given(args, REQUEST_OPTIONS)
+    request = options.given(args, request_options())
     try:
         faces, meta = (_through_server if args.server else _in_process)(args, data, request)
     except ProtocolError as err:

@@ -1,7 +1,7 @@
 """``python -m inference_server model install|fetch|list``: the head model's command line.
 
-Exit codes: 0 done, 2 usage, 3 bad source or failed verification (nothing installed), 5 network.
-Every failure is one ``error:`` line on stderr.
+Exit codes (``addon.wire.errors.Exit``): 0 done, 2 usage, 3 bad source or failed verification (nothing
+installed), 5 network. Every failure is one ``error:`` line on stderr.
 """
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from addon.wire.errors import Exit
+
 from . import store
 
-EXIT_OK, EXIT_USAGE, EXIT_BAD_SOURCE, EXIT_NETWORK = 0, 2, 3, 5
+EXIT_OK, EXIT_USAGE, EXIT_BAD_SOURCE, EXIT_NETWORK = Exit.OK, Exit.USAGE, Exit.BAD_INPUT, Exit.SERVER
 
 
 def add_model_commands(subparsers) -> None:
