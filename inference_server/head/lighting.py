@@ -50,18 +50,20 @@ def skin_chroma_weight(colours: torch.Tensor, config: LightingConfig) -> torch.T
 
 
 def fit_lighting(normals: torch.Tensor, colours: torch.Tensor, prior_weight: torch.Tensor,
-                 config: LightingConfig = LightingConfig()) -> Lighting:
+                 core: torch.Tensor | None = None, config: LightingConfig = LightingConfig()) -> Lighting:
     """SH lighting and skin albedo from pixel ``normals`` (P, 3, camera frame) and linear
-    ``colours`` (P, 3); ``prior_weight`` (P,) says how much each pixel may count (0 = never)."""
+    ``colours`` (P, 3); ``prior_weight`` (P,) says how much each pixel may count (0 = never).
+    The first solve uses only the ``core`` pixels (P,) bool, when given enough of them: the
+    robust weights then start from a lighting that hair on the forehead did not pull."""
     if int((prior_weight > 0).sum()) < 30:
         raise ValueError("too few visible skin pixels to estimate the lighting")
     basis = spherical.irradiance_basis(normals)                                # (P, 9)
     prior = prior_weight * skin_chroma_weight(colours, config)
-    weight = prior.clone()
+    weight = prior * core if core is not None and int((prior * core > 0).sum()) >= 30 else prior
     for _ in range(config.iterations):
         product = _weighted_solve(basis, colours, weight, config.ridge)        # (9, 3) albedo x sh
         residual = (basis @ product - colours).norm(dim=1)
-        scale = 1.4826 * residual[prior > 0].median().clamp(min=1e-4) * config.robust_scale
+        scale = 1.4826 * residual[weight > 0.5 * weight.max()].median().clamp(min=1e-4) * config.robust_scale
         weight = prior / (1 + (residual / scale) ** 2)
     predicted = basis @ product
     reference = torch.quantile(predicted[prior > 0], config.reference_percentile / 100, dim=0).clamp(min=1e-6)

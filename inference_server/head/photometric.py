@@ -49,7 +49,7 @@ from .relief import Observation, ReliefConfig, face_patch, refine_relief
 from .render import drawn_faces
 from .shading import (View, linear_to_srgb, make_view, pixel_normals, rasterize_view, select_pixels, shade,
                       srgb_to_linear)
-from .skin import skin_mask
+from .skin import core_mask, skin_mask
 from .texels import interpolate, texel_map
 from .texture import unwrap
 
@@ -107,7 +107,7 @@ def refine_head(model: HeadModel, photo_rgb: np.ndarray, posed_vertices: np.ndar
     report("estimating the lighting", 0.05)
     observation = scene.observe(scene.vertices)
     light = fit_lighting(pixel_normals(scene.vertices, scene.faces, observation.pixels), observation.colours,
-                         observation.weight, config.lighting)
+                         observation.weight, observation.core, config.lighting)
     before = scene.residual(scene.vertices, light.sh, light.albedo)
     clock.lap("lighting")
     displacement = torch.zeros(model.vertex_count, dtype=scene.vertices.dtype, device=device)
@@ -162,6 +162,7 @@ class _Scene:
     normals: torch.Tensor          # (V, 3) their unit normals
     faces: torch.Tensor            # (F, 3) drawn triangles
     skin_faces: torch.Tensor       # (F,) bool: all corners bare skin
+    core_faces: torch.Tensor       # (F,) bool: all corners on the central face
     config: RefineConfig
 
     @classmethod
@@ -173,8 +174,9 @@ class _Scene:
         in_front = points[:, 2] > 0
         view = make_view(photo_rgb, camera, points[in_front, :2].cpu().numpy(), config.work_side)
         skin = torch.as_tensor(skin_mask(model), device=device)
+        core = torch.as_tensor(core_mask(model), device=device)
         return cls(model, photo_rgb, camera, view, vertices, vertex_normals(vertices, faces_t), faces_t,
-                   skin[faces_t].all(1), config)
+                   skin[faces_t].all(1), core[faces_t].all(1), config)
 
     def observe(self, vertices: torch.Tensor) -> Observation:
         """Skin pixels of ``vertices`` in the view, weighted by how squarely they face the camera
@@ -188,7 +190,7 @@ class _Scene:
         weight = ((facing - low) / (high - low)).clamp(0, 1)
         colours = torch.as_tensor(self.view.image, device=vertices.device)[pixels.rows, pixels.cols]
         weight = weight * skin_chroma_weight(colours, self.config.lighting)
-        return Observation(pixels, colours, weight)
+        return Observation(pixels, colours, weight, self.core_faces[pixels.face])
 
     def residual(self, vertices: torch.Tensor, sh: torch.Tensor, albedo: torch.Tensor) -> float:
         """RMS colour error (linear 0..1) of the SH render on the weighted skin pixels."""
@@ -215,11 +217,11 @@ def _refine_shape(scene: _Scene, report: Report, config: ReliefConfig) -> tuple[
         keep = (corners >= 0).all(1)
         pixels = seen.pixels
         pixels = type(pixels)(pixels.rows[keep], pixels.cols[keep], pixels.face[keep], corners[keep], pixels.bary[keep])
-        return Observation(pixels, seen.colours[keep], seen.weight[keep])
+        return Observation(pixels, seen.colours[keep], seen.weight[keep], seen.core[keep])
 
     def fit_light(patch_vertices: torch.Tensor, observation: Observation):
         normals = pixel_normals(patch_vertices, faces, observation.pixels)
-        return fit_lighting(normals, observation.colours, observation.weight, scene.config.lighting)
+        return fit_lighting(normals, observation.colours, observation.weight, observation.core, scene.config.lighting)
 
     faces = torch.as_tensor(patch.faces, device=ids.device)
     d, light = refine_relief(patch, scene.vertices[ids], scene.normals[ids], observe, fit_light, scene.view.camera,

@@ -45,6 +45,7 @@ class ReliefConfig:
     shrink: float = 0.05            # weight of mean (d / 1 cm)^2
     landmark_weight: float = 1e-3   # per squared pixel of landmark drift (view pixels)
     robust_scale: float = 0.05      # Cauchy scale of the luminance residual (linear 0..1 units)
+    max_displacement_m: float = 0.006
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,8 @@ class Observation:
     """What the photometric term compares: photo colours at pixels of the patch's skin triangles."""
     pixels: shading.Pixels    # corners in patch-local ids
     colours: torch.Tensor     # (P, 3) linear photo colours
-    weight: torch.Tensor      # (P,) robust/prior weight in 0..1
+    weight: torch.Tensor      # (P,) prior weight in 0..1 (facing, skin colour)
+    core: torch.Tensor        # (P,) bool: on the central face (``skin.core_mask``)
 
 
 def refine_relief(patch: Patch, rest: torch.Tensor, normals: torch.Tensor,
@@ -119,7 +121,8 @@ def refine_relief(patch: Patch, rest: torch.Tensor, normals: torch.Tensor,
     ``normals``: the patch's camera-frame vertices and unit normals; ``observe(vertices)``
     rasterises and returns the skin pixels; ``fit_light`` solves the lighting for a fixed shape.
     Shape and light alternate: the light in closed form once per round, then gradient steps on
-    the shape, whose loss is on luminance only (skin's albedo varies mostly in hue, shading not)."""
+    the shape, whose loss is on luminance only (skin's albedo varies mostly in hue, shading not)
+    and weighted by the lighting's robust weights (hair, cast shadows, highlights count little)."""
     device, dtype = rest.device, rest.dtype
     u = torch.zeros(patch.free_count, dtype=torch.float64, device=device, requires_grad=True)
     optimiser = torch.optim.Adam([u], lr=config.step_m)
@@ -128,23 +131,23 @@ def refine_relief(patch: Patch, rest: torch.Tensor, normals: torch.Tensor,
     faces = torch.as_tensor(patch.faces, device=device)
     for round_index in range(config.rounds):
         with torch.no_grad():
-            vertices = _displaced(rest, normals, _Smooth.apply(u, patch.solver).to(dtype), patch.free_count)
+            vertices = _displaced(rest, normals, _field(u, patch, config).to(dtype), patch.free_count)
             observation = observe(vertices)
             light = fit_light(vertices, observation)
         target = observation.colours @ luminance
         for step in range(config.iterations):
             optimiser.zero_grad()
-            d = _Smooth.apply(u, patch.solver).to(dtype)
+            d = _field(u, patch, config).to(dtype)
             vertices = _displaced(rest, normals, d, patch.free_count)
             normal = shading.pixel_normals(vertices, faces, observation.pixels)
             predicted = shading.shade(normal, light.albedo, light.sh) @ luminance
             residual = (predicted - target) / config.robust_scale
-            photometric = (observation.weight * torch.log1p(residual ** 2)).sum() / observation.weight.sum()
+            photometric = (light.weight * torch.log1p(residual ** 2)).sum() / light.weight.sum()
             (photometric + terms(d, vertices)).backward()
             optimiser.step()
             report((round_index * config.iterations + step + 1) / (config.rounds * config.iterations))
     with torch.no_grad():
-        d = _Smooth.apply(u, patch.solver).to(dtype)
+        d = _field(u, patch, config).to(dtype)
         vertices = _displaced(rest, normals, d, patch.free_count)
         return d, fit_light(vertices, observe(vertices))
 
@@ -172,6 +175,13 @@ class _Regulariser:
         bending = (curvature / self.edge ** 2).square().mean() * 1e-4
         drift = (self._landmarks_px(vertices) - self.marks_px).square().sum()
         return config.bending * bending + config.shrink * (d / 0.01).square().mean() + config.landmark_weight * drift
+
+
+def _field(u: torch.Tensor, patch: Patch, config: ReliefConfig) -> torch.Tensor:
+    """The displacement of the parameters: smooth, and bounded by ``max_displacement_m``
+    (shading that only a deeper carving could explain is hair, a highlight or make-up)."""
+    bound = config.max_displacement_m
+    return bound * torch.tanh(_Smooth.apply(u, patch.solver) / bound)
 
 
 def _displaced(rest: torch.Tensor, normals: torch.Tensor, d: torch.Tensor, free: int) -> torch.Tensor:

@@ -42,6 +42,15 @@ def skin_mask(model: "HeadModel") -> np.ndarray:
     return model.face_mask & ~feature
 
 
+def core_mask(model: "HeadModel") -> np.ndarray:
+    """(V,) bool: the central face between the eyes' outer corners, from the chin to the brows —
+    the skin that hair, beards and collars cover least (the lighting's first estimate)."""
+    points, marks = model.vertices, model.vertices[model.landmarks68]
+    half_width = np.abs(marks[[36, 45], 0]).max()
+    return (model.face_mask & (np.abs(points[:, 0]) < half_width) & (points[:, 1] > marks[8, 1])
+            & (points[:, 1] < marks[17:27, 1].max()))
+
+
 def _near_polygon(points: np.ndarray, polygon: np.ndarray, margin: float) -> np.ndarray:
     closed = np.vstack([polygon, polygon[:1]])
     return points_in_poly(points, polygon) | (_polyline_distance(points, closed) < margin)
