@@ -53,7 +53,6 @@ from .skin import core_mask, skin_mask
 from .texels import interpolate, texel_map
 from .texture import unwrap
 
-LEVELS = ("off", "light", "full")
 Report = Callable[[str, float], None]
 
 
