@@ -109,6 +109,9 @@ OPTIONS: tuple[Option, ...] = (
            "modifier instead)", minimum=0, maximum=50),
     Option("detail_sigma", float, 3.0, "low-pass radius (texture pixels) of the detail map's high-pass",
            minimum=0.5, maximum=20.0),
+    Option("refine", str, "off", "photometric refinement of the head: off; light = SH lighting and a de-lit "
+           "albedo texture (about 1 s per face on 2 CPU threads); full = also shape detail from shading, "
+           "displacement in metres (about 5 s per face on 2 CPU threads)", choices=("off", "light", "full")),
     Option("detect_max_side", int, 640, "photos are downscaled to this side for face detection",
            minimum=64, maximum=2048),
     Option("min_face_fraction", float, 0.05, "smallest face searched for, as a fraction of the photo's longer "
