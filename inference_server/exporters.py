@@ -22,7 +22,8 @@ class Polygons:
     vertices: np.ndarray   # (V, 3) Blender axes
     sizes: np.ndarray      # (P,) corners per polygon
     corners: np.ndarray    # (sum sizes,) vertex indices
-    corner_uvs: np.ndarray  # (sum sizes, 2)
+    uvs: np.ndarray        # (T, 2) texture coordinates
+    corner_uv: np.ndarray  # (sum sizes,) index into uvs (a face's UVs are per vertex, a head's per corner)
 
     def triangles(self) -> np.ndarray:
         """(T, 3) fan triangles (quads split along 0-2, as the model was)."""
@@ -35,7 +36,7 @@ class Polygons:
     def vertex_uvs(self) -> np.ndarray:
         """One UV per vertex (the last corner's at seams), for formats without per-corner UVs."""
         uvs = np.zeros((len(self.vertices), 2), np.float32)
-        uvs[self.corners] = self.corner_uvs
+        uvs[self.corners] = self.uvs[self.corner_uv]
         return uvs
 
 
@@ -43,10 +44,11 @@ def polygons(arrays: dict) -> Polygons:
     if "polygon_sizes" in arrays:  # head mode (protocol.HEAD_ARRAYS)
         weights = np.asarray(arrays["expression_weights"], np.float32)
         vertices = arrays["vertices"] + np.tensordot(weights, arrays["expression_deltas"], 1)
-        return Polygons(vertices, arrays["polygon_sizes"].astype(np.int64), arrays["polygon_vertices"],
-                        arrays["corner_uvs"])
-    faces = arrays["faces"]
-    return Polygons(arrays["vertices"], np.full(len(faces), 3), faces.ravel(), arrays["uvs"][faces.ravel()])
+        corners = arrays["polygon_vertices"]
+        return Polygons(vertices, arrays["polygon_sizes"].astype(np.int64), corners, arrays["corner_uvs"],
+                        np.arange(len(corners)))
+    faces = arrays["faces"].ravel()
+    return Polygons(arrays["vertices"], np.full(len(faces) // 3, 3), faces, arrays["uvs"], faces)
 
 
 def _y_up(vertices: np.ndarray) -> np.ndarray:
@@ -61,12 +63,12 @@ def write_obj(path: Path, arrays: dict) -> list[Path]:
     Image.fromarray(np.asarray(arrays["texture"])).save(texture_path)
     material_path.write_text(f"newmtl face\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nillum 1\nmap_Kd {texture_path.name}\n")
     mesh = polygons(arrays)
-    corners = iter(zip(mesh.corners + 1, np.arange(1, len(mesh.corners) + 1)))
+    corners = iter(zip(mesh.corners + 1, mesh.corner_uv + 1))
     lines = [f"mtllib {material_path.name}", f"o {path.stem}"]
     body = "\n".join([
         "\n".join(lines),
         "\n".join(f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in _y_up(mesh.vertices)),
-        "\n".join(f"vt {u:.6f} {v:.6f}" for u, v in mesh.corner_uvs),
+        "\n".join(f"vt {u:.6f} {v:.6f}" for u, v in mesh.uvs),
         "usemtl face\ns 1",
         "\n".join("f " + " ".join(f"{v}/{t}" for v, t in (next(corners) for _ in range(size))) for size in mesh.sizes),
     ])
