@@ -17,6 +17,7 @@ at its running stage's end.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -128,7 +129,11 @@ class InferenceServer:
                 on_ready(self.address, self._info)
             self._loop(router, results, zap)
         finally:
-            self._jobs.put(_STOP)
+            with self._active_lock:  # nobody will read the replies of what is still queued
+                for job in self._active.values():
+                    job.cancelled.set()
+            with contextlib.suppress(queue.Full):
+                self._jobs.put(_STOP, timeout=5)
             if worker.is_alive():
                 worker.join(timeout=5)
             for socket in (router, results, zap):
