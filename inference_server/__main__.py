@@ -67,26 +67,27 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args) -> int:
+    from .config import ReconstructionConfig, ServerConfig
+    from .server import InferenceServer
+
+    try:  # what an operator can get wrong is checked before torch loads (seconds)
+        keys = _server_keys(args)
+        config = ServerConfig(bind=args.bind, max_queue=args.max_queue, limits=limits.from_args(args), keys=keys,
+                              max_message_bytes=int(args.max_message_mb * 1024 * 1024), insecure=args.insecure)
+        defaults = ReconstructionConfig(**options.given(args, REQUEST_OPTIONS))
+        server = InferenceServer(config, lambda: FacePipeline(device, defaults), defaults)
+    except ValueError as exc:  # bad key files, defaults over the limits, a reachable address without keys
+        print(f"error: {exc}", file=sys.stderr)
+        return Exit.USAGE
     import torch
 
-    from .config import ReconstructionConfig, ServerConfig
     from .pipeline import FacePipeline, resolve_device
-    from .server import InferenceServer
 
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
         device = resolve_device(args.device)
     except (RuntimeError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return Exit.USAGE
-    try:
-        keys = _server_keys(args)
-        config = ServerConfig(bind=args.bind, max_queue=args.max_queue, limits=limits.from_args(args), keys=keys,
-                              max_message_bytes=int(args.max_message_mb * 1024 * 1024), insecure=args.insecure)
-        defaults = ReconstructionConfig(**options.given(args, REQUEST_OPTIONS))
-        server = InferenceServer(config, lambda: FacePipeline(device, defaults), defaults)
-    except ValueError as exc:  # bad key files, defaults over the limits
         print(f"error: {exc}", file=sys.stderr)
         return Exit.USAGE
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -97,9 +98,6 @@ def _serve(args) -> int:
                                                    server.info()["protocol_version"])
     try:
         server.serve_forever(on_ready=ready)
-    except ValueError as exc:  # a bind address other machines reach, without keys
-        print(f"error: {exc}", file=sys.stderr)
-        return Exit.USAGE
     except Exception as exc:  # bind failures and model-loading failures end the process with one line
         print(f"error: {exc}", file=sys.stderr)
         return Exit.FAILED

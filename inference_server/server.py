@@ -81,10 +81,14 @@ class InferenceServer:
 
     def __init__(self, config: ServerConfig, pipeline_factory: Callable[[], object],
                  defaults: ReconstructionConfig = ReconstructionConfig()):
+        """Raises ValueError for defaults over the limits, or an unauthenticated address other machines reach."""
         try:
             config.limits.check(defaults)
         except ProtocolError as err:
             raise ValueError(f"the server's own defaults exceed its limits: {err.message}") from None
+        problem = check_bind(config.bind, config.keys, config.insecure)
+        if problem:
+            raise ValueError(problem)
         self.config = config
         self.limits = config.limits
         self.defaults = defaults  # requests' options are applied to these (LIMIT options are ceilings)
@@ -107,10 +111,6 @@ class InferenceServer:
         self._stop.set()
 
     def serve_forever(self, on_ready: Callable[[str, dict], None] | None = None) -> None:
-        """Raises ValueError (before binding) for an unauthenticated non-loopback address."""
-        problem = check_bind(self.config.bind, self.config.keys, self.config.insecure)
-        if problem:
-            raise ValueError(problem)
         zap = ZapHandler(self._context, self.config.keys.allowed) if self.config.keys else None
         router = self._router()
         results = self._context.socket(zmq.PULL)

@@ -10,7 +10,6 @@ import pytest
 from addon.wire.client import Client
 
 from . import fuzz_messages as fuzz
-from .conftest import start_server
 
 SEED = 20261122
 COUNT = 3000
@@ -18,12 +17,8 @@ RSS_GROWTH_BOUND_MB = 150  # after warm-up; the fuzz server refuses photos over 
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(tmp_path_factory):
-    server = start_server(tmp_path_factory.mktemp("fuzz") / "server.log", *fuzz.FUZZ_SERVER_ARGS)
-    try:
-        yield server
-    finally:
-        server.stop()
+def fuzz_server(limited_server):
+    return limited_server
 
 
 def test_every_hostile_message_gets_its_documented_reply(fuzz_server, astronaut_png, grace_hopper_jpg):
