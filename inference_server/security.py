@@ -102,6 +102,3 @@ class ZapHandler:
                               f"public key {key.decode()} is not in the allowed client keys" if key
                               else f"mechanism {protocol.clip(mechanism)} is not CURVE")
         self.socket.send_multipart([version, request_id, b"400", b"unknown key", b"", b""])
-
-    def close(self) -> None:
-        self.socket.close(linger=0)

@@ -136,7 +136,7 @@ class InferenceServer:
                 self._jobs.put(_STOP, timeout=5)
             if worker.is_alive():
                 worker.join(timeout=5)
-            for socket in (router, results, zap):
+            for socket in (router, results, zap and zap.socket):
                 if socket is not None:
                     socket.close(linger=0)
             self._context.term()
@@ -153,7 +153,7 @@ class InferenceServer:
 
     def _loop(self, router, results, zap) -> None:
         poller = zmq.Poller()
-        for socket in (router, results, zap):
+        for socket in (router, results, zap and zap.socket):
             if socket is not None:
                 poller.register(socket, zmq.POLLIN)
         while not self._stop.is_set():
