@@ -28,9 +28,10 @@ class MeshArrays:
     co: np.ndarray            # (V*3,) float32 vertex coordinates
     vertex_index: np.ndarray  # (L,) int32 loop -> vertex
     loop_start: np.ndarray    # (F,) int32
-    loop_total: np.ndarray    # (F,) int32 (all 3: triangles)
+    loop_total: np.ndarray    # (F,) int32 corners per polygon (3 for face mode's triangles)
     loop_uv: np.ndarray       # (L*2,) float32 per-loop UVs
     use_smooth: np.ndarray    # (F,) bool, all True
+    material_index: np.ndarray | None = None  # (F,) int32 material slot per polygon; None: one material
 
     @property
     def vertex_count(self) -> int:

@@ -14,7 +14,7 @@ from functools import partial
 import bpy
 import numpy as np
 
-from . import meshdata, photo, preferences, scene
+from . import meshdata, photo, preferences, scene, server_process
 from .jobs import Job, user_message
 from .session import Request, Session
 
@@ -193,10 +193,12 @@ class FACEFORGE_OT_server_start(_AwaitJob, bpy.types.Operator):
 
     def start(self, context) -> Job:
         prefs = preferences.get(context)
-        if not prefs.python_path:
-            raise ValueError("Set the server's Python interpreter in the add-on preferences")
+        python = server_process.find_python(bpy.path.abspath(prefs.python_path) if prefs.python_path else None)
+        if python is None:
+            raise ValueError("No Python with torch found: set the server's Python in the add-on preferences "
+                             "or $FACEFORGE_PYTHON")
         SESSION.message = ("INFO", "Starting the server (loading models)")
-        return SESSION.start_server(bpy.path.abspath(prefs.python_path), prefs.server_address,
+        return SESSION.start_server(python, prefs.server_address,
                                     bpy.path.abspath(prefs.server_home), prefs.device, prefs.start_timeout)
 
     def conclude(self, context) -> set:

@@ -25,9 +25,10 @@ class FACEFORGE_AP_preferences(bpy.types.AddonPreferences):
                                                 "inference_server keys generate`); the server must list NAME.key")
     request_timeout: FloatProperty(name="Request Timeout", default=120.0, min=1.0, max=3600.0, subtype="TIME_ABSOLUTE",
                                    unit="TIME_ABSOLUTE", description="Seconds to wait for one reconstruction")
-    python_path: StringProperty(name="Python", subtype="FILE_PATH", default=server_process.find_python(),
-                                description="Interpreter with the server's dependencies (torch...). Default: "
-                                            "$FACEFORGE_PYTHON, else FACEFORGE_HOME/.venv, else python3")
+    python_path: StringProperty(name="Python", subtype="FILE_PATH", default="",
+                                description="Interpreter with the server's dependencies (torch...). Empty: "
+                                            "$FACEFORGE_PYTHON, else the server directory's .venv, else "
+                                            "Blender's own Python if it has torch")
     server_home: StringProperty(name="Server Directory", subtype="DIR_PATH", default=server_process.find_home(),
                                 description="Directory containing the inference_server package (the FaceForge "
                                             "checkout). Default: $FACEFORGE_HOME, else the add-on's own checkout")

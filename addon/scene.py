@@ -6,6 +6,7 @@ and the bpy-free ``meshdata``. API differences between versions are guarded by `
 from __future__ import annotations
 
 import bpy
+from mathutils import Matrix
 
 from . import meshdata
 from .meshdata import BuildSettings
@@ -19,7 +20,11 @@ FACE_GAP_M = 0.05  # space between the faces of one photo when several come back
 
 def build_mesh(name: str, vertices, faces, uvs) -> "bpy.types.Mesh":
     """A smooth-shaded triangle mesh with one UV layer, filled with ``foreach_set`` only."""
-    arrays = meshdata.mesh_arrays(vertices, faces, uvs)
+    return mesh_from_arrays(name, meshdata.mesh_arrays(vertices, faces, uvs))
+
+
+def mesh_from_arrays(name: str, arrays: meshdata.MeshArrays) -> "bpy.types.Mesh":
+    """A smooth-shaded mesh of any polygon sizes with one UV layer (and material slots' indices)."""
     mesh = bpy.data.meshes.new(name)
     mesh.vertices.add(arrays.vertex_count)
     mesh.loops.add(len(arrays.vertex_index))
@@ -33,6 +38,8 @@ def build_mesh(name: str, vertices, faces, uvs) -> "bpy.types.Mesh":
         mesh.loops.foreach_set("vertex_index", arrays.vertex_index)
         mesh.polygons.foreach_set("loop_total", arrays.loop_total)  # derived from loop_start since 3.6
     mesh.polygons.foreach_set("loop_start", arrays.loop_start)
+    if arrays.material_index is not None:
+        mesh.polygons.foreach_set("material_index", arrays.material_index)
     if bpy.app.version >= (4, 1, 0):
         mesh.shade_smooth()  # drops the sharp_face attribute: no per-face write
     else:
@@ -79,8 +86,10 @@ def _set_input(node, names: tuple, value) -> None:
             return
 
 
-def skin_material(name: str, texture: "bpy.types.Image") -> "bpy.types.Material":
-    """Principled BSDF fed by the photo texture through the UV map."""
+def skin_material(name: str, texture: "bpy.types.Image", *, roughness: float = 0.55,
+                  specular: float = 0.3) -> "bpy.types.Material":
+    """Principled BSDF fed by the photo texture through the UV map (head mode: one per part, other
+    roughness and specular for eyes and teeth)."""
     material = bpy.data.materials.new(name)
     if bpy.app.version < (5, 0, 0):  # always on (and deprecated) since 5.0
         material.use_nodes = True
@@ -94,8 +103,8 @@ def skin_material(name: str, texture: "bpy.types.Image") -> "bpy.types.Material"
     uv_node.location = (image_node.location.x - 250, image_node.location.y - 100)
     links.new(uv_node.outputs["UV"], image_node.inputs["Vector"])
     links.new(image_node.outputs["Color"], bsdf.inputs["Base Color"])
-    _set_input(bsdf, ("Roughness",), 0.55)
-    _set_input(bsdf, ("Specular IOR Level", "Specular"), 0.3)
+    _set_input(bsdf, ("Roughness",), roughness)
+    _set_input(bsdf, ("Specular IOR Level", "Specular"), specular)
     return material
 
 
@@ -136,6 +145,9 @@ def build_face_object(face, *, name: str, settings: BuildSettings, location=(0.0
     mesh = build_mesh(name, arrays["vertices"], arrays["faces"], arrays["uvs"])
     obj = bpy.data.objects.new(name, mesh)
     obj.location = location
+    if "rotation" in face.meta:  # the mesh is in the face's frontal frame; the photo's view is the object's pose
+        obj.rotation_mode = "QUATERNION"
+        obj.rotation_quaternion = Matrix(face.meta["rotation"]).to_quaternion()
     images = face_images(obj.name, arrays)
     mesh.materials.append(skin_material(f"{obj.name}_skin", images["texture"]))
     add_modifiers(obj, images["detail"], settings)
@@ -160,7 +172,16 @@ def build_reconstruction(reconstruction, *, photo: str, settings: BuildSettings,
     objects = []
     for face, offset, (lo, hi) in zip(faces, offsets, spans):
         shift = offset - (lo + hi) / 2 if len(faces) > 1 else 0.0
-        objects.append(build_face_object(face, name=meshdata.object_name(photo, face.index, len(faces)),
-                                         settings=settings, location=(x + shift, y, z), metadata=metadata,
-                                         collection=collection))
+        name = meshdata.object_name(photo, face.index, len(faces))
+        if face.meta.get("geometry") == "head":
+            from . import head_scene  # head_scene builds on this module
+
+            obj = head_scene.build_head_object(face, name=name, settings=settings, metadata=metadata,
+                                               collection=collection)
+            obj.location = (x + shift, y, z)  # posed like the photo, placed where the user asked
+            head_scene.show_neutral(obj, settings.neutral_expression)
+        else:
+            obj = build_face_object(face, name=name, settings=settings, location=(x + shift, y, z),
+                                    metadata=metadata, collection=collection)
+        objects.append(obj)
     return objects

@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlsplit
 
 from .wire.client import Client
@@ -35,14 +36,35 @@ def find_home(environ=os.environ) -> str:
     return str(_CHECKOUT) if (_CHECKOUT / "inference_server").is_dir() else ""
 
 
-def find_python(environ=os.environ) -> str:
-    """Interpreter with torch installed: $FACEFORGE_PYTHON, else the home's .venv, else python3 on PATH."""
+def can_import_torch(python: str, timeout: float = 60.0) -> bool:
+    try:
+        return subprocess.run([python, "-c", "import torch"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              timeout=timeout).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def find_python(explicit: str | None = None, *, environ=os.environ, executable: str | None = None,
+                has_torch: Callable[[str], bool] = can_import_torch) -> str | None:
+    """The interpreter a local server runs with, first that fits (add-on, batch and tests alike):
+
+    1. ``explicit`` (the batch's ``--python``, the add-on's Python preference);
+    2. ``$FACEFORGE_PYTHON``;
+    3. the server home's virtual environment (``find_home``: $FACEFORGE_HOME or this checkout);
+    4. this interpreter, if it can import torch (Blender's own binary never qualifies).
+
+    ``None`` when nothing fits: the caller says so instead of starting a server that cannot load torch."""
+    if explicit:
+        return explicit
     if environ.get("FACEFORGE_PYTHON"):
         return environ["FACEFORGE_PYTHON"]
     home = find_home(environ)
     if home and _venv_python(Path(home)).exists():
         return str(_venv_python(Path(home)))
-    return "python3" if os.name != "nt" else "python"
+    executable = sys.executable if executable is None else executable
+    if executable and Path(executable).name.lower().startswith("python") and has_torch(executable):
+        return executable
+    return None
 
 
 def free_port() -> int:

@@ -24,8 +24,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
 
 
 def make_photos(folder: Path, count: int) -> list:
@@ -61,10 +59,11 @@ def make_photos(folder: Path, count: int) -> list:
 
 
 def start_server():
-    from addon.server_process import LocalServer, free_address
-    from batch_server import pick_server_python
+    from addon.server_process import LocalServer, find_python, free_address
 
-    python = pick_server_python(None)
+    python = find_python()
+    if python is None:
+        raise SystemExit("error: no Python with torch for the server: set FACEFORGE_PYTHON or run ./run setup")
     server = LocalServer(python, free_address(), cwd=str(ROOT), device="cpu")
     server.start(300)
     return server

@@ -12,18 +12,14 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import bpy
 
-import bpy  # noqa: E402
-
-from addon import scene  # noqa: E402
+from addon import scene
 
 
 def grid_reply(side: int, texture_size: int = 512, depth_size: int = 256) -> SimpleNamespace:

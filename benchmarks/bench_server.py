@@ -1,6 +1,6 @@
 """Per-stage latency of the reconstruction, ZeroMQ round trip, and pure protocol overhead.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/bench_server.py [--runs 7] [--threads 2] [--device cpu]
+    .venv/bin/python benchmarks/bench_server.py [--runs 7] [--threads 2] [--device cpu]
 
 Targets: server reconstruct <= 150 ms median for a 1024^2 photo; protocol overhead <= 5 ms for a
 10k-vertex reply. Prints medians (ms); nothing here asserts.
@@ -19,12 +19,11 @@ import numpy as np
 import zmq
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from addon.server_process import LocalServer, free_address
+from addon.wire import protocol
+from addon.wire.client import Client, Reconstruction
 
-from addon.server_process import LocalServer, free_address  # noqa: E402
-from addon.wire import protocol  # noqa: E402
-from addon.wire.client import Client, Reconstruction  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def photo(size: int) -> bytes:

@@ -1,6 +1,6 @@
 """Geometry accuracy against known shapes: ICT-FaceKit identities rendered in Blender, reconstructed.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/ict_eval.py [--identities 8] [--save-renders DIR]
+    .venv/bin/python benchmarks/ict_eval.py [--identities 8] [--save-renders DIR]
 
 Each identity (random N(0, 1) coefficients of the ICT morphable model, neutral expression) is
 rendered with bpy from the front (orthographic, so image pixels map linearly to metres), sent
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +29,6 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 ICT_MODEL = REPO.parent / "shared" / "data" / "ict_facekit" / "ict_face_model.npz"
-sys.path.insert(0, str(REPO))
 
 RENDER_SIZE = 512
 ORTHO_SCALE = 0.30  # metres across the square image
@@ -54,10 +52,15 @@ def load_model(path: Path = ICT_MODEL) -> dict:
         return {key: data[key] for key in data.files}
 
 
-def make_subject(model: dict, seed: int, modes: int = 40) -> Subject:
+def make_subject(model: dict, seed: int, modes: int = 40, yaw_deg: float = 0.0) -> Subject:
+    """A random identity, turned by ``yaw_deg`` about the vertical axis (positive: toward the subject's left)."""
     coeffs = np.random.default_rng(seed).standard_normal(modes).astype(np.float32)
     deltas = model["id_deltas"][:modes].astype(np.float32)
     vertices = model["vertices"] + np.tensordot(coeffs, deltas, axes=1)
+    if yaw_deg:
+        c, s = np.cos(np.radians(yaw_deg)), np.sin(np.radians(yaw_deg))
+        pivot = vertices[model["face_mask"]].mean(0)
+        vertices = (vertices - pivot) @ np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]], np.float32).T + pivot
     return Subject(vertices, model["faces"], model["face_material"], model["material_names"], model["face_mask"])
 
 
@@ -128,9 +131,22 @@ def true_depth(subject: Subject, xy_m: np.ndarray) -> np.ndarray:
     return depth
 
 
+def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Area-weighted unit vertex normals."""
+    normals = np.zeros_like(vertices)
+    crossed = np.cross(vertices[faces[:, 1]] - vertices[faces[:, 0]], vertices[faces[:, 2]] - vertices[faces[:, 0]])
+    for corner in range(3):
+        np.add.at(normals, faces[:, corner], crossed)
+    return normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+
+
 def evaluate(face, subject: Subject) -> dict:
     """Compare one reconstructed face (protocol arrays + meta) with the subject's true surface."""
-    uv, vertices = face.arrays["uvs"], face.arrays["vertices"]
+    # Face mode builds the mesh in the face's frontal frame; its rotation turns it back to the photo's view.
+    # Of a turned head, only the vertices facing the camera were seen: the far cheek's are compared nowhere.
+    in_view = face.arrays["vertices"] @ np.asarray(face.meta.get("rotation", np.eye(3)), np.float32).T
+    seen = vertex_normals(in_view, face.arrays["faces"])[:, 1] < -0.2
+    uv, vertices = face.arrays["uvs"][seen], in_view[seen]
     size = face.arrays["texture"].shape[0]
     to_photo = np.array(face.meta["crop_to_image"])
     crop_xy = np.stack([uv[:, 0] * size, (1 - uv[:, 1]) * size], 1)
@@ -150,8 +166,9 @@ def evaluate(face, subject: Subject) -> dict:
     centre, half = (mesh_xz.max(0) + mesh_xz.min(0)) / 2, np.ptp(mesh_xz, axis=0) / 2
     inner = (((mesh_xz - centre) / half) ** 2).sum(1) < 0.7 ** 2
     width_true = float(np.ptp(subject.vertices[subject.face_mask, 0]))
-    width_mesh = float(np.ptp(vertices[:, 0]))
+    width_mesh = float(np.ptp(in_view[:, 0]))
     return {"vertices_compared": int(ok.sum()), "coverage": round(float(ok.mean()), 3),
+            "facing_camera": round(float(seen.mean()), 3),
             "rms_mm": round(float(np.sqrt(np.mean(offset_only ** 2))) * 1000, 2),
             "rms_fit_mm": round(float(np.sqrt(np.mean(fitted ** 2))) * 1000, 2),
             "plane_mm": round(float(np.sqrt(np.mean(flat ** 2))) * 1000, 2),
@@ -164,6 +181,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--identities", type=int, default=8)
     parser.add_argument("--save-renders", type=Path)
+    parser.add_argument("--yaw", type=float, default=0.0, help="turn every head by this many degrees")
     args = parser.parse_args()
     import torch
 
@@ -174,7 +192,7 @@ def main() -> None:
     pipeline = FacePipeline(torch.device("cpu"))
     rows = []
     for seed in range(args.identities):
-        subject = make_subject(model, seed)
+        subject = make_subject(model, seed, yaw_deg=args.yaw)
         photo = render(subject)
         if args.save_renders:
             args.save_renders.mkdir(parents=True, exist_ok=True)

@@ -17,8 +17,12 @@ from addon.wire import options, security
 from addon.wire.errors import EXIT_HELP, Exit, exit_for
 
 from . import limits
+from .head.cli import add_model_commands, run_model_command
 
-REQUEST_OPTIONS = options.on_side(options.SERVER, options.LIMIT)
+
+def request_options() -> tuple:
+    """The schema's request options, read when a parser is built (so the parser follows the schema)."""
+    return options.on_side(options.SERVER, options.LIMIT)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,11 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     remote.add_argument("--insecure", action="store_true",
                         help="serve a non-loopback address without authentication or encryption")
     limits.add_arguments(serve)
-    options.add_arguments(serve, REQUEST_OPTIONS, title="request defaults (max_pixels: the most a request may ask for)")
+    options.add_arguments(serve, request_options(), title="request defaults (max_pixels: the most a request may ask for)")
     recon = commands.add_parser("reconstruct", help="reconstruct the face(s) in one photo", epilog=EXIT_HELP)
     recon.add_argument("photo", type=Path)
     recon.add_argument("-o", "--output", type=Path, help="OUT.obj | OUT.ply | OUT.npz (one file per face with --face all)")
-    options.add_arguments(recon, REQUEST_OPTIONS, title="reconstruction options (default: the server's)")
+    options.add_arguments(recon, request_options(), title="reconstruction options (default: the server's)")
     recon.add_argument("--server", help="use a running server at this address instead of loading models here")
     recon.add_argument("--device", default="auto", help="device for in-process reconstruction")
     recon.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the server")
@@ -54,11 +58,14 @@ def _parser() -> argparse.ArgumentParser:
     keys.add_argument("action", choices=("generate",))
     keys.add_argument("folder", type=Path, help="where NAME.key (public) and NAME.key_secret (private) are written")
     keys.add_argument("--name", default="faceforge", help="file name stem (default %(default)s)")
+    add_model_commands(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "model":
+        return run_model_command(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
         return {"serve": _serve, "reconstruct": _reconstruct, "keys": _keys}[args.command](args)
@@ -74,7 +81,7 @@ def _serve(args) -> int:
         keys = _server_keys(args)
         config = ServerConfig(bind=args.bind, max_queue=args.max_queue, limits=limits.from_args(args), keys=keys,
                               max_message_bytes=int(args.max_message_mb * 1024 * 1024), insecure=args.insecure)
-        defaults = ReconstructionConfig(**options.given(args, REQUEST_OPTIONS))
+        defaults = ReconstructionConfig(**options.given(args, request_options()))
         server = InferenceServer(config, lambda: FacePipeline(device, defaults), defaults)
     except ValueError as exc:  # bad key files, defaults over the limits, a reachable address without keys
         print(f"error: {exc}", file=sys.stderr)
@@ -137,7 +144,7 @@ def _reconstruct(args) -> int:
     except OSError as exc:
         print(f"error: cannot read {args.photo}: {exc.strerror}", file=sys.stderr)
         return Exit.BAD_INPUT
-    request = options.given(args, REQUEST_OPTIONS)
+    request = options.given(args, request_options())
     try:
         faces, meta = (_through_server if args.server else _in_process)(args, data, request)
     except ProtocolError as err:

@@ -13,13 +13,37 @@ from .surface import fit_height_field
 
 FACE_WIDTH_M = 0.14  # bizygomatic width of an average adult face: sets the metric scale
 SILHOUETTE_WEIGHT = 0.1
+# Landmark pairs mirrored across the face's midline (image-left, image-right): eye corners, mouth corners.
+MIRROR_PAIRS = ((33, 263), (133, 362), (61, 291))
+
+
+def yaw_rotation(points: np.ndarray) -> np.ndarray:
+    """3x3 rotation about the image's vertical axis that turns the face to the camera.
+
+    In the crop frame (x right, y down, z toward the viewer), the line from each image-left landmark
+    to its mirror partner is the face's left-right axis; a turned head tilts it in depth. Rotating it
+    back into the image plane puts the face in its own frontal frame, where it is a height field
+    without folds even when the photo shows it at 30 degrees or more."""
+    left = points[[a for a, _ in MIRROR_PAIRS]]
+    right = points[[b for _, b in MIRROR_PAIRS]]
+    axis = (right - left).sum(0)
+    yaw = np.arctan2(axis[2], axis[0])
+    c, s = np.cos(yaw), np.sin(yaw)
+    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
 
 
 class FaceGeometry:
-    """Landmarks (crop pixels) -> smooth height field, region outline and metric mesh."""
+    """Landmarks (crop pixels) -> smooth height field, region outline and metric mesh.
+
+    Everything is built in the face's own frontal frame (``yaw_rotation`` about the landmarks' centre);
+    ``rotation`` (Blender axes) turns the mesh back to the photo's view, and UVs point at the pixels the
+    frontal points came from."""
 
     def __init__(self, points: np.ndarray, config):
         self.config = config
+        self.pivot = points[:lm.SURFACE_LANDMARKS].mean(0)
+        self.frontalize = yaw_rotation(points)
+        points = self._frontal(points)
         surface = points[:lm.SURFACE_LANDMARKS]
         # Silhouette landmarks have the least reliable depth (the surface is edge-on there); letting
         # them pull less keeps the fit from rippling along the rim.
@@ -40,6 +64,29 @@ class FaceGeometry:
         self.centre = np.array([(self.outline[:, 0].min() + self.outline[:, 0].max()) / 2,
                                 (self.outline[:, 1].min() + self.outline[:, 1].max()) / 2])
 
+    def _frontal(self, points: np.ndarray) -> np.ndarray:
+        return (points - self.pivot) @ self.frontalize.T + self.pivot
+
+    def to_crop(self, xy: np.ndarray, heights: np.ndarray) -> np.ndarray:
+        """Frontal-frame pixels + heights -> the crop pixels they were seen at (for UVs)."""
+        frontal = np.column_stack([xy, heights])
+        return ((frontal - self.pivot) @ self.frontalize + self.pivot)[:, :2]
+
+    @property
+    def rotation(self) -> np.ndarray:
+        """Frontal mesh -> photo view, in Blender axes (crop x -> X, crop y -> -Z, crop z -> -Y)."""
+        to_blender = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, -1.0, 0.0]])
+        return to_blender @ self.frontalize.T @ to_blender.T
+
+    def landmarks_metres(self, points: np.ndarray) -> np.ndarray:
+        """Crop-pixel landmarks -> mesh space (frontal frame, metres), on the fitted surface."""
+        xy = self._frontal(points)[:, :2]
+        return self.to_metres(xy, self.field.sample(xy))
+
+    @property
+    def yaw_degrees(self) -> float:
+        return float(np.degrees(np.arctan2(self.frontalize[0, 2], self.frontalize[0, 0])))
+
     def to_metres(self, xy: np.ndarray, heights: np.ndarray) -> np.ndarray:
         """Crop pixels + heights -> Blender axes in metres: X right, Z up, nearer = more negative Y."""
         x = (xy[:, 0] - self.centre[0]) * self.scale
@@ -48,7 +95,8 @@ class FaceGeometry:
         return np.stack([x, y, z], 1).astype(np.float32)
 
     def depth_map(self, resolution: int) -> tuple[np.ndarray, np.ndarray]:
-        """(R, R) height in metres in front of the face's deepest point (0 outside the mask), and the mask."""
+        """(R, R) height in metres in front of the face's deepest point (0 outside the mask), and the mask,
+        in the face's frontal frame (the crop's own frame when the photo is frontal)."""
         size = self.config.texture_size
         scale = resolution / size
         mask = meshing.region_mask(meshing.spline_rings(self.outline * scale, [h * scale for h in self.holes], 0.5),
@@ -70,5 +118,6 @@ class FaceGeometry:
         faces = meshing.largest_component(len(vertices), faces)
         faces, vertices, points = meshing.compact(faces, vertices, points)
         vertices = meshing.taubin_smooth(vertices, faces, self.config.taubin_passes)
-        uvs = np.stack([points[:, 0] / size, 1.0 - points[:, 1] / size], 1).astype(np.float32)
+        seen_at = self.to_crop(points, self.field.sample(points))
+        uvs = np.stack([seen_at[:, 0] / size, 1.0 - seen_at[:, 1] / size], 1).astype(np.float32)
         return vertices, faces, uvs

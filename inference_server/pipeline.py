@@ -149,13 +149,14 @@ class FacePipeline:
         arrays = {
             "vertices": vertices, "faces": faces, "uvs": uvs, "texture": crop, "detail": detail,
             "depth": depth, "mask": mask,
-            "landmarks": geometry.to_metres(points[:, :2], geometry.field.sample(points[:, :2])),
+            "landmarks": geometry.landmarks_metres(points),
             "landmarks_image": alignment.apply(to_image, points[:, :2]).astype(np.float32),
         }
         meta = {"index": index, "box": detection.box.round(2).tolist(), "score": round(detection.score, 5),
                 "points5": detection.points.round(2).tolist(), "crop_to_image": to_image.tolist(),
                 "vertex_count": int(len(vertices)), "triangle_count": int(len(faces)),
-                "face_width_m": FACE_WIDTH_M, "mouth_open": geometry.mouth_open}
+                "face_width_m": FACE_WIDTH_M, "mouth_open": geometry.mouth_open,
+                "rotation": geometry.rotation.round(6).tolist(), "yaw_deg": round(geometry.yaw_degrees, 2)}
         return FaceResult(index=index, meta=meta, arrays=arrays)
 
 

@@ -16,12 +16,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-for _path in (str(ROOT), str(ROOT / "scripts")):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+sys.path.insert(0, str(ROOT))  # Blender's Python knows nothing of this checkout
 
+from addon.batch.cli import script_argv  # noqa: E402
 from addon.photo import png_bytes  # noqa: E402
-from batch_options import script_argv  # noqa: E402
 
 VIEWS = {"front": 0.0, "45": 45.0, "profile": 90.0}  # degrees around Z, from the face's front (-Y)
 

@@ -1,5 +1,5 @@
-"""Helpers for the batch tests: running the batch, reading outputs back, and ``scripts/`` on sys.path
-so the batch's modules (``batch_options``, ``batch_outputs``, ...) import as the script imports them.
+"""Helpers for the batch tests (``addon.batch`` through ``scripts/batch.py``): running the batch and
+reading its outputs back.
 
 Imported by tests/test_batch*.py (``from tests.batch_fixtures import ...``); the photo folders are in
 tests/photo_fixtures.py.
@@ -16,18 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from addon.batch import cli, outputs
+
 REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = REPO / "scripts"
-BATCH = SCRIPTS / "batch.py"
+BATCH = REPO / "scripts" / "batch.py"
 BLENDER = shutil.which("blender") or "/usr/bin/blender"
-VENV_PYTHON = REPO / ".venv" / "bin" / "python"
-
-if str(SCRIPTS) not in sys.path:
-    sys.path.insert(0, str(SCRIPTS))
-
-import batch_options  # noqa: E402
-import batch_outputs  # noqa: E402
-import batch_server  # noqa: E402,F401  (for the tests)
 
 needs_blender = pytest.mark.skipif(not Path(BLENDER).exists(),
                                    reason=f"the Blender binary is not installed ({BLENDER}); "
@@ -64,7 +57,7 @@ def run_batch(command: list, timeout: float = 600, env: dict | None = None) -> s
 
 
 def load_summary(output: Path) -> dict:
-    return json.loads((output / batch_options.SUMMARY).read_text())
+    return json.loads((output / cli.SUMMARY).read_text())
 
 
 def by_key(summary: dict) -> dict:
@@ -87,6 +80,8 @@ for obj in bpy.data.objects:
                     "materials": [m.name for m in obj.data.materials if m],
                     "uv_layers": [uv.name for uv in obj.data.uv_layers],
                     "has_faceforge_prop": "faceforge" in obj.keys(),
+                    "metadata": {k: v for k, v in (obj["faceforge"].to_dict() if "faceforge" in obj.keys() else {}).items()
+                                 if isinstance(v, (int, float, str))},
                     "location": list(obj.location)})
     obj.evaluated_get(deps).to_mesh_clear()
 images = [{"name": im.name, "packed": im.packed_file is not None, "size": list(im.size)}
@@ -116,7 +111,7 @@ def inspect_blend(path: Path, *, blender: str | None = BLENDER, timeout: float =
 
 def glb_summary(path: Path) -> dict:
     """Parse a .glb ourselves: header, JSON chunk, embedded images (PNG/JPEG magic), accessor counts."""
-    document, binary = batch_outputs.read_glb(path)
+    document, binary = outputs.read_glb(path)
     views = document.get("bufferViews", [])
     images = []
     for image in document.get("images", []):

@@ -9,11 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from addon.server_process import LocalServer, free_address
 
-from addon.server_process import LocalServer, free_address  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _png(rgb: np.ndarray) -> bytes:

@@ -9,6 +9,7 @@ import concurrent.futures
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -194,7 +195,12 @@ def test_all_faces_one_object_each(bpy, faceforge, two_faces_folder):
     assert bpy.ops.faceforge.reconstruct() == {"FINISHED"}
     faces = sorted((o for o in bpy.data.objects if o.name.startswith("pair.face")), key=lambda o: o.location.x)
     assert [o.name for o in faces] == ["pair.face0", "pair.face1"]
-    assert faces[1].location.x - faces[0].location.x == pytest.approx(faceforge.FACE_SPACING)
+    # Side by side, FACE_GAP_M apart (scene.build_reconstruction places the batch's faces the same way).
+    from addon.scene import FACE_GAP_M
+
+    spans = [(obj.location.x + min(v.co.x for v in obj.data.vertices),
+              obj.location.x + max(v.co.x for v in obj.data.vertices)) for obj in faces]
+    assert spans[1][0] - spans[0][1] == pytest.approx(FACE_GAP_M, abs=1e-4)
     assert faces[0]["faceforge"]["faces_detected"] == 2
 
 
@@ -240,6 +246,23 @@ def test_operator_reports_errors_through_blender(bpy, faceforge, photo_folder):
     bpy.context.scene.faceforge.photo_path = ""
     with pytest.raises(RuntimeError, match="Choose a photo file first"):
         bpy.ops.faceforge.reconstruct()
+
+
+def test_start_server_finds_its_python_like_the_batch(bpy, faceforge, monkeypatch, tmp_path):
+    """An empty Python preference means ``server_process.find_python``'s order; nothing found is one
+    clear message, not a server started with a Python that cannot load torch."""
+    from addon import preferences
+
+    monkeypatch.setattr(preferences.DEFAULTS, "server_address", f"tcp://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("FACEFORGE_PYTHON", "/nonexistent/python")
+    with pytest.raises(RuntimeError, match="Could not start the server: cannot run '/nonexistent/python'"):
+        bpy.ops.faceforge.server_start()
+    monkeypatch.delenv("FACEFORGE_PYTHON")
+    monkeypatch.setenv("FACEFORGE_HOME", str(tmp_path))     # a server home without .venv
+    monkeypatch.setattr(sys, "executable", "/usr/bin/blender")  # Blender's own binary never qualifies
+    with pytest.raises(RuntimeError, match="No Python with torch found"):
+        bpy.ops.faceforge.server_start()
+    assert faceforge.SESSION.message[0] == "ERROR" and faceforge.SESSION.server_job is None
 
 
 def test_cancelled_request_is_a_warning(bpy, faceforge, photo_folder):

@@ -10,6 +10,7 @@ import pytest
 
 from addon import server_process
 from addon.server_process import LocalServer, free_port
+from addon.wire import protocol
 from addon.wire.client import Client
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,7 +23,7 @@ def test_start_answers_info_then_stop(tmp_path):
     try:
         info = server.start(timeout=180)
         assert server.running and server.pid
-        assert info["protocol_version"] == 1 and info["device"] == "cpu"
+        assert info["protocol_version"] == protocol.VERSION and info["device"] == "cpu"
         with Client(server.address, timeout=10) as client:
             assert client.info()["server_version"] == info["server_version"]
         assert "ready" in server.log_tail(50)
@@ -60,17 +61,29 @@ def test_start_can_be_cancelled(tmp_path):
     assert not server.running
 
 
-def test_defaults_follow_environment(tmp_path):
-    assert server_process.find_python({"FACEFORGE_PYTHON": "/opt/py"}) == "/opt/py"
-    venv = tmp_path / ".venv" / "bin"
+def test_server_python_precedence(tmp_path):
+    """One order for the add-on, the batch and tests: explicit, $FACEFORGE_PYTHON, the home's .venv,
+    this Python if it imports torch; None when nothing fits (Blender's binary never does)."""
+    home = tmp_path / "home"
+    env = {"FACEFORGE_HOME": str(home), "FACEFORGE_PYTHON": "/e"}
+    assert server_process.find_python("/opt/py", environ=env) == "/opt/py"
+    assert server_process.find_python(None, environ=env) == "/e"
+    bare = {"FACEFORGE_HOME": str(home)}
+    assert server_process.find_python(environ=bare, executable="/usr/bin/python3", has_torch=lambda p: True) \
+        == "/usr/bin/python3"
+    assert server_process.find_python(environ=bare, executable="/usr/bin/python3", has_torch=lambda p: False) is None
+    assert server_process.find_python(environ=bare, executable="/usr/bin/blender", has_torch=lambda p: True) is None
+    venv = home / ".venv" / "bin"
     venv.mkdir(parents=True)
     (venv / "python").write_text("")
-    assert server_process.find_home({"FACEFORGE_HOME": str(tmp_path)}) == str(tmp_path)
-    assert server_process.find_python({"FACEFORGE_HOME": str(tmp_path)}) == str(venv / "python")
+    assert server_process.find_python(environ=bare, executable="/x") == str(venv / "python")
+    assert server_process.find_python(environ=env) == "/e"
+    assert server_process.find_home(bare) == str(home)
+    assert server_process.can_import_torch(sys.executable) and not server_process.can_import_torch("/nonexistent/py")
     # From this source checkout: the repository root and its .venv.
     assert server_process.find_home({}) == str(REPO)
     if (REPO / ".venv" / "bin" / "python").exists():
-        assert server_process.find_python({}) == str(REPO / ".venv" / "bin" / "python")
+        assert server_process.find_python(environ={}) == str(REPO / ".venv" / "bin" / "python")
 
 
 def test_tcp_in_use():

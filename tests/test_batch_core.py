@@ -1,4 +1,4 @@
-"""Unit tests of the bpy-free modules of the batch (scripts/batch_*.py): arguments, discovery, resume
+"""Unit tests of the bpy-free modules of the batch (``addon.batch``): arguments, discovery, resume
 bookkeeping, the request window, progress and the file helpers. No Blender and no server needed."""
 from __future__ import annotations
 
@@ -6,19 +6,22 @@ import io
 import json
 import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.batch_fixtures import SCRIPTS  # noqa: F401  (puts scripts/ on sys.path)
-
-from batch_options import DEFAULT_FORMATS, EXIT_USAGE, parse_args, script_argv
-from batch_outputs import (STAGING_PREFIX, Photo, assign_keys, clean_stale_staging, commit, decide, discover,
-                           make_staging, output_names, read_glb, read_manifest)
-from batch_progress import ERR_SERVER_GONE, ERR_UNREADABLE, PhotoReport, Progress, Summary, format_duration
-from batch_server import missing_modules, pick_server_python, setup_hint
-from batch_window import Window
+from addon.batch.cli import DEFAULT_FORMATS, missing_modules, parse_args, script_argv, setup_hint
+from addon.batch.outputs import (STAGING_PREFIX, Photo, assign_keys, clean_stale_staging, commit, decide, discover,
+                                 make_staging, output_names, read_glb, read_manifest)
+from addon.batch.report import ERR_SERVER_GONE, ERR_UNREADABLE, PhotoReport, Progress, Summary, format_duration
+from addon.batch.run import main as run_batch_main
+from addon.batch.window import Window
+from addon.server_process import can_import_torch
+from addon.wire.errors import ErrorCode, Exit, ProtocolError
+from tests.batch_fixtures import BATCH
 
 
 # ------------------------------------------------------------------------------------------ argv
@@ -34,21 +37,25 @@ def test_parse_args_defaults_and_values(tmp_path):
     opts = parse_args(["--input", "x.jpg", "y", "--input", "z", "--output", "out"])
     assert [str(p) for p in opts.inputs] == ["x.jpg", "y", "z"]
     assert opts.output.is_absolute() and opts.output.name == "out"
-    assert opts.formats == DEFAULT_FORMATS and opts.face == "largest" and opts.jobs == 2
+    assert opts.formats == DEFAULT_FORMATS and "face" not in opts.request and opts.jobs == 2
     assert opts.server is None and not opts.overwrite
-    assert opts.request_params() == {"face": "largest"}
-    assert opts.build_settings() == {}
+    assert opts.request == {}  # options not given are not sent: the server's own defaults apply
+    assert opts.build == {}
     assert opts.summary_path == opts.output / "summary.json"
 
     opts = parse_args(["-i", "a", "-o", "o", "--server", "tcp://h:1", "--face", "ALL", "--formats", "stl, gltf,obj,stl",
                        "--resolution", "60", "--smooth", "0", "--detail", "0.001", "--subdivision", "2",
                        "--overwrite", "--jobs", "3"])
-    assert opts.server == "tcp://h:1" and opts.face == "all"
+    assert opts.server == "tcp://h:1" and opts.request["face"] == "all"
     assert opts.formats == ("stl", "glb", "obj")
-    assert opts.request_params() == {"face": "all", "resolution": 60}
-    assert opts.build_settings() == {"smooth_iterations": 0, "subdivision_levels": 2, "detail_strength": 0.001}
+    assert opts.request == {"face": "all", "resolution": 60}
+    assert opts.build == {"smooth_iterations": 0, "subdivision_levels": 2, "detail_strength": 0.001}
     assert opts.overwrite and opts.jobs == 3
-    assert parse_args(["-i", "a", "-o", "o", "--face", "1"]).face == "1"
+    assert parse_args(["-i", "a", "-o", "o", "--face", "1"]).request["face"] == "1"
+    # The schema's own flags work beside the old aliases.
+    assert parse_args(["-i", "a", "-o", "o", "--smooth-iterations", "3", "--subdivision-levels", "0",
+                       "--detail-strength", "-0.01"]).build == {"smooth_iterations": 3, "subdivision_levels": 0,
+                                                                "detail_strength": -0.01}
 
 
 @pytest.mark.parametrize("argv", [
@@ -59,13 +66,16 @@ def test_parse_args_defaults_and_values(tmp_path):
     ["-i", "a", "-o", "o", "--face", "biggest"],
     ["-i", "a", "-o", "o", "--jobs", "0"],
     ["-i", "a", "-o", "o", "--smooth", "-1"],
+    ["-i", "a", "-o", "o", "--resolution", "4"],                # outside the schema's range
+    ["-i", "a", "-o", "o", "--detail", "nan"],
     ["-i", "a", "-o", "o", "--server", "tcp://x:1", "--start-server"],  # mutually exclusive
 ])
 def test_parse_args_rejects_bad_command_lines(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         parse_args(argv)
-    assert exc.value.code == EXIT_USAGE
-    assert "error" in capsys.readouterr().err
+    assert exc.value.code == Exit.USAGE
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 1 and errors[0].startswith("error: ")  # one line, no usage block
 
 
 # ------------------------------------------------------------------------------------- discovery
@@ -225,12 +235,6 @@ def test_progress_lines_and_eta():
 
 # -------------------------------------------------------------------------------- request window
 
-class FakeError(Exception):
-    def __init__(self, code, message="x"):
-        super().__init__(message)
-        self.code, self.message = code, message
-
-
 class FakeMessage:
     def __init__(self, request_id, error=None):
         self.id, self.error = request_id, error
@@ -239,37 +243,47 @@ class FakeMessage:
 class FakeClient:
     """Answers requests in order after ``latency`` seconds of a fake clock; records the in-flight count."""
 
-    def __init__(self, clock, latency=1.0, replies=None, unreachable=False):
+    def __init__(self, clock, latency=1.0, replies=None, unreachable=False, stages=()):
         self.clock = clock
         self.latency = latency
         self.queue = []           # (ready_at, request_id, photo bytes)
         self.sent = []
         self.replies = replies or {}   # photo bytes -> error code, or "silent" (never answers)
         self.unreachable = unreachable
+        self.stages = stages      # progress reports sent before each reply
+        self.progress = {}        # request id -> on_progress callback
+        self.abandoned = []
         self.counter = 0
         self.max_queue = 0
 
-    def send(self, op, params, payloads):
+    def send(self, op, params, payloads, on_progress=None):
         if self.unreachable:
-            raise FakeError("unreachable", "no server")
+            raise ProtocolError(ErrorCode.UNREACHABLE, "no server")
         self.counter += 1
         request_id = f"r{self.counter}"
         start = max([self.clock.now] + [ready for ready, *_ in self.queue])  # the server works in order
         self.queue.append((start + self.latency, request_id, bytes(payloads["image"])))
         self.sent.append((request_id, bytes(payloads["image"]), self.clock.now))
         self.max_queue = max(self.max_queue, len(self.queue))
+        self.progress[request_id] = on_progress
         return request_id
+
+    def abandon(self, request_id):
+        self.abandoned.append(request_id)
 
     def receive(self, timeout):
         while self.queue and self.replies.get(self.queue[0][2]) == "silent":
             self.queue.pop(0)
         if not self.queue or self.queue[0][0] > self.clock.now + timeout:
             self.clock.now += timeout
-            raise FakeError("timeout")
+            raise ProtocolError(ErrorCode.TIMEOUT, "no reply")
         ready, request_id, data = self.queue.pop(0)
         self.clock.now = max(self.clock.now, ready)
+        for stage in self.stages:
+            if self.progress[request_id] is not None:
+                self.progress[request_id](stage)
         code = self.replies.get(data)
-        return FakeMessage(request_id, FakeError(code) if code else None)
+        return FakeMessage(request_id, ProtocolError(code, "x") if code else None)
 
 
 class FakeClock:
@@ -331,6 +345,21 @@ def test_window_reports_errors_unreadable_and_late_replies():
     window = Window(client, photos, {}, jobs=2, timeout=5, read=_read, clock=clock)
     events = dict(_drain(window, clock))
     assert events == {"p0": "ok", "p1": "no_face", "unreadable": ERR_UNREADABLE, "p3": "timeout", "p4": "ok"}
+    assert client.abandoned == ["r3"]  # the timed-out request is cancelled at the server, not left running
+
+
+def test_window_hands_progress_reports_to_the_caller():
+    clock = FakeClock()
+    stages = [{"stage": "detect", "text": "detecting faces", "fraction": 0.03},
+              {"stage": "mesh", "text": "meshing", "fraction": 0.8}]
+    client = FakeClient(clock, latency=1.0, stages=stages)
+    seen = []
+    window = Window(client, _photos(2), {}, jobs=2, timeout=5, read=_read, clock=clock,
+                    on_progress=lambda photo, report: seen.append((photo.key, report["stage"])))
+    assert dict(_drain(window, clock)) == {"p0": "ok", "p1": "ok"}
+    assert seen == [("p0", "detect"), ("p0", "mesh"), ("p1", "detect"), ("p1", "mesh")]
+    quiet = Window(FakeClient(clock, stages=stages), _photos(1), {}, jobs=1, timeout=5, read=_read, clock=clock)
+    assert dict(_drain(quiet, clock)) == {"p0": "ok"}  # no callback asked for: none called
 
 
 def test_window_retries_busy_replies():
@@ -343,7 +372,7 @@ def test_window_retries_busy_replies():
         message = original(timeout)
         if busy_once["n"] == 0:
             busy_once["n"] = 1
-            message.error = FakeError("busy")
+            message.error = ProtocolError(ErrorCode.BUSY, "queue full")
         return message
 
     client.receive = receive
@@ -388,23 +417,64 @@ def test_read_glb(tmp_path):
         read_glb(path)
 
 
-def test_pick_server_python(tmp_path):
-    root = tmp_path / "repo"
-    assert pick_server_python("/opt/py", env={"FACEFORGE_PYTHON": "/e"}, root=root) == "/opt/py"
-    assert pick_server_python(None, env={"FACEFORGE_PYTHON": "/e"}, root=root) == "/e"
-    assert pick_server_python(None, env={}, root=root, executable="/usr/bin/python3",
-                              has_torch=lambda p: True) == "/usr/bin/python3"
-    assert pick_server_python(None, env={}, root=root, executable="/usr/bin/python3",
-                              has_torch=lambda p: False) is None
-    assert pick_server_python(None, env={}, root=root, executable="/usr/bin/blender",
-                              has_torch=lambda p: True) is None  # Blender's binary is no server Python
-    venv = root / ".venv" / "bin"
-    venv.mkdir(parents=True)
-    (venv / "python").write_text("")
-    assert pick_server_python(None, env={}, root=root, executable="/x") == str(venv / "python")
-
-
 def test_missing_modules_and_hint():
     assert missing_modules(["json", "no_such_module_ff"]) == ["no_such_module_ff"]
     hint = setup_hint(["numpy", "zmq"])
     assert "apt-get install python3-numpy python3-zmq" in hint and "pip install numpy pyzmq" in hint
+
+
+# ------------------------------------------------------------------------------ user errors
+
+def _launch(python: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([python, str(BATCH), "--", *args], capture_output=True, text=True, timeout=120,
+                          env=env if env is not None else dict(os.environ))
+
+
+def test_bad_option_is_refused_before_any_server_starts(tmp_path):
+    mark = tmp_path / "server-started"
+    fake_python = tmp_path / "python"
+    fake_python.write_text(f"#!/bin/sh\ntouch {mark}\n")
+    fake_python.chmod(0o755)
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    result = _launch(sys.executable, "-i", str(tmp_path / "a.jpg"), "-o", str(tmp_path / "out"),
+                     "--python", str(fake_python), "--resolution", "4")
+    assert result.returncode == Exit.USAGE
+    errors = result.stderr.splitlines()
+    assert len(errors) == 1 and errors[0].startswith("error: argument --resolution") and "[8, 400]" in errors[0]
+    assert not mark.exists() and not (tmp_path / "out").exists()
+
+
+def test_no_python_with_torch_is_one_error_line(tmp_path):
+    system = "/usr/bin/python3"
+    if not Path(system).exists() or missing_modules_in(system) or can_import_torch(system):
+        pytest.skip(f"needs {system} with numpy and pyzmq and without torch (Debian's python3-zmq, python3-numpy)")
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    env = {k: v for k, v in os.environ.items() if k not in ("FACEFORGE_PYTHON", "PYTHONPATH")}
+    env["FACEFORGE_HOME"] = str(tmp_path)  # a home without .venv
+    result = _launch(system, "-i", str(tmp_path / "a.jpg"), "-o", str(tmp_path / "out"), env=env)
+    assert result.returncode == Exit.SETUP, result.stdout + result.stderr
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no Python with torch" in errors[0] and "--python" in errors[0]
+    assert "Traceback" not in result.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["counts"]["pending"] == 1 and "no Python with torch" in summary["run"]["error"]
+
+
+def test_unreadable_input_folder_is_one_error_line(tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    real_iterdir = Path.iterdir
+
+    def iterdir(path):  # what a folder without read permission does (this test may run as root)
+        if path == folder:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_iterdir(path)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    assert run_batch_main(["batch.py", "--", "-i", str(folder), "-o", str(tmp_path / "out")]) == Exit.BAD_INPUT
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"error: cannot read {folder}: Permission denied"]
+
+
+def missing_modules_in(python: str) -> bool:
+    return subprocess.run([python, "-c", "import numpy, zmq"], capture_output=True).returncode != 0

@@ -1,5 +1,6 @@
-"""End-to-end tests of scripts/batch.py: Debian's Blender binary (3.4) and ``python`` + bpy from PyPI,
-real photos, a real server, outputs read back (.blend opened in Blender, .glb parsed here)."""
+"""End-to-end tests of the batch (``scripts/batch.py`` launching ``addon.batch``): Debian's Blender
+binary (3.4) and ``python`` + bpy from PyPI, real photos, a real server, outputs read back (.blend
+opened in Blender, .glb parsed here)."""
 from __future__ import annotations
 
 import os
@@ -11,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from addon.batch import outputs
 from addon.server_process import free_address, tcp_in_use
-from tests.batch_fixtures import (BLENDER, batch_options, batch_outputs, blender_command,  # noqa: F401
-                                  by_key, glb_summary, inspect_blend, load_summary, needs_blender, needs_bpy,
-                                  ply_header, python_command, run_batch, stl_summary)
+from addon.wire.errors import Exit
+from tests.batch_fixtures import (BLENDER, blender_command, by_key, glb_summary, inspect_blend,  # noqa: F401
+                                  load_summary, needs_blender, needs_bpy, ply_header, python_command, run_batch,
+                                  stl_summary)
 from tests.photo_fixtures import one_photo_folder, photo_folder, two_faces_folder  # noqa: F401 (fixtures)
 
 ALL_FORMATS = "blend,glb,obj,ply,stl"
@@ -26,7 +29,7 @@ def progress_lines(stdout: str) -> list:
 
 
 def no_staging_left(output: Path) -> bool:
-    return not [p for p in output.iterdir() if p.name.startswith(batch_outputs.STAGING_PREFIX)]
+    return not [p for p in output.iterdir() if p.name.startswith(outputs.STAGING_PREFIX)]
 
 
 @needs_blender
@@ -36,7 +39,7 @@ def test_blender_batch_starts_its_server_and_writes_every_format(photo_folder, t
     output = tmp_path / "out"
     result = run_batch(blender_command("--input", str(photo_folder), "--output", str(output), "--formats", ALL_FORMATS,
                                        "--device", "cpu", "--jobs", "2"))
-    assert result.returncode == batch_options.EXIT_PHOTOS_FAILED
+    assert result.returncode == Exit.FAILED
 
     lines = progress_lines(result.stdout)
     assert [(done, total) for done, total, *_ in lines] == [("1", "4"), ("2", "4"), ("3", "4"), ("4", "4")]
@@ -67,15 +70,18 @@ def test_blender_batch_starts_its_server_and_writes_every_format(photo_folder, t
         expected = {f"{key}{suffix}" for suffix in (".blend", ".glb", ".obj", ".mtl", ".ply", ".stl")} | {f"{key}_face0.png"}
         assert {Path(p).name for p in entry["outputs"]} == expected
         assert all(Path(p).is_file() and Path(p).stat().st_size > 0 for p in entry["outputs"])
-        assert batch_outputs.read_manifest(folder)["formats"] == ALL_FORMATS.split(",")
+        assert outputs.read_manifest(folder)["formats"] == ALL_FORMATS.split(",")
 
         # .blend: one object per face, modifiers kept, images packed (opened by Debian's Blender).
         blend = inspect_blend(folder / f"{key}.blend")
         assert len(blend["objects"]) == 1 and blend["scenes"] == 1
         obj = blend["objects"][0]
-        assert obj["name"] == f"{key}_face0" and obj["vertices"] == entry["vertices"]
+        assert obj["name"] == key and obj["vertices"] == entry["vertices"]  # named like the panel names it
         assert {"SUBSURF", "DISPLACE"} <= set(obj["modifiers"]) and obj["evaluated_vertices"] > obj["vertices"]
         assert obj["uv_layers"] and obj["materials"] and obj["has_faceforge_prop"]
+        metadata = obj["metadata"]  # meshdata.reconstruction_metadata, as the panel records it
+        assert metadata["batch"] == 1 and Path(metadata["source_photo"]).stem == key
+        assert metadata["server_version"] and metadata["device"] == "cpu" and metadata["faces_detected"] == 1
         assert blend["images"] and all(image["packed"] for image in blend["images"])
 
         # .glb: modifiers applied, texture embedded as PNG.
@@ -112,7 +118,7 @@ def test_blender_batch_with_running_server_resumes_and_keeps_failing_bad_photos(
     args = ["--input", str(photo_folder), "--output", str(output), "--server", server_address, "--formats", "blend",
             "--jobs", "1", "--smooth", "2", "--detail", "0.001"]
     first = run_batch(blender_command(*args))
-    assert first.returncode == batch_options.EXIT_PHOTOS_FAILED
+    assert first.returncode == Exit.FAILED
     summary = load_summary(output)
     assert summary["counts"]["ok"] == 2 and summary["run"]["started_server"] is False
     assert summary["run"]["max_in_flight"] == 1
@@ -120,7 +126,7 @@ def test_blender_batch_with_running_server_resumes_and_keeps_failing_bad_photos(
     stamp = blend.stat().st_mtime_ns
 
     second = run_batch(blender_command(*args))
-    assert second.returncode == batch_options.EXIT_PHOTOS_FAILED
+    assert second.returncode == Exit.FAILED
     summary = load_summary(output)
     assert summary["counts"] == {"ok": 0, "skipped": 2, "failed": 2, "pending": 0}
     assert by_key(summary)["astronaut"]["outputs"] == [str(blend)]
@@ -158,16 +164,16 @@ def test_python_bpy_batch_resume_add_formats_and_overwrite(one_photo_folder, ser
     entry = load_summary(output)["photos"][0]
     assert entry["status"] == "ok" and "add formats stl,obj" in entry["note"]
     for name, stamp in stamps.items():
-        if name != batch_outputs.MANIFEST:
+        if name != outputs.MANIFEST:
             assert (folder / name).stat().st_mtime_ns == stamp, f"{name} was rewritten without --overwrite"
     assert (folder / "astronaut.stl").exists() and (folder / "astronaut.obj").exists()
-    assert set(batch_outputs.read_manifest(folder)["formats"]) == {"blend", "glb", "stl", "obj"}
+    assert set(outputs.read_manifest(folder)["formats"]) == {"blend", "glb", "stl", "obj"}
 
     time.sleep(0.01)
     redo = run_batch(python_command(*base, "--formats", "glb", "--overwrite"))
     assert redo.returncode == 0
     assert load_summary(output)["photos"][0]["status"] == "ok"
-    assert sorted(p.name for p in folder.iterdir()) == ["astronaut.glb", "astronaut_face0.png", batch_outputs.MANIFEST]
+    assert sorted(p.name for p in folder.iterdir()) == ["astronaut.glb", "astronaut_face0.png", outputs.MANIFEST]
     assert (folder / "astronaut.glb").stat().st_mtime_ns != stamps["astronaut.glb"]
     assert no_staging_left(output)
 
@@ -176,15 +182,17 @@ def test_python_bpy_batch_resume_add_formats_and_overwrite(one_photo_folder, ser
 def test_python_bpy_batch_face_all_gives_one_object_per_face(two_faces_folder, server_address, tmp_path):
     output = tmp_path / "out"
     result = run_batch(python_command("--input", str(two_faces_folder), "--output", str(output), "--server",
-                                      server_address, "--face", "all", "--formats", "blend,glb,obj"))
+                                      server_address, "--face", "all", "--formats", "blend,glb,obj", "--verbose"))
     assert result.returncode == 0
+    stages = [float(m.group(1)) for m in re.finditer(r"^    pair\.\w+: .+ \((\d+)%\)$", result.stdout, re.M)]
+    assert len(stages) >= 3 and stages == sorted(stages), result.stdout  # --verbose: the server's stages, in order
     entry = load_summary(output)["photos"][0]
     assert entry["status"] == "ok" and entry["faces"] == 2
     assert [face["index"] for face in entry["face_details"]] == [0, 1]
     folder = output / "pair"
     blend = inspect_blend(folder / "pair.blend", blender=None)
     objects = sorted(blend["objects"], key=lambda o: o["name"])
-    assert [o["name"] for o in objects] == ["pair_face0", "pair_face1"]
+    assert [o["name"] for o in objects] == ["pair.face0", "pair.face1"]  # the panel's names
     assert abs(objects[0]["location"][0] - objects[1]["location"][0]) > 0.1  # side by side, not overlapping
     glb = glb_summary(folder / "pair.glb")
     assert glb["meshes"] == 2 and len(glb["images"]) == 2
@@ -193,12 +201,12 @@ def test_python_bpy_batch_face_all_gives_one_object_per_face(two_faces_folder, s
 
 
 @needs_blender
-def test_blender_batch_unreachable_server_exits_3(one_photo_folder, tmp_path):
+def test_blender_batch_unreachable_server_exits_5(one_photo_folder, tmp_path):
     output = tmp_path / "out"
     dead = free_address()
     result = run_batch(blender_command("--input", str(one_photo_folder), "--output", str(output), "--server", dead),
                        timeout=120)
-    assert result.returncode == batch_options.EXIT_SERVER
+    assert result.returncode == Exit.SERVER
     summary = load_summary(output)
     assert summary["counts"]["failed"] == 1 and summary["photos"][0]["error_code"] == "unreachable"
     assert "error:" in result.stdout
@@ -208,11 +216,11 @@ def test_blender_batch_unreachable_server_exits_3(one_photo_folder, tmp_path):
 def test_blender_batch_usage_errors_exit_2(tmp_path):
     result = run_batch(blender_command("--input", str(tmp_path), "--output", str(tmp_path / "o"), "--formats", "fbx"),
                        timeout=120)
-    assert result.returncode == batch_options.EXIT_USAGE and "unknown format" in result.stderr
+    assert result.returncode == Exit.USAGE and "unknown format" in result.stderr
     empty = tmp_path / "empty"
     empty.mkdir()
     result = run_batch(blender_command("--input", str(empty), "--output", str(tmp_path / "o")), timeout=120)
-    assert result.returncode == batch_options.EXIT_USAGE and "no photos found" in result.stdout
+    assert result.returncode == Exit.USAGE and "no photos found" in result.stdout
 
 
 @needs_blender
@@ -235,7 +243,7 @@ def test_blender_batch_stops_its_server_on_sigint(photo_folder, tmp_path):
         if process.poll() is None:
             process.kill()
             process.wait()
-    assert process.returncode == batch_options.EXIT_INTERRUPTED, "".join(lines) + rest
+    assert process.returncode == Exit.INTERRUPTED, "".join(lines) + rest
     summary = load_summary(output)
     assert summary["run"]["interrupted"] and not summary["finished"]
     assert summary["counts"]["pending"] + summary["counts"]["ok"] + summary["counts"]["failed"] == 4

@@ -43,3 +43,17 @@ def test_a_flipped_depth_would_be_caught(model, pipeline):
     face.arrays["vertices"] = face.arrays["vertices"] * np.array([1, -1, 1], np.float32)
     scores = ict_eval.evaluate(face, subject)
     assert scores["rms_mm"] > scores["plane_mm"], scores
+
+
+def test_a_turned_head_is_a_whole_face_without_folds(model, pipeline):
+    """30 degrees of yaw: the mesh is built in the face's own frame, so the far cheek is there (not a
+    squashed rim) and no triangle folds over; what the camera saw stays close to the true surface."""
+    subject = ict_eval.make_subject(model, 1, yaw_deg=30)
+    face = pipeline.reconstruct(ict_eval.render(subject)).faces[0]
+    assert 25 < abs(face.meta["yaw_deg"]) < 40, face.meta["yaw_deg"]
+    normals = ict_eval.vertex_normals(face.arrays["vertices"], face.arrays["faces"])
+    assert (normals[:, 1] < 0).mean() > 0.99  # frontal frame: the whole face looks toward -Y, nothing folded
+    scores = ict_eval.evaluate(face, subject)
+    assert 0.7 < scores["facing_camera"] < 0.95, scores  # the far cheek exists, turned away from the camera
+    assert scores["rms_mm"] < 0.6 * scores["plane_mm"] and scores["pose_rms_mm"] < 5.0, scores
+    assert 0.8 < scores["mesh_to_true_width"] < 1.15, scores

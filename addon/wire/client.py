@@ -181,7 +181,7 @@ class Reconstruction:
         faces = [FaceData(index=int(meta["index"]), meta=meta, arrays=arrays.get(int(meta["index"]), {}))
                  for meta in result.get("faces", [])]
         for face in faces:
-            missing = [name for name in protocol.FACE_ARRAYS if name not in face.arrays]
+            missing = [name for name in protocol.arrays_for(face.meta) if name not in face.arrays]
             if missing:
                 raise ProtocolError(ErrorCode.BAD_REQUEST, f"reply for face {face.index} lacks arrays {missing}")
         meta = {k: v for k, v in result.items() if k != "faces"}

@@ -93,6 +93,9 @@ def _face_index(value: str) -> str | None:
 OPTIONS: tuple[Option, ...] = (
     Option("face", str, "largest", "which face: largest, all, or an index by size (0 = largest)",
            choices=("largest", "all"), check=_face_index),
+    Option("geometry", str, "auto", "head: the morphable head model fitted to the photo (full head, fixed "
+           "topology, expression shape keys); face: the model-free face surface; auto: head when the server has "
+           "the model installed", choices=("auto", "head", "face"), panel=True),
     Option("resolution", int, 100, "mesh grid cells across the face width (100 gives about 9k vertices)",
            minimum=8, maximum=400, soft_maximum=300, panel=True),
     Option("depth_size", int, 256, "side of the returned depth map in pixels", minimum=16, maximum=1024),
@@ -113,6 +116,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("min_face_score", float, 0.9, "detector confidence a face needs", minimum=0.5, maximum=0.999),
     Option("max_pixels", int, 40_000_000, "refuse larger photos before decoding them", side=LIMIT,
            minimum=1, maximum=200_000_000),
+    Option("neutral_expression", bool, False, "head mode: build the head with every expression shape key at 0 "
+           "(the fitted weights stay in the metadata)", side=BUILD, label="Neutral Expression", panel=True),
     Option("smooth_iterations", int, 5, "Laplacian Smooth modifier iterations (0 = off)", side=BUILD,
            minimum=0, maximum=200, soft_maximum=50, label="Smoothing", panel=True, cli_aliases=("--smooth",)),
     Option("smooth_factor", float, 0.5, "Laplacian Smooth modifier strength per iteration", side=BUILD,

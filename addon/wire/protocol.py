@@ -322,6 +322,31 @@ FACE_ARRAYS = {
 }
 
 
+# Head mode (``meta["geometry"] == "head"``): the fitted morphable head, vertex i the same anatomical point on
+# every head. Axes and units as FACE_ARRAYS; the pose is in ``meta["pose"]["matrix"]`` (4x4, object -> camera
+# view in Blender axes), not in the vertices.
+HEAD_ARRAYS = {
+    "vertices": ("float32", "(V, 3) canonical head (identity, neutral expression), object space, metres"),
+    "polygon_sizes": ("uint8", "(P,) corners per polygon: 3 or 4 (quads where the model has quads)"),
+    "polygon_vertices": ("int32", "(sum(polygon_sizes),) corner vertex indices, polygon after polygon"),
+    "corner_uvs": ("float32", "(sum(polygon_sizes), 2) per-corner atlas UVs in [0, 1], origin bottom-left"),
+    "polygon_material": ("uint8", "(P,) index into meta['materials']"),
+    "expression_deltas": ("float32", "(E, V, 3) this identity's expression shapes as vertex deltas"),
+    "expression_weights": ("float32", "(E,) fitted weights in [0, 1]; names in meta['expressions']"),
+    "texture": ("uint8", "(S, S, 3) RGB atlas texture, row 0 at the top"),
+    "detail": ("float32", "(S, S) signed detail map aligned with texture"),
+    "depth": ("float32", "(R, R) the fitted head rendered in the photo's crop: height in metres, 0 outside mask"),
+    "mask": ("bool", "(R, R) valid depth pixels"),
+    "landmarks": ("float32", "(478, 3) FaceMesh landmarks' places on the canonical head, object space"),
+    "landmarks_image": ("float32", "(478, 2) FaceMesh landmarks in source-image pixels"),
+}
+
+
+def arrays_for(meta: Mapping) -> dict:
+    """The array table a reconstructed face's reply follows, by its ``geometry``."""
+    return HEAD_ARRAYS if meta.get("geometry") == "head" else FACE_ARRAYS
+
+
 def as_jsonable(value: Any) -> Any:
     """Numpy scalars/arrays inside results -> plain JSON types."""
     if isinstance(value, np.generic):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ class ModelFileError(ValueError):
     """A model file that is missing, unreadable or lacks arrays: the message says which."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity equality: models are compared and cached by object
 class HeadModel:
     vertices: np.ndarray        # (V, 3) float32 neutral head, metres
     faces: np.ndarray           # (F, 3) int32 triangles (upstream quads split along 0-2)
@@ -49,15 +50,20 @@ class HeadModel:
                 missing = [key for key in REQUIRED if key not in data.files]
                 if missing:
                     raise ModelFileError(f"{path} is not a FaceForge head model: missing {', '.join(missing)}")
-                arrays = {key: data[key] for key in REQUIRED}
-                info = json.loads(str(data["info"])) if "info" in data.files else {}
+                return cls.from_arrays({key: data[key] for key in (*REQUIRED, "info") if key in data.files})
         except (OSError, ValueError) as exc:
             if isinstance(exc, ModelFileError):
                 raise
             raise ModelFileError(f"cannot read head model {path}: {exc}") from None
+
+    @classmethod
+    def from_arrays(cls, arrays: dict) -> "HeadModel":
+        """The model from the file's arrays (``REQUIRED`` keys, optional ``info`` JSON string)."""
+        fields = {key: arrays[key] for key in REQUIRED}
         for key in ("material_names", "part_names", "exp_names"):
-            arrays[key] = tuple(str(name) for name in arrays[key])
-        return cls(info=info, **arrays)
+            fields[key] = tuple(str(name) for name in fields[key])
+        info = json.loads(str(arrays["info"])) if "info" in arrays else {}
+        return cls(info=info, **fields)
 
     @property
     def vertex_count(self) -> int:
@@ -71,3 +77,17 @@ class HeadModel:
         if exp_weights is not None:
             out += np.tensordot(np.asarray(exp_weights, np.float32), self.exp_deltas[:len(exp_weights)].astype(np.float32), 1)
         return out
+
+    @cached_property
+    def atlas(self):
+        """The UVs repacked into one [0, 1] texture (``atlas.Atlas``), computed once per model."""
+        from .atlas import build_atlas
+
+        return build_atlas(self)
+
+    @cached_property
+    def mirror(self):
+        """Left/right vertex correspondence of the neutral head (``symmetry.Mirror``), computed once."""
+        from .symmetry import find_mirror
+
+        return find_mirror(self)

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
-    from batch_options import Options
+    from .cli import Options
 
-# Error codes the batch itself reports, next to the server's (protocol.ErrorCode values).
+# Error codes the batch itself reports, next to the server's and the client's (``wire.errors.ErrorCode``).
 ERR_UNREADABLE = "unreadable"
 ERR_EXISTS = "exists"
 ERR_BUILD = "build_failed"
@@ -72,8 +72,8 @@ class Summary:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.started)),
             "elapsed_s": round(time.time() - self.started, 3),
             "finished": self.finished,
-            "options": {"inputs": [str(p) for p in o.inputs], "output": str(o.output), "face": o.face,
-                        "formats": list(o.formats), "request": o.request_params(), "build": o.build_settings(),
+            "options": {"inputs": [str(p) for p in o.inputs], "output": str(o.output),
+                        "formats": list(o.formats), "request": o.request, "build": o.build,
                         "jobs": o.jobs, "overwrite": o.overwrite, "server": o.server},
             "run": self.run,
             "counts": self.counts(),

@@ -9,7 +9,7 @@ Output layout, per photo (``KEY`` is the photo's file stem, made unique within t
     OUTPUT/KEY/KEY.ply, KEY.stl     modifiers applied (STL in millimetres, closed for printing)
     OUTPUT/KEY/KEY_faceN.png        texture of face N
     OUTPUT/KEY/faceforge.json       manifest, written last: the photo is done
-    OUTPUT/summary.json             this run: one entry per photo (``batch_progress.Summary``)
+    OUTPUT/summary.json             this run: one entry per photo (``report.Summary``)
 
 A photo's files are written into a hidden staging folder and moved into place at the end, so an
 interrupted run never leaves half a photo under the final name; re-running skips photos whose

@@ -1,27 +1,29 @@
-"""Command line of the headless batch (``scripts/batch.py``): the options, argument parsing, formats
-and exit statuses. Bpy-free and numpy-free, so ``--help`` and usage errors work in any Python."""
+"""Command line of the headless batch: the options, argument parsing, formats, and whether this
+Python can run the batch at all. Imports neither bpy, numpy nor pyzmq, so ``--help``, usage errors
+and the missing-module message work in any Python.
+
+Reconstruction and modifier options are not declared here: their flags, types, ranges and help
+come from the one schema (``addon.wire.options``), so a bad value (``--resolution 4``) is refused
+while parsing, before any server starts. Options not given are not sent: the server's defaults
+(advertised in its ``info`` reply) and the schema's build defaults apply.
+"""
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
+
+from ..wire import options
+from ..wire.errors import EXIT_HELP, Exit
 
 FORMATS = ("blend", "glb", "obj", "ply", "stl")
 DEFAULT_FORMATS = ("blend", "glb")
 SUMMARY = "summary.json"
 
-EXIT_OK = 0            # every photo done (or already done)
-EXIT_PHOTOS_FAILED = 1  # the batch ran; at least one photo failed (see the summary)
-EXIT_USAGE = 2          # bad command line
-EXIT_SERVER = 3         # no server: could not start or reach it; nothing (more) was processed
-EXIT_SETUP = 4          # this Python lacks numpy or pyzmq (Debian: apt-get install python3-numpy python3-zmq)
-EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM; the summary lists what was done
-
-
-# ----------------------------------------------------------------------------------------------
-# Command line
 
 @dataclass
 class Options:
@@ -29,13 +31,9 @@ class Options:
     output: Path
     server: str | None = None
     start_server: bool = False
-    face: str = "largest"
     formats: tuple = DEFAULT_FORMATS
-    resolution: int | None = None
-    smooth: int | None = None
-    smooth_factor: float | None = None
-    subdivision: int | None = None
-    detail: float | None = None
+    request: dict = field(default_factory=dict)  # SERVER and LIMIT options given: sent with every request
+    build: dict = field(default_factory=dict)    # BUILD options given: ``BuildSettings`` keywords
     overwrite: bool = False
     jobs: int = 2
     recursive: bool = False
@@ -50,19 +48,6 @@ class Options:
     def summary_path(self) -> Path:
         return self.summary or self.output / SUMMARY
 
-    def request_params(self) -> dict:
-        """Options sent with every reconstruct request."""
-        params = {"face": self.face}
-        if self.resolution is not None:
-            params["resolution"] = self.resolution
-        return params
-
-    def build_settings(self) -> dict:
-        """Keyword arguments for ``addon.scene.BuildSettings`` (only the ones given)."""
-        values = {"smooth_iterations": self.smooth, "smooth_factor": self.smooth_factor,
-                  "subdivision_levels": self.subdivision, "detail_strength": self.detail}
-        return {k: v for k, v in values.items() if v is not None}
-
 
 def script_argv(argv: Sequence[str]) -> list:
     """The script's own arguments: everything after ``--`` (Blender passes its own before it).
@@ -73,13 +58,6 @@ def script_argv(argv: Sequence[str]) -> list:
     if "--" in argv:
         return argv[argv.index("--") + 1:]
     return argv[1:]
-
-
-def _face_choice(value: str) -> str:
-    value = value.strip().lower()
-    if value in ("largest", "all") or value.isdigit():
-        return value
-    raise argparse.ArgumentTypeError(f"must be 'largest', 'all' or a face index (0 = largest), not {value!r}")
 
 
 def parse_formats(value: str) -> tuple:
@@ -98,20 +76,17 @@ def _positive_int(value: str) -> int:
     return number
 
 
-def _non_negative_int(value: str) -> int:
-    number = int(value)
-    if number < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
-    return number
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        """One ``error:`` line instead of the usage block (exit 2, ``Exit.USAGE``)."""
+        self.exit(Exit.USAGE, f"error: {message} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="blender -b --python-exit-code 1 -P scripts/batch.py --",
         description="Reconstruct 3D faces from photos and write .blend / .glb / .obj / .ply / .stl files.",
-        epilog=f"Exit status: {EXIT_OK} all photos done; {EXIT_PHOTOS_FAILED} some photos failed (see the summary); "
-               f"{EXIT_USAGE} bad arguments; {EXIT_SERVER} no server; {EXIT_SETUP} numpy/pyzmq missing; "
-               f"{EXIT_INTERRUPTED} interrupted.")
+        epilog=EXIT_HELP)
     parser.add_argument("--input", "-i", dest="inputs", action="extend", nargs="+", required=True, type=Path,
                         metavar="PHOTO_OR_DIR", help="photos and/or folders of photos (repeatable)")
     parser.add_argument("--output", "-o", required=True, type=Path, metavar="DIR", help="output folder")
@@ -119,14 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--server", metavar="ADDR", help="use a running server (e.g. tcp://127.0.0.1:5555)")
     where.add_argument("--start-server", action="store_true",
                        help="start a local server for this run and stop it at the end (the default without --server)")
-    parser.add_argument("--face", type=_face_choice, default="largest", help="largest | all | N (default largest)")
     parser.add_argument("--formats", type=parse_formats, default=DEFAULT_FORMATS,
                         help=f"comma-separated, from {','.join(FORMATS)} (default {','.join(DEFAULT_FORMATS)})")
-    parser.add_argument("--resolution", type=_positive_int, help="mesh grid cells across the face (server default 100)")
-    parser.add_argument("--smooth", type=_non_negative_int, help="smooth-modifier iterations (add-on default)")
-    parser.add_argument("--smooth-factor", type=float, help="smooth-modifier factor (add-on default)")
-    parser.add_argument("--subdivision", type=_non_negative_int, help="subdivision levels (add-on default)")
-    parser.add_argument("--detail", type=float, help="displacement strength of the detail map in metres (add-on default)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip done photos)")
     parser.add_argument("--jobs", "-j", type=_positive_int, default=2,
                         help="requests kept in flight so the server works while Blender writes files (default 2)")
@@ -136,19 +105,46 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--server-timeout", type=float, default=180.0,
                         help="seconds to wait for a started server to load its models (default 180)")
     parser.add_argument("--device", default="auto", help="device of a started server: auto | cpu | cuda (default auto)")
-    parser.add_argument("--python", help="interpreter for a started server (default: $FACEFORGE_PYTHON, the repo's .venv, "
-                                         "or this Python if it has torch)")
+    parser.add_argument("--python", help="interpreter for a started server (default: $FACEFORGE_PYTHON, the "
+                                         "checkout's .venv, or this Python if it has torch)")
     parser.add_argument("--summary", type=Path, help=f"summary JSON path (default OUTPUT/{SUMMARY})")
     parser.add_argument("--verbose", "-v", action="store_true",
-                        help="leave Blender's own messages on stdout (default: they go to stderr)")
+                        help="show each photo's server stages, and leave Blender's own messages on stdout "
+                             "(default: one line per photo; Blender's messages go to stderr)")
+    # Read from the schema each time a parser is built: the parser follows the schema, whatever it says then.
+    options.add_arguments(parser, options.on_side(options.SERVER, options.LIMIT),
+                          title="reconstruction options (default: the server's)")
+    options.add_arguments(parser, options.on_side(options.BUILD), title="Blender modifiers (default: the add-on's)")
     return parser
 
 
 def parse_args(argv: Sequence[str]) -> Options:
     """Parse the script's arguments (already split off with ``script_argv``). Exits 2 on errors."""
-    ns = build_parser().parse_args(list(argv))
-    values = vars(ns)
+    namespace = build_parser().parse_args(list(argv))
+    chosen = options.given(namespace, options.OPTIONS)
+    build = {name: value for name, value in chosen.items() if options.BY_NAME[name].side == options.BUILD}
+    request = {name: value for name, value in chosen.items() if name not in build}
+    values = {k: v for k, v in vars(namespace).items() if k not in options.BY_NAME}
     values["output"] = Path(os.path.abspath(values["output"]))  # Blender's operators want absolute paths
     if values["summary"] is not None:
         values["summary"] = Path(os.path.abspath(values["summary"]))
-    return Options(**values)
+    return Options(**values, request=request, build=build)
+
+
+def missing_modules(names: Sequence[str] = ("numpy", "zmq")) -> list:
+    """Modules the batch needs that this Python cannot import (Blender's bundled or the system's)."""
+    missing = []
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    return missing
+
+
+def setup_hint(missing: Sequence[str], executable: str = sys.executable) -> str:
+    packages = {"numpy": "python3-numpy", "zmq": "python3-zmq"}
+    pip = {"numpy": "numpy", "zmq": "pyzmq"}
+    return (f"error: this Python ({executable}, {sys.version.split()[0]}) cannot import {', '.join(missing)}. "
+            f"Debian/Ubuntu Blender: apt-get install {' '.join(packages[m] for m in missing)}; "
+            f"other Pythons: pip install {' '.join(pip[m] for m in missing)}")

@@ -1,6 +1,7 @@
-"""The Blender side of the headless batch (``scripts/batch.py``): an empty scene per photo, faces
-built by the add-on (``addon.scene.build_face_object``), the .blend saved, and version-guarded
-exporters for glb / obj / ply / stl. ``bpy`` is imported lazily so ``--help`` works anywhere."""
+"""The Blender side of the headless batch: an empty scene per photo, the .blend saved, and
+version-guarded exporters for glb / obj / ply / stl. Objects are built by the add-on itself
+(``addon.scene.build_reconstruction``, see ``writer``). ``bpy`` is imported lazily so ``--help``
+works anywhere."""
 from __future__ import annotations
 
 import contextlib
@@ -8,7 +9,6 @@ import os
 import sys
 from pathlib import Path
 
-FACE_GAP_M = 0.05  # space between the faces of one photo when --face all finds several
 STL_THICKNESS_M = 0.003  # the STL is closed (solidified) so it can be printed
 STL_SCALE = 1000.0  # STL has no units; slicers read millimetres
 
@@ -45,15 +45,12 @@ def blender_chatter_to_stderr(enabled: bool = True):
 
 
 class Blender:
-    """Scene reset, building through the add-on, saving and version-guarded exports."""
+    """Scene reset, saving and version-guarded exports."""
 
     def __init__(self):
         import bpy
 
-        from addon import scene
-
         self.bpy = bpy
-        self.scene_mod = scene
         self.version = tuple(bpy.app.version)
         # An empty scene: no default cube, camera or light in the outputs.
         bpy.ops.wm.read_factory_settings(use_empty=True)
@@ -72,25 +69,10 @@ class Blender:
             for child in list(scene.collection.children):
                 scene.collection.children.unlink(child)
 
-    # -- building ----------------------------------------------------------------------------
-    def build(self, key: str, faces, settings, metadata: dict) -> list:
-        objects, x = [], 0.0
-        ordered = sorted(faces, key=lambda f: f.index)
-        widths = [float(f.arrays["vertices"][:, 0].max() - f.arrays["vertices"][:, 0].min()) for f in ordered]
-        total = sum(widths) + FACE_GAP_M * (len(widths) - 1)
-        x = -total / 2
-        for face, width in zip(ordered, widths):
-            centre = float(face.arrays["vertices"][:, 0].max() + face.arrays["vertices"][:, 0].min()) / 2
-            location = (x + width / 2 - centre, 0.0, 0.0) if len(ordered) > 1 else (0.0, 0.0, 0.0)
-            obj = self.scene_mod.build_face_object(face, name=f"{key}_face{face.index}", settings=settings,
-                                                   location=location, metadata=metadata)
-            objects.append(obj)
-            x += width + FACE_GAP_M
-        return objects
-
     def select_only(self, objects) -> None:
         bpy = self.bpy
         view_layer = bpy.context.view_layer
+        view_layer.update()  # objects linked since the last update are not in view_layer.objects yet
         for obj in view_layer.objects:
             obj.select_set(obj in objects)
         if objects:

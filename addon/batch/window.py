@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from batch_outputs import Photo
-from batch_progress import ERR_SERVER_GONE, ERR_UNREADABLE
+from ..wire.errors import ErrorCode, ProtocolError
+from .outputs import Photo
+from .report import ERR_SERVER_GONE, ERR_UNREADABLE
 
 
 @dataclass
@@ -27,23 +28,24 @@ class Window:
     server is never idle while Blender writes files. The refill happens *before* a reply is handed
     to the caller.
 
-    ``client`` needs ``send(op, params, payloads) -> id`` and ``receive(timeout) -> message`` with
-    ``message.id`` and ``message.error`` (``addon.wire.client.Client``). ``read`` returns a photo's
+    ``client`` needs ``send(op, params, payloads, on_progress=...) -> id``, ``abandon(id)`` and
+    ``receive(timeout) -> message`` with ``message.id`` and ``message.error`` (``addon.wire.client.Client``);
+    ``on_progress(photo, report)``, when given, sees the server's progress reports. ``read`` returns a photo's
     bytes or raises OSError. ``timeout`` bounds how long the server may work on the oldest request
     *after* finishing the one before (requests queued behind others are not penalised for waiting).
-    ``alive`` is polled while waiting; when it turns false the remaining photos fail at once.
+    A request past its time is abandoned (the server stops it at its next stage). ``alive`` is polled
+    while waiting; when it turns false the remaining photos fail at once.
 
     ``events()`` yields ``(photo, message, error)``: a reply message (possibly an error reply), or
     ``error`` as ``(code, text)`` for photos that never got a reply (unreadable, timeout, no server).
     """
 
-    BUSY_CODE = "busy"
-
     def __init__(self, client, photos: Sequence[Photo], params: dict, *, jobs: int, timeout: float,
                  read: Callable[[Path], bytes] = lambda p: p.read_bytes(),
                  alive: Callable[[], bool] = lambda: True, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep,
-                 unreachable_codes: Sequence[str] = ("unreachable",), busy_retries: int = 50, busy_delay: float = 0.5):
+                 on_progress: Callable[[Photo, dict], None] | None = None,
+                 busy_retries: int = 50, busy_delay: float = 0.5):
         self.client = client
         self.pending = list(photos)
         self.params = dict(params)
@@ -53,7 +55,7 @@ class Window:
         self.alive = alive
         self.clock = clock
         self.sleep = sleep
-        self.unreachable_codes = tuple(unreachable_codes)
+        self.on_progress = on_progress
         self.busy_retries = busy_retries
         self.busy_delay = busy_delay
         self.attempts: dict = {}        # photo key -> sends so far
@@ -64,7 +66,8 @@ class Window:
 
     def _send(self, photo: Photo) -> None:
         data = self.read(photo.path)
-        request_id = self.client.send("reconstruct", self.params, {"image": data})
+        report = (lambda progress: self.on_progress(photo, progress)) if self.on_progress else None
+        request_id = self.client.send("reconstruct", self.params, {"image": data}, on_progress=report)
         if not self.in_flight:
             self.last_progress = self.clock()
         self.attempts[photo.key] = self.attempts.get(photo.key, 0) + 1
@@ -80,12 +83,10 @@ class Window:
                 self._send(photo)
             except OSError as exc:
                 failures.append((photo, None, (ERR_UNREADABLE, f"cannot read {photo.path}: {exc.strerror or exc}")))
-            except Exception as exc:  # ProtocolError(unreachable) and friends
-                code = getattr(exc, "code", "internal")
-                text = getattr(exc, "message", str(exc))
-                failures.append((photo, None, (code, text)))
-                if code in self.unreachable_codes:
-                    self.aborted = (code, text)
+            except ProtocolError as exc:  # unreachable, or a request the client refuses to encode
+                failures.append((photo, None, (exc.code, exc.message)))
+                if exc.code == ErrorCode.UNREACHABLE:
+                    self.aborted = (exc.code, exc.message)
         return failures
 
     def _abort_all(self, code: str, text: str) -> list:
@@ -109,31 +110,32 @@ class Window:
             remaining = start + self.timeout - self.clock()
             if remaining <= 0:
                 del self.in_flight[oldest.request_id]
+                self.client.abandon(oldest.request_id)
                 self.last_progress = self.clock()
-                yield oldest.photo, None, ("timeout", f"no reply within {self.timeout:g} s")
+                yield oldest.photo, None, (ErrorCode.TIMEOUT, f"no reply within {self.timeout:g} s")
                 continue
             try:
                 message = self.client.receive(min(remaining, 1.0))
-            except Exception as exc:
-                code = getattr(exc, "code", "internal")
-                if code == "timeout":          # a 1-second slice passed: check the server, loop
+            except ProtocolError as exc:
+                if exc.code == ErrorCode.TIMEOUT:  # a 1-second slice passed: check the server, loop
                     if not self.alive():
                         yield from self._abort_all(ERR_SERVER_GONE, "the server process exited")
                         return
                     continue
                 # A reply that does not decode: we cannot tell whose it was; fail the oldest.
                 del self.in_flight[oldest.request_id]
-                yield oldest.photo, None, (code, getattr(exc, "message", str(exc)))
+                self.client.abandon(oldest.request_id)
+                yield oldest.photo, None, (exc.code, exc.message)
                 continue
             entry = self.in_flight.pop(message.id, None)
             if entry is None:
                 if message.id == "" and self.in_flight:   # id-less error: the server could not parse ours
                     entry = self.in_flight.pop(oldest.request_id)
                 else:
-                    continue                               # late reply to a timed-out request
+                    continue                               # a reply to no request of ours
             self.last_progress = self.clock()
-            error = getattr(message, "error", None)
-            if (error is not None and getattr(error, "code", "") == self.BUSY_CODE
+            error = message.error
+            if (error is not None and error.code == ErrorCode.BUSY
                     and self.attempts.get(entry.photo.key, 0) < self.busy_retries):
                 self.pending.insert(0, entry.photo)        # server queue full (shared server): retry
                 if not self.in_flight:

@@ -1,0 +1,303 @@
+"""The batch's run: plan (find the photos, decide what is already done), start or reach a server,
+process the photos through the request window, finish (summary, last line, exit status).
+
+``bpy`` and ``zmq`` are imported only once the command line parsed and this Python was found to
+have numpy and pyzmq, so ``--help`` and user errors work anywhere. ``bpy.app.timers`` never fire
+while a background script blocks, so requests use the synchronous client with a deadline each.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import time
+import traceback
+
+from ..wire.errors import ErrorCode, Exit, ProtocolError
+from .blender import blender_chatter_to_stderr
+from .cli import Options, missing_modules, parse_args, script_argv, setup_hint
+from .outputs import discover, clean_stale_staging, decide, photo_dir
+from .report import ERR_EXISTS, ERR_UNREADABLE, PhotoReport, Progress, Summary, format_duration
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+class Stop(Exception):
+    """The run cannot go on: one ``error:`` line, then exit with ``status``. ``photo_code``, when set,
+    fails the photos not done yet with that code (else they stay pending in the summary)."""
+
+    def __init__(self, status: Exit, text: str, photo_code: str | None = None):
+        super().__init__(text)
+        self.status, self.text, self.photo_code = status, text, photo_code
+
+
+def main(argv=None) -> int:
+    try:
+        opts = parse_args(script_argv(sys.argv if argv is None else argv))
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return int(exc.code or 0)
+    missing = missing_modules()
+    if missing:
+        say(setup_hint(missing))
+        return Exit.SETUP
+    return Batch(opts).run()
+
+
+class Batch:
+    def __init__(self, opts: Options):
+        self.opts = opts
+        self.started = time.monotonic()
+        self.summary = Summary(opts.summary_path, opts)
+        self.progress: Progress | None = None
+        self.todo: list = []          # photos to send, in order
+        self.decisions: dict = {}     # photo key -> outputs.Decision
+        self.reports: dict = {}       # photo key -> PhotoReport of the photos in ``todo``
+
+    def run(self) -> int:
+        try:
+            self.plan()
+        except Stop as stop:
+            say(f"error: {stop.text}")
+            return stop.status
+        exit_code = Exit.OK
+        try:
+            with _signals_interrupt():
+                if self.todo:
+                    exit_code = self.process()
+        except Stop as stop:
+            say(f"error: {stop.text}")
+            self.summary.run["error"] = stop.text
+            self._close_pending(stop.photo_code, stop.text.splitlines()[0])
+            exit_code = stop.status
+        except KeyboardInterrupt:
+            say("interrupted: stopping")
+            self.summary.run["interrupted"] = True
+            self._close_pending(None, "interrupted before it was done")
+            exit_code = Exit.INTERRUPTED
+        return self.finish(exit_code)
+
+    # -- plan ----------------------------------------------------------------------------------
+    def plan(self) -> None:
+        """Find the photos, report the ones already done or in the way, keep the rest in ``todo``."""
+        opts = self.opts
+        try:
+            photos, missing = discover(opts.inputs, output=opts.output, recursive=opts.recursive)
+        except OSError as exc:
+            raise Stop(Exit.BAD_INPUT, f"cannot read {exc.filename}: {exc.strerror or exc}") from None
+        if not photos and not missing:
+            raise Stop(Exit.USAGE, f"no photos found in {', '.join(map(str, opts.inputs))}")
+        opts.output.mkdir(parents=True, exist_ok=True)
+        clean_stale_staging(opts.output)
+        self.progress = Progress(len(photos) + len(missing))
+        for path in missing:
+            self.record(PhotoReport(photo=str(path), key="").fail(ERR_UNREADABLE, f"{path} does not exist"), str(path))
+        for photo in photos:
+            decision = decide(opts.output, photo, opts.formats, opts.overwrite)
+            report = PhotoReport(photo=str(photo.path), key=photo.key)
+            if decision.action == "skip":
+                self.record(_skipped(report, decision, photo_dir(opts.output, photo)), photo.name, processed=False)
+            elif decision.action == "conflict":
+                self.record(report.fail(ERR_EXISTS, decision.reason), photo.name, processed=False)
+            else:
+                self.todo.append(photo)
+                self.decisions[photo.key] = decision
+                self.reports[photo.key] = report
+
+    def record(self, report: PhotoReport, name: str, processed: bool = True) -> None:
+        """A photo is finished: its line on stdout, its entry in the summary (rewritten every time)."""
+        self.summary.add(report)
+        if report.status == "ok":
+            detail = f"{report.faces} face{'s' if report.faces != 1 else ''}, {report.vertices} vertices"
+            if report.note:
+                detail += f", {report.note}"
+        elif report.status == "skipped":
+            detail = report.note or "already done"
+        else:
+            detail = f"{report.error_code}: {report.error}"
+        say(self.progress.line(name, report.status, detail, processed=processed))
+        self.summary.write()
+
+    # -- process -------------------------------------------------------------------------------
+    def process(self) -> int:
+        """Start or reach the server, then build and write every photo as its reply arrives."""
+        from ..wire.client import Client
+
+        with _server(self.opts, self.summary.run) as (server, address, info):
+            self.summary.run.update(server=address, server_info=info, started_server=server is not None)
+            say(f"server {address} ready ({info.get('device', '?')}); {len(self.todo)} photo(s) to do, "
+                f"{self.progress.total - len(self.todo)} skipped or failed up front; jobs {self.opts.jobs}")
+            with Client(address, timeout=self.opts.timeout) as client:
+                window = self._photos_through(client, server, address, info)
+            if window.aborted is not None:
+                if server is not None:
+                    say("server log (last lines):\n" + server.log_tail(20))
+                return Exit.SERVER
+        return Exit.OK
+
+    def _photos_through(self, client, server, address: str, info: dict):
+        from ..meshdata import BuildSettings
+        from .blender import Blender
+        from .window import Window
+        from .writer import RunContext, write_photo
+
+        opts = self.opts
+        with blender_chatter_to_stderr(not opts.verbose):
+            blender = Blender()
+        self.summary.run["blender"] = ".".join(map(str, blender.version))
+        context = RunContext(opts, blender, BuildSettings(**opts.build), info, address)
+        self.progress.begin()
+        alive = (lambda: server.running) if server is not None else _external_alive(address)
+        window = Window(client, self.todo, opts.request, jobs=opts.jobs, timeout=opts.timeout, alive=alive,
+                        on_progress=_show_stage if opts.verbose else None)
+        for photo, message, error in window.events():
+            report = self.reports[photo.key]
+            started = time.perf_counter()
+            if error is not None:
+                report.fail(*error)
+            else:
+                try:
+                    with blender_chatter_to_stderr(not opts.verbose):
+                        write_photo(context, photo, message, self.decisions[photo.key], report)
+                except ProtocolError as exc:
+                    report.fail(exc.code, exc.message)
+                except Exception as exc:  # one photo never stops the batch
+                    report.fail(ErrorCode.INTERNAL, f"{exc.__class__.__name__}: {exc}")
+                    traceback.print_exc()
+            report.timings_s["handle"] = round(time.perf_counter() - started, 4)
+            self.record(report, photo.name)
+        self.summary.run["max_in_flight"] = window.max_in_flight
+        return window
+
+    # -- finish --------------------------------------------------------------------------------
+    def _close_pending(self, code: str | None, text: str) -> None:
+        """Photos never done: failed with ``code`` (and a line each), or left pending in the summary."""
+        for photo in self.todo:
+            report = self.reports[photo.key]
+            if report.status != "pending":
+                continue
+            if code is None:
+                report.note = text
+                self.summary.add(report)
+            else:
+                self.record(report.fail(code, text), photo.name)
+
+    def finish(self, exit_code: int) -> int:
+        summary = self.summary
+        summary.finished = exit_code != Exit.INTERRUPTED
+        summary.run["elapsed_s"] = round(time.monotonic() - self.started, 3)
+        summary.write()
+        counts = summary.counts()
+        pending = f", {counts['pending']} not done" if counts.get("pending") else ""
+        say(f"done: {counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed{pending} "
+            f"in {format_duration(time.monotonic() - self.started)}; summary {self.opts.summary_path}")
+        if exit_code == Exit.OK and counts["failed"]:
+            exit_code = Exit.FAILED
+        return int(exit_code)
+
+
+def _skipped(report: PhotoReport, decision, folder) -> PhotoReport:
+    """A photo already done: its report from the manifest of the earlier run."""
+    manifest = decision.manifest or {}
+    report.status, report.note = "skipped", "already done; --overwrite redoes it"
+    report.faces, report.vertices = int(manifest.get("faces", 0)), int(manifest.get("vertices", 0))
+    report.face_details = manifest.get("face_details", [])
+    report.outputs = [str(folder / name) for name in manifest.get("files", [])]
+    return report
+
+
+def _show_stage(photo, progress: dict) -> None:
+    """--verbose: one indented line per server stage of a photo."""
+    say(f"    {photo.name}: {progress.get('text') or progress.get('stage')} ({float(progress.get('fraction', 0)):.0%})")
+
+
+@contextlib.contextmanager
+def _server(opts: Options, run_info: dict):
+    """``(server, address, info)``: a server started for this run (stopped on the way out, also on
+    errors and Ctrl-C), or ``(None, --server, its info)``. Raises ``Stop`` when neither works."""
+    if opts.server is not None:
+        yield None, opts.server, _server_info(opts.server, opts.timeout)
+        return
+    started = time.perf_counter()
+    server = _start_server(opts)
+    run_info["server_start_s"] = round(time.perf_counter() - started, 3)
+    try:
+        yield server, server.address, server.info
+    finally:
+        try:
+            server.stop()
+        except Exception as exc:
+            say(f"warning: stopping the server: {exc}")
+
+
+def _start_server(opts: Options):
+    from ..server_process import LocalServer, find_home, find_python, free_address
+
+    python = find_python(opts.python)
+    if python is None:
+        raise Stop(Exit.SETUP, "no Python with torch for the inference server: pass --python, set "
+                               "FACEFORGE_PYTHON, create the checkout's .venv (./run setup), or pass --server ADDR")
+    log_path = opts.output / ".faceforge-server.log"
+    server = LocalServer(python, free_address(), cwd=find_home() or None, log_path=str(log_path), device=opts.device)
+    say(f"starting a local server: {python} on {server.address} (log {log_path})")
+    try:
+        server.start(opts.server_timeout)
+    except Exception as exc:
+        server.stop()
+        raise Stop(Exit.SERVER, f"the local server did not start: {exc}", ErrorCode.UNREACHABLE) from exc
+    return server
+
+
+def _server_info(address: str, timeout: float) -> dict:
+    from ..wire.client import Client
+
+    try:
+        with Client(address, timeout=timeout) as client:
+            return client.info(timeout=min(30.0, timeout))
+    except ProtocolError as exc:
+        raise Stop(Exit.SERVER, f"server {address}: {exc}", ErrorCode.UNREACHABLE) from exc
+
+
+def _external_alive(address: str, every_s: float = 5.0):
+    """For --server: whether something still listens at a tcp:// address (checked at most every
+    ``every_s``), so a server that dies mid-run fails the batch at once instead of after --timeout."""
+    from ..server_process import tcp_in_use
+
+    if not address.startswith("tcp://"):
+        return lambda: True
+    state = {"checked": 0.0, "alive": True}
+
+    def alive() -> bool:
+        now = time.monotonic()
+        if now - state["checked"] >= every_s:
+            state["checked"], state["alive"] = now, tcp_in_use(address, timeout=1.0)
+        return state["alive"]
+
+    return alive
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def _signals_interrupt():
+    """SIGINT, SIGTERM and SIGHUP end the run like Ctrl-C (the started server is stopped on the way
+    out); the previous handlers come back afterwards."""
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is None:
+            continue
+        try:
+            previous[sig] = signal.signal(sig, _interrupt)
+        except (ValueError, OSError, AttributeError):
+            pass
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            try:  # a handler installed from C reads back as None: restore the default then
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+            except (TypeError, ValueError, OSError):
+                pass

@@ -1,0 +1,136 @@
+"""One photo's reply -> objects -> files: the objects come from the add-on's own builder
+(``addon.scene.build_reconstruction``, so names, placement and metadata match the panel's), the
+files are written into a staging folder and moved into place when all of them exist."""
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import meshdata
+from ..wire.errors import ErrorCode
+from .cli import Options
+from .outputs import Decision, Photo, commit, make_staging, output_names, photo_dir, texture_name
+from .report import ERR_BUILD, ERR_EXPORT, PhotoReport
+
+
+@dataclass
+class RunContext:
+    """What every photo of a run shares: the options, the Blender session, the build settings and
+    the server's ``info`` reply (fetched once per run, recorded in every object's metadata)."""
+
+    opts: Options
+    blender: object          # blender.Blender
+    settings: object         # meshdata.BuildSettings
+    info: dict
+    address: str
+
+
+class _Stage(Exception):
+    def __init__(self, code: str, text: str):
+        super().__init__(text)
+        self.code, self.text = code, text
+
+
+def write_photo(run: RunContext, photo: Photo, message, decision: Decision, report: PhotoReport) -> None:
+    """Reply -> objects -> files in a staging folder -> moved into place. Fills ``report``;
+    an error reply raises ``ProtocolError``."""
+    from ..wire.client import Reconstruction
+
+    reconstruction = Reconstruction.from_message(message)
+    if not reconstruction.faces:
+        report.fail(ErrorCode.NO_FACE, "the server found no face")
+        return
+    _describe(report, reconstruction)
+    staging = make_staging(run.opts.output, photo)
+    try:
+        objects = _build(run, photo, reconstruction, report)
+        files = _write_files(run, photo, reconstruction, objects, staging, list(decision.missing_formats), report)
+        manifest = {"status": "ok", "photo": str(photo.path), "key": photo.key, "formats": list(decision.missing_formats),
+                    "files": files, "faces": report.faces, "vertices": report.vertices,
+                    "face_details": report.face_details, "request": run.opts.request, "build": run.opts.build,
+                    "blender": ".".join(map(str, run.blender.version)),
+                    "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        outputs = commit(staging, photo_dir(run.opts.output, photo), overwrite=run.opts.overwrite, manifest=manifest)
+        report.outputs = [str(p) for p in outputs]
+        report.status = "ok"
+        if decision.reason.startswith("add formats"):
+            report.note = decision.reason
+    except _Stage as stage:
+        report.fail(stage.code, stage.text)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _describe(report: PhotoReport, reconstruction) -> None:
+    faces = reconstruction.faces
+    report.faces = len(faces)
+    report.vertices = int(sum(len(f.arrays["vertices"]) for f in faces))
+    report.triangles = int(sum(len(f.arrays["faces"]) for f in faces))
+    report.face_details = [{"index": f.index, "vertices": int(len(f.arrays["vertices"])),
+                            "triangles": int(len(f.arrays["faces"])),
+                            **{k: f.meta[k] for k in ("score", "box") if k in f.meta}} for f in faces]
+    report.server_timings_ms = dict(reconstruction.meta.get("timings_ms") or {})
+
+
+def _build(run: RunContext, photo: Photo, reconstruction, report: PhotoReport) -> list:
+    from .. import scene
+
+    started = time.perf_counter()
+    run.blender.reset()
+    metadata = meshdata.reconstruction_metadata(reconstruction.meta, run.info, str(photo.path), run.opts.request,
+                                                batch=True, server_address=run.address)
+    try:
+        objects = scene.build_reconstruction(reconstruction, photo=str(photo.path), settings=run.settings,
+                                             metadata=metadata)
+    except Exception as exc:
+        raise _Stage(ERR_BUILD, f"building the objects failed: {exc.__class__.__name__}: {exc}") from exc
+    report.timings_s["build"] = round(time.perf_counter() - started, 4)
+    return objects
+
+
+def _write_files(run: RunContext, photo: Photo, reconstruction, objects: list, staging: Path, formats: list,
+                 report: PhotoReport) -> list:
+    """The .blend first (textures packed), then the PNG textures the other formats point at, then
+    those formats. Returns the file names written."""
+    files, timings, step = [], report.timings_s, "the .blend"
+    try:
+        if "blend" in formats:
+            started = time.perf_counter()
+            run.blender.save_blend(staging / f"{photo.key}.blend")
+            files.append(f"{photo.key}.blend")
+            timings["blend"] = round(time.perf_counter() - started, 4)
+        others = [f for f in formats if f != "blend"]
+        if others:
+            step = "the textures"
+            started = time.perf_counter()
+            files += _write_textures(run, photo.key, reconstruction, objects, staging)
+            timings["textures"] = round(time.perf_counter() - started, 4)
+        for fmt in others:
+            step = f"the .{fmt}"
+            started = time.perf_counter()
+            run.blender.export(fmt, staging / f"{photo.key}.{fmt}", objects)
+            files += output_names(photo.key, [fmt])
+            timings[fmt] = round(time.perf_counter() - started, 4)
+    except Exception as exc:
+        raise _Stage(ERR_EXPORT, f"writing {step} failed: {exc.__class__.__name__}: {exc}") from exc
+    missing = [name for name in files if not (staging / name).exists()]
+    if missing:
+        raise _Stage(ERR_EXPORT, f"exporters did not write {', '.join(missing)}")
+    return files
+
+
+def _write_textures(run: RunContext, key: str, reconstruction, objects: list, staging: Path) -> list:
+    from ..photo import png_bytes
+
+    textures, names = {}, []
+    faces = sorted(reconstruction.faces, key=lambda f: f.index)  # the order build_reconstruction made objects in
+    for obj, face in zip(objects, faces):
+        name = texture_name(key, face.index)
+        (staging / name).write_bytes(png_bytes(face.arrays["texture"]))
+        textures[obj.name] = staging / name
+        names.append(name)
+    run.blender.use_texture_files(objects, textures)
+    return names

@@ -1,0 +1,72 @@
+"""Head-mode reply -> one Blender object: the model's topology, a material per part, the 53
+expressions as shape keys, the pose as the object's transform (Blender 3.4 through 5.0).
+
+Mesh, images, materials and the modifier stack come from ``scene`` (face mode's helpers); what is
+new here is the per-part materials, the shape keys and the pose. Arrays are checked by the
+bpy-free ``headdata`` before any datablock is created, so a bad reply leaves the file untouched.
+"""
+from __future__ import annotations
+
+import bpy
+from mathutils import Matrix
+
+from . import headdata, meshdata, scene
+from .wire import options
+
+BASIS = "Basis"
+# Surface looks per reply material (roughness, specular); any other name looks like skin.
+PART_LOOKS = {"eyes_sclera": (0.08, 0.5), "iris": (0.08, 0.5), "teeth": (0.25, 0.5),
+              "gums_tongue": (0.35, 0.5), "mouth": (0.6, 0.2)}
+SKIN_LOOK = (0.55, 0.3)
+
+
+def add_shape_keys(obj: "bpy.types.Object", keys: headdata.ShapeKeys) -> None:
+    """The mesh's own vertices as the basis, one relative key per expression set to its weight."""
+    obj.shape_key_add(name=BASIS, from_mix=False)
+    for name, coords, weight in zip(keys.names, keys.coords, keys.weights):
+        key = obj.shape_key_add(name=name, from_mix=False)
+        # ``points`` (newer Blenders) takes a raw buffer: ~1000x faster than the older ``data``.
+        (key.points if "points" in key.bl_rna.properties else key.data).foreach_set("co", coords)
+        key.value = float(weight)
+    obj.data.shape_keys.use_relative = True
+    obj.data.update()
+
+
+def show_neutral(obj: "bpy.types.Object", neutral: bool) -> None:
+    """Mute (or unmute) every expression key: the neutral head, fitted weights kept for later."""
+    for key in obj.data.shape_keys.key_blocks[1:]:
+        key.mute = neutral
+
+
+def part_materials(obj: "bpy.types.Object", names, texture: "bpy.types.Image") -> None:
+    """One material slot per reply material, in the reply's order, all reading the one atlas."""
+    for part in names:
+        roughness, specular = PART_LOOKS.get(part, SKIN_LOOK)
+        obj.data.materials.append(scene.skin_material(f"{obj.name}_{part}", texture, roughness=roughness,
+                                                      specular=specular))
+
+
+def build_head_object(face, *, name: str, settings: scene.BuildSettings, metadata: dict | None = None,
+                      collection=None) -> "bpy.types.Object":
+    """One head reply -> a linked object posed by ``meta["pose"]["matrix"]``, in metres.
+
+    ``face`` is a ``client.FaceData`` (``index``, ``meta``, ``arrays``) whose meta has
+    ``geometry == "head"``. ``metadata`` is stored like ``scene.build_face_object`` stores it.
+    """
+    arrays, meta = face.arrays, face.meta
+    materials = [str(part) for part in meta["materials"]]
+    mesh_arrays = headdata.head_mesh_arrays(arrays, len(materials))
+    keys = headdata.shape_keys(arrays["vertices"], arrays["expression_deltas"], arrays["expression_weights"],
+                               meta["expressions"])
+    pose = Matrix(headdata.pose_rows(meta))
+    obj = bpy.data.objects.new(name, scene.mesh_from_arrays(name, mesh_arrays))
+    images = scene.face_images(obj.name, arrays)
+    part_materials(obj, materials, images["texture"])
+    add_shape_keys(obj, keys)
+    obj.matrix_world = pose
+    scene.add_modifiers(obj, images["detail"], settings)
+    obj[scene.DEPTH_PROPERTY] = images["depth"]
+    obj[scene.PROPERTY] = meshdata.idprop_value(dict(metadata or {}, face=meta, face_index=face.index,
+                                                     settings=options.as_dict(settings)))
+    (collection or bpy.context.scene.collection).objects.link(obj)
+    return obj

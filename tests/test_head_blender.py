@@ -1,0 +1,281 @@
+"""Head mode inside Blender (bpy 5.0 module, and Debian's Blender 3.4 as a subprocess): the object
+built from a head reply, its .blend round trip, and its glb / FBX / OBJ exports.
+
+The reply is made from the ICT model by tests/head_fixtures.py (no server, no fit), with a known
+identity, expression weights and pose, so every number the object carries can be checked.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.addon_fixtures import bpy_module, pixels_of  # noqa: F401 (fixture)
+from tests.head_fixtures import head_reply_from_model, model_path, pose_matrix  # noqa: F401 (fixture)
+
+POSE = pose_matrix(25.0, (0.05, -0.02, 1.6))
+WEIGHTS = {"jawOpen": 0.5, "mouthSmile_L": 0.3, "eyeBlink_R": 1.0}
+
+
+@pytest.fixture(scope="module")
+def head_reply(model_path):
+    from inference_server.head.model import HeadModel
+
+    names = HeadModel.load(model_path).exp_names
+    weights = np.zeros(len(names), np.float32)
+    for name, value in WEIGHTS.items():
+        weights[names.index(name)] = value
+    identity = np.random.default_rng(7).normal(size=100).astype(np.float32)
+    return head_reply_from_model(model_path, identity, weights, pose=POSE, texture_size=128)
+
+
+@pytest.fixture
+def bpy(bpy_module):
+    bpy_module.ops.wm.read_homefile(use_empty=True)
+    return bpy_module
+
+
+def _build(head_reply, **settings):
+    from addon import head_scene, scene
+
+    return head_scene.build_head_object(head_reply, name="head", settings=scene.BuildSettings(**settings),
+                                        metadata={"source_photo": "/photos/head.png"})
+
+
+def _shape_key_mix(bpy, obj) -> np.ndarray:
+    """Object-space vertices after shape keys, before the modifier stack."""
+    for modifier in obj.modifiers:
+        modifier.show_viewport = False
+    evaluated = obj.evaluated_get(bpy.context.evaluated_depsgraph_get())
+    co = np.empty(len(evaluated.data.vertices) * 3, np.float32)
+    evaluated.data.vertices.foreach_get("co", co)
+    for modifier in obj.modifiers:
+        modifier.show_viewport = True
+    return co.reshape(-1, 3)
+
+
+def _glb_json(path: Path) -> dict:
+    """The JSON chunk of a binary glTF (header: magic, version, length; then chunk length + type)."""
+    data = path.read_bytes()
+    magic, version, _ = struct.unpack_from("<4sII", data)
+    length, kind = struct.unpack_from("<I4s", data, 12)
+    assert magic == b"glTF" and version == 2 and kind == b"JSON"
+    return json.loads(data[20:20 + length])
+
+
+def test_mesh_keeps_the_model_topology(bpy, head_reply):
+    obj = _build(head_reply)
+    mesh, arrays = obj.data, head_reply.arrays
+    assert len(mesh.vertices) == len(arrays["vertices"]) == 24591
+    sizes = np.empty(len(mesh.polygons), np.int32)
+    mesh.polygons.foreach_get("loop_total", sizes)
+    np.testing.assert_array_equal(sizes, arrays["polygon_sizes"])
+    assert (sizes == 4).sum() == (arrays["polygon_sizes"] == 4).sum() > 24000
+    corners = np.empty(len(mesh.loops), np.int32)
+    mesh.loops.foreach_get("vertex_index", corners)
+    np.testing.assert_array_equal(corners, arrays["polygon_vertices"])
+    co = np.empty(len(mesh.vertices) * 3, np.float32)
+    mesh.vertices.foreach_get("co", co)
+    np.testing.assert_array_equal(co.reshape(-1, 3), arrays["vertices"])
+    uv = np.empty(len(mesh.loops) * 2, np.float32)
+    mesh.uv_layers["UVMap"].data.foreach_get("uv", uv)
+    np.testing.assert_allclose(uv.reshape(-1, 2), arrays["corner_uvs"], atol=1e-6)
+    assert 0.0 <= uv.min() and uv.max() <= 1.0
+    smooth = np.empty(len(mesh.polygons), bool)
+    mesh.polygons.foreach_get("use_smooth", smooth)
+    assert smooth.all()
+
+
+def test_a_material_per_part_reading_one_packed_atlas(bpy, head_reply):
+    obj = _build(head_reply)
+    parts = head_reply.meta["materials"]
+    assert [slot.material.name for slot in obj.material_slots] == [f"head_{part}" for part in parts]
+    slots = np.empty(len(obj.data.polygons), np.int32)
+    obj.data.polygons.foreach_get("material_index", slots)
+    np.testing.assert_array_equal(slots, head_reply.arrays["polygon_material"])
+    images, roughness = set(), {}
+    for slot in obj.material_slots:
+        bsdf = next(n for n in slot.material.node_tree.nodes if n.type == "BSDF_PRINCIPLED")
+        images.add(bsdf.inputs["Base Color"].links[0].from_node.image.name)
+        roughness[slot.material.name] = bsdf.inputs["Roughness"].default_value
+    assert images == {"head_texture"} and bpy.data.images["head_texture"].packed_file is not None
+    assert roughness["head_eyes_sclera"] < 0.2 < roughness["head_skin"]  # wet eyes, matte skin
+    texture = head_reply.arrays["texture"]
+    np.testing.assert_allclose(pixels_of(bpy.data.images["head_texture"])[::-1, :, :3], texture / 255, atol=1 / 255)
+
+
+def test_expressions_are_shape_keys_and_zero_leaves_the_neutral_head(bpy, head_reply):
+    from addon import head_scene
+
+    obj = _build(head_reply)
+    arrays, names = head_reply.arrays, head_reply.meta["expressions"]
+    blocks = obj.data.shape_keys.key_blocks
+    assert [key.name for key in blocks] == ["Basis", *names] and len(names) == 53
+    np.testing.assert_allclose([key.value for key in blocks[1:]], arrays["expression_weights"], atol=1e-6)
+    expected = arrays["vertices"] + np.tensordot(arrays["expression_weights"], arrays["expression_deltas"], 1)
+    fitted = _shape_key_mix(bpy, obj)
+    np.testing.assert_allclose(fitted, expected, atol=1e-6)
+    assert np.abs(fitted - arrays["vertices"]).max() > 0.005  # the open jaw moved the chin by millimetres
+
+    head_scene.show_neutral(obj, True)  # the panel's "neutral expression": weights kept, keys muted
+    np.testing.assert_allclose(_shape_key_mix(bpy, obj), arrays["vertices"], atol=1e-7)
+    assert blocks["jawOpen"].value == pytest.approx(WEIGHTS["jawOpen"])
+    head_scene.show_neutral(obj, False)
+    for key in blocks[1:]:
+        key.value = 0.0
+    np.testing.assert_allclose(_shape_key_mix(bpy, obj), arrays["vertices"], atol=1e-7)
+
+
+def test_pose_is_the_object_transform_and_the_stack_is_face_mode_s(bpy, head_reply):
+    obj = _build(head_reply, subdivision_levels=2)
+    np.testing.assert_allclose(np.array(obj.matrix_world), POSE, atol=1e-6)
+    assert [m.type for m in obj.modifiers] == ["LAPLACIANSMOOTH", "SUBSURF", "DISPLACE"]
+    assert obj.modifiers["Subdivision"].levels == 2 and obj.modifiers["Detail"].uv_layer == "UVMap"
+    meta = obj["faceforge"].to_dict()
+    assert meta["source_photo"] == "/photos/head.png" and meta["face"]["geometry"] == "head"
+    assert meta["face"]["expressions"] == head_reply.meta["expressions"]
+    np.testing.assert_allclose(meta["face"]["pose"]["matrix"], POSE)
+    assert obj["faceforge_depth"].packed_file is not None
+
+
+def test_bad_reply_raises_and_leaves_the_file_untouched(bpy, head_reply):
+    from addon import head_scene, scene
+
+    arrays = dict(head_reply.arrays, polygon_vertices=head_reply.arrays["polygon_vertices"] + 1)
+    bad = type(head_reply)(index=0, meta=head_reply.meta, arrays=arrays)
+    with pytest.raises(ValueError, match="polygon_vertices"):
+        head_scene.build_head_object(bad, name="bad", settings=scene.BuildSettings())
+    assert not bpy.data.objects and not bpy.data.meshes and not bpy.data.images
+
+
+def test_blend_round_trip_keeps_shape_keys_and_texture(bpy, head_reply, tmp_path):
+    _build(head_reply)
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "head.blend"))
+    bpy.ops.wm.read_homefile(use_empty=True)
+    bpy.ops.wm.open_mainfile(filepath=str(tmp_path / "head.blend"))
+    obj = bpy.data.objects["head"]
+    blocks = obj.data.shape_keys.key_blocks
+    assert len(blocks) == 54 and blocks["eyeBlink_R"].value == pytest.approx(1.0)
+    image = bpy.data.images["head_texture"]
+    assert image.packed_file is not None
+    np.testing.assert_allclose(pixels_of(image)[::-1, :, :3], head_reply.arrays["texture"] / 255, atol=1 / 255)
+    np.testing.assert_allclose(np.array(obj.matrix_world), POSE, atol=1e-6)
+
+
+def test_glb_has_a_morph_target_per_expression(bpy, head_reply, tmp_path):
+    from addon import head_export
+
+    obj = _build(head_reply)
+    head_export.export_glb([obj], tmp_path / "head.glb")
+    gltf = _glb_json(tmp_path / "head.glb")
+    (mesh,) = gltf["meshes"]
+    names = head_reply.meta["expressions"]
+    assert mesh["extras"]["targetNames"] == names
+    assert len(mesh["primitives"]) == len(head_reply.meta["materials"])  # a primitive per material
+    assert all(len(primitive["targets"]) == 53 for primitive in mesh["primitives"])
+    np.testing.assert_allclose(mesh["weights"], head_reply.arrays["expression_weights"], atol=1e-6)
+    (node,) = gltf["nodes"]
+    assert node["translation"] == pytest.approx([0.05, 1.6, 0.02], abs=1e-6)  # Blender (x, y, z) -> glTF (x, z, -y)
+    assert gltf["images"][0]["mimeType"] == "image/png"
+
+
+def test_fbx_blendshapes_import_back_as_shape_keys(bpy, head_reply, tmp_path):
+    from addon import head_export
+
+    obj = _build(head_reply)
+    head_export.export_fbx([obj], tmp_path / "head.fbx")
+    assert [p.name for p in tmp_path.iterdir()] == ["head.fbx"]  # the atlas travels inside
+    bpy.ops.wm.read_homefile(use_empty=True)
+    bpy.ops.import_scene.fbx(filepath=str(tmp_path / "head.fbx"))
+    (imported,) = [o for o in bpy.data.objects if o.type == "MESH"]
+    blocks = imported.data.shape_keys.key_blocks
+    assert [key.name for key in blocks[1:]] == head_reply.meta["expressions"]
+    assert blocks["jawOpen"].value == pytest.approx(WEIGHTS["jawOpen"], abs=1e-3)
+    assert len(imported.data.vertices) == 24591 and len(imported.material_slots) == 7
+    np.testing.assert_allclose(np.array(imported.matrix_world), POSE, atol=1e-5)  # the pose survives the axis swap
+    assert any(image.size[0] == 128 for image in bpy.data.images)  # the embedded atlas came back
+
+
+def test_obj_is_the_posed_head_with_its_texture(bpy, head_reply, tmp_path):
+    from addon import head_export
+
+    obj = _build(head_reply, subdivision_levels=0, smooth_iterations=0)
+    written = head_export.export_obj([obj], tmp_path / "head.obj")
+    assert [p.name for p in written] == ["head.obj", "head.mtl", "head.png"]
+    assert (tmp_path / "head.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "map_Kd head.png" in (tmp_path / "head.mtl").read_text()
+    lines = [line.split()[1:4] for line in (tmp_path / "head.obj").read_text().splitlines() if line.startswith("v ")]
+    exported = np.array(lines, np.float64)
+    posed = np.array(POSE)[:3, :3] @ _shape_key_mix(bpy, obj).T + np.array(POSE)[:3, 3:]
+    x, y, z = posed
+    np.testing.assert_allclose(exported, np.stack([x, z, -y], 1), atol=1e-5)  # OBJ is Y up, -Z forward
+    assert "head.png" not in bpy.data.images  # the file-backed stand-in is gone again
+
+
+OLDER_BLENDER_SCRIPT = r"""
+import json, sys
+import numpy as np
+import bpy
+sys.path.insert(0, sys.argv[-3])
+from pathlib import Path
+from types import SimpleNamespace
+from addon import head_export, head_scene, scene
+data, out = np.load(sys.argv[-2]), Path(sys.argv[-1])
+face = SimpleNamespace(index=0, meta=json.loads((out / "meta.json").read_text()), arrays={k: data[k] for k in data.files})
+obj = head_scene.build_head_object(face, name="head", settings=scene.BuildSettings(), metadata={})
+mesh = obj.data
+result = {"version": list(bpy.app.version), "quads": sum(p.loop_total == 4 for p in mesh.polygons),
+          "keys": [k.name for k in mesh.shape_keys.key_blocks], "materials": len(obj.material_slots),
+          "smooth": all(p.use_smooth for p in mesh.polygons), "matrix": [list(r) for r in obj.matrix_world],
+          "modifiers": [m.type for m in obj.modifiers]}
+head_export.export_glb([obj], out / "head.glb")
+head_export.export_obj([obj], out / "head.obj")
+head_export.export_fbx([obj], out / "head.fbx")
+bpy.ops.wm.save_as_mainfile(filepath=str(out / "head.blend"))
+bpy.ops.wm.read_homefile(use_empty=True)
+bpy.ops.import_scene.fbx(filepath=str(out / "head.fbx"))
+result["fbx_keys"] = [k.name for o in bpy.data.objects if o.type == "MESH" for k in o.data.shape_keys.key_blocks]
+print("RESULT " + json.dumps(result))
+"""
+
+
+REPO = Path(__file__).resolve().parents[1]
+BPY42_PYTHON = REPO / ".venv-bpy42" / "bin" / "python"  # kept by ./run test (bpy + numpy only)
+
+
+@pytest.mark.parametrize("blender", ["blender-3.4", "bpy-4.2-lts"])
+def test_head_on_older_blenders(head_reply, tmp_path, blender):
+    """The same modules build and export under Debian's Blender 3.4 and bpy 4.2 LTS (older mesh,
+    shape-key and exporter APIs)."""
+    script = tmp_path / "script.py"
+    script.write_text(OLDER_BLENDER_SCRIPT)
+    if blender == "blender-3.4":
+        if shutil.which("blender") is None:
+            pytest.skip("no blender binary on PATH")
+        command = [shutil.which("blender"), "-b", "--factory-startup", "--python-exit-code", "1", "-P", str(script)]
+    else:
+        if not BPY42_PYTHON.exists():
+            pytest.skip(f"no bpy 4.2 interpreter at {BPY42_PYTHON} (created by ./run test)")
+        command = [str(BPY42_PYTHON), str(script)]
+    np.savez(tmp_path / "head.npz", **head_reply.arrays)
+    (tmp_path / "meta.json").write_text(json.dumps(head_reply.meta))
+    result = subprocess.run([*command, "--", str(REPO), str(tmp_path / "head.npz"), str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, result.stdout[-3000:] + result.stderr[-3000:]
+    out = json.loads(lines[-1][len("RESULT "):])
+    assert out["version"][:2] == ([3, 4] if blender == "blender-3.4" else [4, 2])
+    names = ["Basis", *head_reply.meta["expressions"]]
+    assert out["quads"] == int((head_reply.arrays["polygon_sizes"] == 4).sum())
+    assert out["keys"] == names and out["fbx_keys"] == names and out["materials"] == 7 and out["smooth"]
+    np.testing.assert_allclose(out["matrix"], POSE, atol=1e-6)
+    assert out["modifiers"] == ["LAPLACIANSMOOTH", "SUBSURF", "DISPLACE"]
+    gltf = _glb_json(tmp_path / "head.glb")
+    assert gltf["meshes"][0]["extras"]["targetNames"] == names[1:]
+    assert all(len(p["targets"]) == 53 for p in gltf["meshes"][0]["primitives"])
+    assert {p.name for p in tmp_path.iterdir()} >= {"head.obj", "head.mtl", "head.png", "head.blend"}
