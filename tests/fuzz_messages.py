@@ -260,10 +260,7 @@ def nesting_family(rng, n, photos) -> Case:
 
 def valid_family(rng, n, photos) -> Case:
     rid = f"ok{n}"
-    choice = rng.randrange(4)
-    if choice == 0:
-        return valid_reconstruct(n, photos)
-    if choice == 1:
+    if rng.randrange(3) == 0:
         return Case("valid", [raw(header(rid, "cancel", {"id": "nothing-running"}))], frozenset({OK}), rid)
     return Case("valid", [raw(header(rid))], frozenset({OK}), rid)
 
@@ -280,13 +277,20 @@ FAMILIES = {"frames": (frames_family, 10), "header": (header_family, 10), "frame
             "nesting": (nesting_family, 3), "valid": (valid_family, 0.8)}
 
 
+RECONSTRUCT_EVERY = 250  # a valid reconstruction among this many messages: the worker's share stays known
+
+
 def cases(count: int, seed: int, photos: list[bytes]):
-    """``count`` cases drawn by weight with a fixed seed: the same messages every run."""
+    """``count`` cases drawn by weight with a fixed seed (the same messages every run), and a valid
+    reconstruction every ``RECONSTRUCT_EVERY``."""
     rng = random.Random(seed)
     names = list(FAMILIES)
     weights = [FAMILIES[name][1] for name in names]
     for n in range(count):
-        yield FAMILIES[rng.choices(names, weights)[0]][0](rng, n, photos)
+        if n % RECONSTRUCT_EVERY == RECONSTRUCT_EVERY // 2:
+            yield valid_reconstruct(n, photos)
+        else:
+            yield FAMILIES[rng.choices(names, weights)[0]][0](rng, n, photos)
 
 
 # ------------------------------------------------------------------------------------------------
