@@ -22,7 +22,8 @@ payloads are sent and received without copies (``copy=False`` on both ends).
 Decoding treats every byte as hostile: the header's JSON nesting depth is bounded before parsing,
 header fields have exact types (``version: true`` is not 1), ids are short strings, and frame
 shapes are checked (non-bool integers, at most ``MAX_NDIM`` dimensions, byte size computed in
-Python integers) before numpy sees them. Anything wrong is a ``ProtocolError``, nothing else.
+Python integers) before numpy sees them. Anything wrong is a ``ProtocolError``, nothing else. An
+error reply to a message whose id cannot be read (``read_id``) carries the id ''.
 
 Only numpy and pyzmq are imported here, so the module loads inside Blender's Python as well as
 in the torch server process.
