@@ -116,7 +116,9 @@ class LocalServer:
             os.close(handle)
         self.log_path = log_path
         self.info: dict = {}
+        self.returncode: int | None = None  # of the last process, once stopped
         self._process: subprocess.Popen | None = None
+        self._stop_requested: float | None = None
         self._log = None
 
     @property
@@ -178,20 +180,36 @@ class LocalServer:
                 except ProtocolError:
                     time.sleep(0.2)
 
-    def stop(self, timeout: float = 5.0) -> int | None:
-        """Terminate (then kill) the process; safe to call twice and at interpreter exit.
-        Returns the exit code (0: the server shut down cleanly on SIGTERM), None if nothing ran."""
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
+    def request_stop(self) -> None:
+        """Ask the server to exit (SIGTERM: it finishes cleanly) and return at once; ``poll_stopped`` reaps it."""
+        if self._process is not None and self._stop_requested is None:
+            self._stop_requested = time.monotonic()
+            if self._process.poll() is None:
+                self._process.terminate()
+
+    def poll_stopped(self, grace: float = 5.0) -> bool:
+        """Never blocks: True once the process is gone (``returncode`` set); SIGKILL ``grace`` s after the request."""
+        self.request_stop()
+        process = self._process
+        if process is None:
+            return True
+        if process.poll() is None:
+            if time.monotonic() - self._stop_requested >= grace:
                 process.kill()
-                process.wait(timeout)
+            return False
+        self._process, self._stop_requested, self.returncode = None, None, process.returncode
         self._close_log()
         atexit.unregister(self.stop)
-        return None if process is None else process.returncode
+        return True
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """Blocking stop for quit, scripts and tests: SIGTERM, then SIGKILL after ``timeout``; safe to call twice.
+        Returns the exit code (0: the server shut down cleanly on SIGTERM), None if nothing ran."""
+        if self._process is None:
+            return None
+        while not self.poll_stopped(timeout):
+            time.sleep(0.02)
+        return self.returncode
 
     def _close_log(self) -> None:
         if self._log is not None:

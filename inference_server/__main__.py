@@ -82,12 +82,13 @@ def _serve(args) -> int:
         config = ServerConfig(bind=args.bind, max_queue=args.max_queue, limits=limits.from_args(args), keys=keys,
                               max_message_bytes=int(args.max_message_mb * 1024 * 1024), insecure=args.insecure)
         defaults = ReconstructionConfig(**options.given(args, request_options()))
-        server = InferenceServer(config, lambda: FacePipeline(device, defaults), defaults)
+        server = InferenceServer(config, lambda: FacePipeline(device, defaults, head_model=find_model()), defaults)
     except ValueError as exc:  # bad key files, defaults over the limits, a reachable address without keys
         print(f"error: {exc}", file=sys.stderr)
         return Exit.USAGE
     import torch
 
+    from .head.store import find_model
     from .pipeline import FacePipeline, resolve_device
 
     if args.threads:
@@ -156,7 +157,8 @@ def _reconstruct(args) -> int:
             target = args.output if len(faces) == 1 else args.output.with_name(f"{args.output.stem}_face{index}{args.output.suffix}")
             outputs += [str(p) for p in exporters.write(target, arrays)]
     summary = {"photo": str(args.photo), "image_size": meta.get("image_size"), "faces_detected": meta.get("faces_detected"),
-               "faces": [{"index": i, "vertices": int(len(a["vertices"])), "triangles": int(len(a["faces"]))} for i, a in faces],
+               "faces": [{"index": i, "vertices": int(len(a["vertices"])),
+                          "triangles": int(len(exporters.polygons(a).triangles()))} for i, a in faces],
                "timings_ms": meta.get("timings_ms"), "outputs": outputs}
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -171,7 +173,9 @@ def _reconstruct(args) -> int:
 def _in_process(args, data: bytes, request: dict):
     from .pipeline import FacePipeline, resolve_device
 
-    pipeline = FacePipeline(resolve_device(args.device))
+    from .head.store import find_model
+
+    pipeline = FacePipeline(resolve_device(args.device), head_model=find_model())
     result = pipeline.reconstruct(data, request)
     return [(face.index, face.arrays) for face in result.faces], result.meta
 

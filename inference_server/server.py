@@ -224,7 +224,7 @@ class InferenceServer:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "reconstruct needs an 'image' frame of kind 'bytes' holding "
                                                        "the photo file (JPEG, PNG, WebP, BMP or TIFF)")
         config = self.defaults.with_params(message.params)
-        self.limits.check(config)
+        self.limits.check(config, self._head(config))
         timeout_ms = message.header.get("timeout_ms")
         deadline = time.monotonic() + (timeout_ms / 1000 if timeout_ms else float("inf"))
         job = Job(identity, message, config, deadline, self.limits.request_seconds)
@@ -236,6 +236,11 @@ class InferenceServer:
             except queue.Full:
                 raise ProtocolError(ErrorCode.BUSY, f"server busy: {self.config.max_queue} requests already queued") from None
             self._active[job.key] = job
+
+    def _head(self, config) -> bool:
+        """Whether a request gets head geometry (``auto`` does where the model is installed)."""
+        geometry = getattr(config, "geometry", "face")
+        return geometry == "head" or (geometry == "auto" and "head" in self._info.get("geometries", ()))
 
     def _cancel(self, identity: bytes, params: dict) -> bool:
         """Mark a client's own queued or running request as cancelled; False if there is none."""
@@ -318,7 +323,7 @@ class InferenceServer:
         def report(stage: str, text: str, fraction: float, face: int, faces: int) -> None:
             job.check(stage)
             if faces > 1:
-                self.limits.check_reply(job.config, faces)
+                self.limits.check_reply(job.config, faces, self._head(job.config))
             protocol.send_frames(push, protocol.encode_progress(message.id, stage, text, fraction, face, faces),
                                  prefix=[job.identity])
         try:

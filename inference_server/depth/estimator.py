@@ -1,0 +1,95 @@
+"""Learned depth on the aligned face crop: preprocessing per network, inference, fusion with the prior."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import cv2
+import numpy as np
+import torch
+
+from .checkpoints import load_network
+from .fuse import Alignment, FuseConfig, fuse_depth
+from .networks import Architecture, DepthNet
+from .store import find_checkpoint
+
+
+@dataclass(frozen=True)
+class DepthConfig:
+    checkpoint: str                 # a checkpoint file, or the name of an installed one
+    architecture: str = "auto"      # "auto" = detected from the file's keys and shapes
+    input_size: int = 0             # network input side in pixels; 0 = the network's native size
+    fuse_weight: float = 1.0        # share of the network in the fused depth's detail (0..1)
+    device: str = "cpu"             # "cpu", "cuda", "cuda:1"; CUDA runs in half precision
+    camera_distance: float = 1.0    # metres, for the inverse-depth alignment (math.inf = weak perspective)
+
+
+def network_input_size(arch: Architecture, height: int, width: int, requested: int = 0) -> tuple[int, int]:
+    """(H, W) for the network: the shorter side near ``requested`` (or the native size), aspect kept,
+    both rounded to the network's multiple (14 for DINOv2 patches, 32 for the 5-level decoders)."""
+    side = requested or arch.native_size
+    if arch.fixed_size:
+        if side != arch.native_size:
+            raise ValueError(f"{arch.id} runs at {arch.native_size} px only, not {side}")
+        return side, side
+    scale = side / min(height, width)
+    m = arch.multiple
+    return max(m, round(height * scale / m) * m), max(m, round(width * scale / m) * m)
+
+
+def preprocess(rgb: np.ndarray, arch: Architecture, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 RGB (H, W, 3) -> normalised float tensor (1, 3, h, w), resized bicubically as upstream."""
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected an RGB uint8 image (H, W, 3), got {rgb.dtype} {rgb.shape}")
+    resized = cv2.resize(rgb, (size[1], size[0]), interpolation=cv2.INTER_CUBIC).astype(np.float32) / 255.0
+    normalised = (resized - np.asarray(arch.mean, np.float32)) / np.asarray(arch.std, np.float32)
+    return torch.from_numpy(normalised.transpose(2, 0, 1).copy()).unsqueeze(0)
+
+
+class DepthEstimator:
+    """One network on one device; ``predict`` and ``fused_depth`` are called from one thread at a time."""
+
+    def __init__(self, config: DepthConfig, network: DepthNet | None = None):
+        self.config = config
+        self.device = torch.device(config.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("the depth network was asked to run on CUDA but torch sees no CUDA GPU")
+        if network is None:
+            network = load_network(find_checkpoint(config.checkpoint), config.architecture, self.device)
+        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        self.network = network.to(self.device, self.dtype).eval()
+        self.arch = network.arch
+        self.fuse = FuseConfig(weight=config.fuse_weight, camera_distance=config.camera_distance)
+        network_input_size(self.arch, 64, 64, config.input_size)  # reject a bad size now, not per request
+
+    def predict(self, crop_rgb: np.ndarray) -> np.ndarray:
+        """Relative inverse depth (H, W) float32 on the crop's own grid (larger = nearer)."""
+        h, w = crop_rgb.shape[:2]
+        size = network_input_size(self.arch, h, w, self.config.input_size)
+        image = preprocess(crop_rgb, self.arch, size).to(self.device, self.dtype)
+        with torch.inference_mode():
+            out = self.network(image)[:, None].float()
+            out = torch.nn.functional.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
+        result = out[0, 0].cpu().numpy()
+        if not np.isfinite(result).all():
+            raise FloatingPointError(f"{self.arch.id} produced non-finite depth (half-precision overflow?)")
+        return result
+
+    def fused_depth(self, crop_rgb: np.ndarray, prior_depth: np.ndarray, mask: np.ndarray,
+                    weight: float | None = None) -> tuple[np.ndarray, Alignment]:
+        """(fused metric heights on the prior's grid, alignment) - see ``fuse.fuse_depth``.
+
+        ``prior_depth`` and ``mask`` cover the same area as the crop, at any resolution; ``weight``
+        overrides the configured fuse weight for this call (a per-request option)."""
+        inverse = self.predict(crop_rgb)
+        rows, cols = prior_depth.shape
+        on_prior_grid = cv2.resize(inverse, (cols, rows), interpolation=cv2.INTER_AREA)
+        fuse = self.fuse if weight is None else replace(self.fuse, weight=weight)
+        return fuse_depth(on_prior_grid, prior_depth, mask, fuse)
+
+    def info(self) -> dict:
+        return {"architecture": self.arch.id, "title": self.arch.title, "licence": self.arch.licence,
+                "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
+                "input_size": list(network_input_size(self.arch, 1, 1, self.config.input_size)),
+                "fuse_weight": self.config.fuse_weight,
+                "camera_distance": None if math.isinf(self.config.camera_distance) else self.config.camera_distance}

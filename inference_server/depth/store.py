@@ -1,0 +1,75 @@
+"""Installed depth checkpoints: ``<data dir>/depth/<name>.pt`` plus ``<name>.json`` (architecture, size).
+
+The data dir is ``$FACEFORGE_DATA`` if set, else the per-user data folder of the OS. Installing
+checks the file completely first (keys and shapes against its architecture), so a name that
+resolves always names a usable checkpoint. Nothing is ever downloaded.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import platformdirs
+
+from .checkpoints import CheckpointError, detect_architecture, from_upstream, read_state_dict
+from .networks import build_network, get_architecture
+
+SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("FACEFORGE_DATA") or platformdirs.user_data_dir("FaceForge"))
+
+
+def depth_dir(root: Path | None = None) -> Path:
+    return (root or data_dir()) / "depth"
+
+
+def install_checkpoint(path: str | Path, root: Path | None = None, architecture: str = "auto",
+                       overwrite: bool = False) -> Path:
+    """Validate ``path`` and copy it into the store under its own file name; returns the installed path."""
+    source = Path(path)
+    upstream = read_state_dict(source)
+    arch = detect_architecture(upstream) if architecture == "auto" else get_architecture(architecture)
+    from_upstream(upstream, build_network(arch, "meta"))
+    target_dir = depth_dir(root)
+    target = target_dir / (source.stem + ".pt")
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} is already installed (overwrite to replace it)")
+    target_dir.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".pt.partial")
+    shutil.copyfile(source, partial)
+    partial.replace(target)  # a crash mid-copy never leaves a truncated checkpoint under the real name
+    target.with_suffix(".json").write_text(json.dumps(
+        {"architecture": arch.id, "source": source.name, "bytes": target.stat().st_size}, indent=1))
+    return target
+
+
+def installed(root: Path | None = None) -> dict[str, str]:
+    """Installed checkpoint name -> architecture id."""
+    folder = depth_dir(root)
+    if not folder.is_dir():
+        return {}
+    return {meta.stem: json.loads(meta.read_text()).get("architecture", "?")
+            for meta in sorted(folder.glob("*.json")) if meta.with_suffix(".pt").is_file()}
+
+
+def find_checkpoint(name_or_path: str | Path, root: Path | None = None) -> Path:
+    """An existing file path as is; else an installed checkpoint by name or by architecture id."""
+    candidate = Path(name_or_path).expanduser()
+    if candidate.is_file():
+        return candidate
+    names = installed(root)
+    name = str(name_or_path)
+    stem = Path(name).stem if Path(name).suffix in SUFFIXES else name
+    if stem in names:
+        return depth_dir(root) / f"{stem}.pt"
+    by_arch = [n for n, arch in names.items() if arch == name]
+    if len(by_arch) == 1:
+        return depth_dir(root) / f"{by_arch[0]}.pt"
+    known = ", ".join(f"{n} ({a})" for n, a in names.items()) or "none"
+    raise CheckpointError(f"depth model {name!r} is neither a file nor an installed checkpoint "
+                          f"(installed in {depth_dir(root)}: {known}); install one with "
+                          "`python -m inference_server model install CHECKPOINT`")
