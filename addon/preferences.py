@@ -17,6 +17,12 @@ class FACEFORGE_AP_preferences(bpy.types.AddonPreferences):
 
     server_address: StringProperty(name="Server Address", default=DEFAULT_ADDRESS,
                                     description="ZeroMQ address of the FaceForge inference server")
+    server_public_key: StringProperty(name="Server Public Key", subtype="FILE_PATH", default="",
+                                      description="A remote server's public key file (SERVER.key): CURVE "
+                                                  "authentication and encryption. Empty for a local server")
+    client_key_pair: StringProperty(name="Own Key Pair", subtype="FILE_PATH", default="",
+                                    description="This workstation's key pair (NAME.key_secret, from `python -m "
+                                                "inference_server keys generate`); the server must list NAME.key")
     request_timeout: FloatProperty(name="Request Timeout", default=120.0, min=1.0, max=3600.0, subtype="TIME_ABSOLUTE",
                                    unit="TIME_ABSOLUTE", description="Seconds to wait for one reconstruction")
     python_path: StringProperty(name="Python", subtype="FILE_PATH", default="",
@@ -35,6 +41,8 @@ class FACEFORGE_AP_preferences(bpy.types.AddonPreferences):
         layout.use_property_split = True
         column = layout.column(heading="Server")
         column.prop(self, "server_address")
+        column.prop(self, "server_public_key")
+        column.prop(self, "client_key_pair")
         column.prop(self, "request_timeout")
         column = layout.column(heading="Local Server")
         column.prop(self, "python_path")

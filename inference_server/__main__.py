@@ -1,4 +1,5 @@
-"""Command line: ``serve`` runs the ZeroMQ server; ``reconstruct`` turns one photo into mesh files.
+"""Command line: ``serve`` runs the ZeroMQ server; ``reconstruct`` turns one photo into mesh files;
+``keys generate`` writes a CURVE key pair for remote use.
 
 Reconstruction options come from the one schema (``addon.wire.options``): ``serve`` takes them as the
 server's defaults (and limits), ``reconstruct`` as the request's options.
@@ -12,9 +13,10 @@ import signal
 import sys
 from pathlib import Path
 
-from addon.wire import options
+from addon.wire import options, security
 from addon.wire.errors import EXIT_HELP, Exit, exit_for
 
+from . import limits
 from .head.cli import add_model_commands, run_model_command
 
 
@@ -27,12 +29,22 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m inference_server", description=__doc__, epilog=EXIT_HELP)
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the inference server", epilog=EXIT_HELP)
-    serve.add_argument("--bind", default="tcp://127.0.0.1:5555", help="ZeroMQ address to bind (default %(default)s)")
+    serve.add_argument("--bind", default="tcp://127.0.0.1:5555",
+                       help="ZeroMQ address to bind (default %(default)s: this machine only; other addresses need "
+                            "--secret-key and --client-keys, or --insecure)")
     serve.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default %(default)s)")
     serve.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
-    serve.add_argument("--max-queue", type=int, default=32, help="queued reconstructions before 'busy' replies")
-    serve.add_argument("--max-message-mb", type=float, default=256, help="largest accepted request, MB")
-    options.add_arguments(serve, request_options(), title="request defaults (limits: the most a request may ask for)")
+    serve.add_argument("--max-queue", type=limits.bounded(int, 1, 10_000), default=32,
+                       help="queued reconstructions before 'busy' replies")
+    serve.add_argument("--max-message-mb", type=limits.bounded(float, 0.1, 4096), default=256,
+                       help="largest accepted request, MB")
+    remote = serve.add_argument_group("remote use (CURVE authentication and encryption)")
+    remote.add_argument("--secret-key", metavar="FILE", help="the server's key pair (SERVER.key_secret)")
+    remote.add_argument("--client-keys", metavar="DIR", help="folder of the public keys (*.key) of accepted clients")
+    remote.add_argument("--insecure", action="store_true",
+                        help="serve a non-loopback address without authentication or encryption")
+    limits.add_arguments(serve)
+    options.add_arguments(serve, request_options(), title="request defaults (max_pixels: the most a request may ask for)")
     recon = commands.add_parser("reconstruct", help="reconstruct the face(s) in one photo", epilog=EXIT_HELP)
     recon.add_argument("photo", type=Path)
     recon.add_argument("-o", "--output", type=Path, help="OUT.obj | OUT.ply | OUT.npz (one file per face with --face all)")
@@ -41,6 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     recon.add_argument("--device", default="auto", help="device for in-process reconstruction")
     recon.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the server")
     recon.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    security.add_client_arguments(recon)
+    keys = commands.add_parser("keys", help="CURVE key pairs for remote use")
+    keys.add_argument("action", choices=("generate",))
+    keys.add_argument("folder", type=Path, help="where NAME.key (public) and NAME.key_secret (private) are written")
+    keys.add_argument("--name", default="faceforge", help="file name stem (default %(default)s)")
     add_model_commands(commands)
     return parser
 
@@ -51,17 +68,28 @@ def main(argv: list[str] | None = None) -> int:
         return run_model_command(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
-        return _serve(args) if args.command == "serve" else _reconstruct(args)
+        return {"serve": _serve, "reconstruct": _reconstruct, "keys": _keys}[args.command](args)
     except KeyboardInterrupt:
         return Exit.INTERRUPTED
 
 
 def _serve(args) -> int:
+    from .config import ReconstructionConfig, ServerConfig
+    from .server import InferenceServer
+
+    try:  # what an operator can get wrong is checked before torch loads (seconds)
+        keys = _server_keys(args)
+        config = ServerConfig(bind=args.bind, max_queue=args.max_queue, limits=limits.from_args(args), keys=keys,
+                              max_message_bytes=int(args.max_message_mb * 1024 * 1024), insecure=args.insecure)
+        defaults = ReconstructionConfig(**options.given(args, request_options()))
+        server = InferenceServer(config, lambda: FacePipeline(device, defaults, head_model=find_model()), defaults)
+    except ValueError as exc:  # bad key files, defaults over the limits, a reachable address without keys
+        print(f"error: {exc}", file=sys.stderr)
+        return Exit.USAGE
     import torch
 
-    from .config import ReconstructionConfig, ServerConfig
+    from .head.store import find_model
     from .pipeline import FacePipeline, resolve_device
-    from .server import InferenceServer
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -70,12 +98,6 @@ def _serve(args) -> int:
     except (RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return Exit.USAGE
-    config = ServerConfig(bind=args.bind, max_queue=args.max_queue,
-                          max_message_bytes=int(args.max_message_mb * 1024 * 1024))
-    defaults = ReconstructionConfig(**options.given(args, request_options()))
-    from .head.store import find_model
-
-    server = InferenceServer(config, lambda: FacePipeline(device, defaults, head_model=find_model()), defaults)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: server.stop())
 
@@ -87,6 +109,26 @@ def _serve(args) -> int:
     except Exception as exc:  # bind failures and model-loading failures end the process with one line
         print(f"error: {exc}", file=sys.stderr)
         return Exit.FAILED
+    return Exit.OK
+
+
+def _server_keys(args):
+    from .security import ServerKeys
+
+    if not args.secret_key and not args.client_keys:
+        return None
+    if not args.secret_key or not args.client_keys:
+        raise ValueError("CURVE needs both --secret-key and --client-keys")
+    return ServerKeys.load(args.secret_key, args.client_keys)
+
+
+def _keys(args) -> int:
+    try:
+        public, secret = security.generate(args.folder, args.name)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return Exit.USAGE
+    print(f"public key (share it): {public}\nkey pair (keep it private): {secret}")
     return Exit.OK
 
 
@@ -145,8 +187,13 @@ def _in_process(args, data: bytes, request: dict):
 
 def _through_server(args, data: bytes, request: dict):
     from addon.wire.client import Client
+    from addon.wire.errors import ErrorCode, ProtocolError
 
-    with Client(args.server, timeout=args.timeout) as client:
+    try:
+        keys = security.client_keys_from_args(args)
+    except security.KeyFileError as exc:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, str(exc)) from None
+    with Client(args.server, timeout=args.timeout, keys=keys) as client:
         result = client.reconstruct(data, request)
     return [(face.index, face.arrays) for face in result.faces], result.meta
 

@@ -31,10 +31,12 @@ class FaceDetector:
     def detect(self, rgb: np.ndarray, max_side: int, min_score: float, min_face_fraction: float) -> list[Detection]:
         height, width = rgb.shape[:2]
         scale = min(1.0, max_side / max(height, width))
-        small = rgb if scale == 1.0 else cv2.resize(rgb, (round(width * scale), round(height * scale)),
+        small = rgb if scale == 1.0 else cv2.resize(rgb, (max(1, round(width * scale)), max(1, round(height * scale))),
                                                     interpolation=cv2.INTER_AREA)
         # MTCNN's image pyramid starts at 12 / min_face_size: the smallest face sets the cost.
         self._mtcnn.min_face_size = max(12, round(min_face_fraction * max(small.shape[:2])))
+        if min(small.shape[:2]) < self._mtcnn.min_face_size:  # a sliver: no face fits (and MTCNN would fail)
+            return []
         with torch.inference_mode():
             boxes, scores, points = self._mtcnn.detect(small, landmarks=True)
         if boxes is None:

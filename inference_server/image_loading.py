@@ -9,6 +9,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from addon.wire.protocol import ErrorCode, ProtocolError
 
 SUPPORTED = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "MPO")
+MIN_SIDE = 32  # pixels: the smallest face the detector finds is 12 px inside a margin of context
 
 # Our own ``max_pixels`` check (configurable per request, with a clear message) replaces Pillow's
 # fixed decompression-bomb limit, which would otherwise fire first with a less useful error.
@@ -24,6 +25,9 @@ def load_rgb(data: bytes | memoryview, max_pixels: int) -> np.ndarray:
         if image.format not in SUPPORTED:
             raise ProtocolError(ErrorCode.BAD_IMAGE, f"unsupported image format {image.format}; use JPEG, PNG, WebP, BMP or TIFF")
         width, height = image.size
+        if min(width, height) < MIN_SIDE:
+            raise ProtocolError(ErrorCode.BAD_IMAGE, f"image is {width}x{height} pixels; a photo needs at least "
+                                                     f"{MIN_SIDE} pixels on each side")
         if width * height > max_pixels:
             raise ProtocolError(ErrorCode.TOO_LARGE,
                                 f"image is {width}x{height} = {width * height / 1e6:.1f} MP; the limit is {max_pixels / 1e6:.1f} MP")
@@ -31,8 +35,8 @@ def load_rgb(data: bytes | memoryview, max_pixels: int) -> np.ndarray:
         return _to_rgb8(ImageOps.exif_transpose(image))
     except UnidentifiedImageError:
         raise ProtocolError(ErrorCode.BAD_IMAGE, "not a recognised image (JPEG, PNG, WebP, BMP or TIFF expected)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ProtocolError(ErrorCode.BAD_IMAGE, f"cannot decode image: {exc}") from None
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
+        raise ProtocolError(ErrorCode.BAD_IMAGE, f"cannot decode image ({exc.__class__.__name__}: {str(exc)[:120]})") from None
 
 
 def _to_rgb8(image: Image.Image) -> np.ndarray:

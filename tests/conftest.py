@@ -111,3 +111,16 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def server_address(server) -> str:
     return server.address
+
+
+@pytest.fixture(scope="session")
+def limited_server(tmp_path_factory):
+    """A server with tight operator limits (tests/fuzz_messages.py FUZZ_SERVER_ARGS): 2 MB messages,
+    4 MP photos, texture_size <= 1024, 16 MB replies, a queue of 8."""
+    from .fuzz_messages import FUZZ_SERVER_ARGS
+
+    server = start_server(tmp_path_factory.mktemp("limited") / "server.log", *FUZZ_SERVER_ARGS)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -220,10 +220,12 @@ def test_bad_option_is_refused_at_once_naming_its_range(server_address, astronau
 def test_cancelled_request_stops_early_and_frees_the_worker(server_address, grace_hopper_jpg, astronaut_png):
     with Client(server_address, timeout=120) as client:
         started = time.monotonic()
-        client.reconstruct(grace_hopper_jpg, {"resolution": 400})  # the full cost, for comparison
+        # Heavy late stages (mesh, detail) against an early stop: the margin survives a loaded machine.
+        heavy_options = {"resolution": 400, "texture_size": 2048, "detail_sigma": 20.0}
+        client.reconstruct(grace_hopper_jpg, heavy_options)  # the full cost, for comparison
         full = time.monotonic() - started
         first_progress = threading.Event()
-        heavy = client.send("reconstruct", {"resolution": 400}, {"image": grace_hopper_jpg},
+        heavy = client.send("reconstruct", heavy_options, {"image": grace_hopper_jpg},
                             on_progress=lambda report: first_progress.set())
         with pytest.raises(ProtocolError):  # stops waiting (CANCELLED) once the first progress report arrived
             client.receive(timeout=30, cancel=first_progress)

@@ -6,6 +6,9 @@ nobody waits for any more and are dropped. Several requests may be in flight on 
 
 One ``Client`` belongs to one thread (ZeroMQ sockets are not thread-safe). Blender's UI runs a
 client on a worker thread and hands results back to the main thread as futures.
+
+For a remote server, ``keys`` (``security.ClientKeys``) makes the socket a CURVE client: the server
+is authenticated by its public key and the traffic is encrypted.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import zmq
 
 from . import protocol
 from .protocol import ErrorCode, Message, ProtocolError
+from .security import ClientKeys
 
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
 CONNECT_TIMEOUT = 3.0  # seconds to wait for the TCP connection before calling the server unreachable
@@ -31,8 +35,10 @@ class Client:
     """Blocking client with a deadline on every call."""
 
     def __init__(self, address: str = DEFAULT_ADDRESS, timeout: float = 60.0,
-                 context: zmq.Context | None = None, max_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES):
+                 context: zmq.Context | None = None, max_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES,
+                 keys: ClientKeys | None = None):
         self.address = address
+        self.keys = keys
         self.timeout = timeout
         self.max_bytes = max_bytes
         self._context = context or zmq.Context.instance()
@@ -40,6 +46,8 @@ class Client:
         self._socket.setsockopt(zmq.LINGER, 0)
         # Queue messages only on completed connections, so "server not running" is detected at send time.
         self._socket.setsockopt(zmq.IMMEDIATE, 1)
+        if keys is not None:
+            keys.apply(self._socket)
         self._socket.connect(address)
         self._ids = itertools.count(1)
         self._cancels_sent = False
@@ -70,8 +78,8 @@ class Client:
         request_id = f"{self._prefix}-{next(self._ids)}"
         frames = protocol.encode_request(op, request_id, params, payloads, version=version, timeout=timeout)
         if not self._socket.poll(int(CONNECT_TIMEOUT * 1000), zmq.POLLOUT):
-            raise ProtocolError(ErrorCode.UNREACHABLE,
-                                f"cannot connect to the FaceForge server at {self.address}: is it running?")
+            why = "is it running, and does it accept this client's key?" if self.keys else "is it running?"
+            raise ProtocolError(ErrorCode.UNREACHABLE, f"cannot connect to the FaceForge server at {self.address}: {why}")
         protocol.send_frames(self._socket, frames)
         self._outstanding.add(request_id)
         if on_progress is not None:

@@ -19,12 +19,20 @@ Each entry of ``frames`` is ``{"name": str, "kind": "array"|"bytes", "dtype": st
 (``dtype``/``shape`` only for arrays).  Arrays travel as their raw C-ordered bytes, so large
 payloads are sent and received without copies (``copy=False`` on both ends).
 
+Decoding treats every byte as hostile: the header's JSON nesting depth is bounded before parsing,
+header fields have exact types (``version: true`` is not 1), ids are short strings, and frame
+shapes are checked (non-bool integers, at most ``MAX_NDIM`` dimensions, byte size computed in
+Python integers) before numpy sees them. Anything wrong is a ``ProtocolError``, nothing else. An
+error reply to a message whose id cannot be read (``read_id``) carries the id ''.
+
 Only numpy and pyzmq are imported here, so the module loads inside Blender's Python as well as
 in the torch server process.
 """
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -37,6 +45,10 @@ PROTOCOL = "faceforge"
 VERSION = 2  # 2: progress messages, cancel op, request timeouts
 
 MAX_HEADER_BYTES = 64 * 1024
+MAX_JSON_DEPTH = 16       # a real header nests 4 deep (header > frames > descriptor > shape)
+MAX_ID_CHARS = 128
+MAX_NDIM = 32             # numpy's own limit is 64; no payload needs more than 3
+MAX_TIMEOUT_MS = 24 * 3600 * 1000
 DEFAULT_MAX_FRAMES = 64
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 ZERO_COPY_THRESHOLD = 64 * 1024  # below this, copying is cheaper than zero-copy bookkeeping
@@ -64,7 +76,9 @@ class Message:
 
     @property
     def params(self) -> dict:
-        return self.header.get("params") or {}
+        """The request's options; ``check_request`` guarantees a dict for requests."""
+        value = self.header.get("params")
+        return value if isinstance(value, dict) else {}
 
     @property
     def progress(self) -> dict | None:
@@ -140,13 +154,14 @@ def encode_error(request_id: str, code: str, message: str) -> list:
     return _encode({"id": request_id, "ok": False, "error": {"code": code, "message": message}}, None)
 
 
-def send_frames(socket, frames: Sequence, prefix: Sequence[bytes] = ()) -> None:
-    """Send ``prefix`` (routing ids) + frames; large buffers go zero-copy."""
+def send_frames(socket, frames: Sequence, prefix: Sequence[bytes] = (), flags: int = 0) -> None:
+    """Send ``prefix`` (routing ids) + frames; large buffers go zero-copy. ``flags`` (e.g. ``zmq.NOBLOCK``)
+    apply to every part."""
     parts = list(prefix) + list(frames)
     last = len(parts) - 1
     for i, part in enumerate(parts):
         big = isinstance(part, np.ndarray) and part.nbytes >= ZERO_COPY_THRESHOLD
-        socket.send(part, flags=(0 if i == last else zmq.SNDMORE), copy=not big)
+        socket.send(part, flags=flags | (0 if i == last else zmq.SNDMORE), copy=not big)
 
 
 def frame_bytes(frame) -> memoryview:
@@ -157,7 +172,8 @@ def frame_bytes(frame) -> memoryview:
 
 def decode(frames: Sequence, *, max_frames: int = DEFAULT_MAX_FRAMES,
            max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, expect_version: int | None = VERSION) -> Message:
-    """Validate and decode frames (header first). Raises ``ProtocolError`` with a precise reason.
+    """Validate and decode frames (header first). Raises ``ProtocolError`` with a precise reason, never
+    anything else, whatever the frames hold.
 
     Arrays are zero-copy views on the received frames and therefore read-only.
     """
@@ -169,13 +185,15 @@ def decode(frames: Sequence, *, max_frames: int = DEFAULT_MAX_FRAMES,
     total = sum(v.nbytes for v in views)
     if total > max_bytes:
         raise ProtocolError(ErrorCode.TOO_LARGE, f"message is {total} bytes; the limit is {max_bytes}")
-    header = _parse_header(views[0])
+    header = parse_header(views[0])
     if header.get("protocol") != PROTOCOL:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"not a {PROTOCOL} message (protocol={header.get('protocol')!r})")
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"not a {PROTOCOL} message (protocol={clip(header.get('protocol'))})")
     version = header.get("version")
-    if expect_version is not None and version != expect_version:
+    if expect_version is not None and (type(version) is not int or version != expect_version):
         raise ProtocolError(ErrorCode.UNSUPPORTED_VERSION,
-                            f"protocol version {version!r} is not supported; this side speaks version {expect_version}")
+                            f"protocol version {clip(version)} is not supported; this side speaks version {expect_version}")
+    if header_id(header) is None:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"'id' must be a string of at most {MAX_ID_CHARS} characters")
     descriptors = header.get("frames", [])
     if not isinstance(descriptors, list) or len(descriptors) != len(views) - 1:
         n = len(descriptors) if isinstance(descriptors, list) else "?"
@@ -187,37 +205,93 @@ def decode(frames: Sequence, *, max_frames: int = DEFAULT_MAX_FRAMES,
     return Message(header=header, payloads=payloads)
 
 
-def _parse_header(view: memoryview) -> dict:
+def check_request(message: Message) -> None:
+    """Field types of a request's header, beyond what ``decode`` checks for every message."""
+    header = message.header
+    op = header.get("op")
+    if not isinstance(op, str) or op not in OPS:
+        raise ProtocolError(ErrorCode.UNKNOWN_OP, f"unknown op {clip(op)}; known: {', '.join(OPS)}")
+    if not isinstance(header.get("params", {}), dict):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "'params' must be a JSON object of options")
+    timeout_ms = header.get("timeout_ms")
+    if timeout_ms is not None and (type(timeout_ms) is not int or not 1 <= timeout_ms <= MAX_TIMEOUT_MS):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"'timeout_ms' must be an integer in [1, {MAX_TIMEOUT_MS}]")
+
+
+def header_id(header: dict) -> str | None:
+    """The message id ('' when absent), or None when it is not a short string."""
+    value = header.get("id", "")
+    return value if isinstance(value, str) and len(value) <= MAX_ID_CHARS else None
+
+
+def read_id(frames: Sequence) -> str:
+    """The id of a message that failed to decode, if its header yields one; '' otherwise. Never raises."""
+    try:
+        return header_id(parse_header(frame_bytes(frames[0]))) or ""
+    except Exception:  # noqa: BLE001 - this runs on the error path of arbitrary bytes
+        return ""
+
+
+def clip(value: Any, limit: int = 60) -> str:
+    """A client-supplied value for a message or a log line: escaped (no newlines or control
+    characters can forge lines) and truncated."""
+    text = repr(value[:limit + 1] if isinstance(value, (str, bytes)) else value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_OPENERS, _CLOSERS = np.frombuffer(b"[{", np.uint8), np.frombuffer(b"]}", np.uint8)
+
+
+def json_depth(raw: bytes) -> int:
+    """Deepest bracket nesting outside string literals, without recursion (the json module recurses)."""
+    structure = np.frombuffer(_JSON_STRING.sub(b"", raw), np.uint8)
+    steps = np.isin(structure, _OPENERS).astype(np.int32) - np.isin(structure, _CLOSERS)
+    return int(np.cumsum(steps).max(initial=0))
+
+
+def parse_header(view: memoryview) -> dict:
     if view.nbytes > MAX_HEADER_BYTES:
         raise ProtocolError(ErrorCode.TOO_LARGE, f"header frame is {view.nbytes} bytes; the limit is {MAX_HEADER_BYTES}")
+    raw = bytes(view)
+    if json_depth(raw) > MAX_JSON_DEPTH:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"header JSON nests deeper than {MAX_JSON_DEPTH} levels")
     try:
-        header = json.loads(bytes(view).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"header frame is not UTF-8 JSON ({exc.__class__.__name__})") from None
+        header = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"header frame is not UTF-8 JSON ({str(exc)[:100]})") from None
     if not isinstance(header, dict):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "header frame is not a JSON object")
     return header
 
 
+def _refuse_constant(name: str) -> None:
+    """``NaN``, ``Infinity`` and ``-Infinity`` are not JSON; Python's parser accepts them unless told."""
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def _decode_payload(desc: Any, view: memoryview) -> tuple[str, Any]:
-    if not isinstance(desc, dict) or not isinstance(desc.get("name"), str):
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"bad frame descriptor {desc!r:.80}")
+    if not isinstance(desc, dict) or not isinstance(desc.get("name"), str) or len(desc["name"]) > MAX_ID_CHARS:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"bad frame descriptor {clip(desc)}")
     name, kind = desc["name"], desc.get("kind")
     if kind == "bytes":
         return name, view
     if kind != "array":
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"frame {name!r}: unknown kind {kind!r}")
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"frame {clip(name)}: unknown kind {clip(kind)}")
     dtype, shape = desc.get("dtype"), desc.get("shape")
-    if dtype not in _ALLOWED_DTYPES:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"frame {name!r}: dtype {dtype!r} not allowed")
-    if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"frame {name!r}: bad shape {shape!r}")
-    dt = np.dtype(dtype)
-    expected = dt.itemsize * int(np.prod(shape, dtype=np.int64))
-    if expected != view.nbytes:
+    if not isinstance(dtype, str) or dtype not in _ALLOWED_DTYPES:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"frame {clip(name)}: dtype {clip(dtype)} not allowed")
+    if (not isinstance(shape, list) or len(shape) > MAX_NDIM
+            or not all(type(s) is int and 0 <= s < 2**31 for s in shape)):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"frame {clip(name)}: bad shape {clip(shape)} (at most {MAX_NDIM} "
+                                                   f"non-negative integers)")
+    itemsize = np.dtype(dtype).itemsize
+    # Python integers: no overflow. A zero-length axis must not hide an absurd size from numpy either.
+    expected = itemsize * math.prod(shape)
+    if expected != view.nbytes or itemsize * math.prod(max(s, 1) for s in shape) > 2**48:
         raise ProtocolError(ErrorCode.BAD_REQUEST,
-                            f"frame {name!r}: {view.nbytes} bytes do not match {dtype}{tuple(shape)} ({expected} bytes)")
-    return name, np.frombuffer(view, dtype=dt).reshape(shape)
+                            f"frame {clip(name)}: {view.nbytes} bytes do not match {dtype}{tuple(shape)}")
+    return name, np.frombuffer(view, dtype=dtype).reshape(shape)
 
 
 def face_payloads(index: int, arrays: Mapping[str, np.ndarray]) -> dict:
