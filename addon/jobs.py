@@ -75,6 +75,7 @@ class Worker:
         self._client: Client | None = None
         self._current: Job | None = None
         self._lock = threading.Lock()
+        self.keys = None  # security.ClientKeys for CURVE connections; None: plain (loopback)
 
     def submit(self, fn: Callable[[Job], Any], *, address: str = "", status: str = "Working") -> Job:
         job = Job(fn, address, status)
@@ -119,9 +120,10 @@ class Worker:
                 self._current = None
 
     def _client_for(self, address: str) -> Client:
-        if self._client is None or self._client.address != address:
+        keys = self.keys
+        if self._client is None or self._client.address != address or self._client.keys is not keys:
             self._drop_client()
-            self._client = Client(address, timeout=self.timeout)
+            self._client = Client(address, timeout=self.timeout, keys=keys)
         return self._client
 
     def _drop_client(self) -> None:

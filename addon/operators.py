@@ -71,6 +71,7 @@ def submit(context) -> Request:
         if props.photo_image is None:
             raise ValueError("Choose an image first")
         source, label = _image_source(props.photo_image), props.photo_image.name
+    SESSION.use_keys(*_key_files(prefs))
     return SESSION.submit_reconstruction(
         source, photo_label=label, options=props.server_options(),
         settings=props.build_settings(), location=tuple(context.scene.cursor.location),
@@ -244,9 +245,18 @@ class FACEFORGE_OT_server_stop(bpy.types.Operator):
         return {"FINISHED"}
 
 
+def _key_files(prefs) -> tuple:
+    return bpy.path.abspath(prefs.server_public_key), bpy.path.abspath(prefs.client_key_pair)
+
+
 def _tick() -> float:
     """bpy.app.timers: status probes and stopping servers, polled without blocking; faster while something runs."""
-    SESSION.poll_status(preferences.get(bpy.context).server_address)
+    prefs = preferences.get(bpy.context)
+    try:
+        SESSION.use_keys(*_key_files(prefs))
+        SESSION.poll_status(prefs.server_address)
+    except ValueError as exc:  # unusable key files: say so where the status goes
+        SESSION.status, SESSION.status_error = None, str(exc)
     stopped = SESSION.poll_stopping()
     if stopped is not None:
         SESSION.message = stopped

@@ -41,6 +41,7 @@ class Session:
     stopping: LocalServer | None = None    # a stop in progress (signalled, not yet exited)
     server_log: str = ""                   # log tail of a failed start, shown in the panel
     request: Request | None = None
+    key_paths: tuple = ("", "")            # the CURVE key files the workers' clients use
     status: dict | None = None             # last ``info`` reply, None when not connected
     status_error: str = ""
     status_job: Job | None = None
@@ -50,6 +51,17 @@ class Session:
     @property
     def busy(self) -> bool:
         return self.request is not None and not self.request.job.done()
+
+    def use_keys(self, server_key: str, client_key: str) -> None:
+        """CURVE keys (file paths from the preferences) for every later connection; both empty: plain.
+        Raises ``security.KeyFileError`` (a ValueError with a one-line message) for unusable files."""
+        if (server_key, client_key) == self.key_paths:
+            return
+        from .wire import security
+
+        keys = security.client_keys(server_key or None, client_key or None)
+        self.key_paths = (server_key, client_key)
+        self.requests.keys = self.probes.keys = keys
 
     def submit_reconstruction(self, source: str | Callable[[], bytes], *, photo_label: str, options: dict, settings: Any, location: tuple, address: str, timeout: float) -> Request:
         """Queue one request; ``source`` is a file path or a callable producing the photo's bytes (run off-thread)."""

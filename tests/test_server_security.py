@@ -17,6 +17,7 @@ from addon.wire.protocol import ErrorCode, ProtocolError
 
 from .conftest import REPO
 from .fuzz_messages import small_photos
+from .photo_fixtures import one_photo_folder  # noqa: F401 (fixture)
 
 
 def _cli(*args, timeout=120) -> subprocess.CompletedProcess:
@@ -200,3 +201,30 @@ def test_a_reachable_address_needs_keys_or_an_explicit_insecure(tmp_path):
     finally:
         process.kill()
         process.wait()
+
+
+def test_the_panel_session_and_the_batch_use_the_key_files(curve_server, keys, tmp_path, one_photo_folder):
+    """The add-on's preferences (key file paths) and the batch's --server-key/--client-key reach the server."""
+    from addon import session as session_module
+    from tests.batch_fixtures import _has_bpy, load_summary, python_command, run_batch
+
+    address = f"tcp://127.0.0.1:{curve_server[0]}"
+    state = session_module.Session()
+    try:
+        state.use_keys(str(keys / "server.key"), str(keys / "alice.key_secret"))
+        probe = state.probes.submit(lambda job: job.client.info(timeout=30), address=address)
+        assert probe.future.result(timeout=60)["protocol"] == "faceforge"
+        with pytest.raises(ValueError):
+            state.use_keys(str(keys / "server.key"), "")  # half a key set is refused, with a message
+    finally:
+        state.close()
+    if not _has_bpy():
+        pytest.skip("bpy is not importable here")
+    output = tmp_path / "out"
+    result = run_batch(python_command("--input", str(one_photo_folder), "--output", str(output), "--formats", "blend",
+                                      "--server", address, "--server-key", str(keys / "server.key"),
+                                      "--client-key", str(keys / "alice.key_secret")))
+    assert result.returncode == 0 and load_summary(output)["counts"]["ok"] == 1
+    refused = run_batch(python_command("--input", str(one_photo_folder), "--output", str(tmp_path / "plain"),
+                                       "--server", address, "--timeout", "5"))
+    assert refused.returncode != 0

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from ..wire import options
+from ..wire import options, security
 from ..wire.errors import EXIT_HELP, Exit
 
 FORMATS = ("blend", "glb", "fbx", "obj", "ply", "stl")
@@ -32,6 +32,8 @@ class Options:
     server: str | None = None
     start_server: bool = False
     formats: tuple = DEFAULT_FORMATS
+    server_key: str | None = None   # CURVE: the server's public key file
+    client_key: str | None = None   # CURVE: this client's key pair file
     request: dict = field(default_factory=dict)  # SERVER and LIMIT options given: sent with every request
     build: dict = field(default_factory=dict)    # BUILD options given: ``BuildSettings`` keywords
     overwrite: bool = False
@@ -115,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     options.add_arguments(parser, options.on_side(options.SERVER, options.LIMIT),
                           title="reconstruction options (default: the server's)")
     options.add_arguments(parser, options.on_side(options.BUILD), title="Blender modifiers (default: the add-on's)")
+    security.add_client_arguments(parser)
     return parser
 
 

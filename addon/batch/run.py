@@ -128,7 +128,7 @@ class Batch:
             self.summary.run.update(server=address, server_info=info, started_server=server is not None)
             say(f"server {address} ready ({info.get('device', '?')}); {len(self.todo)} photo(s) to do, "
                 f"{self.progress.total - len(self.todo)} skipped or failed up front; jobs {self.opts.jobs}")
-            with Client(address, timeout=self.opts.timeout) as client:
+            with Client(address, timeout=self.opts.timeout, keys=_keys(self.opts)) as client:
                 window = self._photos_through(client, server, address, info)
             if window.aborted is not None:
                 if server is not None:
@@ -217,7 +217,7 @@ def _server(opts: Options, run_info: dict):
     """``(server, address, info)``: a server started for this run (stopped on the way out, also on
     errors and Ctrl-C), or ``(None, --server, its info)``. Raises ``Stop`` when neither works."""
     if opts.server is not None:
-        yield None, opts.server, _server_info(opts.server, opts.timeout)
+        yield None, opts.server, _server_info(opts.server, opts.timeout, _keys(opts))
         return
     started = time.perf_counter()
     server = _start_server(opts)
@@ -249,11 +249,21 @@ def _start_server(opts: Options):
     return server
 
 
-def _server_info(address: str, timeout: float) -> dict:
+def _keys(opts: Options):
+    """The CURVE keys the options name (None: a plain connection); a bad key file is a usage error."""
+    from ..wire import security
+
+    try:
+        return security.client_keys(opts.server_key, opts.client_key)
+    except security.KeyFileError as exc:
+        raise Stop(Exit.USAGE, str(exc), ErrorCode.BAD_REQUEST) from None
+
+
+def _server_info(address: str, timeout: float, keys=None) -> dict:
     from ..wire.client import Client
 
     try:
-        with Client(address, timeout=timeout) as client:
+        with Client(address, timeout=timeout, keys=keys) as client:
             return client.info(timeout=min(30.0, timeout))
     except ProtocolError as exc:
         raise Stop(Exit.SERVER, f"server {address}: {exc}", ErrorCode.UNREACHABLE) from exc
