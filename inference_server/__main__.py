@@ -15,12 +15,17 @@ from pathlib import Path
 from addon.wire import options
 from addon.wire.errors import EXIT_HELP, Exit, exit_for
 
-from .head.cli import add_model_commands, run_model_command
+from .model_cli import add_model_commands, run_model_command
 
 
 def request_options() -> tuple:
     """The schema's request options, read when a parser is built (so the parser follows the schema)."""
     return options.on_side(options.SERVER, options.LIMIT)
+
+
+def serve_options() -> tuple:
+    """``serve``'s request defaults: all but ``depth_model``, which the server takes as a file (``--depth-model``)."""
+    return tuple(option for option in request_options() if option.name != "depth_model")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,10 +34,14 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the inference server", epilog=EXIT_HELP)
     serve.add_argument("--bind", default="tcp://127.0.0.1:5555", help="ZeroMQ address to bind (default %(default)s)")
     serve.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default %(default)s)")
-    serve.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    serve.add_argument("--threads", type=int, default=0,
+                       help="torch CPU threads (0 = torch default; the depth network then uses 2)")
+    serve.add_argument("--depth-model", default="", metavar="PATH_OR_NAME",
+                       help="a depth checkpoint file (or installed name) loaded at start: what depth_backend network "
+                            "uses when a request names no depth_model")
     serve.add_argument("--max-queue", type=int, default=32, help="queued reconstructions before 'busy' replies")
     serve.add_argument("--max-message-mb", type=float, default=256, help="largest accepted request, MB")
-    options.add_arguments(serve, request_options(), title="request defaults (limits: the most a request may ask for)")
+    options.add_arguments(serve, serve_options(), title="request defaults (limits: the most a request may ask for)")
     recon = commands.add_parser("reconstruct", help="reconstruct the face(s) in one photo", epilog=EXIT_HELP)
     recon.add_argument("photo", type=Path)
     recon.add_argument("-o", "--output", type=Path, help="OUT.obj | OUT.ply | OUT.npz (one file per face with --face all)")
@@ -60,6 +69,8 @@ def _serve(args) -> int:
     import torch
 
     from .config import ReconstructionConfig, ServerConfig
+    from .depth import CheckpointError, find_checkpoint
+    from .depth.backend import DepthSettings
     from .pipeline import FacePipeline, resolve_device
     from .server import InferenceServer
 
@@ -70,10 +81,16 @@ def _serve(args) -> int:
     except (RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return Exit.USAGE
+    try:
+        depth = DepthSettings(model=str(find_checkpoint(args.depth_model)) if args.depth_model else "",
+                              threads=args.threads or DepthSettings.threads)
+    except CheckpointError as exc:
+        print(f"error: --depth-model: {exc}", file=sys.stderr)
+        return Exit.SETUP
     config = ServerConfig(bind=args.bind, max_queue=args.max_queue,
                           max_message_bytes=int(args.max_message_mb * 1024 * 1024))
-    defaults = ReconstructionConfig(**options.given(args, request_options()))
-    server = InferenceServer(config, lambda: FacePipeline(device, defaults), defaults)
+    defaults = ReconstructionConfig(**options.given(args, serve_options()))
+    server = InferenceServer(config, lambda: FacePipeline(device, defaults, depth), defaults)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: server.stop())
 

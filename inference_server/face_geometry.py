@@ -59,18 +59,31 @@ class FaceGeometry:
         gap = float(np.linalg.norm(points[lm.UPPER_LIP_MID, :2] - points[lm.LOWER_LIP_MID, :2]))
         self.mouth_open = gap > 0.02 * self.pixel_width  # parted lips: a hole, not a sheet across the mouth
         self.holes = [surface[lm.INNER_LIPS, :2]] if self.mouth_open else []
-        rim = meshing.closed_spline(self.outline, 2.0)
-        self.rim_height = float(self.field.sample(rim).mean())
+        self.rim_height = self._rim_height()
         self.centre = np.array([(self.outline[:, 0].min() + self.outline[:, 0].max()) / 2,
                                 (self.outline[:, 1].min() + self.outline[:, 1].max()) / 2])
+
+    def _rim_height(self) -> float:
+        """The mean height along the outline: the mesh's zero depth (``to_metres``)."""
+        return float(self.field.sample(meshing.closed_spline(self.outline, 2.0)).mean())
+
+    def use_field(self, field) -> None:
+        """Swap in another surface (anything with ``sample(xy)``, e.g. the landmark field fused with a
+        depth network's); the rim height, the mesh's depth origin, follows it."""
+        self.field = field
+        self.rim_height = self._rim_height()
 
     def _frontal(self, points: np.ndarray) -> np.ndarray:
         return (points - self.pivot) @ self.frontalize.T + self.pivot
 
+    def seen_at(self, xy: np.ndarray, heights: np.ndarray) -> np.ndarray:
+        """Frontal-frame pixels + heights -> (N, 3) crop pixels and camera depth (z larger = nearer)."""
+        frontal = np.column_stack([xy, heights])
+        return (frontal - self.pivot) @ self.frontalize + self.pivot
+
     def to_crop(self, xy: np.ndarray, heights: np.ndarray) -> np.ndarray:
         """Frontal-frame pixels + heights -> the crop pixels they were seen at (for UVs)."""
-        frontal = np.column_stack([xy, heights])
-        return ((frontal - self.pivot) @ self.frontalize + self.pivot)[:, :2]
+        return self.seen_at(xy, heights)[:, :2]
 
     @property
     def rotation(self) -> np.ndarray:
@@ -94,18 +107,29 @@ class FaceGeometry:
         y = -(heights - self.rim_height) * self.scale
         return np.stack([x, y, z], 1).astype(np.float32)
 
+    def grid_centres(self, resolution: int) -> np.ndarray:
+        """(R * R, 2) pixel centres of an R x R grid over the texture square, row by row."""
+        rows, cols = np.mgrid[0:resolution, 0:resolution]
+        return (np.stack([cols.ravel(), rows.ravel()], 1) + 0.5) * (self.config.texture_size / resolution)
+
+    def region_mask(self, resolution: int, as_seen: bool = False) -> np.ndarray:
+        """The face region (outline minus an open mouth) on an R x R grid over the texture square: in
+        the frontal frame, or ``as_seen`` by the camera (the crop's frame, where the texture lives)."""
+        outline, holes = self.outline, self.holes
+        if as_seen:
+            def project(ring: np.ndarray) -> np.ndarray:
+                return self.to_crop(ring, self.field.sample(ring))
+            outline, holes = project(outline), [project(ring) for ring in holes]
+        scale = resolution / self.config.texture_size
+        return meshing.region_mask(meshing.spline_rings(outline * scale, [h * scale for h in holes], 0.5), resolution)
+
     def depth_map(self, resolution: int) -> tuple[np.ndarray, np.ndarray]:
         """(R, R) height in metres in front of the face's deepest point (0 outside the mask), and the mask,
         in the face's frontal frame (the crop's own frame when the photo is frontal)."""
-        size = self.config.texture_size
-        scale = resolution / size
-        mask = meshing.region_mask(meshing.spline_rings(self.outline * scale, [h * scale for h in self.holes], 0.5),
-                                   resolution)
-        rows, cols = np.nonzero(mask)
-        centres = (np.stack([cols, rows], 1) + 0.5) * (size / resolution)
-        heights = self.field.sample(centres)
+        mask = self.region_mask(resolution)
+        heights = self.field.sample(self.grid_centres(resolution)[mask.ravel()])
         depth = np.zeros((resolution, resolution), np.float32)
-        depth[rows, cols] = (heights - heights.min()) * self.scale
+        depth[mask] = (heights - heights.min()) * self.scale
         return depth, mask
 
     def mesh(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

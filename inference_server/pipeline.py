@@ -2,8 +2,9 @@
 
 Stages (timed individually, each reported through ``report`` before it starts, which is also where a
 cancelled or overdue request stops): load -> detect (MTCNN) -> per face: align+crop -> landmarks
-(FaceMesh) -> depth (thin-plate fit + rasterised mask) -> mesh (contour + grid Delaunay, spike
-removal) -> detail. The geometry itself lives in ``face_geometry`` and ``detail``, free of torch.
+(FaceMesh) -> depth (thin-plate fit + rasterised mask) -> [depth network: learned depth fused in, with
+``depth_backend`` network] -> mesh (contour + grid Delaunay, spike removal) -> detail. The geometry itself
+lives in ``face_geometry`` and ``detail``, free of torch; the network in ``depth``.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from . import __version__, alignment
 from . import landmarks as lm
 from .config import ReconstructionConfig
 from .detail import detail_map
+from .depth.backend import DepthNetworks, DepthSettings
 from .detection import Detection, FaceDetector
 from .face_geometry import FACE_WIDTH_M, FaceGeometry
 from .image_loading import load_rgb
@@ -29,7 +31,7 @@ from .image_loading import load_rgb
 # (stage, text, fraction of the request done, face number from 1, faces): may raise ProtocolError(cancelled).
 Reporter = Callable[[str, str, float, int, int], None]
 FACE_STAGES = (("align", "aligning"), ("landmarks", "locating landmarks"), ("depth", "fitting the surface"),
-               ("mesh", "meshing"), ("detail", "detail map"))
+               ("depth_network", "depth network"), ("mesh", "meshing"), ("detail", "detail map"))
 DETECTED_AT = 0.15  # share of a request spent before the per-face stages (load + detect)
 
 
@@ -81,22 +83,25 @@ def resolve_device(name: str) -> torch.device:
 class FacePipeline:
     """Holds the models; ``reconstruct`` is called from one worker thread at a time."""
 
-    def __init__(self, device: torch.device, defaults: ReconstructionConfig = ReconstructionConfig()):
+    def __init__(self, device: torch.device, defaults: ReconstructionConfig = ReconstructionConfig(),
+                 depth: DepthSettings = DepthSettings()):
         self.device = device
         self.defaults = defaults
         self.detector = FaceDetector(device)
         self.landmarker = lm.LandmarkModel()
+        self.depth_networks = DepthNetworks(device, depth)
 
     def info(self) -> dict:
         return {"server_version": __version__, "device": str(self.device),
                 "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "CPU",
                 "torch": torch.__version__,
-                "models": ["mtcnn (facenet-pytorch)", "face_mesh 478 (mediapipe)"]}
+                "models": ["mtcnn (facenet-pytorch)", "face_mesh 478 (mediapipe)"], **self.depth_networks.info()}
 
     def reconstruct(self, image: bytes | memoryview, params: Mapping | None = None, *,
                     config: ReconstructionConfig | None = None, report: Reporter = _no_report) -> Result:
         """``config`` when the caller validated the options already (the server's I/O thread), else ``params``."""
         config = config or self.defaults.with_params(params or {})
+        self.depth_networks.checkpoint(config)  # an uninstalled depth model fails before any work
         timer = Timer()
         report("load", "reading the photo", 0.0, 0, 0)
         with timer.stage("load"):
@@ -137,14 +142,20 @@ class FacePipeline:
         report(2)
         with timer.stage("depth"):
             geometry = FaceGeometry(points, config)
+        depth_meta, detail = {"depth_backend": "landmarks"}, None
+        if config.depth_backend == "network":
+            report(3)
+            with timer.stage("depth_network"):
+                depth_meta, detail = self.depth_networks.refine(crop, geometry, config)
+        with timer.stage("depth"):
             depth, mask = geometry.depth_map(config.depth_size)
-        report(3)
+        report(4)
         with timer.stage("mesh"):
             vertices, faces, uvs = geometry.mesh()
-        report(4)
+        report(5)
         with timer.stage("detail"):
             eyes = [points[list(ring), :2] for ring in lm.EYE_RINGS]
-            detail = detail_map(crop, config.detail_sigma, eyes, geometry.pixel_width)
+            detail = detail_map(crop, config.detail_sigma, eyes, geometry.pixel_width) if detail is None else detail
         to_image = alignment.invert(to_crop)
         arrays = {
             "vertices": vertices, "faces": faces, "uvs": uvs, "texture": crop, "detail": detail,
@@ -156,7 +167,8 @@ class FacePipeline:
                 "points5": detection.points.round(2).tolist(), "crop_to_image": to_image.tolist(),
                 "vertex_count": int(len(vertices)), "triangle_count": int(len(faces)),
                 "face_width_m": FACE_WIDTH_M, "mouth_open": geometry.mouth_open,
-                "rotation": geometry.rotation.round(6).tolist(), "yaw_deg": round(geometry.yaw_degrees, 2)}
+                "rotation": geometry.rotation.round(6).tolist(), "yaw_deg": round(geometry.yaw_degrees, 2),
+                **depth_meta}
         return FaceResult(index=index, meta=meta, arrays=arrays)
 
 

@@ -71,7 +71,7 @@ def _describe(report: PhotoReport, reconstruction) -> None:
     report.triangles = int(sum(len(f.arrays["faces"]) for f in faces))
     report.face_details = [{"index": f.index, "vertices": int(len(f.arrays["vertices"])),
                             "triangles": int(len(f.arrays["faces"])),
-                            **{k: f.meta[k] for k in ("score", "box") if k in f.meta}} for f in faces]
+                            **{k: f.meta[k] for k in ("score", "box", "depth_backend") if k in f.meta}} for f in faces]
     report.server_timings_ms = dict(reconstruction.meta.get("timings_ms") or {})
 
 
