@@ -5,6 +5,7 @@ metric frame (face width ``FACE_WIDTH_M``) meet here.
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from . import landmarks as lm
@@ -112,16 +113,43 @@ class FaceGeometry:
         rows, cols = np.mgrid[0:resolution, 0:resolution]
         return (np.stack([cols.ravel(), rows.ravel()], 1) + 0.5) * (self.config.texture_size / resolution)
 
-    def region_mask(self, resolution: int, as_seen: bool = False) -> np.ndarray:
-        """The face region (outline minus an open mouth) on an R x R grid over the texture square: in
-        the frontal frame, or ``as_seen`` by the camera (the crop's frame, where the texture lives)."""
-        outline, holes = self.outline, self.holes
-        if as_seen:
-            def project(ring: np.ndarray) -> np.ndarray:
-                return self.to_crop(ring, self.field.sample(ring))
-            outline, holes = project(outline), [project(ring) for ring in holes]
+    def region_mask(self, resolution: int) -> np.ndarray:
+        """The face region (outline minus an open mouth) on an R x R grid over the texture square, frontal frame."""
         scale = resolution / self.config.texture_size
-        return meshing.region_mask(meshing.spline_rings(outline * scale, [h * scale for h in holes], 0.5), resolution)
+        return meshing.region_mask(meshing.spline_rings(self.outline * scale, [h * scale for h in self.holes], 0.5),
+                                   resolution)
+
+    def seen_region_mask(self, resolution: int) -> np.ndarray:
+        """The face region as the camera sees it, on an R x R grid over the crop (where the texture lives).
+
+        Not the projected outline: on a turned face the far rim is hidden and projects inside the face,
+        while the far cheek reaches the silhouette. So the region's points are projected one by one."""
+        frontal = self.grid_centres(resolution)[self.region_mask(resolution).ravel()]
+        seen = self.to_crop(frontal, self.field.sample(frontal)) * (resolution / self.config.texture_size)
+        cols, rows = np.clip(np.floor(seen).astype(int), 0, resolution - 1).T
+        mask = np.zeros((resolution, resolution), np.uint8)
+        mask[rows, cols] = 1
+        return cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8)).astype(bool)
+
+    def visible(self, resolution: int, region: np.ndarray) -> np.ndarray:
+        """Which points of an R x R frontal grid inside ``region`` the camera sees (not turned away, not
+        behind the nose). The yaw turns about the image's vertical axis, so a point can only be hidden
+        by points of its own row: per row, it is hidden when a segment of the row's profile (as seen,
+        orthographically) lies in front of it at the same crop x."""
+        centres = self.grid_centres(resolution)
+        seen = self.seen_at(centres, self.field.sample(centres)).reshape(resolution, resolution, 3)
+        visible = region.copy()
+        for row in np.flatnonzero(region.any(1)):
+            x, z, inside = seen[row, :, 0], seen[row, :, 2], region[row]
+            use = inside[:-1] & inside[1:]
+            a, b, za, zb = x[:-1][use], x[1:][use], z[:-1][use], z[1:][use]
+            points = np.flatnonzero(inside)
+            px, pz = x[points, None], z[points, None]
+            covers = (np.minimum(a, b) <= px) & (px <= np.maximum(a, b)) & (a != b)
+            along = np.where(covers, (px - a) / np.where(a != b, b - a, 1.0), 0.0)
+            in_front = covers & (za + along * (zb - za) > pz + 0.25)  # a quarter pixel: not its own segments
+            visible[row, points] = ~in_front.any(1)
+        return visible
 
     def depth_map(self, resolution: int) -> tuple[np.ndarray, np.ndarray]:
         """(R, R) height in metres in front of the face's deepest point (0 outside the mask), and the mask,

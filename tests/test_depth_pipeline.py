@@ -176,3 +176,58 @@ def test_batch_asks_for_the_network(depth_server, grace_hopper_jpg, tmp_path):
     refused = run_batch(python_command("--input", str(photos), "--output", str(tmp_path / "no"), "--server",
                                        depth_server.address, "--depth-backend", "network", "--depth-model", "/tmp/x.pt"))
     assert refused.returncode == Exit.USAGE and "paths are refused" in refused.stderr
+
+
+@pytest.fixture(scope="module")
+def astronaut_crop(astronaut_rgb):
+    from inference_server import alignment
+    from inference_server.detection import FaceDetector
+    from inference_server.landmarks import LandmarkModel
+
+    detection = FaceDetector(torch.device("cpu")).detect(astronaut_rgb, 640, 0.9, 0.05)[0]
+    crop = alignment.warp(astronaut_rgb, alignment.crop_transform(detection, 512, 0.3), 512)
+    return crop, LandmarkModel().locate(crop)
+
+
+def seen_by_camera(geometry) -> np.ndarray:
+    """The landmark surface rendered as the camera sees it: metres (larger = nearer) on crop pixels."""
+    from scipy.interpolate import griddata
+
+    from inference_server.depth.face_fusion import FUSION_GRID
+
+    centres = geometry.grid_centres(FUSION_GRID)
+    seen = geometry.seen_at(centres, geometry.field.sample(centres))
+    visible = geometry.visible(FUSION_GRID, geometry.region_mask(FUSION_GRID)).ravel()
+    rows, cols = np.mgrid[0:512, 0:512] + 0.5
+    z = griddata(seen[visible, :2], seen[visible, 2], (cols, rows), method="linear")
+    z = np.where(np.isfinite(z), z, np.nanmin(z))
+    return (z - z.min()) * geometry.scale
+
+
+@pytest.mark.parametrize("yaw", [-30, 0, 30])
+def test_fusion_puts_the_network_relief_where_the_camera_saw_it(astronaut_crop, yaw):
+    """A "network" that is an affine function of the true inverse depth plus a 3 mm bump on one cheek,
+    for a face turned by ``yaw`` degrees: the fusion recovers the affine map, the cheek's mesh point
+    comes forward, the rest of the face stays put, and the detail map has the bump where the texture does."""
+    from inference_server.depth.face_fusion import DETAIL_METRES_PER_UNIT, fuse_into_face
+    from inference_server.depth.fuse import FuseConfig
+    from inference_server.face_geometry import FaceGeometry
+
+    crop, points = astronaut_crop
+    c, s = np.cos(np.radians(yaw)), np.sin(np.radians(yaw))
+    pivot = points[:468].mean(0)
+    points = (points - pivot) @ np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]]).T + pivot  # the head turned by yaw
+    geometry = FaceGeometry(points, ReconstructionConfig())
+    cheek = points[50, :2]
+    rows, cols = np.mgrid[0:512, 0:512] + 0.5
+    bump = 0.003 * np.exp(-((cols - cheek[0]) ** 2 + (rows - cheek[1]) ** 2) / (2 * (0.02 * geometry.pixel_width) ** 2))
+    inverse = (7.0 / (1.0 - (seen_by_camera(geometry) + bump)) + 3.0).astype(np.float32)
+    before = geometry.landmarks_metres(points)
+    fusion = fuse_into_face(geometry, inverse, FuseConfig(), split=3.0)
+    forward = (before - geometry.landmarks_metres(points))[:, 1]  # Blender -Y: toward the camera
+    assert abs(fusion.alignment.scale - 1 / 7) < 0.002 and abs(fusion.alignment.shift + 3 / 7) < 0.01
+    assert 0.001 < forward[50] < 0.003, "the cheek's point comes forward by the bump's mesh band"
+    far = np.linalg.norm(points[:, :2] - cheek, axis=1) > 0.15 * geometry.pixel_width
+    assert np.abs(forward[far]).max() < 0.002
+    x, y = np.round(cheek).astype(int)
+    assert fusion.detail[y, x] * DETAIL_METRES_PER_UNIT > 0.0003, "the bump's fine part is in the detail map"

@@ -71,7 +71,7 @@ def fuse_into_face(geometry, inverse: np.ndarray, fuse: FuseConfig, split: float
     step = geometry.config.texture_size / FUSION_GRID
     centres = geometry.grid_centres(FUSION_GRID)
     seen = geometry.seen_at(centres, geometry.field.sample(centres))
-    mask = geometry.region_mask(FUSION_GRID)
+    mask = geometry.visible(FUSION_GRID, geometry.region_mask(FUSION_GRID))  # hidden points keep the prior
     camera_depth = seen[:, 2].reshape(FUSION_GRID, FUSION_GRID)
     prior = ((camera_depth - camera_depth[mask].min()) * geometry.scale).astype(np.float32)
     network = sample_image(inverse, seen[:, :2]).reshape(prior.shape)
@@ -90,7 +90,7 @@ def network_detail(geometry, inverse: np.ndarray, alignment: Alignment, fuse: Fu
     It fades in from the face's outline as seen by the camera, like the fusion, so the rim never moves."""
     heights = from_alignment_space(alignment.scale * inverse.astype(np.float64) + alignment.shift,
                                    fuse.camera_distance).astype(np.float32)
-    mask = geometry.region_mask(len(inverse), as_seen=True)  # the prediction is on the crop's (texture's) grid
+    mask = geometry.seen_region_mask(len(inverse))  # the prediction is on the crop's (texture's) grid
     relief = heights - masked_blur(heights, mask, split)
     return (detail_share(mask, fuse) * relief / DETAIL_METRES_PER_UNIT).astype(np.float32)
 
