@@ -1,4 +1,7 @@
-"""FaceForge Blender extension: one photo -> textured 3D face mesh.
+"""FaceForge for Blender: one photo -> textured 3D face mesh.
+
+One package, two installs: the extension zip (Blender 4.2+, manifest at the zip's root) and the
+legacy add-on zip (Blender 3.6-4.1, ``bl_info`` added by scripts/build_extension.py).
 
 Importable without bpy: the inference server and the batch script import ``addon.wire`` and
 ``addon.server_process``; the bpy modules are imported only by ``register``/``unregister``.
@@ -13,6 +16,9 @@ def _bpy_modules():
 
 
 def register() -> None:
+    from . import pyzmq_bundle
+
+    pyzmq_bundle.ensure_pyzmq()  # before any module that imports zmq
     for module in _bpy_modules():
         module.register()
 

@@ -139,6 +139,13 @@ def idprop_value(value: Any) -> Any:
     return str(value)
 
 
+def triangle_count(arrays: Mapping) -> int:
+    """Triangles of either geometry's mesh (a head's quads count twice)."""
+    if "polygon_sizes" in arrays:
+        return int((np.asarray(arrays["polygon_sizes"], np.int64) - 2).sum())
+    return int(len(arrays["faces"]))
+
+
 def face_offsets(widths: list, gap: float) -> list:
     """X offsets that put faces of the given widths side by side, ``gap`` apart, centred on 0."""
     total = sum(widths) + gap * (len(widths) - 1)

@@ -21,11 +21,26 @@ from .session import Request, Session
 SESSION = Session()   # replaced on every register(), closed on unregister()
 
 
-def redraw_panels() -> None:
+_shown: tuple | None = None  # SESSION.view_state() as last drawn
+
+
+def refresh_sidebar(force: bool = False) -> None:
+    """Redraw the 3D views' sidebars, and only them, when what the panel shows changed.
+
+    Tagging the whole area also redraws the viewport, which on a heavy scene (or software
+    OpenGL) stalls Blender's event loop for seconds while a request runs.
+    """
+    global _shown
+    state = SESSION.view_state()
+    if state == _shown and not force:
+        return
+    _shown = state
     for window in bpy.context.window_manager.windows:
         for area in window.screen.areas:
             if area.type == "VIEW_3D":
-                area.tag_redraw()
+                for region in area.regions:
+                    if region.type == "UI":
+                        region.tag_redraw()
 
 
 def _image_source(image: "bpy.types.Image"):
@@ -119,19 +134,22 @@ class _AwaitJob:
         wm = context.window_manager
         self._timer = wm.event_timer_add(0.1, window=context.window)
         wm.modal_handler_add(self)
-        redraw_panels()
+        refresh_sidebar()
         return {"RUNNING_MODAL"}
 
     def modal(self, context, event):
         if event.type == "ESC" and event.value == "PRESS":
             self._job.cancel()
+            refresh_sidebar()  # "Cancelling…"; the outcome is concluded on a later timer event
+            return {"RUNNING_MODAL"}
         if not self._job.done():
             if event.type == "TIMER":
-                redraw_panels()
-            return {"RUNNING_MODAL"} if event.type == "ESC" else {"PASS_THROUGH"}
+                refresh_sidebar()
+            return {"PASS_THROUGH"}
         context.window_manager.event_timer_remove(self._timer)
-        redraw_panels()
-        return self.conclude(context)
+        result = self.conclude(context)
+        refresh_sidebar()
+        return result
 
     def execute(self, context):
         self._job = self._started(context)
@@ -174,10 +192,11 @@ class FACEFORGE_OT_cancel(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        return SESSION.busy
+        return SESSION.busy and not SESSION.cancelling
 
     def execute(self, context):
         SESSION.cancel_request()
+        refresh_sidebar()
         return {"FINISHED"}
 
 
@@ -189,7 +208,8 @@ class FACEFORGE_OT_server_start(_AwaitJob, bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        return SESSION.server_job is None and (SESSION.server is None or not SESSION.server.running)
+        return (SESSION.server_job is None and SESSION.stopping is None
+                and (SESSION.server is None or not SESSION.server.running))
 
     def start(self, context) -> Job:
         prefs = preferences.get(context)
@@ -208,7 +228,7 @@ class FACEFORGE_OT_server_start(_AwaitJob, bpy.types.Operator):
 
 
 class FACEFORGE_OT_server_stop(bpy.types.Operator):
-    """Stop the local server this add-on started"""
+    """Stop the local server this add-on started (it gets a few seconds to exit cleanly, then it is killed)"""
 
     bl_idname = "faceforge.server_stop"
     bl_label = "Stop Server"
@@ -218,17 +238,22 @@ class FACEFORGE_OT_server_stop(bpy.types.Operator):
         return SESSION.server is not None and SESSION.server_job is None
 
     def execute(self, context):
-        SESSION.stop_server(timeout=1.0)
-        SESSION.message = ("INFO", "Server stopped")
+        SESSION.begin_stop_server()  # the status timer reaps the process: the UI never waits for it
+        SESSION.message = ("INFO", "Stopping the server")
+        refresh_sidebar()
         return {"FINISHED"}
 
 
 def _tick() -> float:
-    """bpy.app.timers: keep the status line fresh without blocking; faster while something runs."""
-    prefs = preferences.get(bpy.context)
-    if SESSION.poll_status(prefs.server_address) or SESSION.busy or SESSION.server_job is not None:
-        redraw_panels()
-    return 0.25 if SESSION.status_job is not None or SESSION.busy else 1.0
+    """bpy.app.timers: status probes and stopping servers, polled without blocking; faster while something runs."""
+    SESSION.poll_status(preferences.get(bpy.context).server_address)
+    stopped = SESSION.poll_stopping()
+    if stopped is not None:
+        SESSION.message = stopped
+    refresh_sidebar()
+    if SESSION.stopping is not None:
+        return 0.1
+    return 0.25 if SESSION.status_job is not None or SESSION.busy or SESSION.server_job is not None else 1.0
 
 
 classes = (FACEFORGE_OT_reconstruct, FACEFORGE_OT_cancel, FACEFORGE_OT_server_start, FACEFORGE_OT_server_stop)
@@ -236,8 +261,8 @@ _register_classes, _unregister_classes = bpy.utils.register_classes_factory(clas
 
 
 def register() -> None:
-    global SESSION
-    SESSION = Session()
+    global SESSION, _shown
+    SESSION, _shown = Session(), None
     _register_classes()
     bpy.app.timers.register(_tick, first_interval=0.5, persistent=True)
 

@@ -4,8 +4,27 @@ from __future__ import annotations
 import bpy
 
 from . import operators
+from .properties import PANEL_OPTIONS
 
 _ICONS = {"INFO": "INFO", "WARNING": "ERROR", "ERROR": "CANCEL"}
+HAS_PROGRESS = "progress" in bpy.types.UILayout.bl_rna.functions  # Blender 4.0+
+
+
+def progress_bar(layout, factor: float, text: str, width: int = 48) -> None:
+    """A progress bar where Blender has one (4.0+), else the percentage and text as labels (3.x)."""
+    if HAS_PROGRESS:
+        layout.progress(factor=factor, type="BAR", text=text)
+    else:
+        _wrapped(layout, f"{factor:.0%} · {text}", "TIME", width)
+
+
+def _chars_per_line(context) -> int:
+    """How many characters fit beside an icon in the sidebar (about 6 px each, 95 px of tabs, margins and icon)."""
+    region = getattr(context, "region", None)
+    if region is None:
+        return 48
+    scale = context.preferences.system.ui_scale
+    return max(16, int((region.width - 95 * scale) / (6 * scale)))
 
 
 def _wrapped(layout, text: str, icon: str = "NONE", width: int = 48) -> None:
@@ -47,24 +66,27 @@ class FACEFORGE_PT_main(_FaceForgePanel, bpy.types.Panel):
         if props.face == "INDEX":
             layout.prop(props, "face_index")
 
+        layout.row(align=True).prop(props, "geometry", expand=True)
+        model_line = session.model_line()
+        if model_line:
+            _wrapped(layout, model_line, "INFO", _chars_per_line(context))
         column = layout.column(align=True)
         column.use_property_split = True
         column.use_property_decorate = False
-        column.prop(props, "resolution")
-        column.prop(props, "smooth_iterations")
-        column.prop(props, "smooth_factor", text="Factor")
-        column.prop(props, "subdivision_levels")
-        column.prop(props, "detail_strength")
+        for option in PANEL_OPTIONS:  # the schema's panel options, in its order
+            if option.name != "geometry":
+                column.prop(props, option.name)
 
-        if session.busy:
-            job = session.request.job
-            layout.progress(factor=job.progress, type="BAR", text=f"{job.status} ({job.elapsed:.0f} s)")
+        line = session.request_line()
+        if line is not None:
+            text, factor = line
+            progress_bar(layout, factor, text, _chars_per_line(context))
             layout.operator("faceforge.cancel", icon="CANCEL")
         else:
             layout.operator("faceforge.reconstruct", icon="USER")
         level, message = session.message
         if message:
-            _wrapped(layout.box(), message, _ICONS.get(level, "INFO"))
+            _wrapped(layout.box(), message, _ICONS.get(level, "INFO"), _chars_per_line(context))
 
 
 class FACEFORGE_PT_server(_FaceForgePanel, bpy.types.Panel):
@@ -78,15 +100,17 @@ class FACEFORGE_PT_server(_FaceForgePanel, bpy.types.Panel):
     def draw(self, context):
         layout = self.layout
         session = operators.SESSION
-        _wrapped(layout, session.status_line(), "CHECKMARK" if session.status is not None else "UNLINKED")
-        if session.status is None and session.status_error:
-            _wrapped(layout, session.status_error, "BLANK1")
-        if session.server_job is not None:
-            job = session.server_job
-            layout.progress(factor=job.progress, type="BAR", text=f"{job.status} ({job.elapsed:.0f} s)")
+        width = _chars_per_line(context)
+        if session.server_job is not None or session.stopping is not None:
+            icon = "TIME"
+        else:
+            icon = "CHECKMARK" if session.status is not None else "UNLINKED"
+        _wrapped(layout, session.status_line(), icon, width)
+        if session.status is None and session.status_error and session.server_job is None:
+            _wrapped(layout, session.status_error, "BLANK1", width)
         row = layout.row(align=True)
-        row.operator("faceforge.server_start", icon="PLAY")
-        row.operator("faceforge.server_stop", icon="PAUSE")
+        row.operator("faceforge.server_start", text="Start", icon="PLAY")
+        row.operator("faceforge.server_stop", text="Stop", icon="PAUSE")
         if session.server is not None and session.server.running:
             layout.label(text=f"Local server pid {session.server.pid}", icon="CONSOLE")
         if session.server_log:

@@ -105,8 +105,9 @@ class LocalServer:
     """One server subprocess: ``python -m inference_server serve --bind ADDRESS --device DEVICE``."""
 
     def __init__(self, python: str, address: str, cwd: str | None = None, log_path: str | None = None,
-                 device: str = "auto", extra_args: tuple = ()):
+                 device: str = "auto", extra_args: tuple = (), environ: dict | None = None):
         self.python = python
+        self.environ = dict(environ or {})  # added to this process's environment, e.g. FACEFORGE_DATA
         self.address = address
         self.cwd = cwd or None
         self.device = device
@@ -116,7 +117,9 @@ class LocalServer:
             os.close(handle)
         self.log_path = log_path
         self.info: dict = {}
+        self.returncode: int | None = None  # of the last process, once stopped
         self._process: subprocess.Popen | None = None
+        self._stop_requested: float | None = None
         self._log = None
 
     @property
@@ -143,7 +146,7 @@ class LocalServer:
             raise RuntimeError(f"{self.address} is already in use: another server is running there "
                                "(use it, stop it, or choose another address)")
         self._log = open(self.log_path, "ab")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.environ)
         if self.cwd:  # the server imports ``addon.wire`` and ``inference_server`` from its home
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [self.cwd, env.get("PYTHONPATH")]))
         try:
@@ -178,20 +181,36 @@ class LocalServer:
                 except ProtocolError:
                     time.sleep(0.2)
 
-    def stop(self, timeout: float = 5.0) -> int | None:
-        """Terminate (then kill) the process; safe to call twice and at interpreter exit.
-        Returns the exit code (0: the server shut down cleanly on SIGTERM), None if nothing ran."""
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
+    def request_stop(self) -> None:
+        """Ask the server to exit (SIGTERM: it finishes cleanly) and return at once; ``poll_stopped`` reaps it."""
+        if self._process is not None and self._stop_requested is None:
+            self._stop_requested = time.monotonic()
+            if self._process.poll() is None:
+                self._process.terminate()
+
+    def poll_stopped(self, grace: float = 5.0) -> bool:
+        """Never blocks: True once the process is gone (``returncode`` set); SIGKILL ``grace`` s after the request."""
+        self.request_stop()
+        process = self._process
+        if process is None:
+            return True
+        if process.poll() is None:
+            if time.monotonic() - self._stop_requested >= grace:
                 process.kill()
-                process.wait(timeout)
+            return False
+        self._process, self._stop_requested, self.returncode = None, None, process.returncode
         self._close_log()
         atexit.unregister(self.stop)
-        return None if process is None else process.returncode
+        return True
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """Blocking stop for quit, scripts and tests: SIGTERM, then SIGKILL after ``timeout``; safe to call twice.
+        Returns the exit code (0: the server shut down cleanly on SIGTERM), None if nothing ran."""
+        if self._process is None:
+            return None
+        while not self.poll_stopped(timeout):
+            time.sleep(0.02)
+        return self.returncode
 
     def _close_log(self) -> None:
         if self._log is not None:

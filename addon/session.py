@@ -5,6 +5,7 @@ so the whole request life cycle is unit-tested without Blender.
 """
 from __future__ import annotations
 
+import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -16,6 +17,7 @@ from .wire.protocol import ErrorCode, ProtocolError
 
 STATUS_INTERVAL = 3.0   # seconds between server status probes
 STATUS_TIMEOUT = 2.0
+STOP_GRACE = 10.0       # seconds a stopping server gets to exit cleanly (torch teardown is slow) before SIGKILL
 
 
 @dataclass
@@ -36,6 +38,7 @@ class Session:
     probes: Worker = field(default_factory=lambda: Worker("probes"))
     server: LocalServer | None = None      # only a server this add-on started
     server_job: Job | None = None          # a start in progress
+    stopping: LocalServer | None = None    # a stop in progress (signalled, not yet exited)
     server_log: str = ""                   # log tail of a failed start, shown in the panel
     request: Request | None = None
     status: dict | None = None             # last ``info`` reply, None when not connected
@@ -70,10 +73,34 @@ class Session:
         if self.request is not None:
             self.request.job.cancel()
 
+    @property
+    def cancelling(self) -> bool:
+        return self.busy and self.request.job.cancelled
+
+    def request_line(self) -> tuple | None:
+        """(text, progress 0..1) of the running request for the panel, None when idle."""
+        if not self.busy:
+            return None
+        job = self.request.job
+        if job.cancelled:
+            return "Cancelling…", job.progress
+        return f"{job.status} ({job.elapsed:.0f} s)", job.progress
+
+    def view_state(self) -> tuple:
+        """Everything the panel shows from this session, as shown: the sidebar is redrawn only when it changes."""
+        line = self.request_line()
+        shown_line = None if line is None else (line[0], round(line[1] * 100))
+        pid = self.server.pid if self.server is not None and self.server.running else None
+        return shown_line, self.message, self.status_line(), self.status_error, self.server_log, pid
+
     def poll_status(self, address: str, now: float | None = None) -> bool:
         """Probe the server every ``STATUS_INTERVAL`` s; True when what the panel shows changed."""
         now = time.monotonic() if now is None else now
         job = self.status_job
+        if self.server_job is not None:  # a probe would only report the server being replaced
+            if job is not None and job.done():
+                self.status_job = None
+            return False
         if job is not None and job.done():
             self.status_job = None
             before = (self.status, self.status_error)
@@ -93,6 +120,7 @@ class Session:
         self.stop_server()
         self.server = LocalServer(python, address, cwd=cwd or None, device=device)
         self.server_log = ""
+        self.status, self.status_error = None, ""  # never show the previous server as connected
         self.server_job = self.probes.submit(lambda job: self.server.start(timeout, cancel=job.cancel_event),
                                              status="Starting server")
         return self.server_job
@@ -113,25 +141,58 @@ class Session:
             return "ERROR", f"Could not start the server: {headline}"
         return "INFO", f"Server {info.get('server_version', '?')} ready on {self.server.address} ({device_label(info)})"
 
-    def stop_server(self, timeout: float = 5.0) -> None:
+    def stop_server(self, timeout: float = STOP_GRACE) -> None:
+        """Blocking stop (quit, unregister, before a new start): wait for the process, SIGKILL after ``timeout``."""
+        for server in (self.server, self.stopping):
+            if server is not None:
+                server.stop(timeout)
+        self.server = self.stopping = None
+        self.status_time = float("-inf")
+
+    def begin_stop_server(self) -> None:
+        """The Stop button: signal the server and return at once; ``poll_stopping`` (on a timer) finishes."""
         if self.server is not None:
-            self.server.stop(timeout)
-            self.server = None
-            self.status_time = float("-inf")
+            self.server.request_stop()
+            self.stopping, self.server = self.server, None
+
+    def poll_stopping(self, grace: float = STOP_GRACE) -> tuple | None:
+        """Never blocks: (level, text) once the stopping server has exited, SIGKILL after ``grace`` s; else None."""
+        if self.stopping is None or not self.stopping.poll_stopped(grace):
+            return None
+        code, self.stopping = self.stopping.returncode, None
+        self.status, self.status_error, self.status_time = None, "", float("-inf")
+        if code == 0:
+            return "INFO", "Server stopped"
+        if code == -signal.SIGKILL:
+            return "WARNING", f"Server killed: it did not exit within {grace:g} s of being asked to stop"
+        return "WARNING", f"Server stopped with exit code {code}"
 
     def status_line(self) -> str:
+        if self.server_job is not None:
+            return f"Starting server… {self.server_job.elapsed:.0f} s"
+        if self.stopping is not None:
+            return "Stopping server…"
         if self.status is None:
             return "Not connected"
         info = self.status
         return (f"Connected: server {info.get('server_version', '?')}, protocol {info.get('protocol_version', '?')}, "
                 f"{device_label(info)}")
 
+    def model_line(self) -> str:
+        """Whether the connected server can make full heads, and how to make it able to ('' when unknown)."""
+        if self.status is None:
+            return ""
+        if "head" in self.status.get("geometries", ()):
+            return "Head model installed: full heads with expression shape keys"
+        return ("No head model on the server (face mode only). Install it with: python -m inference_server "
+                "model fetch, or model install FOLDER|ZIP")
+
     def close(self) -> None:
         """Unregister / quit: abandon requests, end threads, stop the server we started."""
         self.cancel_request()
         self.requests.shutdown()
         self.probes.shutdown()
-        self.stop_server()
+        self.stop_server(timeout=3.0)  # Blender is quitting: a clean exit is nice, not worth a long wait
 
 
 def device_label(info: dict) -> str:

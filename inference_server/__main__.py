@@ -90,7 +90,10 @@ def _serve(args) -> int:
     config = ServerConfig(bind=args.bind, max_queue=args.max_queue,
                           max_message_bytes=int(args.max_message_mb * 1024 * 1024))
     defaults = ReconstructionConfig(**options.given(args, serve_options()))
-    server = InferenceServer(config, lambda: FacePipeline(device, defaults, depth), defaults)
+    from .head.store import find_model
+
+    server = InferenceServer(config, lambda: FacePipeline(device, defaults, head_model=find_model(), depth=depth),
+                             defaults)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: server.stop())
 
@@ -126,11 +129,17 @@ def _reconstruct(args) -> int:
         return exit_for(err.code)
     outputs = []
     if args.output:
-        for index, arrays in faces:
-            target = args.output if len(faces) == 1 else args.output.with_name(f"{args.output.stem}_face{index}{args.output.suffix}")
-            outputs += [str(p) for p in exporters.write(target, arrays)]
+        try:
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            for index, arrays in faces:
+                target = args.output if len(faces) == 1 else args.output.with_name(f"{args.output.stem}_face{index}{args.output.suffix}")
+                outputs += [str(p) for p in exporters.write(target, arrays)]
+        except OSError as exc:
+            print(f"error: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
+            return Exit.FAILED
     summary = {"photo": str(args.photo), "image_size": meta.get("image_size"), "faces_detected": meta.get("faces_detected"),
-               "faces": [{"index": i, "vertices": int(len(a["vertices"])), "triangles": int(len(a["faces"]))} for i, a in faces],
+               "faces": [{"index": i, "vertices": int(len(a["vertices"])),
+                          "triangles": int(len(exporters.polygons(a).triangles()))} for i, a in faces],
                "timings_ms": meta.get("timings_ms"), "outputs": outputs}
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -145,7 +154,9 @@ def _reconstruct(args) -> int:
 def _in_process(args, data: bytes, request: dict):
     from .pipeline import FacePipeline, resolve_device
 
-    pipeline = FacePipeline(resolve_device(args.device))
+    from .head.store import find_model
+
+    pipeline = FacePipeline(resolve_device(args.device), head_model=find_model())
     result = pipeline.reconstruct(data, request)
     return [(face.index, face.arrays) for face in result.faces], result.meta
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Mapping
 
 import numpy as np
@@ -30,8 +31,9 @@ from .image_loading import load_rgb
 
 # (stage, text, fraction of the request done, face number from 1, faces): may raise ProtocolError(cancelled).
 Reporter = Callable[[str, str, float, int, int], None]
-FACE_STAGES = (("align", "aligning"), ("landmarks", "locating landmarks"), ("depth", "fitting the surface"),
-               ("depth_network", "depth network"), ("mesh", "meshing"), ("detail", "detail map"))
+# A face's stages in order, per geometry: where the progress bar stands when each begins.
+STAGES = {"face": ("align", "landmarks", "depth", "depth_network", "mesh", "detail"),
+          "head": ("align", "landmarks", "fit", "texture", "depth")}
 DETECTED_AT = 0.15  # share of a request spent before the per-face stages (load + detect)
 
 
@@ -50,6 +52,28 @@ class FaceResult:
 class Result:
     faces: list[FaceResult]
     meta: dict = field(default_factory=dict)
+
+
+class FaceProgress:
+    """Times one face's stages and reports each as it begins: ``progress(stage, text)`` closes the
+    previous stage. The report is also where a cancelled or overdue request stops."""
+
+    def __init__(self, timer: "Timer", report: Reporter, number: int, count: int, stages: tuple):
+        self.timer, self.report, self.number, self.count, self.stages = timer, report, number, count, stages
+        self._current: tuple[str, float] | None = None
+
+    def __call__(self, stage: str, text: str) -> None:
+        self.close()
+        done = (self.number + self.stages.index(stage) / len(self.stages)) / self.count
+        suffix = f" {self.number + 1}/{self.count}" if self.count > 1 else ""
+        self.report(stage, text + suffix, DETECTED_AT + (1 - DETECTED_AT) * done, self.number + 1, self.count)
+        self._current = (stage, time.perf_counter())
+
+    def close(self) -> None:
+        if self._current is not None:
+            stage, started = self._current
+            self.timer.seconds[stage] = self.timer.seconds.get(stage, 0.0) + time.perf_counter() - started
+            self._current = None
 
 
 class Timer:
@@ -84,24 +108,46 @@ class FacePipeline:
     """Holds the models; ``reconstruct`` is called from one worker thread at a time."""
 
     def __init__(self, device: torch.device, defaults: ReconstructionConfig = ReconstructionConfig(),
-                 depth: DepthSettings = DepthSettings()):
+                 head_model: Path | None = None, depth: DepthSettings = DepthSettings()):
+        """``head_model``: an installed ICT-FaceKit file (``head.store.find_model()``); None = face mode only.
+        ``depth``: the depth networks' server-wide settings (``depth_backend`` network)."""
         self.device = device
         self.defaults = defaults
         self.detector = FaceDetector(device)
         self.landmarker = lm.LandmarkModel()
         self.depth_networks = DepthNetworks(device, depth)
+        self.head_model = head_model
+        self.head = None
+        if head_model is not None:
+            from .head.model import HeadModel
+            from .head.reconstruct import HeadReconstructor
+
+            self.head = HeadReconstructor(HeadModel.load(head_model), device)
 
     def info(self) -> dict:
+        models = ["mtcnn (facenet-pytorch)", "face_mesh 478 (mediapipe)"]
         return {"server_version": __version__, "device": str(self.device),
                 "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "CPU",
-                "torch": torch.__version__,
-                "models": ["mtcnn (facenet-pytorch)", "face_mesh 478 (mediapipe)"], **self.depth_networks.info()}
+                "torch": torch.__version__, "geometries": ["head", "face"] if self.head else ["face"],
+                "models": models + (["ict-facekit head model"] if self.head else []), **self.depth_networks.info()}
+
+    def geometry(self, config: ReconstructionConfig) -> str:
+        """The geometry a request gets: ``auto`` is the head when the model is installed."""
+        if config.geometry == "face" or (config.geometry == "auto" and self.head is None):
+            return "face"
+        if self.head is None:
+            from .head.store import missing_model_message
+
+            raise ProtocolError(ErrorCode.NO_MODEL, missing_model_message())
+        return "head"
 
     def reconstruct(self, image: bytes | memoryview, params: Mapping | None = None, *,
                     config: ReconstructionConfig | None = None, report: Reporter = _no_report) -> Result:
         """``config`` when the caller validated the options already (the server's I/O thread), else ``params``."""
         config = config or self.defaults.with_params(params or {})
-        self.depth_networks.checkpoint(config)  # an uninstalled depth model fails before any work
+        geometry = self.geometry(config)
+        if geometry == "face":
+            self.depth_networks.checkpoint(config)  # an uninstalled depth model fails before any work
         timer = Timer()
         report("load", "reading the photo", 0.0, 0, 0)
         with timer.stage("load"):
@@ -113,12 +159,11 @@ class FacePipeline:
         chosen = select_faces(detections, config.face)
         faces, skipped = [], []
         for number, (index, detection) in enumerate(chosen):
-            def face_report(step: int, _number=number) -> None:
-                stage, text = FACE_STAGES[step]
-                done = (_number + step / len(FACE_STAGES)) / len(chosen)
-                suffix = f" {_number + 1}/{len(chosen)}" if len(chosen) > 1 else ""
-                report(stage, text + suffix, DETECTED_AT + (1 - DETECTED_AT) * done, _number + 1, len(chosen))
-            face = self._reconstruct_face(rgb, detection, index, config, timer, face_report)
+            progress = FaceProgress(timer, report, number, len(chosen), STAGES[geometry])
+            try:
+                face = self._reconstruct_face(rgb, detection, index, config, geometry, progress)
+            finally:
+                progress.close()
             (faces if face is not None else skipped).append(face or index)
         if not faces:
             raise ProtocolError(ErrorCode.NO_FACE, "a face was detected but its landmarks could not be located; "
@@ -128,48 +173,51 @@ class FacePipeline:
         return Result(faces=faces, meta=meta)
 
     def _reconstruct_face(self, rgb, detection: Detection, index: int, config: ReconstructionConfig,
-                          timer: Timer, report: Callable[[int], None]) -> FaceResult | None:
+                          geometry: str, progress: FaceProgress) -> FaceResult | None:
         size = config.texture_size
-        report(0)
-        with timer.stage("align"):
-            to_crop = alignment.crop_transform(detection, size, config.crop_margin)
-            crop = alignment.warp(rgb, to_crop, size)
-        report(1)
-        with timer.stage("landmarks"):
-            points = self.landmarker.locate(crop)
+        progress("align", "aligning")
+        to_crop = alignment.crop_transform(detection, size, config.crop_margin)
+        crop = alignment.warp(rgb, to_crop, size)
+        progress("landmarks", "locating landmarks")
+        points = self.landmarker.locate(crop)
         if points is None:
             return None
-        report(2)
-        with timer.stage("depth"):
-            geometry = FaceGeometry(points, config)
-        depth_meta, detail = {"depth_backend": "landmarks"}, None
-        if config.depth_backend == "network":
-            report(3)
-            with timer.stage("depth_network"):
-                depth_meta, detail = self.depth_networks.refine(crop, geometry, config)
-        with timer.stage("depth"):
-            depth, mask = geometry.depth_map(config.depth_size)
-        report(4)
-        with timer.stage("mesh"):
-            vertices, faces, uvs = geometry.mesh()
-        report(5)
-        with timer.stage("detail"):
-            eyes = [points[list(ring), :2] for ring in lm.EYE_RINGS]
-            detail = detail_map(crop, config.detail_sigma, eyes, geometry.pixel_width) if detail is None else detail
-        to_image = alignment.invert(to_crop)
-        arrays = {
-            "vertices": vertices, "faces": faces, "uvs": uvs, "texture": crop, "detail": detail,
-            "depth": depth, "mask": mask,
-            "landmarks": geometry.landmarks_metres(points),
-            "landmarks_image": alignment.apply(to_image, points[:, :2]).astype(np.float32),
-        }
+        if geometry == "head":
+            arrays, meta = self.head.reconstruct(rgb, points, to_crop, config, progress)
+        else:
+            arrays, meta = face_arrays(crop, points, to_crop, config, progress, self.depth_networks)
         meta = {"index": index, "box": detection.box.round(2).tolist(), "score": round(detection.score, 5),
-                "points5": detection.points.round(2).tolist(), "crop_to_image": to_image.tolist(),
-                "vertex_count": int(len(vertices)), "triangle_count": int(len(faces)),
-                "face_width_m": FACE_WIDTH_M, "mouth_open": geometry.mouth_open,
-                "rotation": geometry.rotation.round(6).tolist(), "yaw_deg": round(geometry.yaw_degrees, 2),
-                **depth_meta}
+                "points5": detection.points.round(2).tolist(),
+                "crop_to_image": alignment.invert(to_crop).tolist(), **meta}
         return FaceResult(index=index, meta=meta, arrays=arrays)
+
+
+def face_arrays(crop: np.ndarray, points: np.ndarray, to_crop: np.ndarray, config: ReconstructionConfig,
+                progress: Callable[[str, str], None], networks: DepthNetworks) -> tuple[dict, dict]:
+    """Face mode: the model-free surface through the landmarks (fused with a depth network's with
+    ``depth_backend`` network), meshed, with the crop as texture."""
+    progress("depth", "fitting the surface")
+    geometry = FaceGeometry(points, config)
+    depth_meta, detail = {"depth_backend": "landmarks"}, None
+    if config.depth_backend == "network":
+        progress("depth_network", "depth network")
+        depth_meta, detail = networks.fuse(crop, geometry, config)
+    depth, mask = geometry.depth_map(config.depth_size)
+    progress("mesh", "meshing")
+    vertices, faces, uvs = geometry.mesh()
+    progress("detail", "detail map")
+    if detail is None:
+        eyes = [points[list(ring), :2] for ring in lm.EYE_RINGS]
+        detail = detail_map(crop, config.detail_sigma, eyes, geometry.pixel_width)
+    arrays = {
+        "vertices": vertices, "faces": faces, "uvs": uvs, "texture": crop, "detail": detail,
+        "depth": depth, "mask": mask, "landmarks": geometry.landmarks_metres(points),
+        "landmarks_image": alignment.apply(alignment.invert(to_crop), points[:, :2]).astype(np.float32),
+    }
+    meta = {"geometry": "face", "vertex_count": int(len(vertices)), "triangle_count": int(len(faces)),
+            "face_width_m": FACE_WIDTH_M, "mouth_open": geometry.mouth_open,
+            "rotation": geometry.rotation.round(6).tolist(), "yaw_deg": round(geometry.yaw_degrees, 2), **depth_meta}
+    return arrays, meta
 
 
 def select_faces(detections: list[Detection], choice: str) -> list[tuple[int, Detection]]:

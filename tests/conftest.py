@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import io
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -57,12 +59,44 @@ def corrupt_bytes(grace_hopper_jpg) -> bytes:
     return grace_hopper_jpg[:1024] + bytes(range(256)) * 8
 
 
-def start_server(log_path: Path, *extra_args: str) -> LocalServer:
-    """`python -m inference_server serve` as a real subprocess on a free port, models loaded."""
+def pytest_configure(config):
+    """Tests never see models installed on this machine: servers, batches and CLIs they start get an
+    empty data folder ($FACEFORGE_DATA) unless a test gives them one (``head_data_dir``)."""
+    os.environ["FACEFORGE_DATA"] = tempfile.mkdtemp(prefix="faceforge-test-data-")
+
+
+def start_server(log_path: Path, *extra_args: str, data_dir: Path | None = None) -> LocalServer:
+    """`python -m inference_server serve` as a real subprocess on a free port, models loaded;
+    ``data_dir`` is its $FACEFORGE_DATA (installed models)."""
     server = LocalServer(sys.executable, free_address(), cwd=str(REPO), log_path=str(log_path), device="cpu",
-                         extra_args=extra_args)
+                         extra_args=extra_args, environ={"FACEFORGE_DATA": str(data_dir)} if data_dir else None)
     server.start(timeout=180)
     return server
+
+
+@pytest.fixture(scope="session")
+def head_data_dir(tmp_path_factory) -> Path:
+    """A $FACEFORGE_DATA with the ICT-FaceKit head model installed by the product's own installer."""
+    from inference_server.head import store
+
+    from .ict_fixtures import ICT_NPZ as source
+
+    if not source.exists():
+        pytest.skip(f"no ICT-FaceKit model at {source}")
+    folder = tmp_path_factory.mktemp("faceforge-data")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FACEFORGE_DATA", str(folder))
+        store.install(source, log=lambda line: None)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def head_server(tmp_path_factory, head_data_dir):
+    server = start_server(tmp_path_factory.mktemp("head-server") / "server.log", data_dir=head_data_dir)
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

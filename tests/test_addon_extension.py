@@ -5,9 +5,12 @@ the user's Blender configuration is never touched and the add-on is loaded exact
 """
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import os
+import platform
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -16,12 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.addon_fixtures import build_extension, built_zip
 from tests.photo_fixtures import photo_folder  # noqa: F401 (fixture)
-
-_SPEC = importlib.util.spec_from_file_location(
-    "build_extension", Path(__file__).resolve().parents[1] / "scripts" / "build_extension.py")
-build_extension = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(build_extension)
 
 INSTALL_AND_RUN = r"""
 import json, os, sys
@@ -55,20 +54,19 @@ print("RESULT " + json.dumps(out))
 
 @pytest.fixture(scope="module")
 def extension_zip(tmp_path_factory) -> Path:
-    output = tmp_path_factory.mktemp("dist")
-    try:
-        return build_extension.build(output=output, offline=True)
-    except SystemExit:  # a wheel is not cached yet: try downloading it
-        try:
-            return build_extension.build(output=output)
-        except (SystemExit, subprocess.CalledProcessError) as exc:
-            pytest.skip(f"pyzmq wheels neither cached in build/wheels nor downloadable: {exc}")
+    return built_zip(build_extension.build, tmp_path_factory.mktemp("dist"))
+
+
+@pytest.fixture(scope="module")
+def legacy_zip(tmp_path_factory) -> Path:
+    return built_zip(build_extension.build_legacy, tmp_path_factory.mktemp("dist-legacy"))
 
 
 def test_zip_holds_the_addon_and_declared_wheels_only(extension_zip):
     with zipfile.ZipFile(extension_zip) as archive:
         names = archive.namelist()
         manifest = tomllib.loads(archive.read("blender_manifest.toml").decode())
+    assert names[0] == "blender_manifest.toml"  # at the root, beside the add-on's files
     assert "__init__.py" in names and "wire/protocol.py" in names and "scene.py" in names
     assert not [n for n in names if "inference_server" in n or "__pycache__" in n or n.endswith(".pyc")]
     assert not [n for n in names if n.startswith(("tests/", "scripts/"))]
@@ -90,6 +88,54 @@ def test_blender_validates_the_zip(extension_zip):
                             text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Success" in result.stdout
+
+
+def test_legacy_zip_is_the_same_package_with_bl_info(legacy_zip, extension_zip):
+    manifest = build_extension.load_manifest()
+    with zipfile.ZipFile(legacy_zip) as legacy, zipfile.ZipFile(extension_zip) as extension:
+        names = legacy.namelist()
+        init = legacy.read("faceforge/__init__.py").decode()
+        code = {n.removeprefix("faceforge/") for n in names if n.endswith(".py") and "/_pyzmq/" not in n}
+        assert code == {n for n in extension.namelist() if n.endswith(".py")}  # the same modules
+    assert all(n.startswith("faceforge/") for n in names) and "faceforge/blender_manifest.toml" not in names
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+    info = next(ast.literal_eval(node.value) for node in ast.parse(init).body
+                if isinstance(node, ast.Assign) and node.targets[0].id == "bl_info")
+    assert info["version"] == tuple(int(p) for p in manifest["version"].split(".")) and info["blender"] == (3, 6, 0)
+    assert info["name"] == manifest["name"]
+    bundles = {n.split("/")[2] for n in names if n.startswith("faceforge/_pyzmq/")}
+    assert bundles == {f"{python}-{platform}" for python in ("cp310", "cp311")
+                       for platform in ("linux_x86_64", "win_amd64", "macos")}
+
+
+BUNDLED_IMPORT = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from faceforge import pyzmq_bundle
+try:
+    pyzmq_bundle.ensure_pyzmq()
+except ImportError as exc:
+    print("IMPORT-ERROR", exc)
+    raise SystemExit(0)
+import zmq
+with zmq.Context() as context, context.socket(zmq.PAIR) as a, context.socket(zmq.PAIR) as b:
+    a.bind("inproc://x"); b.connect("inproc://x"); a.send(b"ping")
+    print("ZMQ", zmq.__file__, b.recv().decode())
+"""
+
+
+@pytest.mark.skipif(not (sys.platform == "linux" and platform.machine() == "x86_64" and sys.version_info[:2] == (3, 11)),
+                    reason="the bundle for this interpreter is cp311-linux_x86_64")
+def test_legacy_zip_brings_pyzmq_when_python_has_none(legacy_zip, tmp_path):
+    with zipfile.ZipFile(legacy_zip) as archive:
+        archive.extractall(tmp_path)
+    run = [sys.executable, "-S", "-c", BUNDLED_IMPORT, str(tmp_path)]  # -S: no site-packages, so no pyzmq
+    result = subprocess.run(run, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert f"ZMQ {tmp_path}/faceforge/_pyzmq/cp311-linux_x86_64/zmq/" in result.stdout and "ping" in result.stdout
+    shutil.rmtree(tmp_path / "faceforge" / "_pyzmq" / "cp311-linux_x86_64")
+    result = subprocess.run(run, capture_output=True, text=True, timeout=60)
+    assert "IMPORT-ERROR FaceForge needs pyzmq" in result.stdout and "cp310-linux_x86_64" in result.stdout
 
 
 def test_wheel_request_parsing():

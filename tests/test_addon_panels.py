@@ -7,6 +7,7 @@ property names on the data, and operator ids. A typo that would put a traceback 
 from __future__ import annotations
 
 import threading
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -116,6 +117,19 @@ def test_messages_and_server_state(ui):
     assert _draw(ui, ui.panels.FACEFORGE_PT_server, "draw_header_preset")[0][1]["icon"] == "LINKED"
 
 
+def test_geometry_choice_and_model_status(ui):
+    session = ui.operators.SESSION
+    props = {named["property"] for name, named in _draw(ui, ui.panels.FACEFORGE_PT_main) if name == "prop"}
+    assert {"geometry", "neutral_expression", "resolution", "detail_strength"} <= props
+    session.status = {"server_version": "0.1.0", "protocol_version": 2, "device": "cpu", "geometries": ["face"]}
+    texts = " ".join(_texts(_draw(ui, ui.panels.FACEFORGE_PT_main)))
+    assert "No head model" in texts and "model fetch" in texts
+    session.status["geometries"] = ["head", "face"]
+    texts = " ".join(_texts(_draw(ui, ui.panels.FACEFORGE_PT_main)))
+    assert "Head model installed" in texts and "No head model" not in texts
+    session.status = None
+
+
 def test_preferences_draw(ui):
     calls = []
     prefs = SimpleNamespace(layout=CheckedLayout(ui.bpy, calls), **vars(ui.preferences.DEFAULTS))
@@ -123,3 +137,71 @@ def test_preferences_draw(ui):
     ui.preferences.FACEFORGE_AP_preferences.draw(prefs, ui.bpy.context)
     assert {named["property"] for name, named in calls if name == "prop"} == {
         "server_address", "request_timeout", "python_path", "server_home", "device", "start_timeout"}
+
+
+def _running_job(gate: threading.Event):
+    """A running job that ignores cancellation until ``gate`` opens: a server slow to acknowledge."""
+    from addon.jobs import Worker
+
+    job = Worker("panel-test").submit(lambda job: gate.wait(10), address="", status="Reconstructing on the server")
+    for _ in range(500):
+        if job.future.running():
+            return job
+        time.sleep(0.01)
+    raise AssertionError("the job never started")
+
+
+def test_progress_falls_back_to_text_before_blender_4(ui, monkeypatch):
+    """Blender 3.x has no UILayout.progress: the same information as labels, and draw() must not raise."""
+    monkeypatch.setattr(ui.panels, "HAS_PROGRESS", False)
+    session = ui.operators.SESSION
+    gate = threading.Event()
+    request = session.submit_reconstruction(lambda: gate.wait(10) and b"", photo_label="a.png", options={},
+                                            settings=None, location=(0, 0, 0), address="tcp://127.0.0.1:1", timeout=1)
+    try:
+        ui.bpy.context.scene.faceforge.photo_source = "FILE"
+        calls = _draw(ui, ui.panels.FACEFORGE_PT_main)
+        assert "progress" not in [name for name, _ in calls]
+        labels = [named["text"] for name, named in calls if name == "label" and named.get("icon") == "TIME"]
+        assert labels and labels[0].startswith("0% · ") and labels[0].endswith("(0 s)")
+        assert [named["operator"] for name, named in calls if name == "operator"] == ["faceforge.cancel"]
+    finally:
+        request.job.cancel()
+        gate.set()
+
+
+def test_cancelling_then_cancelled(ui):
+    session = ui.operators.SESSION
+    gate = threading.Event()
+    job = _running_job(gate)
+    session.request = ui.operators.Request(job, "a.png", {}, None)
+    try:
+        job.cancel()  # running: the future cannot be cancelled, the job ends when it notices
+        calls = _draw(ui, ui.panels.FACEFORGE_PT_main)
+        progress = [named for name, named in calls if name == "progress"]
+        assert progress[0]["text"] == "Cancelling…"
+        assert not ui.bpy.ops.faceforge.cancel.poll()  # one cancel is enough
+    finally:
+        gate.set()
+    job.future.exception(timeout=10)
+    session.message = ("WARNING", ui.operators.user_message(ui.operators.concurrent.futures.CancelledError()))
+    texts = _texts(_draw(ui, ui.panels.FACEFORGE_PT_main))
+    assert "Cancelling…" not in texts and "Reconstruction cancelled" in " ".join(texts)
+    assert ui.bpy.ops.faceforge.reconstruct.poll()
+
+
+def test_starting_server_shows_elapsed_time_not_the_old_status(ui):
+    session = ui.operators.SESSION
+    session.status = {"server_version": "0.1.0", "protocol_version": 1, "device": "cpu"}  # the previous server
+    gate = threading.Event()
+    session.server_job = _running_job(gate)
+    try:
+        calls = _draw(ui, ui.panels.FACEFORGE_PT_server)
+        status = [named for name, named in calls if name == "label"][0]
+        assert status["text"] == "Starting server… 0 s" and status["icon"] == "TIME"
+        assert not [text for text in _texts(calls) if text.startswith("Connected")]
+        assert not ui.bpy.ops.faceforge.server_start.poll() and not ui.bpy.ops.faceforge.server_stop.poll()
+    finally:
+        gate.set()
+        session.server_job.future.result(timeout=10)
+        session.server_job = session.status = None

@@ -30,6 +30,13 @@ def test_start_answers_info_then_stop(tmp_path):
         assert server.start() == info  # already running: no second process
         with pytest.raises(RuntimeError, match="already in use"):
             LocalServer(sys.executable, server.address, cwd=str(REPO)).start(timeout=10)
+        began = time.monotonic()
+        server.request_stop()  # what the Stop button does: signal, never wait
+        server.poll_stopped(grace=60)
+        assert time.monotonic() - began < 0.5
+        while not server.poll_stopped(grace=60):
+            time.sleep(0.05)
+        assert server.returncode == 0  # SIGTERM: a clean shutdown
     finally:
         server.stop()
     assert not server.running
@@ -45,6 +52,18 @@ def test_failed_start_raises_with_log_tail(tmp_path):
     assert "No module named inference_server" in str(info.value)  # the log tail explains why
     assert time.monotonic() - started < 30
     assert not server.running
+
+
+def test_a_server_ignoring_sigterm_is_killed_after_the_grace_period(tmp_path):
+    stubborn = tmp_path / "python"
+    stubborn.write_text("#!/bin/sh\ntrap '' TERM\nexec sleep 120\n")  # never answers, ignores SIGTERM
+    stubborn.chmod(0o755)
+    server = LocalServer(str(stubborn), f"tcp://127.0.0.1:{free_port()}", cwd=str(tmp_path))
+    began = time.monotonic()
+    with pytest.raises(RuntimeError, match="did not answer within 1 s"):
+        server.start(timeout=1)  # then stops it: SIGTERM, ignored, SIGKILL after 5 s
+    assert 5 <= time.monotonic() - began < 30
+    assert server.returncode == -9 and not server.running
 
 
 def test_missing_interpreter():

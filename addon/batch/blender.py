@@ -125,6 +125,10 @@ class Blender:
             "glb": [("export_scene.gltf", "io_scene_gltf2",
                      dict(export_format="GLB", use_selection=True, export_apply=True, export_texcoords=True,
                           export_materials="EXPORT"))],
+            "fbx": [("export_scene.fbx", "io_scene_fbx",
+                     dict(use_selection=True, object_types={"MESH"}, use_mesh_modifiers=True, path_mode="COPY",
+                          embed_textures=True, bake_anim=False, add_leaf_bones=False, axis_forward="-Z",
+                          axis_up="Y"))],
             # OBJ: the C++ wm.obj_export replaced the io_scene_obj add-on (removed in 4.0).
             "obj": [("wm.obj_export", None,
                      dict(export_selected_objects=True, apply_modifiers=True, export_uv=True, export_normals=True,
@@ -162,6 +166,12 @@ class Blender:
                            f"(tried {', '.join(c[0] for c in candidates)})")
 
     def export(self, fmt: str, path: Path, objects) -> None:
+        if fmt in ("glb", "fbx", "obj") and any(obj.data.shape_keys is not None for obj in objects):
+            # Heads: morph targets / blendshapes need the unmodified mesh (head_export says why).
+            from .. import head_export
+
+            getattr(head_export, f"export_{fmt}")(objects, path)
+            return
         idname, op, kwargs = self.exporter(fmt)
         self.select_only(objects)
         extra = []

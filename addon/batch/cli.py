@@ -20,7 +20,7 @@ from typing import Sequence
 from ..wire import options
 from ..wire.errors import EXIT_HELP, Exit
 
-FORMATS = ("blend", "glb", "obj", "ply", "stl")
+FORMATS = ("blend", "glb", "fbx", "obj", "ply", "stl")
 DEFAULT_FORMATS = ("blend", "glb")
 SUMMARY = "summary.json"
 

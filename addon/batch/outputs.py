@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 # Files each format produces besides textures (the OBJ exporter writes the MTL next to the OBJ).
-FORMAT_FILES = {"blend": (".blend",), "glb": (".glb",), "obj": (".obj", ".mtl"), "ply": (".ply",), "stl": (".stl",)}
+FORMAT_FILES = {"blend": (".blend",), "glb": (".glb",), "fbx": (".fbx",), "obj": (".obj", ".mtl"), "ply": (".ply",),
+                "stl": (".stl",)}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 MANIFEST = "faceforge.json"
 STAGING_PREFIX = ".faceforge-partial-"

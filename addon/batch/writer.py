@@ -68,9 +68,9 @@ def _describe(report: PhotoReport, reconstruction) -> None:
     faces = reconstruction.faces
     report.faces = len(faces)
     report.vertices = int(sum(len(f.arrays["vertices"]) for f in faces))
-    report.triangles = int(sum(len(f.arrays["faces"]) for f in faces))
+    report.triangles = sum(meshdata.triangle_count(f.arrays) for f in faces)
     report.face_details = [{"index": f.index, "vertices": int(len(f.arrays["vertices"])),
-                            "triangles": int(len(f.arrays["faces"])),
+                            "triangles": meshdata.triangle_count(f.arrays), "geometry": f.meta.get("geometry", "face"),
                             **{k: f.meta[k] for k in ("score", "box", "depth_backend") if k in f.meta}} for f in faces]
     report.server_timings_ms = dict(reconstruction.meta.get("timings_ms") or {})
 

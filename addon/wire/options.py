@@ -123,9 +123,9 @@ OPTIONS: tuple[Option, ...] = (
            "modifier instead)", minimum=0, maximum=50),
     Option("detail_sigma", float, 3.0, "low-pass radius (texture pixels) of the detail map's high-pass",
            minimum=0.5, maximum=20.0),
-    Option("depth_backend", str, "landmarks", "landmarks: the face's depth from its landmarks alone; network: a "
-           "learned depth network (MiDaS / DPT / Depth Anything V2) on the photo, fused with the landmark surface "
-           "(its shape, the network's detail)", choices=("landmarks", "network")),
+    Option("depth_backend", str, "landmarks", "face geometry: landmarks = the face's depth from its landmarks "
+           "alone; network = a learned depth network (MiDaS / DPT / Depth Anything V2) on the photo, fused with the "
+           "landmark surface (its shape, the network's detail)", choices=("landmarks", "network")),
     Option("depth_model", str, "", "depth_backend network: the name of an installed depth checkpoint (`python -m "
            "inference_server model install CHECKPOINT`) or an architecture id; empty = the server's own "
            "(`serve --depth-model`). A path is refused: a request cannot make the server read files",
@@ -133,6 +133,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("depth_fuse_weight", float, 1.0, "depth_backend network: share of the network in the fused depth's "
            "detail (0 = the landmark surface, 1 = all detail above the landmarks' scale from the network)",
            minimum=0.0, maximum=1.0),
+    Option("refine", str, "off", "photometric refinement of the head: off; light = SH lighting and a de-lit "
+           "albedo texture (about 1 s per face on 2 CPU threads); full = also shape detail from shading, "
+           "displacement in metres (about 5 s per face on 2 CPU threads)", choices=("off", "light", "full")),
     Option("detect_max_side", int, 640, "photos are downscaled to this side for face detection",
            minimum=64, maximum=2048),
     Option("min_face_fraction", float, 0.05, "smallest face searched for, as a fraction of the photo's longer "

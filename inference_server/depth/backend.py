@@ -66,7 +66,7 @@ class DepthNetworks:
                                                         f"reinstall it: {INSTALL_HINT}") from None
         return self._loaded[1]
 
-    def refine(self, crop: np.ndarray, geometry, config) -> tuple[dict, np.ndarray | None]:
+    def fuse(self, crop: np.ndarray, geometry, config) -> tuple[dict, np.ndarray | None]:
         """Run the selected network on the crop and fuse it into ``geometry`` (in place).
 
         Returns the face meta's depth entries and the network's detail map (None: keep the photo's)."""

@@ -1,0 +1,285 @@
+"""Head-model fit against heads with known shape, expression and pose.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/head_fit_eval.py [--subjects 4] [--save-renders DIR]
+
+Each subject is an ICT-FaceKit head with random identity (N(0, 1)) and a few expressions, in two
+kinds: ``model`` (exactly representable) and ``beyond`` (the same plus a smooth random displacement
+of a few millimetres along the normals, which no coefficient vector can reproduce — fitting a model
+to its own renders flatters it). Each is rendered with the project's rasteriser at a frontal and a
+turned pose, run through the real landmark chain (MTCNN -> crop -> FaceMesh) and fitted. Reported:
+
+- ``pose_deg``: angle between the fitted and the true head rotation;
+- ``landmark_mm``: mean 3D distance of the 478 landmark points, canonical heads aligned by a
+  similarity transform (the photo cannot tell a big far head from a small near one);
+- ``surface_mm``: mean distance from the true face surface (vertices of the face region) to the
+  fitted face surface after the same alignment (scan-to-mesh);
+- ``pair_mm``: frontal vs turned fit of the same subject, canonical heads compared the same way;
+- ``mean_head_surface_mm``: ``surface_mm`` of the model's mean head (no fit), for reference;
+- ``fit_ms`` / ``fit_cpu_ms``: the fit alone (landmarks given), wall clock and process CPU time,
+  torch on 2 threads; and the rasteriser's time for the full head (52k triangles) at 512 x 512.
+
+Needs the shared ICT-FaceKit npz (test data, never part of the product).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+CAMERA_FOCAL, CAMERA_SIZE, DISTANCE_M = 1500.0, (640, 640), 0.85
+EXPRESSIONS = ("jawOpen", "mouthSmile_L", "mouthSmile_R", "browInnerUp_L", "eyeBlink_L", "eyeBlink_R",
+               "mouthFunnel", "browDown_L", "browDown_R", "cheekSquint_L")
+
+
+def shared_model_path() -> Path:
+    """The shared ICT-FaceKit npz (test/evaluation data, never part of the product): beside the
+    checkout (``../shared``), else the machine-wide copy."""
+    beside = REPO.parent / "shared" / "data" / "ict_facekit" / "ict_face_model.npz"
+    return beside if beside.exists() else Path("/work/shared/data/ict_facekit/ict_face_model.npz")
+
+
+@dataclass(frozen=True)
+class Subject:
+    id_coeffs: np.ndarray
+    exp_weights: np.ndarray
+    displacement: np.ndarray | None     # (V, 3) metres added to the model's shape ("beyond" kind)
+    pose: tuple[float, float, float]    # yaw, pitch, roll in degrees
+
+    def canonical(self, model) -> np.ndarray:
+        shape = model.shape(self.id_coeffs, self.exp_weights)
+        return shape if self.displacement is None else shape + self.displacement
+
+    @property
+    def rotation(self) -> np.ndarray:
+        from inference_server.head.camera import head_rotation
+
+        return head_rotation(*self.pose)
+
+    @property
+    def translation(self) -> np.ndarray:
+        return np.array([0.01, 0.02, DISTANCE_M])
+
+
+def make_subject(model, seed: int, beyond: bool, pose=(0.0, 0.0, 0.0)) -> Subject:
+    rng = np.random.default_rng(seed)
+    id_coeffs = rng.standard_normal(model.id_deltas.shape[0]).astype(np.float32)
+    exp_weights = np.zeros(len(model.exp_names), np.float32)
+    for name in rng.choice(EXPRESSIONS, 2, replace=False):
+        exp_weights[model.exp_names.index(name)] = rng.uniform(0.1, 0.4)
+    displacement = smooth_displacement(model, model.shape(id_coeffs), rng) if beyond else None
+    return Subject(id_coeffs, exp_weights, displacement, tuple(float(a) for a in pose))
+
+
+def smooth_displacement(model, vertices: np.ndarray, rng, bumps: int = 14, width_m: float = 0.025,
+                        amplitude_m: float = 0.003) -> np.ndarray:
+    """A sum of Gaussian bumps (random centres on the face, random signs) along the vertex normals:
+    low-frequency shape that the identity modes do not span."""
+    import torch
+
+    from inference_server.head.raster import vertex_normals
+
+    normals = vertex_normals(torch.from_numpy(vertices), torch.from_numpy(model.faces)).numpy()
+    centres = vertices[rng.choice(np.nonzero(model.face_mask)[0], bumps)]
+    heights = rng.uniform(-amplitude_m, amplitude_m, bumps)
+    distance2 = ((vertices[:, None, :] - centres[None]) ** 2).sum(-1)
+    offset = (np.exp(-distance2 / (2 * width_m ** 2)) * heights).sum(1)
+    skin = np.isin(model.vertex_part, [model.part_names.index("face"), model.part_names.index("head_neck")])
+    return (normals * (offset * skin)[:, None]).astype(np.float32)
+
+
+def render_subject(model, subject: Subject) -> np.ndarray:
+    """RGB uint8 photo of the subject (rasteriser, Lambert shading, part colours)."""
+    import torch
+
+    from inference_server.head import render
+    from inference_server.head.camera import Camera
+
+    camera = Camera(CAMERA_FOCAL, (CAMERA_SIZE[1] / 2, CAMERA_SIZE[0] / 2), CAMERA_SIZE)
+    posed = subject.canonical(model) @ subject.rotation.T + subject.translation
+    rgb, _ = render.render_shaded(torch.from_numpy(posed.astype(np.float32)),
+                                  torch.from_numpy(render.drawn_faces(model)).long(),
+                                  torch.from_numpy(render.vertex_colours(model)), camera)
+    return rgb
+
+
+def similarity(source: np.ndarray, target: np.ndarray):
+    """Scale, rotation, translation taking ``source`` points onto ``target`` (least squares, Umeyama)."""
+    mu_s, mu_t = source.mean(0), target.mean(0)
+    a, b = source - mu_s, target - mu_t
+    u, sigma, vt = np.linalg.svd(b.T @ a)
+    d = np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])
+    rotation = u @ d @ vt
+    scale = float(np.trace(np.diag(sigma) @ d) / (a ** 2).sum())
+    return scale, rotation, mu_t - scale * rotation @ mu_s
+
+
+def align(fitted: np.ndarray, truth: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+    """The fitted head moved onto the truth by the similarity that best matches ``region``, its
+    scale and rotation."""
+    scale, rotation, shift = similarity(fitted[region], truth[region])
+    return fitted @ (scale * rotation).T + shift, scale, rotation
+
+
+def surface_distance(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray, samples: int = 5) -> np.ndarray:
+    """Distance from each point to a densely sampled triangle surface (within ~0.1 mm on this model)."""
+    from scipy.spatial import cKDTree
+
+    steps = np.linspace(0, 1, samples)
+    u, v = np.meshgrid(steps, steps)
+    keep = (u + v) <= 1
+    bary = np.stack([1 - u[keep] - v[keep], u[keep], v[keep]], 1)
+    dense = np.einsum("sk,fkd->fsd", bary, vertices[faces]).reshape(-1, 3)
+    return cKDTree(dense).query(points)[0]
+
+
+def face_faces(model) -> np.ndarray:
+    return model.faces[model.face_mask[model.faces].all(1)]
+
+
+def shape_errors(model, table, canonical: np.ndarray, truth: np.ndarray) -> dict:
+    """3D landmark and scan-to-mesh errors (mm) of a canonical head after similarity alignment."""
+    aligned, scale, rotation = align(canonical, truth, model.face_mask)
+    landmarks = np.linalg.norm(table.points(aligned) - table.points(truth), axis=1)
+    surface = surface_distance(truth[model.face_mask], aligned, face_faces(model))
+    return {"landmark_mm": 1000 * landmarks.mean(), "surface_mm": 1000 * surface.mean(), "scale": scale,
+            "alignment": rotation}
+
+
+def evaluate(model, table, subject: Subject, fit) -> dict:
+    """Errors of one fit. ``pose_deg`` compares the object transforms; ``face_pose_deg`` the
+    posed face regions (the identity modes carry a little head tilt of their own, ~1.6 deg at
+    1 sigma, which the photo cannot tell from pose)."""
+    from inference_server.head.camera import rotation_angle_deg
+
+    truth = subject.canonical(model)
+    errors = shape_errors(model, table, fit.canonical_vertices, truth)
+    mean_head = shape_errors(model, table, model.vertices, truth)
+    return {"pose_deg": rotation_angle_deg(subject.rotation, fit.rotation),
+            "face_pose_deg": rotation_angle_deg(subject.rotation @ errors.pop("alignment"), fit.rotation),
+            **errors, "mean_head_surface_mm": mean_head["surface_mm"], "residual_pct": fit.residual_eye_pct}
+
+
+def canonical_difference_mm(model, first: np.ndarray, second: np.ndarray) -> float:
+    """Mean face-region vertex distance between two canonical heads after similarity alignment."""
+    aligned, _, _ = align(first, second, model.face_mask)
+    return float(1000 * np.linalg.norm(aligned[model.face_mask] - second[model.face_mask], axis=1).mean())
+
+
+POSES = {"frontal": (0.0, 0.0, 0.0), "turned": (30.0, 6.0, -5.0)}
+
+
+class LandmarkReader:
+    """The project's landmark chain (MTCNN -> aligned crop -> FaceMesh) in photo pixels."""
+
+    def __init__(self):
+        import torch
+
+        from inference_server.detection import FaceDetector
+        from inference_server.landmarks import LandmarkModel
+
+        self.detector, self.landmarker = FaceDetector(torch.device("cpu")), LandmarkModel()
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        from inference_server.head.photo_landmarks import locate_all
+
+        found = locate_all(rgb, self.detector, self.landmarker)
+        if not found:
+            raise RuntimeError("no face landmarks on a synthetic render")
+        return found[0]
+
+
+def run(model, table, basis, reader, subjects: int, config, save_renders: Path | None) -> list[dict]:
+    import torch
+
+    from inference_server.head.fit import fit_head
+
+    rows = []
+    for seed in range(subjects):
+        for kind in ("model", "beyond"):
+            fits = {}
+            for pose_name, pose in POSES.items():
+                subject = make_subject(model, seed, kind == "beyond", pose)
+                rgb = render_subject(model, subject)
+                if save_renders:
+                    from PIL import Image
+                    save_renders.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(rgb).save(save_renders / f"subject{seed}_{kind}_{pose_name}.png")
+                landmarks = reader(rgb)
+                start, start_cpu = time.perf_counter(), time.process_time()
+                fit = fit_head(model, landmarks, CAMERA_SIZE, config, torch.device("cpu"), basis=basis)
+                elapsed, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+                fits[pose_name] = fit
+                rows.append({"subject": seed, "kind": kind, "pose": pose_name, "fit_ms": 1000 * elapsed,
+                             "fit_cpu_ms": 1000 * cpu}
+                            | evaluate(model, table, subject, fit))
+            rows[-1]["pair_mm"] = canonical_difference_mm(model, fits["turned"].canonical_vertices,
+                                                          fits["frontal"].canonical_vertices)
+            print(rows[-2], rows[-1], sep="\n", flush=True)
+    return rows
+
+
+def raster_ms(model) -> float:
+    import torch
+
+    from inference_server.head import raster, render
+
+    posed = torch.from_numpy((model.vertices * [1.0, -1.0, -1.0] + [0.0, 0.02, 0.6]).astype(np.float32))
+    screen = raster.project(posed, 1000.0, (256.0, 256.0))
+    faces = torch.from_numpy(model.faces).long()
+    best = float("inf")
+    for _ in range(10):
+        start = time.perf_counter()
+        with torch.inference_mode():
+            raster.rasterize(screen, faces, (512, 512), render.FRONT_FACING)
+        best = min(best, time.perf_counter() - start)
+    return 1000 * best
+
+
+def print_table(rows: list[dict]) -> None:
+    keys = ("pose_deg", "face_pose_deg", "landmark_mm", "surface_mm", "mean_head_surface_mm", "residual_pct",
+            "fit_ms", "fit_cpu_ms")
+    print("\nkind    pose     " + " ".join(f"{k:>14}" for k in keys) + "    pair_mm")
+    for kind in ("model", "beyond"):
+        for pose in POSES:
+            chosen = [r for r in rows if r["kind"] == kind and r["pose"] == pose]
+            pair = [r["pair_mm"] for r in chosen if "pair_mm" in r]
+            print(f"{kind:7} {pose:8} " + " ".join(f"{np.mean([r[k] for r in chosen]):14.2f}" for k in keys)
+                  + (f"  {np.mean(pair):11.2f}" if pair else ""))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--subjects", type=int, default=4)
+    parser.add_argument("--save-renders", type=Path)
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override HeadFitConfig fields")
+    args = parser.parse_args()
+    import torch
+
+    from inference_server.head.correspondence import LandmarkTable
+    from inference_server.head.fit import HeadFitConfig, ShapeBasis
+    from inference_server.head.model import HeadModel
+
+    torch.set_num_threads(2)
+    path = shared_model_path()
+    if not path.exists():
+        sys.exit(f"error: no ICT-FaceKit model at {path}")
+    model, table = HeadModel.load(path), LandmarkTable.load()
+    config = HeadFitConfig()
+    for item in args.set:
+        field, value = item.split("=", 1)
+        config = replace(config, **{field: type(getattr(config, field))(value)})
+    basis = ShapeBasis(model, table, torch.device("cpu"))
+    print(f"rasterise full head at 512x512: {raster_ms(model):.1f} ms (best of 10)")
+    print_table(run(model, table, basis, LandmarkReader(), args.subjects, config, args.save_renders))
+
+
+if __name__ == "__main__":
+    main()

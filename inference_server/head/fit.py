@@ -1,0 +1,332 @@
+"""Fit the morphable head to one face's FaceMesh landmarks: pose, focal length, identity, expression.
+
+Maximum a posteriori by Gauss-Newton / Levenberg-Marquardt on the linear model: the landmarks are a
+fixed linear function of the 153 shape coefficients, so each step needs the model only at the
+~2k vertices the landmark table touches, and a handful of steps converge (hundreds of first-order
+steps would cost far more). Terms: robust (Geman-McClure, by reweighting) 2D landmark residuals in
+the photo's pixels, scaled by the eye distance so the priors weigh the same at any photo size;
+MediaPipe's relative depth as a weak cue; identity coefficients ~ N(0, 1); expression weights in
+[0, 1] with an L1 (sparsity) prior; a log-normal prior on the focal length unless it is given.
+Pose lives in ``rotation``/``translation`` (camera frame: x right, y down, z forward); the shape is
+the canonical head in the model's own frame.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..landmarks import EYE_RINGS, FACE_OVAL, SURFACE_LANDMARKS
+from .camera import FRONTAL, Camera
+from .correspondence import LandmarkTable, head_yaw_deg
+from .model import HeadModel
+
+IRIS = np.arange(468, 478)
+POSE_PARAMS = 7          # rotation increment (3), translation (3), log focal (1)
+
+
+@dataclass(frozen=True)
+class HeadFitConfig:
+    """Weights of the MAP fit. Residuals are in units of ``landmark_sigma`` x eye distance."""
+
+    landmark_sigma: float = 0.04      # landmark noise, fraction of the eye distance (FaceMesh on photos)
+    robust_scale: float = 2.5         # Geman-McClure scale in sigmas: beyond it a landmark fades out
+    oval_weight: float = 1.0          # face-oval points (their yaw-dependent places are measured)
+    iris_weight: float = 0.3          # the model's gaze is only what its expression shapes allow
+    # MediaPipe's relative z, relative to the 2D terms. Off by default: on renders with known depth
+    # it correlates 0.98 with the truth for frontal faces but only 0.8 at 30 deg of yaw, and every
+    # weight tried (0.003 - 0.3) made pose and shape worse (benchmarks/head_fit_eval.py).
+    depth_weight: float = 0.0
+    identity_prior: float = 1.0       # multiplies ||id_coeffs||^2 (the model's N(0, 1))
+    expression_l1: float = 2.0        # multiplies sum(exp_weights): most expressions stay at zero
+    expression_l2: float = 0.5        # keeps the expression block well conditioned
+    focal_log_sigma: float = 0.35     # prior on log(focal / default focal) when no focal is given
+    iterations: int = 8
+    rigid_iterations: int = 3         # first steps move only pose and focal (mean shape)
+    damping: float = 1e-3             # Levenberg-Marquardt, relative to the Hessian's diagonal
+
+
+@dataclass
+class HeadFit:
+    id_coeffs: np.ndarray          # (100,) float32
+    exp_weights: np.ndarray        # (53,) float32 in [0, 1]
+    rotation: np.ndarray           # (3, 3) camera-from-model
+    translation: np.ndarray        # (3,) metres, camera frame
+    focal: float                   # pixels
+    principal: tuple[float, float]  # pixels
+    image_size: tuple[int, int]    # (height, width)
+    canonical_vertices: np.ndarray  # (V, 3) float32 model frame, pose-free
+    posed_vertices: np.ndarray     # (V, 3) float32 camera frame, metres
+    landmarks_fitted_px: np.ndarray  # (478, 2) the fitted head's landmarks in the photo
+    residual_px: float             # median 2D landmark residual
+    residual_eye_pct: float        # the same in % of the eye distance
+    yaw_deg: float
+
+    @property
+    def camera(self) -> Camera:
+        """The photo's camera as fitted (e.g. for ``render.depth_map`` or ``render.overlay``)."""
+        return Camera(self.focal, self.principal, self.image_size)
+
+
+class ShapeBasis:
+    """The model as torch tensors on ``device``: the full head (for the result) and its rows at
+    the landmarks (for the fit). Build once per model and device, reuse for every face."""
+
+    def __init__(self, model: HeadModel, table: LandmarkTable, device: torch.device):
+        deltas = np.concatenate([model.id_deltas, model.exp_deltas])                         # (153, V, 3)
+        self.device, self.table = device, table
+        self.identity_count = model.id_deltas.shape[0]
+        self.mean = torch.from_numpy(model.vertices.astype(np.float32)).to(device)           # (V, 3)
+        self.deltas = torch.from_numpy(deltas.reshape(len(deltas), -1)).to(device).float()   # (153, 3V)
+
+    def landmarks(self, yaw_deg: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean (478, 3) and basis (478, 3, 153) of the landmark points at this yaw."""
+        ids, weights = self.table.sampling(yaw_deg)
+        index = torch.from_numpy(ids).to(self.device)
+        weights = torch.from_numpy(weights).to(self.device)
+        mean = (weights[..., None] * self.mean[index]).sum(1)                                  # (L, 3)
+        columns = (index[..., None] * 3 + torch.arange(3, device=self.device)).reshape(len(ids), -1)
+        rows = self.deltas[:, columns].reshape(-1, len(ids), ids.shape[1], 3)                 # (153, L, k, 3)
+        basis = (weights[None, ..., None] * rows).sum(2).permute(1, 2, 0)                      # (L, 3, 153)
+        return mean, basis.contiguous()
+
+    def vertices(self, coeffs: torch.Tensor) -> torch.Tensor:
+        """(V, 3) head for stacked identity + expression coefficients."""
+        return self.mean + (coeffs @ self.deltas).reshape(-1, 3)
+
+
+def eye_distance(landmarks_px: np.ndarray) -> float:
+    centres = [landmarks_px[list(ring), :2].mean(0) for ring in EYE_RINGS]
+    return float(np.linalg.norm(centres[0] - centres[1]))
+
+
+def _skew(v: torch.Tensor) -> torch.Tensor:
+    zero = torch.zeros_like(v[..., 0])
+    return torch.stack([torch.stack([zero, -v[..., 2], v[..., 1]], -1),
+                        torch.stack([v[..., 2], zero, -v[..., 0]], -1),
+                        torch.stack([-v[..., 1], v[..., 0], zero], -1)], -2)
+
+
+def _rodrigues(omega: torch.Tensor) -> torch.Tensor:
+    angle = torch.linalg.norm(omega)
+    if float(angle) < 1e-12:
+        return torch.eye(3, dtype=omega.dtype, device=omega.device)
+    k = _skew(omega / angle)
+    return torch.eye(3, dtype=omega.dtype, device=omega.device) + torch.sin(angle) * k + (1 - torch.cos(angle)) * k @ k
+
+
+@dataclass
+class _State:
+    rotation: torch.Tensor    # (3, 3)
+    translation: torch.Tensor  # (3,)
+    log_focal: torch.Tensor   # ()
+    coeffs: torch.Tensor      # (153,) identity then expression
+
+    def moved(self, step: torch.Tensor) -> "_State":
+        return _State(_rodrigues(step[:3]) @ self.rotation, self.translation + step[3:6],
+                      self.log_focal + step[6], self.coeffs + step[POSE_PARAMS:])
+
+
+class _Problem:
+    """Residuals and Jacobian of the MAP objective for one face (all tensors on one device)."""
+
+    def __init__(self, basis: ShapeBasis, landmarks_px: np.ndarray, principal, config: HeadFitConfig,
+                 prior_focal: float, focal_fixed: bool):
+        device, self.config, self.basis = basis.device, config, basis
+        self.observed = torch.tensor(landmarks_px[:, :2], dtype=torch.float32, device=device)
+        depth = landmarks_px[:, 2] - landmarks_px[:, 2].mean()
+        self.observed_depth = torch.tensor(depth, dtype=torch.float32, device=device)
+        self.principal = torch.tensor(principal, dtype=torch.float32, device=device)
+        self.sigma = config.landmark_sigma * eye_distance(landmarks_px)
+        static = np.ones(len(landmarks_px), np.float32)
+        static[FACE_OVAL] = config.oval_weight
+        static[IRIS] = config.iris_weight
+        self.static_weight = torch.from_numpy(static).to(device)
+        self.log_prior_focal = float(np.log(prior_focal))
+        self.focal_fixed = focal_fixed
+        self.expression = slice(POSE_PARAMS + basis.identity_count, None)
+
+    def project(self, state: _State, landmark_basis):
+        mean, shape_basis = landmark_basis
+        points = mean + shape_basis @ state.coeffs
+        rotated = points @ state.rotation.T
+        camera = rotated + state.translation
+        focal = torch.exp(state.log_focal)
+        pixels = focal * camera[:, :2] / camera[:, 2:] + self.principal
+        return shape_basis, rotated, camera, focal, pixels
+
+    def robust_weights(self, pixels: torch.Tensor) -> torch.Tensor:
+        error = torch.linalg.norm(pixels - self.observed, dim=1) / self.sigma
+        return self.static_weight / (1 + (error / self.config.robust_scale) ** 2) ** 2
+
+    def linearise(self, state: _State, landmark_basis, weights: torch.Tensor, jacobian: bool = True):
+        """Stacked residual vector r and Jacobian J (or None) of the objective 1/2 |r|^2 + L1 term."""
+        cfg = self.config
+        shape_basis, rotated, camera, focal, pixels = self.project(state, landmark_basis)
+        scale = torch.sqrt(weights)[:, None] / self.sigma
+        residual_2d = (pixels - self.observed) * scale
+        mean_z = camera[:, 2].mean()
+        predicted_depth = -(focal / mean_z) * (camera[:, 2] - mean_z)
+        depth_scale = np.sqrt(cfg.depth_weight) / self.sigma
+        rows = [residual_2d.reshape(-1), (predicted_depth - self.observed_depth) * depth_scale]
+        prior_rows, prior_jac = self._priors(state, POSE_PARAMS + state.coeffs.numel())
+        if not jacobian:
+            return torch.cat(rows + prior_rows), None
+        inverse_z = 1.0 / camera[:, 2]
+        zeros = torch.zeros_like(inverse_z)
+        d_pixel = focal * inverse_z[:, None, None] * torch.stack(
+            [torch.stack([torch.ones_like(zeros), zeros, -camera[:, 0] * inverse_z], 1),
+             torch.stack([zeros, torch.ones_like(zeros), -camera[:, 1] * inverse_z], 1)], 1)      # (L, 2, 3)
+        d_camera = torch.cat([-_skew(rotated), torch.eye(3, device=camera.device).expand(len(camera), 3, 3),
+                              torch.zeros(len(camera), 3, 1, device=camera.device),
+                              torch.einsum("ij,ljk->lik", state.rotation, shape_basis)], 2)          # (L, 3, P)
+        jac_2d = d_pixel @ d_camera
+        jac_2d[:, :, 6] = pixels - self.principal
+        jac_2d = jac_2d * scale[..., None]
+        jac_z = -(focal / mean_z) * (d_camera[:, 2] - d_camera[:, 2].mean(0))
+        jac_z[:, 6] = predicted_depth
+        jacobians = [jac_2d.reshape(-1, jac_2d.shape[-1]), jac_z * depth_scale]
+        return torch.cat(rows + prior_rows), torch.cat(jacobians + prior_jac)
+
+    def _priors(self, state: _State, params: int):
+        cfg, device, n_id = self.config, state.coeffs.device, self.basis.identity_count
+        prior_weight = torch.zeros(params, device=device)
+        prior_weight[POSE_PARAMS:POSE_PARAMS + n_id] = np.sqrt(cfg.identity_prior)
+        prior_weight[self.expression] = np.sqrt(cfg.expression_l2)
+        residual = prior_weight[POSE_PARAMS:] * state.coeffs
+        jacobian = torch.diag(prior_weight)[POSE_PARAMS:]
+        focal_row = torch.zeros(1, params, device=device)
+        focal_row[0, 6] = 1.0 / cfg.focal_log_sigma
+        focal_residual = ((state.log_focal - self.log_prior_focal) / cfg.focal_log_sigma).reshape(1)
+        return [residual, focal_residual], [jacobian, focal_row]
+
+    def cost(self, state: _State, landmark_basis, weights: torch.Tensor) -> float:
+        residual, _ = self.linearise(state, landmark_basis, weights, jacobian=False)
+        return float(0.5 * (residual ** 2).sum() + self.config.expression_l1 * state.coeffs[self.expression].sum())
+
+
+def _bounded_step(hessian: torch.Tensor, gradient: torch.Tensor, values: torch.Tensor, free: torch.Tensor,
+                  bounded: slice) -> torch.Tensor:
+    """Minimise 1/2 d'Hd + g'd over the ``free`` parameters with values[bounded] + d in [0, 1]
+    (a few active-set rounds: clamp what leaves the box, re-solve the rest)."""
+    hessian, gradient = hessian.double(), gradient.double()
+    low, high = -values[bounded].double(), 1.0 - values[bounded].double()
+    free = free.clone()
+    at_bound = torch.zeros_like(free)
+    at_bound[bounded] = ((low >= 0) & (gradient[bounded] > 0)) | ((high <= 0) & (gradient[bounded] < 0))
+    free &= ~at_bound
+    step = torch.zeros_like(gradient)
+    for _ in range(6):
+        index = torch.nonzero(free).squeeze(1)
+        rhs = -(gradient[index] + hessian[index][:, ~free] @ step[~free])
+        step[index] = torch.linalg.solve(hessian[index][:, index], rhs)
+        clamped = torch.minimum(torch.maximum(step[bounded], low), high)
+        moved = (clamped != step[bounded]) & free[bounded]
+        if not moved.any():
+            break
+        step[bounded] = torch.where(moved, clamped, step[bounded])
+        free[bounded] &= ~moved
+    return step.float()
+
+
+def _initial_pose(basis: ShapeBasis, landmarks_px: np.ndarray, focal: float, principal) -> tuple[np.ndarray, np.ndarray]:
+    """Rigid pose of the mean head from the inner (non-oval) landmarks by PnP; frontal at a
+    face-sized distance if PnP fails."""
+    import cv2
+
+    mean, _ = basis.landmarks(0.0)   # a frontal guess: PnP's pose error here is a few degrees
+    fixed = np.setdiff1d(np.arange(SURFACE_LANDMARKS), FACE_OVAL)
+    object_points = mean.cpu().numpy()[fixed].astype(np.float64)
+    image_points = landmarks_px[fixed, :2].astype(np.float64)
+    camera = np.array([[focal, 0, principal[0]], [0, focal, principal[1]], [0, 0, 1]])
+    ok, rvec, tvec = cv2.solvePnP(object_points, image_points, camera, None, flags=cv2.SOLVEPNP_EPNP)
+    if ok:
+        ok, rvec, tvec = cv2.solvePnP(object_points, image_points, camera, None, rvec, tvec, True,
+                                      flags=cv2.SOLVEPNP_ITERATIVE)
+    if ok and tvec[2, 0] > 0:
+        return cv2.Rodrigues(rvec)[0], tvec[:, 0]
+    model_width = np.ptp(object_points[:, 0])
+    centre = image_points.mean(0)
+    distance = focal * model_width / max(np.ptp(image_points[:, 0]), 1.0)
+    return FRONTAL.copy(), np.array([(centre[0] - principal[0]) * distance / focal,
+                                     (centre[1] - principal[1]) * distance / focal, distance])
+
+
+def fit_head(model: HeadModel, landmarks_px: np.ndarray, image_size: tuple[int, int],
+             config: HeadFitConfig = HeadFitConfig(), device: torch.device = torch.device("cpu"),
+             focal_px: float | None = None, table: LandmarkTable | None = None,
+             basis: ShapeBasis | None = None) -> HeadFit:
+    """Fit the head to (478, 3) FaceMesh landmarks in photo pixels (z: MediaPipe's relative depth in
+    the same pixel units, larger = nearer) of a photo of ``image_size`` (height, width). A known
+    focal length (e.g. from EXIF, in pixels) is kept fixed. Pass ``basis`` to reuse the model's
+    landmark basis across faces."""
+    landmarks_px = np.asarray(landmarks_px, np.float64)
+    if landmarks_px.shape != (478, 3) or not np.isfinite(landmarks_px).all():
+        raise ValueError(f"landmarks must be a finite (478, 3) array, got {landmarks_px.shape}")
+    basis = basis or ShapeBasis(model, table or LandmarkTable.load(), device)
+    default = Camera.default_for(tuple(image_size), focal_px)
+    principal, prior_focal = default.principal, default.focal
+    problem = _Problem(basis, landmarks_px, principal, config, prior_focal, focal_px is not None)
+    rotation, translation = _initial_pose(basis, landmarks_px, prior_focal, principal)
+    state = _State(torch.tensor(rotation, dtype=torch.float32, device=device),
+                   torch.tensor(translation, dtype=torch.float32, device=device),
+                   torch.tensor(np.log(prior_focal), dtype=torch.float32, device=device),
+                   torch.zeros(basis.deltas.shape[0], device=device))
+    state, landmark_basis = _optimise(problem, state, config)
+    return _result(problem, state, landmark_basis, image_size, principal)
+
+
+def _optimise(problem: _Problem, state: _State, config: HeadFitConfig):
+    """Levenberg-Marquardt with reweighting; the landmarks' places follow the current yaw."""
+    params = POSE_PARAMS + state.coeffs.numel()
+    damping = config.damping
+    for iteration in range(config.iterations):
+        yaw = head_yaw_deg(state.rotation.cpu().numpy(), state.translation.cpu().numpy())
+        landmark_basis = problem.basis.landmarks(yaw)
+        weights = problem.robust_weights(problem.project(state, landmark_basis)[-1])
+        free = torch.ones(params, dtype=torch.bool, device=state.coeffs.device)
+        if iteration < config.rigid_iterations:
+            free[POSE_PARAMS:] = False
+        if problem.focal_fixed:
+            free[6] = False
+        residual, jacobian = problem.linearise(state, landmark_basis, weights)
+        gradient = jacobian.T @ residual
+        gradient[problem.expression] += config.expression_l1
+        hessian = jacobian.T @ jacobian
+        current = problem.cost(state, landmark_basis, weights)
+        for _ in range(4):
+            damped = hessian + damping * torch.diag(torch.diagonal(hessian).clamp(min=1e-6))
+            step = _bounded_step(damped, gradient, _values(state), free,
+                                 problem.expression)
+            candidate = state.moved(step)
+            if problem.cost(candidate, landmark_basis, weights) <= current:
+                state, damping = candidate, max(damping / 3, 1e-7)
+                break
+            damping *= 10
+    return state, landmark_basis
+
+
+def _values(state: _State) -> torch.Tensor:
+    """Parameter values aligned with the step vector (pose entries are increments: zero)."""
+    return torch.cat([torch.zeros(POSE_PARAMS, device=state.coeffs.device), state.coeffs])
+
+
+def _result(problem: _Problem, state: _State, landmark_basis, image_size, principal) -> HeadFit:
+    coeffs = state.coeffs.cpu().numpy()
+    n_id = problem.basis.identity_count
+    id_coeffs, exp_weights = coeffs[:n_id], np.clip(coeffs[n_id:], 0, 1)
+    rotation = state.rotation.cpu().numpy().astype(np.float64)
+    translation = state.translation.cpu().numpy().astype(np.float64)
+    clipped = torch.from_numpy(np.concatenate([id_coeffs, exp_weights])).to(problem.basis.device)
+    canonical = problem.basis.vertices(clipped).cpu().numpy()
+    pixels = problem.project(state, landmark_basis)[-1].cpu().numpy()
+    error = np.linalg.norm(pixels - problem.observed.cpu().numpy(), axis=1)
+    eye = problem.sigma / problem.config.landmark_sigma
+    return HeadFit(id_coeffs=id_coeffs.astype(np.float32), exp_weights=exp_weights.astype(np.float32),
+                   rotation=rotation, translation=translation, focal=float(torch.exp(state.log_focal)),
+                   principal=principal, image_size=tuple(image_size), canonical_vertices=canonical,
+                   posed_vertices=(canonical @ rotation.T + translation).astype(np.float32),
+                   landmarks_fitted_px=pixels, residual_px=float(np.median(error)),
+                   residual_eye_pct=float(100 * np.median(error) / eye),
+                   yaw_deg=head_yaw_deg(rotation, translation))

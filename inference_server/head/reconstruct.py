@@ -1,0 +1,106 @@
+"""Head mode for one detected face: FaceMesh landmarks -> fitted morphable head -> the reply's arrays.
+
+Stages (each reported before it starts, so a cancelled request stops between them): fit (pose,
+focal, identity, expressions), texture (visibility in the photo's camera, the photo unwrapped into
+the model's atlas with mirror and skin fill), depth (the fitted head rendered in the photo's camera).
+The reply carries the canonical head — identity at neutral expression — with the expressions as
+deltas and their fitted weights, and the pose apart from the shape (``HEAD_ARRAYS`` in the protocol).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..detail import detail_map
+from .camera import Camera
+from .correspondence import LandmarkTable
+from .fit import HeadFit, HeadFitConfig, ShapeBasis, fit_head
+from .model import HeadModel
+from .photo_landmarks import crop_to_photo
+from .raster import project, rasterize, vertex_facing, vertex_normals, vertex_visibility
+from .render import FRONT_FACING, depth_map, drawn_faces
+from .texture import unwrap
+from .topology import KEPT_VERTICES, MATERIALS, to_blender, topology
+
+VISIBILITY_MAX_SIDE = 1024   # the z-buffer for texture visibility is at most this many pixels across
+VISIBILITY_EPS_M = 0.004     # a vertex this close behind the z-buffer still counts as seen
+MAX_ATLAS = 2048
+# OpenCV camera axes (x right, y down, z forward) -> a Blender world where the camera looks along +Y.
+CAMERA_TO_BLENDER = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
+MODEL_TO_BLENDER = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+
+StageReport = Callable[[str, str], None]  # (stage, text): may raise ProtocolError(cancelled)
+
+
+class HeadReconstructor:
+    """Owns the model and its landmark basis; one instance per worker thread."""
+
+    def __init__(self, model: HeadModel, device: torch.device, fit_config: HeadFitConfig = HeadFitConfig()):
+        self.model = model
+        self.device = device
+        self.fit_config = fit_config
+        self.table = LandmarkTable.load()
+        self.basis = ShapeBasis(model, self.table, device)
+        # What can hide a vertex from the camera: the kept geometry (no see-through shells, no eyelashes).
+        self.occluders = torch.from_numpy(topology(model).triangles).long()
+
+    def reconstruct(self, rgb: np.ndarray, points_crop: np.ndarray, to_crop: np.ndarray, config,
+                    stage: StageReport) -> tuple[dict, dict]:
+        """Arrays (``HEAD_ARRAYS``) and meta of one face; ``points_crop`` are FaceMesh's 478 points."""
+        stage("fit", "fitting the head model")
+        landmarks_px = crop_to_photo(points_crop, to_crop)
+        fit = fit_head(self.model, landmarks_px, rgb.shape[:2], self.fit_config, self.device, basis=self.basis)
+        camera = Camera(fit.focal, fit.principal, rgb.shape[:2])
+        stage("texture", "unwrapping the photo onto the head")
+        atlas_side = min(MAX_ATLAS, 2 * config.texture_size)
+        image_xy, weight = self.seen_from_camera(fit.posed_vertices, camera)
+        texture, coverage = unwrap(rgb, image_xy, weight, self.model, atlas_side)
+        detail = detail_map(texture, config.detail_sigma, [], atlas_side * 0.75)
+        stage("depth", "rendering the depth map")
+        depth, mask, _ = depth_map(fit.posed_vertices, drawn_faces(self.model), camera, config.depth_size)
+        depth = np.where(mask, depth[mask].max(initial=0.0) - depth, 0.0).astype(np.float32)
+        return self.arrays(fit, landmarks_px, texture, detail, depth, mask), self.meta(fit, camera, coverage)
+
+    def seen_from_camera(self, posed: np.ndarray, camera: Camera) -> tuple[np.ndarray, np.ndarray]:
+        """Each vertex's photo pixel and how well the photo shows it: z-buffer visibility x facing."""
+        scale = min(1.0, VISIBILITY_MAX_SIDE / max(camera.size))
+        size = (max(1, round(camera.size[0] * scale)), max(1, round(camera.size[1] * scale)))
+        with torch.inference_mode():
+            vertices = torch.from_numpy(np.asarray(posed, np.float32))
+            screen = project(vertices, camera.focal, camera.principal)
+            small = torch.cat([screen[:, :2] * scale, screen[:, 2:]], 1)
+            raster = rasterize(small, self.occluders, size, FRONT_FACING)
+            seen = vertex_visibility(small, raster, VISIBILITY_EPS_M)
+            facing = vertex_facing(vertices, vertex_normals(vertices, torch.from_numpy(self.model.faces).long()))
+            weight = seen.float() * facing.clamp(0.0, 1.0)
+        return screen[:, :2].numpy(), weight.numpy()
+
+    def arrays(self, fit: HeadFit, landmarks_px, texture, detail, depth, mask) -> dict:
+        model, shape = self.model, topology(self.model)
+        neutral = model.shape(fit.id_coeffs)
+        return {
+            "vertices": to_blender(neutral[:KEPT_VERTICES]),
+            "polygon_sizes": shape.polygon_sizes, "polygon_vertices": shape.polygon_vertices,
+            "corner_uvs": shape.corner_uvs, "polygon_material": shape.polygon_material,
+            "expression_deltas": to_blender(model.exp_deltas[:, :KEPT_VERTICES].astype(np.float32)),
+            "expression_weights": fit.exp_weights.astype(np.float32),
+            "texture": texture, "detail": detail.astype(np.float32), "depth": depth, "mask": mask,
+            "landmarks": to_blender(self.table.points(neutral, fit.yaw_deg)),
+            "landmarks_image": landmarks_px[:, :2].astype(np.float32),
+        }
+
+    def meta(self, fit: HeadFit, camera: Camera, coverage: np.ndarray) -> dict:
+        rotation = CAMERA_TO_BLENDER @ fit.rotation @ MODEL_TO_BLENDER.T
+        matrix = np.eye(4)
+        matrix[:3, :3], matrix[:3, 3] = rotation, CAMERA_TO_BLENDER @ fit.translation
+        return {"geometry": "head", "materials": list(MATERIALS), "expressions": list(self.model.exp_names),
+                "pose": {"matrix": matrix.round(6).tolist(), "yaw_deg": round(fit.yaw_deg, 2)},
+                "camera": {"focal_px": round(camera.focal, 2), "principal_px": list(camera.principal),
+                           "image_size": [camera.size[1], camera.size[0]]},
+                "identity": [round(float(c), 5) for c in fit.id_coeffs],
+                "fit": {"landmark_error_px": round(fit.residual_px, 3),
+                        "landmark_error_eye_pct": round(fit.residual_eye_pct, 3)},
+                "texture_coverage": round(float(coverage.mean()), 4),
+                "vertex_count": KEPT_VERTICES, "polygon_count": int(len(topology(self.model).polygon_sizes))}

@@ -1,0 +1,32 @@
+"""Head mode through the headless batch: Debian's Blender 3.4 starts a server that finds the installed
+model, and writes .blend (shape keys), .glb (morph targets), .fbx and .obj for a real photo."""
+from __future__ import annotations
+
+from addon.batch import outputs
+from addon.wire.errors import Exit
+from tests.batch_fixtures import blender_command, by_key, inspect_blend, load_summary, needs_blender, run_batch
+from tests.photo_fixtures import one_photo_folder  # noqa: F401 (fixture)
+
+
+@needs_blender
+def test_blender_batch_builds_and_exports_a_full_head(one_photo_folder, tmp_path, head_data_dir):
+    output = tmp_path / "out"
+    result = run_batch(blender_command("--input", str(one_photo_folder), "--output", str(output),
+                                       "--formats", "blend,glb,fbx,obj", "--device", "cpu"),
+                       env={"FACEFORGE_DATA": str(head_data_dir)})
+    assert result.returncode == Exit.OK
+    (entry,) = by_key(load_summary(output)).values()
+    assert entry["status"] == "ok" and entry["vertices"] == 24591
+    assert [face["geometry"] for face in entry["face_details"]] == ["head"]
+    folder = output / entry["key"]
+    blend = inspect_blend(folder / f"{entry['key']}.blend")
+    (head,) = blend["objects"]
+    assert head["vertices"] == 24591 and head["polygons"] > 24000 and head["uv_layers"]
+    assert head["modifiers"] == ["LAPLACIANSMOOTH", "SUBSURF", "DISPLACE"]
+    document, _ = outputs.read_glb(folder / f"{entry['key']}.glb")
+    (mesh,) = document["meshes"]
+    assert len(mesh["extras"]["targetNames"]) == 53 and "jawOpen" in mesh["extras"]["targetNames"]
+    assert all(len(primitive["targets"]) == 53 for primitive in mesh["primitives"])
+    assert (folder / f"{entry['key']}.fbx").stat().st_size > 1_000_000
+    obj_text = (folder / f"{entry['key']}.obj").read_text()
+    assert obj_text.count("\nv ") > 24000 and "mtllib" in obj_text

@@ -1,0 +1,174 @@
+"""Head-model fit: the rasteriser, the landmark table, and fits to renders with known truth and to
+real photos (upright, tilted, mirrored). Needs the shared ICT-FaceKit npz (test data only)."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy.spatial import cKDTree
+
+from benchmarks import head_fit_eval as evaluation
+from inference_server.head import raster, render
+from inference_server.head.correspondence import LandmarkTable
+from inference_server.head.fit import HeadFitConfig, ShapeBasis, fit_head
+from tests.conftest import grace_hopper_path
+
+MODEL_PATH = evaluation.shared_model_path()
+needs_model = pytest.mark.skipif(not MODEL_PATH.exists(), reason=f"no ICT-FaceKit model at {MODEL_PATH}")
+
+
+def test_raster_coverage_depth_and_nearest_wins():
+    # Two overlapping squares (two triangles each) at depths 2 and 1: the nearer one owns the overlap.
+    screen = torch.tensor([[2, 2, 2], [12, 2, 2], [12, 12, 2], [2, 12, 2],
+                           [6, 6, 1], [16, 6, 1], [16, 16, 1], [6, 16, 1]], dtype=torch.float32)
+    faces = torch.tensor([[0, 1, 2], [0, 2, 3], [4, 5, 6], [4, 6, 7]])
+    result = raster.rasterize(screen, faces, (20, 20))
+    assert int(result.mask.sum()) == 10 * 10 + 10 * 10 - 6 * 6
+    assert (result.triangle[8, 8] >= 2) and torch.isclose(result.depth[8, 8], torch.tensor(1.0))
+    assert (result.triangle[3, 3] < 2) and torch.isclose(result.depth[3, 3], torch.tensor(2.0))
+    assert torch.allclose(result.bary[result.mask].sum(-1), torch.ones(int(result.mask.sum())))
+    assert result.triangle[0, 0] == -1 and torch.isinf(result.depth[0, 0])
+
+
+def test_interpolation_carries_gradients_to_vertices():
+    screen = torch.tensor([[1.0, 1.0, 1.0], [9.0, 1.5, 1.2], [2.0, 9.0, 0.9]], requires_grad=True)
+    faces = torch.tensor([[0, 1, 2]])
+    result = raster.rasterize(screen, faces, (10, 10))
+    value = raster.interpolate(torch.tensor([[0.0], [1.0], [2.0]]), faces, result)
+    value.sum().backward()
+    assert screen.grad is not None and screen.grad.abs().sum() > 0
+
+
+@pytest.fixture(scope="module")
+def model():
+    from inference_server.head.model import HeadModel
+
+    return HeadModel.load(MODEL_PATH)
+
+
+@pytest.fixture(scope="module")
+def table():
+    return LandmarkTable.load()
+
+
+@pytest.fixture(scope="module")
+def basis(model, table):
+    return ShapeBasis(model, table, torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def reader():
+    return evaluation.LandmarkReader()
+
+
+@needs_model
+def test_landmark_table_is_on_the_face_and_symmetric(model, table):
+    assert table.triangle_vertices.shape == (478, len(table.yaw_bins), 3)
+    assert np.allclose(table.bary.sum(-1), 1, atol=1e-5) and (table.bary >= 0).all()
+    frontal = table.points(model.vertices)
+    eyeballs = np.isin(model.vertex_part, [model.part_names.index(p) for p in ("eyeball_left", "eyeball_right")])
+    on_face = (model.face_mask | eyeballs)[table.triangle_vertices].all(-1).mean()
+    assert on_face > 0.97, on_face
+    # Mirror symmetry: every frontal landmark has a partner at its reflection (within 2 mm).
+    gaps = cKDTree(frontal).query(frontal * [-1, 1, 1])[0]
+    assert np.median(gaps) < 0.0005 and gaps.max() < 0.002, gaps.max()
+
+
+@needs_model
+def test_visibility_and_facing_of_a_frontal_head(model, table):
+    posed = torch.from_numpy((model.vertices * [1, -1, -1] + [0, 0, 0.8]).astype(np.float32))
+    faces = torch.from_numpy(render.drawn_faces(model)).long()
+    screen = raster.project(posed, 1200.0, (256.0, 256.0))
+    result = raster.rasterize(screen, faces, (512, 512), render.FRONT_FACING)
+    visible = raster.vertex_visibility(screen, result, eps=0.002).numpy()
+    facing = raster.vertex_facing(posed, raster.vertex_normals(posed, faces)).numpy()
+    nose_tip = table.points(model.vertices)[1]
+    nose_vertex = int(np.argmin(np.linalg.norm(model.vertices - nose_tip, axis=1)))
+    back_of_head = int(np.argmin(model.vertices[:, 2]))
+    assert visible[nose_vertex] and facing[nose_vertex] > 0.8
+    assert not visible[back_of_head] and facing[back_of_head] < 0
+
+
+@needs_model
+@pytest.mark.parametrize("beyond", [False, True], ids=["in_model", "beyond_model"])
+def test_fit_recovers_a_turned_head_with_known_shape(model, table, basis, reader, beyond):
+    """Renders with known identity, expression and pose; "beyond" adds a smooth displacement no
+    coefficients can reproduce. The turned fit must match the frontal fit's canonical head."""
+    fits = {}
+    for pose_name, pose in evaluation.POSES.items():
+        subject = evaluation.make_subject(model, 11, beyond, pose)
+        landmarks = reader(evaluation.render_subject(model, subject))
+        fits[pose_name] = fit_head(model, landmarks, evaluation.CAMERA_SIZE, HeadFitConfig(), torch.device("cpu"),
+                                   basis=basis)
+        scores = evaluation.evaluate(model, table, subject, fits[pose_name])
+        assert scores["face_pose_deg"] < 5.0 and scores["pose_deg"] < 7.0, scores
+        assert scores["landmark_mm"] < 4.0 and scores["surface_mm"] < 2.6, scores
+        assert scores["residual_pct"] < 3.0, scores
+    pair = evaluation.canonical_difference_mm(model, fits["turned"].canonical_vertices, fits["frontal"].canonical_vertices)
+    assert pair < 3.0, pair
+
+
+@pytest.fixture(scope="module")
+def photo_fits(model, basis, reader):
+    from skimage import data
+
+    astronaut = data.astronaut()
+    grace = np.asarray(Image.open(grace_hopper_path()).convert("RGB"))
+    tilted = np.asarray(Image.fromarray(astronaut).rotate(20, resample=Image.BICUBIC, expand=True,
+                                                          fillcolor=(128, 128, 128)))
+    photos = {"astronaut": astronaut, "grace": grace, "astronaut_tilted": tilted,
+              "astronaut_mirrored": astronaut[:, ::-1].copy(), "grace_mirrored": grace[:, ::-1].copy()}
+    fits = {}
+    for name, rgb in photos.items():
+        landmarks = reader(rgb)
+        fits[name] = (landmarks, fit_head(model, landmarks, rgb.shape[:2], HeadFitConfig(), torch.device("cpu"),
+                                          basis=basis))
+    return fits
+
+
+def _face_distance_mm(model, a: np.ndarray, b: np.ndarray) -> float:
+    return float(1000 * np.linalg.norm(a[model.face_mask] - b[model.face_mask], axis=1).mean())
+
+
+@needs_model
+def test_real_photos_fitted_landmarks_land_on_mediapipes(photo_fits):
+    from inference_server.head.fit import eye_distance
+
+    for name, (landmarks, fit) in photo_fits.items():
+        error = np.linalg.norm(fit.landmarks_fitted_px - landmarks[:, :2], axis=1) / eye_distance(landmarks)
+        assert np.median(error) < 0.03 and np.percentile(error, 90) < 0.06, (name, np.percentile(error, [50, 90]))
+        assert abs(fit.residual_eye_pct - 100 * np.median(error)) < 1e-3
+
+
+@needs_model
+def test_mirrored_photo_gives_the_mirrored_head_and_tilt_changes_nothing(model, photo_fits):
+    mirror = cKDTree(model.vertices).query(model.vertices * [-1, 1, 1])[1]
+    canonical = {name: fit.canonical_vertices for name, (_, fit) in photo_fits.items()}
+    different_people = _face_distance_mm(model, canonical["astronaut"], canonical["grace"])
+    for name in ("astronaut", "grace"):
+        mirrored_back = canonical[f"{name}_mirrored"][mirror] * [-1, 1, 1]
+        gap = _face_distance_mm(model, mirrored_back, canonical[name])
+        assert gap < 2.5 and gap < 0.5 * different_people, (name, gap, different_people)
+    tilt_gap = _face_distance_mm(model, canonical["astronaut_tilted"], canonical["astronaut"])
+    assert tilt_gap < 1.5 and tilt_gap < 0.25 * different_people, (tilt_gap, different_people)
+    rolls = [np.degrees(np.arctan2(fit.rotation[1, 0], fit.rotation[0, 0])) for name, (_, fit) in photo_fits.items()
+             if name in ("astronaut", "astronaut_tilted")]
+    assert abs(abs(rolls[1] - rolls[0]) - 20) < 3, rolls   # the tilt went into the pose
+
+
+@needs_model
+def test_depth_map_of_the_fit_covers_the_face(model, photo_fits):
+    landmarks, fit = photo_fits["astronaut"]
+    depth, mask, scale = render.depth_map(fit.posed_vertices, render.drawn_faces(model), fit.camera, max_side=256)
+    assert depth.shape == mask.shape == (256, 256) and scale == 0.5
+    inside = np.round(landmarks[:468, :2] * scale).astype(int)
+    assert mask[inside[:, 1], inside[:, 0]].mean() > 0.97
+    assert np.all(np.abs(depth[mask] - fit.translation[2]) < 0.3)
+    assert (depth[~mask] == 0).all()
+
+
+@needs_model
+def test_bad_landmarks_are_refused(model, basis):
+    with pytest.raises(ValueError, match="478, 3"):
+        fit_head(model, np.zeros((468, 3)), (512, 512), basis=basis)
+    with pytest.raises(ValueError, match="finite"):
+        fit_head(model, np.full((478, 3), np.nan), (512, 512), basis=basis)

@@ -1,0 +1,52 @@
+"""Head mode end to end: a live server with the head model installed by the product's installer."""
+import numpy as np
+import pytest
+
+from addon.wire import protocol
+from addon.wire.client import Client
+from addon.wire.errors import ErrorCode, ProtocolError
+
+
+def test_info_reports_both_geometries(head_server, server_address):
+    with Client(head_server.address, timeout=30) as client:
+        assert client.info()["geometries"] == ["head", "face"]
+    with Client(server_address, timeout=30) as client:
+        assert client.info()["geometries"] == ["face"]
+
+
+def test_a_photo_becomes_a_full_head_with_the_model_topology(head_server, astronaut_png):
+    reports = []
+    with Client(head_server.address, timeout=180) as client:
+        reply = client.reconstruct(astronaut_png, on_progress=reports.append)
+    (face,) = reply.faces
+    arrays, meta = face.arrays, face.meta
+    assert meta["geometry"] == "head" and set(protocol.HEAD_ARRAYS) <= set(arrays)
+    assert arrays["vertices"].shape == (24591, 3) and len(meta["expressions"]) == 53
+    sizes = arrays["polygon_sizes"]
+    assert set(np.unique(sizes)) == {3, 4} and (sizes == 4).sum() > 20000
+    assert len(arrays["polygon_vertices"]) == sizes.sum() == len(arrays["corner_uvs"])
+    assert arrays["corner_uvs"].min() >= 0 and arrays["corner_uvs"].max() <= 1
+    assert arrays["expression_deltas"].shape == (53, 24591, 3)
+    weights = arrays["expression_weights"]
+    assert weights.min() >= 0 and weights.max() <= 1
+    smile = [weights[meta["expressions"].index(name)] for name in ("mouthSmile_L", "mouthSmile_R")]
+    assert min(smile) > 0.4  # the astronaut smiles; a neutral expression would leave these near 0
+    pose = np.array(meta["pose"]["matrix"])
+    assert np.allclose(pose[:3, :3] @ pose[:3, :3].T, np.eye(3), atol=1e-4) and 0.2 < pose[1, 3] < 3.0
+    face_width = np.ptp(arrays["vertices"][:6706, 0])  # the model's front-face area: vertices 0..6705
+    assert 0.11 < face_width < 0.18  # metres
+    assert meta["fit"]["landmark_error_eye_pct"] < 8.0 and meta["texture_coverage"] > 0.1
+    assert arrays["texture"].shape == (1024, 1024, 3) and arrays["mask"].any()
+    assert np.isfinite(arrays["depth"]).all() and arrays["depth"][arrays["mask"]].max() > 0.05
+    stages = [report["stage"] for report in reports]
+    assert {"fit", "texture", "depth"} <= set(stages) and stages.index("fit") < stages.index("texture")
+
+
+def test_geometry_face_on_a_head_server_and_head_without_a_model(head_server, server_address, astronaut_png):
+    with Client(head_server.address, timeout=180) as client:
+        face = client.reconstruct(astronaut_png, {"geometry": "face", "resolution": 30}).faces[0]
+    assert face.meta["geometry"] == "face" and "faces" in face.arrays
+    with Client(server_address, timeout=60) as client, pytest.raises(ProtocolError) as info:
+        client.reconstruct(astronaut_png, {"geometry": "head"})
+    assert info.value.code == ErrorCode.NO_MODEL
+    assert "model install" in info.value.message and "model fetch" in info.value.message
