@@ -14,6 +14,7 @@ from . import headdata, meshdata, scene
 from .wire import options
 
 BASIS = "Basis"
+LIT_PROPERTY = "faceforge_lit"  # object custom property pointing at the lit texture (keeps it alive)
 # Surface looks per reply material (roughness, specular); any other name looks like skin.
 PART_LOOKS = {"eyes_sclera": (0.08, 0.5), "iris": (0.08, 0.5), "teeth": (0.25, 0.5),
               "gums_tongue": (0.35, 0.5), "mouth": (0.6, 0.2)}
@@ -65,6 +66,12 @@ def build_head_object(face, *, name: str, settings: scene.BuildSettings, metadat
     add_shape_keys(obj, keys)
     obj.matrix_world = pose
     scene.add_modifiers(obj, images["detail"], settings)
+    if meta.get("detail_unit") == "metre":  # refined shape: the map is displacement in metres, 1 = as fitted
+        obj.modifiers["Detail"].strength = 1.0
+    if "lit_texture" in arrays:  # the photo's lighting re-applied to the albedo: kept for reference, not wired
+        lit = arrays["lit_texture"]
+        obj[LIT_PROPERTY] = scene.new_image(f"{obj.name}_lit", meshdata.rgb_pixels(lit), lit.shape[1], lit.shape[0],
+                                            float_buffer=False, non_color=False)
     obj[scene.DEPTH_PROPERTY] = images["depth"]
     obj[scene.PROPERTY] = meshdata.idprop_value(dict(metadata or {}, face=meta, face_index=face.index,
                                                      settings=options.as_dict(settings)))

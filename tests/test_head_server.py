@@ -50,3 +50,17 @@ def test_geometry_face_on_a_head_server_and_head_without_a_model(head_server, se
         client.reconstruct(astronaut_png, {"geometry": "head"})
     assert info.value.code == ErrorCode.NO_MODEL
     assert "model install" in info.value.message and "model fetch" in info.value.message
+
+
+def test_light_refinement_sends_a_de_lit_albedo_lighting_and_its_residual(head_server, astronaut_png):
+    with Client(head_server.address, timeout=300) as client:
+        plain = client.reconstruct(astronaut_png).faces[0]
+        refined = client.reconstruct(astronaut_png, {"refine": "light"}).faces[0]
+    meta = refined.meta
+    assert np.array(meta["lighting"]["sh"]).shape == (9, 3) and meta["lighting"]["frame"] == "blender world"
+    assert set(meta["photometric_residual"]) == {"before", "after"} and meta["photometric_residual"]["after"] < 0.5
+    assert refined.arrays["lit_texture"].shape == refined.arrays["texture"].shape
+    assert meta["detail_unit"] == "luminance" and "lighting" not in plain.meta
+    # The albedo is the photo divided by its shading: not the plain projection.
+    difference = np.abs(refined.arrays["texture"].astype(int) - plain.arrays["texture"].astype(int)).mean()
+    assert difference > 2.0

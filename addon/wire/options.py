@@ -135,7 +135,8 @@ OPTIONS: tuple[Option, ...] = (
            minimum=0.0, maximum=1.0),
     Option("refine", str, "off", "photometric refinement of the head: off; light = SH lighting and a de-lit "
            "albedo texture (about 1 s per face on 2 CPU threads); full = also shape detail from shading, "
-           "displacement in metres (about 5 s per face on 2 CPU threads)", choices=("off", "light", "full")),
+           "displacement in metres (about 5 s per face on 2 CPU threads)", choices=("off", "light", "full"),
+           panel=True),
     Option("detect_max_side", int, 640, "photos are downscaled to this side for face detection",
            minimum=64, maximum=2048),
     Option("min_face_fraction", float, 0.05, "smallest face searched for, as a fraction of the photo's longer "

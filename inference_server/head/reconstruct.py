@@ -1,8 +1,10 @@
 """Head mode for one detected face: FaceMesh landmarks -> fitted morphable head -> the reply's arrays.
 
 Stages (each reported before it starts, so a cancelled request stops between them): fit (pose,
-focal, identity, expressions), texture (visibility in the photo's camera, the photo unwrapped into
-the model's atlas with mirror and skin fill), depth (the fitted head rendered in the photo's camera).
+focal, identity, expressions), refine (optional photometric refinement: SH lighting, de-lit albedo,
+shape detail as a displacement map in metres), texture (without refinement: visibility in the photo's
+camera, the photo unwrapped into the model's atlas with mirror and skin fill), depth (the fitted head
+rendered in the photo's camera).
 The reply carries the canonical head — identity at neutral expression — with the expressions as
 deltas and their fitted weights, and the pose apart from the shape (``HEAD_ARRAYS`` in the protocol).
 """
@@ -18,9 +20,11 @@ from .camera import Camera
 from .correspondence import LandmarkTable
 from .fit import HeadFit, HeadFitConfig, ShapeBasis, fit_head
 from .model import HeadModel
+from .photometric import refine_head
 from .photo_landmarks import crop_to_photo
 from .raster import project, rasterize, vertex_facing, vertex_normals, vertex_visibility
 from .render import FRONT_FACING, depth_map, drawn_faces
+from .sh import rotate as rotate_sh
 from .texture import unwrap
 from .topology import KEPT_VERTICES, MATERIALS, to_blender, topology
 
@@ -53,15 +57,38 @@ class HeadReconstructor:
         landmarks_px = crop_to_photo(points_crop, to_crop)
         fit = fit_head(self.model, landmarks_px, rgb.shape[:2], self.fit_config, self.device, basis=self.basis)
         camera = Camera(fit.focal, fit.principal, rgb.shape[:2])
-        stage("texture", "unwrapping the photo onto the head")
         atlas_side = min(MAX_ATLAS, 2 * config.texture_size)
-        image_xy, weight = self.seen_from_camera(fit.posed_vertices, camera)
-        texture, coverage = unwrap(rgb, image_xy, weight, self.model, atlas_side)
-        detail = detail_map(texture, config.detail_sigma, [], atlas_side * 0.75)
+        extra_arrays, extra_meta = {}, {}
+        if config.refine != "off":
+            refined = refine_head(self.model, rgb, fit.posed_vertices, camera, config.refine, device=self.device,
+                                  texture_size=atlas_side, report=lambda text, fraction: stage("refine", text))
+            texture = refined.albedo_texture
+            extra_arrays["lit_texture"] = refined.lit_texture
+            extra_meta = self.lighting_meta(refined)
+            if config.refine == "full":  # shape from shading: the detail signal in metres
+                detail = refined.displacement_map.astype(np.float32)
+            else:
+                detail = detail_map(texture, config.detail_sigma, [], atlas_side * 0.75)
+                extra_meta["detail_unit"] = "luminance"
+        else:
+            stage("texture", "unwrapping the photo onto the head")
+            image_xy, weight = self.seen_from_camera(fit.posed_vertices, camera)
+            texture, coverage = unwrap(rgb, image_xy, weight, self.model, atlas_side)
+            detail = detail_map(texture, config.detail_sigma, [], atlas_side * 0.75)
+            extra_meta = {"detail_unit": "luminance", "texture_coverage": round(float(coverage.mean()), 4)}
         stage("depth", "rendering the depth map")
         depth, mask, _ = depth_map(fit.posed_vertices, drawn_faces(self.model), camera, config.depth_size)
         depth = np.where(mask, depth[mask].max(initial=0.0) - depth, 0.0).astype(np.float32)
-        return self.arrays(fit, landmarks_px, texture, detail, depth, mask), self.meta(fit, camera, coverage)
+        arrays = self.arrays(fit, landmarks_px, texture, detail, depth, mask) | extra_arrays
+        return arrays, self.meta(fit, camera) | extra_meta
+
+    @staticmethod
+    def lighting_meta(refined) -> dict:
+        """The refinement's lighting (in the Blender world of ``pose``), its photometric residual and units."""
+        sh_blender = rotate_sh(refined.sh, CAMERA_TO_BLENDER)
+        return {"detail_unit": "metre", "lighting": {"sh": sh_blender.round(5).tolist(), "frame": "blender world"},
+                "photometric_residual": {k: round(float(v), 5) for k, v in refined.residual.items()},
+                "refine_seconds": {k: round(float(v), 3) for k, v in refined.timings.items()}}
 
     def seen_from_camera(self, posed: np.ndarray, camera: Camera) -> tuple[np.ndarray, np.ndarray]:
         """Each vertex's photo pixel and how well the photo shows it: z-buffer visibility x facing."""
@@ -91,7 +118,7 @@ class HeadReconstructor:
             "landmarks_image": landmarks_px[:, :2].astype(np.float32),
         }
 
-    def meta(self, fit: HeadFit, camera: Camera, coverage: np.ndarray) -> dict:
+    def meta(self, fit: HeadFit, camera: Camera) -> dict:
         rotation = CAMERA_TO_BLENDER @ fit.rotation @ MODEL_TO_BLENDER.T
         matrix = np.eye(4)
         matrix[:3, :3], matrix[:3, 3] = rotation, CAMERA_TO_BLENDER @ fit.translation
@@ -102,5 +129,4 @@ class HeadReconstructor:
                 "identity": [round(float(c), 5) for c in fit.id_coeffs],
                 "fit": {"landmark_error_px": round(fit.residual_px, 3),
                         "landmark_error_eye_pct": round(fit.residual_eye_pct, 3)},
-                "texture_coverage": round(float(coverage.mean()), 4),
                 "vertex_count": KEPT_VERTICES, "polygon_count": int(len(topology(self.model).polygon_sizes))}
