@@ -17,12 +17,17 @@ from addon.wire import options, security
 from addon.wire.errors import EXIT_HELP, Exit, exit_for
 
 from . import limits
-from .head.cli import add_model_commands, run_model_command
+from .model_cli import add_model_commands, run_model_command
 
 
 def request_options() -> tuple:
     """The schema's request options, read when a parser is built (so the parser follows the schema)."""
     return options.on_side(options.SERVER, options.LIMIT)
+
+
+def serve_options() -> tuple:
+    """``serve``'s request defaults: all but ``depth_model``, which the server takes as a file (``--depth-model``)."""
+    return tuple(option for option in request_options() if option.name != "depth_model")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,7 +38,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="ZeroMQ address to bind (default %(default)s: this machine only; other addresses need "
                             "--secret-key and --client-keys, or --insecure)")
     serve.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default %(default)s)")
-    serve.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    serve.add_argument("--threads", type=int, default=0,
+                       help="torch CPU threads (0 = torch default; the depth network then uses 2)")
+    serve.add_argument("--depth-model", default="", metavar="PATH_OR_NAME",
+                       help="a depth checkpoint file (or installed name) loaded at start: what depth_backend network "
+                            "uses when a request names no depth_model")
     serve.add_argument("--max-queue", type=limits.bounded(int, 1, 10_000), default=32,
                        help="queued reconstructions before 'busy' replies")
     serve.add_argument("--max-message-mb", type=limits.bounded(float, 0.1, 4096), default=256,
@@ -44,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     remote.add_argument("--insecure", action="store_true",
                         help="serve a non-loopback address without authentication or encryption")
     limits.add_arguments(serve)
-    options.add_arguments(serve, request_options(), title="request defaults (max_pixels: the most a request may ask for)")
+    options.add_arguments(serve, serve_options(), title="request defaults (max_pixels: the most a request may ask for)")
     recon = commands.add_parser("reconstruct", help="reconstruct the face(s) in one photo", epilog=EXIT_HELP)
     recon.add_argument("photo", type=Path)
     recon.add_argument("-o", "--output", type=Path, help="OUT.obj | OUT.ply | OUT.npz (one file per face with --face all)")
@@ -81,13 +90,16 @@ def _serve(args) -> int:
         keys = _server_keys(args)
         config = ServerConfig(bind=args.bind, max_queue=args.max_queue, limits=limits.from_args(args), keys=keys,
                               max_message_bytes=int(args.max_message_mb * 1024 * 1024), insecure=args.insecure)
-        defaults = ReconstructionConfig(**options.given(args, request_options()))
-        server = InferenceServer(config, lambda: FacePipeline(device, defaults, head_model=find_model()), defaults)
+        defaults = ReconstructionConfig(**options.given(args, serve_options()))
+        server = InferenceServer(config, lambda: FacePipeline(device, defaults, head_model=find_model(), depth=depth),
+                                 defaults)
     except ValueError as exc:  # bad key files, defaults over the limits, a reachable address without keys
         print(f"error: {exc}", file=sys.stderr)
         return Exit.USAGE
     import torch
 
+    from .depth import CheckpointError, find_checkpoint
+    from .depth.backend import DepthSettings
     from .head.store import find_model
     from .pipeline import FacePipeline, resolve_device
 
@@ -98,6 +110,12 @@ def _serve(args) -> int:
     except (RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return Exit.USAGE
+    try:
+        depth = DepthSettings(model=str(find_checkpoint(args.depth_model)) if args.depth_model else "",
+                              threads=args.threads or DepthSettings.threads)
+    except CheckpointError as exc:
+        print(f"error: --depth-model: {exc}", file=sys.stderr)
+        return Exit.SETUP
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: server.stop())
 

@@ -5,6 +5,7 @@ metric frame (face width ``FACE_WIDTH_M``) meet here.
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from . import landmarks as lm
@@ -59,18 +60,31 @@ class FaceGeometry:
         gap = float(np.linalg.norm(points[lm.UPPER_LIP_MID, :2] - points[lm.LOWER_LIP_MID, :2]))
         self.mouth_open = gap > 0.02 * self.pixel_width  # parted lips: a hole, not a sheet across the mouth
         self.holes = [surface[lm.INNER_LIPS, :2]] if self.mouth_open else []
-        rim = meshing.closed_spline(self.outline, 2.0)
-        self.rim_height = float(self.field.sample(rim).mean())
+        self.rim_height = self._rim_height()
         self.centre = np.array([(self.outline[:, 0].min() + self.outline[:, 0].max()) / 2,
                                 (self.outline[:, 1].min() + self.outline[:, 1].max()) / 2])
+
+    def _rim_height(self) -> float:
+        """The mean height along the outline: the mesh's zero depth (``to_metres``)."""
+        return float(self.field.sample(meshing.closed_spline(self.outline, 2.0)).mean())
+
+    def use_field(self, field) -> None:
+        """Swap in another surface (anything with ``sample(xy)``, e.g. the landmark field fused with a
+        depth network's); the rim height, the mesh's depth origin, follows it."""
+        self.field = field
+        self.rim_height = self._rim_height()
 
     def _frontal(self, points: np.ndarray) -> np.ndarray:
         return (points - self.pivot) @ self.frontalize.T + self.pivot
 
+    def seen_at(self, xy: np.ndarray, heights: np.ndarray) -> np.ndarray:
+        """Frontal-frame pixels + heights -> (N, 3) crop pixels and camera depth (z larger = nearer)."""
+        frontal = np.column_stack([xy, heights])
+        return (frontal - self.pivot) @ self.frontalize + self.pivot
+
     def to_crop(self, xy: np.ndarray, heights: np.ndarray) -> np.ndarray:
         """Frontal-frame pixels + heights -> the crop pixels they were seen at (for UVs)."""
-        frontal = np.column_stack([xy, heights])
-        return ((frontal - self.pivot) @ self.frontalize + self.pivot)[:, :2]
+        return self.seen_at(xy, heights)[:, :2]
 
     @property
     def rotation(self) -> np.ndarray:
@@ -94,18 +108,56 @@ class FaceGeometry:
         y = -(heights - self.rim_height) * self.scale
         return np.stack([x, y, z], 1).astype(np.float32)
 
+    def grid_centres(self, resolution: int) -> np.ndarray:
+        """(R * R, 2) pixel centres of an R x R grid over the texture square, row by row."""
+        rows, cols = np.mgrid[0:resolution, 0:resolution]
+        return (np.stack([cols.ravel(), rows.ravel()], 1) + 0.5) * (self.config.texture_size / resolution)
+
+    def region_mask(self, resolution: int) -> np.ndarray:
+        """The face region (outline minus an open mouth) on an R x R grid over the texture square, frontal frame."""
+        scale = resolution / self.config.texture_size
+        return meshing.region_mask(meshing.spline_rings(self.outline * scale, [h * scale for h in self.holes], 0.5),
+                                   resolution)
+
+    def seen_region_mask(self, resolution: int) -> np.ndarray:
+        """The face region as the camera sees it, on an R x R grid over the crop (where the texture lives).
+
+        Not the projected outline: on a turned face the far rim is hidden and projects inside the face,
+        while the far cheek reaches the silhouette. So the region's points are projected one by one."""
+        frontal = self.grid_centres(resolution)[self.region_mask(resolution).ravel()]
+        seen = self.to_crop(frontal, self.field.sample(frontal)) * (resolution / self.config.texture_size)
+        cols, rows = np.clip(np.floor(seen).astype(int), 0, resolution - 1).T
+        mask = np.zeros((resolution, resolution), np.uint8)
+        mask[rows, cols] = 1
+        return cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8)).astype(bool)
+
+    def visible(self, resolution: int, region: np.ndarray) -> np.ndarray:
+        """Which points of an R x R frontal grid inside ``region`` the camera sees (not turned away, not
+        behind the nose). The yaw turns about the image's vertical axis, so a point can only be hidden
+        by points of its own row: per row, it is hidden when a segment of the row's profile (as seen,
+        orthographically) lies in front of it at the same crop x."""
+        centres = self.grid_centres(resolution)
+        seen = self.seen_at(centres, self.field.sample(centres)).reshape(resolution, resolution, 3)
+        visible = region.copy()
+        for row in np.flatnonzero(region.any(1)):
+            x, z, inside = seen[row, :, 0], seen[row, :, 2], region[row]
+            use = inside[:-1] & inside[1:]
+            a, b, za, zb = x[:-1][use], x[1:][use], z[:-1][use], z[1:][use]
+            points = np.flatnonzero(inside)
+            px, pz = x[points, None], z[points, None]
+            covers = (np.minimum(a, b) <= px) & (px <= np.maximum(a, b)) & (a != b)
+            along = np.where(covers, (px - a) / np.where(a != b, b - a, 1.0), 0.0)
+            in_front = covers & (za + along * (zb - za) > pz + 0.25)  # a quarter pixel: not its own segments
+            visible[row, points] = ~in_front.any(1)
+        return visible
+
     def depth_map(self, resolution: int) -> tuple[np.ndarray, np.ndarray]:
         """(R, R) height in metres in front of the face's deepest point (0 outside the mask), and the mask,
         in the face's frontal frame (the crop's own frame when the photo is frontal)."""
-        size = self.config.texture_size
-        scale = resolution / size
-        mask = meshing.region_mask(meshing.spline_rings(self.outline * scale, [h * scale for h in self.holes], 0.5),
-                                   resolution)
-        rows, cols = np.nonzero(mask)
-        centres = (np.stack([cols, rows], 1) + 0.5) * (size / resolution)
-        heights = self.field.sample(centres)
+        mask = self.region_mask(resolution)
+        heights = self.field.sample(self.grid_centres(resolution)[mask.ravel()])
         depth = np.zeros((resolution, resolution), np.float32)
-        depth[rows, cols] = (heights - heights.min()) * self.scale
+        depth[mask] = (heights - heights.min()) * self.scale
         return depth, mask
 
     def mesh(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

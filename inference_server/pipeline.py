@@ -2,8 +2,9 @@
 
 Stages (timed individually, each reported through ``report`` before it starts, which is also where a
 cancelled or overdue request stops): load -> detect (MTCNN) -> per face: align+crop -> landmarks
-(FaceMesh) -> depth (thin-plate fit + rasterised mask) -> mesh (contour + grid Delaunay, spike
-removal) -> detail. The geometry itself lives in ``face_geometry`` and ``detail``, free of torch.
+(FaceMesh) -> depth (thin-plate fit + rasterised mask) -> [depth network: learned depth fused in, with
+``depth_backend`` network] -> mesh (contour + grid Delaunay, spike removal) -> detail. The geometry itself
+lives in ``face_geometry`` and ``detail``, free of torch; the network in ``depth``.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from . import __version__, alignment
 from . import landmarks as lm
 from .config import ReconstructionConfig
 from .detail import detail_map
+from .depth.backend import DepthNetworks, DepthSettings
 from .detection import Detection, FaceDetector
 from .face_geometry import FACE_WIDTH_M, FaceGeometry
 from .image_loading import load_rgb
@@ -30,7 +32,7 @@ from .image_loading import load_rgb
 # (stage, text, fraction of the request done, face number from 1, faces): may raise ProtocolError(cancelled).
 Reporter = Callable[[str, str, float, int, int], None]
 # A face's stages in order, per geometry: where the progress bar stands when each begins.
-STAGES = {"face": ("align", "landmarks", "depth", "mesh", "detail"),
+STAGES = {"face": ("align", "landmarks", "depth", "depth_network", "mesh", "detail"),
           "head": ("align", "landmarks", "fit", "refine", "texture", "depth")}
 DETECTED_AT = 0.15  # share of a request spent before the per-face stages (load + detect)
 
@@ -106,12 +108,14 @@ class FacePipeline:
     """Holds the models; ``reconstruct`` is called from one worker thread at a time."""
 
     def __init__(self, device: torch.device, defaults: ReconstructionConfig = ReconstructionConfig(),
-                 head_model: Path | None = None):
-        """``head_model``: an installed ICT-FaceKit file (``head.store.find_model()``); None = face mode only."""
+                 head_model: Path | None = None, depth: DepthSettings = DepthSettings()):
+        """``head_model``: an installed ICT-FaceKit file (``head.store.find_model()``); None = face mode only.
+        ``depth``: the depth networks' server-wide settings (``depth_backend`` network)."""
         self.device = device
         self.defaults = defaults
         self.detector = FaceDetector(device)
         self.landmarker = lm.LandmarkModel()
+        self.depth_networks = DepthNetworks(device, depth)
         self.head_model = head_model
         self.head = None
         if head_model is not None:
@@ -125,7 +129,7 @@ class FacePipeline:
         return {"server_version": __version__, "device": str(self.device),
                 "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "CPU",
                 "torch": torch.__version__, "geometries": ["head", "face"] if self.head else ["face"],
-                "models": models + (["ict-facekit head model"] if self.head else [])}
+                "models": models + (["ict-facekit head model"] if self.head else []), **self.depth_networks.info()}
 
     def geometry(self, config: ReconstructionConfig) -> str:
         """The geometry a request gets: ``auto`` is the head when the model is installed."""
@@ -142,6 +146,8 @@ class FacePipeline:
         """``config`` when the caller validated the options already (the server's I/O thread), else ``params``."""
         config = config or self.defaults.with_params(params or {})
         geometry = self.geometry(config)
+        if geometry == "face":
+            self.depth_networks.checkpoint(config)  # an uninstalled depth model fails before any work
         timer = Timer()
         report("load", "reading the photo", 0.0, 0, 0)
         with timer.stage("load"):
@@ -179,7 +185,7 @@ class FacePipeline:
         if geometry == "head":
             arrays, meta = self.head.reconstruct(rgb, points, to_crop, config, progress)
         else:
-            arrays, meta = face_arrays(crop, points, to_crop, config, progress)
+            arrays, meta = face_arrays(crop, points, to_crop, config, progress, self.depth_networks)
         meta = {"index": index, "box": detection.box.round(2).tolist(), "score": round(detection.score, 5),
                 "points5": detection.points.round(2).tolist(),
                 "crop_to_image": alignment.invert(to_crop).tolist(), **meta}
@@ -187,16 +193,22 @@ class FacePipeline:
 
 
 def face_arrays(crop: np.ndarray, points: np.ndarray, to_crop: np.ndarray, config: ReconstructionConfig,
-                progress: Callable[[str, str], None]) -> tuple[dict, dict]:
-    """Face mode: the model-free surface through the landmarks, meshed, with the crop as texture."""
+                progress: Callable[[str, str], None], networks: DepthNetworks) -> tuple[dict, dict]:
+    """Face mode: the model-free surface through the landmarks (fused with a depth network's with
+    ``depth_backend`` network), meshed, with the crop as texture."""
     progress("depth", "fitting the surface")
     geometry = FaceGeometry(points, config)
+    depth_meta, detail = {"depth_backend": "landmarks"}, None
+    if config.depth_backend == "network":
+        progress("depth_network", "depth network")
+        depth_meta, detail = networks.fuse(crop, geometry, config)
     depth, mask = geometry.depth_map(config.depth_size)
     progress("mesh", "meshing")
     vertices, faces, uvs = geometry.mesh()
     progress("detail", "detail map")
-    eyes = [points[list(ring), :2] for ring in lm.EYE_RINGS]
-    detail = detail_map(crop, config.detail_sigma, eyes, geometry.pixel_width)
+    if detail is None:
+        eyes = [points[list(ring), :2] for ring in lm.EYE_RINGS]
+        detail = detail_map(crop, config.detail_sigma, eyes, geometry.pixel_width)
     arrays = {
         "vertices": vertices, "faces": faces, "uvs": uvs, "texture": crop, "detail": detail,
         "depth": depth, "mask": mask, "landmarks": geometry.landmarks_metres(points),
@@ -204,7 +216,7 @@ def face_arrays(crop: np.ndarray, points: np.ndarray, to_crop: np.ndarray, confi
     }
     meta = {"geometry": "face", "vertex_count": int(len(vertices)), "triangle_count": int(len(faces)),
             "face_width_m": FACE_WIDTH_M, "mouth_open": geometry.mouth_open,
-            "rotation": geometry.rotation.round(6).tolist(), "yaw_deg": round(geometry.yaw_degrees, 2)}
+            "rotation": geometry.rotation.round(6).tolist(), "yaw_deg": round(geometry.yaw_degrees, 2), **depth_meta}
     return arrays, meta
 
 

@@ -71,8 +71,11 @@ class Option:
         if self.kind is str:
             if not isinstance(value, str):
                 return f"must be a string ({self.range_text()})"
-            if self.choices and value not in self.choices:
-                return self.check(value) if self.check else f"must be one of {self.range_text()}, not {value[:40]!r}"
+            if value in self.choices:
+                return None
+            if self.check:
+                return self.check(value)
+            return f"must be one of {self.range_text()}, not {value[:40]!r}" if self.choices else None
         else:
             numeric = (int,) if self.kind is int else (int, float)
             if isinstance(value, bool) or not isinstance(value, numeric):
@@ -88,6 +91,17 @@ def _face_index(value: str) -> str | None:
     if value.isascii() and value.isdigit() and int(value) <= MAX_FACE_INDEX:
         return None
     return f"must be 'largest', 'all' or a face index 0..{MAX_FACE_INDEX}, not {value[:40]!r}"
+
+
+def _installed_name(value: str) -> str | None:
+    """A request names an installed checkpoint, never a file: it must not make the server read
+    arbitrary paths. (Whether the name is installed is the server's to say: ``no_model``.)"""
+    if value == "" or (len(value) <= 100 and value.isascii() and value[0].isalnum()
+                       and all(c.isalnum() or c in "._-" for c in value)):
+        return None
+    return (f"must be the name of an installed depth checkpoint (letters, digits, '.', '_', '-'), not "
+            f"{value[:40]!r}; paths are refused: install the file with `python -m inference_server model install "
+            "CHECKPOINT`, or start the server with `serve --depth-model PATH`")
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -109,6 +123,16 @@ OPTIONS: tuple[Option, ...] = (
            "modifier instead)", minimum=0, maximum=50),
     Option("detail_sigma", float, 3.0, "low-pass radius (texture pixels) of the detail map's high-pass",
            minimum=0.5, maximum=20.0),
+    Option("depth_backend", str, "landmarks", "face geometry: landmarks = the face's depth from its landmarks "
+           "alone; network = a learned depth network (MiDaS / DPT / Depth Anything V2) on the photo, fused with the "
+           "landmark surface (its shape, the network's detail)", choices=("landmarks", "network")),
+    Option("depth_model", str, "", "depth_backend network: the name of an installed depth checkpoint (`python -m "
+           "inference_server model install CHECKPOINT`) or an architecture id; empty = the server's own "
+           "(`serve --depth-model`). A path is refused: a request cannot make the server read files",
+           check=_installed_name),
+    Option("depth_fuse_weight", float, 1.0, "depth_backend network: share of the network in the fused depth's "
+           "detail (0 = the landmark surface, 1 = all detail above the landmarks' scale from the network)",
+           minimum=0.0, maximum=1.0),
     Option("refine", str, "off", "photometric refinement of the head: off; light = SH lighting and a de-lit "
            "albedo texture (about 1 s per face on 2 CPU threads); full = also shape detail from shading, "
            "displacement in metres (about 5 s per face on 2 CPU threads)", choices=("off", "light", "full"),
@@ -176,7 +200,7 @@ def as_dict(config) -> dict:
 def _argument_type(option: Option) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         try:
-            value = option.kind(text) if option.kind is not str else text.strip().lower()
+            value = option.kind(text) if option.kind is not str else text.strip().lower() if option.choices else text.strip()
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be {option.kind.__name__} in {option.range_text()}") from None
         try:

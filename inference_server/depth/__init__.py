@@ -8,10 +8,10 @@ from .checkpoints import (CheckpointError, detect_architecture, load_network, ne
 from .estimator import DepthConfig, DepthEstimator
 from .fuse import Alignment, FuseConfig, fuse_depth
 from .networks import ARCHITECTURES, Architecture, DepthNet, build_network, get_architecture
-from .store import data_dir, find_checkpoint, install_checkpoint, installed
+from .store import find_checkpoint, find_installed, install_checkpoint, installed
 
 __all__ = ["ARCHITECTURES", "Alignment", "Architecture", "CheckpointError", "DepthConfig", "DepthEstimator",
-           "DepthNet", "FuseConfig", "build_network", "data_dir", "detect_architecture", "find_checkpoint",
+           "DepthNet", "FuseConfig", "build_network", "detect_architecture", "find_checkpoint", "find_installed",
            "fuse_depth", "get_architecture", "install_checkpoint", "installed", "load_network",
            "network_from_state_dict",
            "read_state_dict", "to_upstream"]

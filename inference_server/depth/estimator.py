@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import cv2
@@ -22,6 +23,7 @@ class DepthConfig:
     fuse_weight: float = 1.0        # share of the network in the fused depth's detail (0..1)
     device: str = "cpu"             # "cpu", "cuda", "cuda:1"; CUDA runs in half precision
     camera_distance: float = 1.0    # metres, for the inverse-depth alignment (math.inf = weak perspective)
+    threads: int = 0                # CPU threads while the network runs (0 = torch's current setting)
 
 
 def network_input_size(arch: Architecture, height: int, width: int, requested: int = 0) -> tuple[int, int]:
@@ -46,6 +48,20 @@ def preprocess(rgb: np.ndarray, arch: Architecture, size: tuple[int, int]) -> to
     return torch.from_numpy(normalised.transpose(2, 0, 1).copy()).unsqueeze(0)
 
 
+@contextmanager
+def cpu_threads(count: int):
+    """torch's CPU thread count set to ``count`` for the block (0: unchanged). The server's other models
+    keep their own setting; the network's default of 2 is what the CPU figures in README.md assume."""
+    before = torch.get_num_threads()
+    if count > 0:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if count > 0:
+            torch.set_num_threads(before)
+
+
 class DepthEstimator:
     """One network on one device; ``predict`` and ``fused_depth`` are called from one thread at a time."""
 
@@ -67,7 +83,7 @@ class DepthEstimator:
         h, w = crop_rgb.shape[:2]
         size = network_input_size(self.arch, h, w, self.config.input_size)
         image = preprocess(crop_rgb, self.arch, size).to(self.device, self.dtype)
-        with torch.inference_mode():
+        with torch.inference_mode(), cpu_threads(self.config.threads if self.device.type == "cpu" else 0):
             out = self.network(image)[:, None].float()
             out = torch.nn.functional.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
         result = out[0, 0].cpu().numpy()

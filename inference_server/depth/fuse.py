@@ -47,6 +47,7 @@ class Alignment:
     shift: float           # t
     inliers: float         # fraction of mask pixels with non-negligible weight in the final fit
     usable: bool           # False: the network does not increase toward the camera where the prior does
+    residual: float        # robust spread (1.4826 MAD) of aligned - prior inside the mask, in the prior's units
 
 
 def to_alignment_space(height: np.ndarray, camera_distance: float) -> np.ndarray:
@@ -99,9 +100,10 @@ def align_to_prior(network: np.ndarray, prior: np.ndarray, mask: np.ndarray,
                          f"{camera_distance} m away")
     target = to_alignment_space(prior[mask].astype(np.float64), camera_distance)
     s, t, inliers = robust_affine(network[mask], target)
-    alignment = Alignment(scale=s, shift=t, inliers=inliers, usable=s > 0)
     aligned = from_alignment_space(s * network.astype(np.float64) + t, camera_distance)
-    return aligned.astype(np.float32), alignment
+    difference = aligned[mask] - prior[mask]
+    residual = 1.4826 * float(np.median(np.abs(difference - np.median(difference))))
+    return aligned.astype(np.float32), Alignment(scale=s, shift=t, inliers=inliers, usable=s > 0, residual=residual)
 
 
 def masked_blur(values: np.ndarray, mask: np.ndarray, sigma: float) -> np.ndarray:
@@ -133,10 +135,14 @@ def fuse_depth(network: np.ndarray, prior: np.ndarray, mask: np.ndarray,
     aligned, alignment = align_to_prior(network, prior, mask, config.camera_distance)
     if not alignment.usable or config.weight == 0:
         return prior.copy(), alignment
-    width = face_width(mask)
-    sigma = max(0.5, config.lowpass_fraction * width)
+    sigma = max(0.5, config.lowpass_fraction * face_width(mask))
     detail = (aligned - masked_blur(aligned, mask, sigma)) - (prior - masked_blur(prior, mask, sigma))
+    return (prior + detail_share(mask, config) * detail).astype(np.float32), alignment
+
+
+def detail_share(mask: np.ndarray, config: FuseConfig) -> np.ndarray:
+    """The network's share of the detail per pixel: ``weight`` inside, fading in (smoothstep, no kink
+    where the ramp ends) over ``feather_fraction`` of the face width from the mask's border, 0 outside."""
     inside = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 5)
-    ramp = np.clip(inside / max(1.0, config.feather_fraction * width), 0.0, 1.0)
-    share = config.weight * ramp * ramp * (3 - 2 * ramp)  # smoothstep: no kink where the ramp ends
-    return (prior + share * detail).astype(np.float32), alignment
+    ramp = np.clip(inside / max(1.0, config.feather_fraction * face_width(mask)), 0.0, 1.0)
+    return (config.weight * ramp * ramp * (3 - 2 * ramp)).astype(np.float32)

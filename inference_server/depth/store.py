@@ -7,20 +7,14 @@ resolves always names a usable checkpoint. Nothing is ever downloaded.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
-import platformdirs
-
+from ..data_dir import data_dir
 from .checkpoints import CheckpointError, detect_architecture, from_upstream, read_state_dict
 from .networks import build_network, get_architecture
 
 SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
-
-
-def data_dir() -> Path:
-    return Path(os.environ.get("FACEFORGE_DATA") or platformdirs.user_data_dir("FaceForge"))
 
 
 def depth_dir(root: Path | None = None) -> Path:
@@ -56,13 +50,11 @@ def installed(root: Path | None = None) -> dict[str, str]:
             for meta in sorted(folder.glob("*.json")) if meta.with_suffix(".pt").is_file()}
 
 
-def find_checkpoint(name_or_path: str | Path, root: Path | None = None) -> Path:
-    """An existing file path as is; else an installed checkpoint by name or by architecture id."""
-    candidate = Path(name_or_path).expanduser()
-    if candidate.is_file():
-        return candidate
+def find_installed(name: str, root: Path | None = None) -> Path:
+    """An installed checkpoint by name (``depth_anything_v2_vits``, with or without its suffix) or by
+    architecture id when exactly one of that architecture is installed. Never a path: this is what a
+    request may name, so a client can only pick among files the user installed."""
     names = installed(root)
-    name = str(name_or_path)
     stem = Path(name).stem if Path(name).suffix in SUFFIXES else name
     if stem in names:
         return depth_dir(root) / f"{stem}.pt"
@@ -70,6 +62,14 @@ def find_checkpoint(name_or_path: str | Path, root: Path | None = None) -> Path:
     if len(by_arch) == 1:
         return depth_dir(root) / f"{by_arch[0]}.pt"
     known = ", ".join(f"{n} ({a})" for n, a in names.items()) or "none"
-    raise CheckpointError(f"depth model {name!r} is neither a file nor an installed checkpoint "
-                          f"(installed in {depth_dir(root)}: {known}); install one with "
-                          "`python -m inference_server model install CHECKPOINT`")
+    raise CheckpointError(f"depth model {name!r} is not installed (installed in {depth_dir(root)}: {known}); "
+                          "install one with `python -m inference_server model install CHECKPOINT`")
+
+
+def find_checkpoint(name_or_path: str | Path, root: Path | None = None) -> Path:
+    """An existing file path as is (the server operator's or a local caller's choice), else an
+    installed checkpoint (``find_installed``)."""
+    candidate = Path(name_or_path).expanduser()
+    if candidate.is_file():
+        return candidate
+    return find_installed(str(name_or_path), root)

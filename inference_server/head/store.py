@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import platformdirs
 
+from ..data_dir import data_dir
 from .convert import check_model, convert_source, open_source, write_npz
 from .model import HeadModel
 
@@ -56,10 +56,6 @@ class InstalledModel:
     vertices: int
     identities: int
     expressions: int
-
-
-def data_dir() -> Path:
-    return Path(os.environ.get("FACEFORGE_DATA") or platformdirs.user_data_dir("FaceForge"))
 
 
 def models_dir() -> Path:

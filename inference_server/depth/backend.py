@@ -1,0 +1,87 @@
+"""The depth-network backend of one pipeline: which checkpoint a request gets, loading it, running it.
+
+A request may only name installed checkpoints (``depth_model``); the server operator's own model
+(``serve --depth-model``) may be any file. One network is kept loaded at a time (a ViT-L is a GB of
+memory and seconds to load): the first request that needs it loads it, or the server at start when
+the operator named one; a request naming another replaces it. Owned by the pipeline's worker thread.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from addon.wire.errors import ErrorCode, ProtocolError
+
+from .checkpoints import CheckpointError
+from .estimator import DepthConfig, DepthEstimator
+from .face_fusion import FaceFusion, alignment_meta, fuse_into_face
+from .store import depth_dir, find_checkpoint, find_installed, installed
+
+INSTALL_HINT = "install one with `python -m inference_server model install CHECKPOINT`"
+
+
+@dataclass(frozen=True)
+class DepthSettings:
+    """Server-wide depth settings (a request's are in ``ReconstructionConfig``)."""
+
+    model: str = ""      # the operator's checkpoint, a path or an installed name ("" = none): loaded at start
+    threads: int = 2     # CPU threads while the network runs (0 = torch's setting)
+
+
+class DepthNetworks:
+    def __init__(self, device: torch.device, settings: DepthSettings = DepthSettings()):
+        self.device = device
+        self.settings = settings
+        self.server_model = find_checkpoint(settings.model) if settings.model else None
+        self._loaded: tuple[Path, DepthEstimator] | None = None
+        if self.server_model is not None:
+            self.estimator(self.server_model)
+
+    def checkpoint(self, config) -> Path | None:
+        """The checkpoint ``config`` selects (None for the landmark backend), or ProtocolError(no_model)."""
+        if config.depth_backend != "network":
+            return None
+        if config.depth_model:
+            try:
+                return find_installed(config.depth_model)
+            except CheckpointError as exc:
+                raise ProtocolError(ErrorCode.NO_MODEL, str(exc)) from None
+        if self.server_model is not None:
+            return self.server_model
+        names = ", ".join(installed()) or "none"
+        raise ProtocolError(ErrorCode.NO_MODEL, "depth_backend 'network' needs a depth checkpoint: name one with "
+                                                f"depth_model (installed in {depth_dir()}: {names}), or {INSTALL_HINT}")
+
+    def estimator(self, path: Path) -> DepthEstimator:
+        if self._loaded is None or self._loaded[0] != path:
+            self._loaded = None  # the old network goes before the next one loads
+            config = DepthConfig(checkpoint=str(path), device=str(self.device), threads=self.settings.threads)
+            try:
+                self._loaded = path, DepthEstimator(config)
+            except CheckpointError as exc:
+                raise ProtocolError(ErrorCode.NO_MODEL, f"the depth checkpoint {path} cannot be loaded ({exc}); "
+                                                        f"reinstall it: {INSTALL_HINT}") from None
+        return self._loaded[1]
+
+    def fuse(self, crop: np.ndarray, geometry, config) -> tuple[dict, np.ndarray | None]:
+        """Run the selected network on the crop and fuse it into ``geometry`` (in place).
+
+        Returns the face meta's depth entries and the network's detail map (None: keep the photo's)."""
+        path = self.checkpoint(config)
+        estimator = self.estimator(path)
+        fuse = replace(estimator.fuse, weight=config.depth_fuse_weight)
+        split = max(config.detail_sigma, geometry.pixel_width / config.resolution)
+        fusion: FaceFusion = fuse_into_face(geometry, estimator.predict(crop), fuse, split)
+        network = {"name": path.stem, "architecture": estimator.arch.id, "licence": estimator.arch.licence,
+                   "device": str(estimator.device), "fuse_weight": config.depth_fuse_weight,
+                   "alignment": alignment_meta(fusion.alignment), "used": fusion.used}
+        return {"depth_backend": "network" if fusion.used else "landmarks", "depth_network": network}, fusion.detail
+
+    def info(self) -> dict:
+        names = installed()
+        return {"depth_backends": ["landmarks", "network"] if names or self.server_model else ["landmarks"],
+                "depth_networks": names, "depth_model": str(self.server_model or ""),
+                "depth_loaded": self._loaded[1].arch.id if self._loaded else None}
