@@ -20,11 +20,12 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ and benchmarks/ are not installed packages
 
 import bpy  # noqa: E402
 
 from addon import head_export, head_scene, headdata, scene  # noqa: E402
+from benchmarks import bench_mesh_build  # noqa: E402
 from tests.head_fixtures import head_reply_from_model, shared_model_path  # noqa: E402
 
 
@@ -36,13 +37,7 @@ def _clear() -> None:
 
 
 def median_ms(fn, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        _clear()
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+    return bench_mesh_build.median_ms(fn, runs, clear=_clear)
 
 
 def timed_ms(fn) -> float:

@@ -146,6 +146,8 @@ def frame_spec_family(rng, n, photos) -> Case:
 def _bad_values(option: options.Option) -> list:
     if option.kind is bool:
         return [1, 0, "true", None, [], {}]
+    if option.kind is str and not option.choices:  # a free name (depth_model): wrong types, paths, junk
+        return ["../x", "/etc/passwd", "a/b", "-1", "\u00b2", "9" * 1000, 5, None, ["x"], True]
     if option.kind is str:
         return ["\u00b2", "", "ALL", "-1", "100", 5, None, "9" * 1000, ["all"], True]
     common = [True, None, [], {}, "1", 10 ** 30, -(10 ** 30)]

@@ -127,7 +127,7 @@ def test_modifier_stack_and_metadata(bpy, astronaut_reply):
     assert meta["source_photo"] == "/photos/astronaut.png"
     assert meta["server_version"] == info["server_version"]
     assert set(meta["timings_ms"]) == set(reconstruction.meta["timings_ms"])
-    assert meta["settings"] == {"smooth_iterations": 7, "smooth_factor": pytest.approx(0.3),
+    assert meta["settings"] == {"smooth_iterations": 7, "smooth_factor": pytest.approx(0.3), "neutral_expression": 0,
                                 "subdivision_levels": 2, "detail_strength": pytest.approx(0.004)}
     assert meta["face"]["vertex_count"] == len(obj.data.vertices)
     assert meta["face_index"] == 0 and len(meta["face"]["box"]) == 4
@@ -165,7 +165,8 @@ def test_operator_from_photo_file(bpy, faceforge, photo_folder):
     obj = bpy.data.objects["astronaut"]
     assert tuple(obj.location) == pytest.approx((0.5, -1.0, 1.5))
     assert bpy.context.view_layer.objects.active == obj and obj.select_get()
-    assert obj["faceforge"]["options"].to_dict() == {"face": "largest", "resolution": 60}
+    assert obj["faceforge"]["options"].to_dict() == {"face": "largest", "resolution": 60, "geometry": "auto",
+                                                     "refine": "off"}
     assert obj["faceforge"]["source_photo"] == str(photo_folder / "astronaut.png")
     level, message = faceforge.SESSION.message
     assert level == "INFO" and message.startswith("Reconstructed 1 face from astronaut.png")

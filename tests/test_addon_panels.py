@@ -136,7 +136,8 @@ def test_preferences_draw(ui):
     prefs.bl_rna = ui.preferences.FACEFORGE_AP_preferences.bl_rna
     ui.preferences.FACEFORGE_AP_preferences.draw(prefs, ui.bpy.context)
     assert {named["property"] for name, named in calls if name == "prop"} == {
-        "server_address", "request_timeout", "python_path", "server_home", "device", "start_timeout"}
+        "server_address", "request_timeout", "python_path", "server_home", "device", "start_timeout",
+        "server_public_key", "client_key_pair"}
 
 
 def _running_job(gate: threading.Event):

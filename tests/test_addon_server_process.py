@@ -45,7 +45,9 @@ def test_start_answers_info_then_stop(tmp_path):
 
 
 def test_failed_start_raises_with_log_tail(tmp_path):
-    server = LocalServer(sys.executable, f"tcp://127.0.0.1:{free_port()}", cwd=str(tmp_path))
+    # The venv's base interpreter: FaceForge is not installed there (the venv has it, editable).
+    base_python = str(Path(sys.base_prefix) / "bin" / "python3")
+    server = LocalServer(base_python, f"tcp://127.0.0.1:{free_port()}", cwd=str(tmp_path))
     started = time.monotonic()
     with pytest.raises(RuntimeError, match="exited with code 1") as info:
         server.start(timeout=60)

@@ -100,7 +100,8 @@ def test_panel_draws_without_errors(window):
     assert not [draw["error"] for draw in result["draws"] if "error" in draw]
     assert "Traceback" not in stderr, stderr[-3000:]
     texts = {text for draw in result["draws"] for text in draw["texts"]}
-    assert any("%" in text and "Reconstructing" in text for text in texts)  # Blender 3.4's text progress
+    stages = ("Detecting", "Aligning", "Locating", "Fitting", "Meshing", "Detail")  # the server's own progress
+    assert any("%" in text and text.split("%", 1)[1].strip(" ·").startswith(stages) for text in texts), texts
     assert {"[faceforge.reconstruct]", "[faceforge.cancel]", "[faceforge.server_start]", "[faceforge.server_stop]",
             "Start", "Stop"} <= texts
 

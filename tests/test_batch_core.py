@@ -61,7 +61,7 @@ def test_parse_args_defaults_and_values(tmp_path):
 @pytest.mark.parametrize("argv", [
     [],                                                        # no input/output
     ["-i", "a"],                                               # no output
-    ["-i", "a", "-o", "o", "--formats", "fbx"],
+    ["-i", "a", "-o", "o", "--formats", "usdz"],
     ["-i", "a", "-o", "o", "--formats", ""],
     ["-i", "a", "-o", "o", "--face", "biggest"],
     ["-i", "a", "-o", "o", "--jobs", "0"],

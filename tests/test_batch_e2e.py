@@ -214,7 +214,7 @@ def test_blender_batch_unreachable_server_exits_5(one_photo_folder, tmp_path):
 
 @needs_blender
 def test_blender_batch_usage_errors_exit_2(tmp_path):
-    result = run_batch(blender_command("--input", str(tmp_path), "--output", str(tmp_path / "o"), "--formats", "fbx"),
+    result = run_batch(blender_command("--input", str(tmp_path), "--output", str(tmp_path / "o"), "--formats", "usdz"),
                        timeout=120)
     assert result.returncode == Exit.USAGE and "unknown format" in result.stderr
     empty = tmp_path / "empty"

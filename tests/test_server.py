@@ -221,7 +221,7 @@ def test_cancelled_request_stops_early_and_frees_the_worker(server_address, grac
     with Client(server_address, timeout=120) as client:
         started = time.monotonic()
         # Heavy late stages (mesh, detail) against an early stop: the margin survives a loaded machine.
-        heavy_options = {"resolution": 400, "texture_size": 2048, "detail_sigma": 20.0}
+        heavy_options = {"resolution": 400, "taubin_passes": 50, "texture_size": 2048, "detail_sigma": 20.0}
         client.reconstruct(grace_hopper_jpg, heavy_options)  # the full cost, for comparison
         full = time.monotonic() - started
         first_progress = threading.Event()
