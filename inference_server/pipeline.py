@@ -132,7 +132,15 @@ class FacePipeline:
                 "models": models + (["ict-facekit head model"] if self.head else []), **self.depth_networks.info()}
 
     def geometry(self, config: ReconstructionConfig) -> str:
-        """The geometry a request gets: ``auto`` is the head when the model is installed."""
+        """The geometry a request gets: ``auto`` is the head when the model is installed, unless the
+        request asks for network depth, which refines face mode's surface (the head has its own
+        photometric refinement)."""
+        if config.depth_backend == "network":
+            if config.geometry == "head":
+                raise ProtocolError(ErrorCode.BAD_REQUEST, "depth_backend 'network' refines face mode's surface; "
+                                                           "for the head use refine 'light' or 'full', or ask for "
+                                                           "geometry 'face'")
+            return "face"
         if config.geometry == "face" or (config.geometry == "auto" and self.head is None):
             return "face"
         if self.head is None:

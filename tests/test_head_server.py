@@ -64,3 +64,9 @@ def test_light_refinement_sends_a_de_lit_albedo_lighting_and_its_residual(head_s
     # The albedo is the photo divided by its shading: not the plain projection.
     difference = np.abs(refined.arrays["texture"].astype(int) - plain.arrays["texture"].astype(int)).mean()
     assert difference > 2.0
+
+
+def test_network_depth_is_face_mode_only(head_server, astronaut_png):
+    with Client(head_server.address, timeout=60) as client, pytest.raises(ProtocolError) as info:
+        client.reconstruct(astronaut_png, {"geometry": "head", "depth_backend": "network"})
+    assert info.value.code == ErrorCode.BAD_REQUEST and "face" in info.value.message

@@ -125,7 +125,8 @@ OPTIONS: tuple[Option, ...] = (
            minimum=0.5, maximum=20.0),
     Option("depth_backend", str, "landmarks", "face geometry: landmarks = the face's depth from its landmarks "
            "alone; network = a learned depth network (MiDaS / DPT / Depth Anything V2) on the photo, fused with the "
-           "landmark surface (its shape, the network's detail)", choices=("landmarks", "network")),
+           "landmark surface (its shape, the network's detail); face mode only: with geometry auto it chooses face mode",
+           choices=("landmarks", "network")),
     Option("depth_model", str, "", "depth_backend network: the name of an installed depth checkpoint (`python -m "
            "inference_server model install CHECKPOINT`) or an architecture id; empty = the server's own "
            "(`serve --depth-model`). A path is refused: a request cannot make the server read files",
