@@ -40,10 +40,10 @@ EXPRESSIONS = ("jawOpen", "mouthSmile_L", "mouthSmile_R", "browInnerUp_L", "eyeB
 
 
 def shared_model_path() -> Path:
-    """The shared ICT-FaceKit npz (test/evaluation data, never part of the product): beside the
-    checkout (``../shared``), else the machine-wide copy."""
-    beside = REPO.parent / "shared" / "data" / "ict_facekit" / "ict_face_model.npz"
-    return beside if beside.exists() else Path("/work/shared/data/ict_facekit/ict_face_model.npz")
+    """The shared ICT-FaceKit npz (test/evaluation data, never part of the product)."""
+    from benchmarks.ict_eval import ICT_MODEL
+
+    return ICT_MODEL
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,11 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-ICT_MODEL = REPO.parent / "shared" / "data" / "ict_facekit" / "ict_face_model.npz"
+# The shared ICT-FaceKit data (evaluation and tests only, never the product): beside the checkout, else
+# the machine-wide copy (worktrees live elsewhere).
+SHARED = next((p for p in (REPO.parent / "shared", Path("/work/shared")) if (p / "data" / "ict_facekit").is_dir()),
+              REPO.parent / "shared")
+ICT_MODEL = SHARED / "data" / "ict_facekit" / "ict_face_model.npz"
 
 RENDER_SIZE = 512
 ORTHO_SCALE = 0.30  # metres across the square image

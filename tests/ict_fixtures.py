@@ -14,8 +14,8 @@ import pytest
 
 from inference_server.head import convert
 
-SHARED = next((p for p in (Path(__file__).resolve().parents[1].parent / "shared", Path("/work/shared"))
-               if (p / "data" / "ict_facekit").is_dir()), Path("/work/shared"))
+from benchmarks.ict_eval import SHARED  # noqa: E402  (one place knows where the shared data is)
+
 ICT_DIR = SHARED / "data" / "ict_facekit"
 ICT_NPZ = ICT_DIR / "ict_face_model.npz"
 UPSTREAM_SAMPLE = ICT_DIR / "upstream_sample" / "FaceXModel"
