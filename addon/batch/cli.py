@@ -38,6 +38,8 @@ class Options:
     build: dict = field(default_factory=dict)    # BUILD options given: ``BuildSettings`` keywords
     overwrite: bool = False
     jobs: int = 2
+    workers: int = 1
+    shard: Path | None = None  # a child of ``--workers``: the photos the parent gave it (workers.read_shard)
     recursive: bool = False
     timeout: float = 300.0
     server_timeout: float = 180.0
@@ -101,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip done photos)")
     parser.add_argument("--jobs", "-j", type=_positive_int, default=2,
                         help="requests kept in flight so the server works while Blender writes files (default 2)")
+    parser.add_argument("--workers", "-w", type=_positive_int, default=None,
+                        help="Blender processes sharing the photos and one server (default: one per two CPU "
+                             "cores, 1 to 8)")
+    parser.add_argument("--shard", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--recursive", "-r", action="store_true", help="also look for photos in sub-folders")
     parser.add_argument("--timeout", type=float, default=300.0,
                         help="seconds a request may take once the server gets to it (default 300)")
@@ -129,6 +135,10 @@ def parse_args(argv: Sequence[str]) -> Options:
     request = {name: value for name, value in chosen.items() if name not in build}
     values = {k: v for k, v in vars(namespace).items() if k not in options.BY_NAME}
     values["output"] = Path(os.path.abspath(values["output"]))  # Blender's operators want absolute paths
+    if values["workers"] is None:
+        from .workers import default_workers
+
+        values["workers"] = default_workers()
     if values["summary"] is not None:
         values["summary"] = Path(os.path.abspath(values["summary"]))
     return Options(**values, request=request, build=build)

@@ -12,8 +12,10 @@ import signal
 import sys
 import time
 import traceback
+from pathlib import Path
 
 from ..wire.errors import ErrorCode, Exit, ProtocolError
+from . import workers
 from .blender import blender_chatter_to_stderr
 from .cli import Options, missing_modules, parse_args, script_argv, setup_hint
 from .outputs import discover, clean_stale_staging, decide, photo_dir
@@ -42,12 +44,13 @@ def main(argv=None) -> int:
     if missing:
         say(setup_hint(missing))
         return Exit.SETUP
-    return Batch(opts).run()
+    return Batch(opts, script_argv(sys.argv if argv is None else argv)).run()
 
 
 class Batch:
-    def __init__(self, opts: Options):
+    def __init__(self, opts: Options, argv: list | None = None):
         self.opts = opts
+        self.argv = list(argv or [])  # the script's arguments, handed on to --workers children
         self.started = time.monotonic()
         self.summary = Summary(opts.summary_path, opts)
         self.progress: Progress | None = None
@@ -82,6 +85,11 @@ class Batch:
     def plan(self) -> None:
         """Find the photos, report the ones already done or in the way, keep the rest in ``todo``."""
         opts = self.opts
+        if opts.shard is not None:  # a child of --workers: the parent planned these photos
+            self.todo, self.decisions = workers.read_shard(opts.shard)
+            self.reports = {p.key: PhotoReport(photo=str(p.path), key=p.key) for p in self.todo}
+            self.progress = Progress(len(self.todo))
+            return
         try:
             photos, missing = discover(opts.inputs, output=opts.output, recursive=opts.recursive)
         except OSError as exc:
@@ -106,7 +114,11 @@ class Batch:
                 self.reports[photo.key] = report
 
     def record(self, report: PhotoReport, name: str, processed: bool = True) -> None:
-        """A photo is finished: its line on stdout, its entry in the summary (rewritten every time)."""
+        """A photo is finished: its line on stdout, its entry in the summary (rewritten every time);
+        a child of --workers hands the report to its parent instead."""
+        if self.opts.shard is not None:
+            say(workers.report_line(report))
+            return
         self.summary.add(report)
         if report.status == "ok":
             detail = f"{report.faces} face{'s' if report.faces != 1 else ''}, {report.vertices} vertices"
@@ -124,10 +136,14 @@ class Batch:
         """Start or reach the server, then build and write every photo as its reply arrives."""
         from ..wire.client import Client
 
+        count = 1 if self.opts.shard is not None else min(self.opts.workers, len(self.todo))
         with _server(self.opts, self.summary.run) as (server, address, info):
             self.summary.run.update(server=address, server_info=info, started_server=server is not None)
             say(f"server {address} ready ({info.get('device', '?')}); {len(self.todo)} photo(s) to do, "
-                f"{self.progress.total - len(self.todo)} skipped or failed up front; jobs {self.opts.jobs}")
+                f"{self.progress.total - len(self.todo)} skipped or failed up front; jobs {self.opts.jobs}"
+                + (f", workers {count}" if count > 1 else ""))
+            if count > 1:
+                return self._through_workers(server, address, count)
             with Client(address, timeout=self.opts.timeout, keys=_keys(self.opts)) as client:
                 window = self._photos_through(client, server, address, info)
             if window.aborted is not None:
@@ -135,6 +151,39 @@ class Batch:
                     say("server log (last lines):\n" + server.log_tail(20))
                 return Exit.SERVER
         return Exit.OK
+
+    def _through_workers(self, server, address: str, count: int) -> int:
+        """``count`` child batches on shards of the photos, all on this run's server."""
+        shards = workers.deal(self.todo, count)
+        paths = [self.opts.output / f"{workers.SHARD_PREFIX}{i}.json" for i in range(len(shards))]
+        commands = []
+        for path, photos in zip(paths, shards):
+            workers.write_shard(path, photos, self.decisions)
+            commands.append(workers.launcher() + workers.child_arguments(self.argv, address, path))
+        self.summary.run["workers"] = len(shards)
+        self.progress.begin()
+        try:
+            codes = workers.run_children(commands, self._record_child, self._child_facts, say, self.opts.verbose)
+        finally:
+            for path in paths:
+                path.unlink(missing_ok=True)
+        status = workers.overall_exit(codes)
+        if status == Exit.INTERRUPTED:
+            raise KeyboardInterrupt("a worker was interrupted")
+        if status == Exit.SERVER and server is not None:
+            say("server log (last lines):\n" + server.log_tail(20))
+        return status if status == Exit.SERVER else Exit.OK
+
+    def _record_child(self, report: PhotoReport) -> None:
+        if report.key in self.reports:
+            self.reports[report.key] = report
+        self.record(report, Path(report.photo).name)
+
+    def _child_facts(self, facts: dict) -> None:
+        run = self.summary.run
+        if facts.get("blender"):
+            run["blender"] = facts["blender"]
+        run["max_in_flight"] = max(run.get("max_in_flight") or 0, facts.get("max_in_flight") or 0)
 
     def _photos_through(self, client, server, address: str, info: dict):
         from ..meshdata import BuildSettings
@@ -185,6 +234,10 @@ class Batch:
 
     def finish(self, exit_code: int) -> int:
         summary = self.summary
+        if self.opts.shard is not None:  # a child of --workers: its parent writes the summary
+            say(workers.run_line(summary.run))
+            failed = any(r.status == "failed" for r in self.reports.values())
+            return int(Exit.FAILED if exit_code == Exit.OK and failed else exit_code)
         summary.finished = exit_code != Exit.INTERRUPTED
         summary.run["elapsed_s"] = round(time.monotonic() - self.started, 3)
         summary.write()
