@@ -137,7 +137,7 @@ class Batch:
         from ..wire.client import Client
 
         count = 1 if self.opts.shard is not None else min(self.opts.workers, len(self.todo))
-        with _server(self.opts, self.summary.run) as (server, address, info):
+        with _server(self.opts, self.summary.run, len(self.todo)) as (server, address, info):
             self.summary.run.update(server=address, server_info=info, started_server=server is not None)
             say(f"server {address} ready ({info.get('device', '?')}); {len(self.todo)} photo(s) to do, "
                 f"{self.progress.total - len(self.todo)} skipped or failed up front; jobs {self.opts.jobs}"
@@ -266,14 +266,14 @@ def _show_stage(photo, progress: dict) -> None:
 
 
 @contextlib.contextmanager
-def _server(opts: Options, run_info: dict):
+def _server(opts: Options, run_info: dict, todo: int = 1):
     """``(server, address, info)``: a server started for this run (stopped on the way out, also on
     errors and Ctrl-C), or ``(None, --server, its info)``. Raises ``Stop`` when neither works."""
     if opts.server is not None:
         yield None, opts.server, _server_info(opts.server, opts.timeout, _keys(opts))
         return
     started = time.perf_counter()
-    server = _start_server(opts)
+    server = _start_server(opts, todo)
     run_info["server_start_s"] = round(time.perf_counter() - started, 3)
     try:
         yield server, server.address, server.info
@@ -284,7 +284,7 @@ def _server(opts: Options, run_info: dict):
             say(f"warning: stopping the server: {exc}")
 
 
-def _start_server(opts: Options):
+def _start_server(opts: Options, todo: int):
     from ..server_process import LocalServer, find_home, find_python, free_address
 
     python = find_python(opts.python)
@@ -292,7 +292,9 @@ def _start_server(opts: Options):
         raise Stop(Exit.SETUP, "no Python with torch for the inference server: pass --python, set "
                                "FACEFORGE_PYTHON, create the checkout's .venv (./run setup), or pass --server ADDR")
     log_path = opts.output / ".faceforge-server.log"
-    server = LocalServer(python, free_address(), cwd=find_home() or None, log_path=str(log_path), device=opts.device)
+    threads = workers.server_threads(min(opts.workers, todo))
+    server = LocalServer(python, free_address(), cwd=find_home() or None, log_path=str(log_path), device=opts.device,
+                         extra_args=("--threads", str(threads)))
     say(f"starting a local server: {python} on {server.address} (log {log_path})")
     try:
         server.start(opts.server_timeout)
