@@ -39,6 +39,24 @@ def load_rgb(data: bytes | memoryview, max_pixels: int) -> np.ndarray:
         raise ProtocolError(ErrorCode.BAD_IMAGE, f"cannot decode image ({exc.__class__.__name__}: {str(exc)[:120]})") from None
 
 
+EXIF_IFD, FOCAL_35MM = 0x8769, 0xA405  # Exif sub-IFD; FocalLengthIn35mmFilm (mm)
+FULL_FRAME_LONG_SIDE_MM = 36.0
+
+
+def exif_focal_px(data: bytes | memoryview, image_size: tuple[int, int]) -> float | None:
+    """The camera's focal length in pixels of the decoded photo ``image_size`` (height, width), from
+    EXIF's 35 mm-equivalent focal length (a full frame's long side is 36 mm); None when the photo does
+    not say. Only the header is read; anything unreadable counts as not said."""
+    try:
+        focal = Image.open(io.BytesIO(data)).getexif().get_ifd(EXIF_IFD).get(FOCAL_35MM)
+        focal = float(focal)
+    except Exception:  # noqa: BLE001 (untrusted metadata: any failure means "no focal")
+        return None
+    if not 8.0 <= focal <= 2000.0:  # 8 mm fisheye .. 2000 mm telephoto; outside is junk
+        return None
+    return focal / FULL_FRAME_LONG_SIDE_MM * max(image_size)
+
+
 def _to_rgb8(image: Image.Image) -> np.ndarray:
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I", "F"):

@@ -27,7 +27,7 @@ from .detail import detail_map
 from .depth.backend import DepthNetworks, DepthSettings
 from .detection import Detection, FaceDetector
 from .face_geometry import FACE_WIDTH_M, FaceGeometry
-from .image_loading import load_rgb
+from .image_loading import exif_focal_px, load_rgb
 
 # (stage, text, fraction of the request done, face number from 1, faces): may raise ProtocolError(cancelled).
 Reporter = Callable[[str, str, float, int, int], None]
@@ -160,6 +160,7 @@ class FacePipeline:
         report("load", "reading the photo", 0.0, 0, 0)
         with timer.stage("load"):
             rgb = load_rgb(image, config.max_pixels)
+            focal = exif_focal_px(image, rgb.shape[:2]) if geometry == "head" else None
         report("detect", "detecting faces", 0.03, 0, 0)
         with timer.stage("detect"):
             detections = self.detector.detect(rgb, config.detect_max_side, config.min_face_score,
@@ -169,7 +170,7 @@ class FacePipeline:
         for number, (index, detection) in enumerate(chosen):
             progress = FaceProgress(timer, report, number, len(chosen), STAGES[geometry])
             try:
-                face = self._reconstruct_face(rgb, detection, index, config, geometry, progress)
+                face = self._reconstruct_face(rgb, detection, index, config, geometry, progress, focal)
             finally:
                 progress.close()
             (faces if face is not None else skipped).append(face or index)
@@ -181,7 +182,7 @@ class FacePipeline:
         return Result(faces=faces, meta=meta)
 
     def _reconstruct_face(self, rgb, detection: Detection, index: int, config: ReconstructionConfig,
-                          geometry: str, progress: FaceProgress) -> FaceResult | None:
+                          geometry: str, progress: FaceProgress, focal: float | None = None) -> FaceResult | None:
         size = config.texture_size
         progress("align", "aligning")
         to_crop = alignment.crop_transform(detection, size, config.crop_margin)
@@ -191,7 +192,7 @@ class FacePipeline:
         if points is None:
             return None
         if geometry == "head":
-            arrays, meta = self.head.reconstruct(rgb, points, to_crop, config, progress)
+            arrays, meta = self.head.reconstruct(rgb, points, to_crop, config, progress, focal_px=focal)
         else:
             arrays, meta = face_arrays(crop, points, to_crop, config, progress, self.depth_networks)
         meta = {"index": index, "box": detection.box.round(2).tolist(), "score": round(detection.score, 5),

@@ -70,3 +70,23 @@ def test_network_depth_is_face_mode_only(head_server, astronaut_png):
     with Client(head_server.address, timeout=60) as client, pytest.raises(ProtocolError) as info:
         client.reconstruct(astronaut_png, {"geometry": "head", "depth_backend": "network"})
     assert info.value.code == ErrorCode.BAD_REQUEST and "face" in info.value.message
+
+
+def test_exif_focal_length_is_the_cameras(head_server, astronaut_rgb):
+    """A photo that says it was taken at 50 mm (35 mm equivalent) is fitted with that focal length:
+    50 / 36 of the long side in pixels; a photo that says nothing gets a fitted one."""
+    import io
+
+    from PIL import Image
+
+    image = Image.fromarray(astronaut_rgb)
+    exif = image.getexif()
+    exif.get_ifd(0x8769)[0xA405] = 50
+    tagged, plain = io.BytesIO(), io.BytesIO()
+    image.save(tagged, "JPEG", quality=92, exif=exif)
+    image.save(plain, "JPEG", quality=92)
+    with Client(head_server.address, timeout=180) as client:
+        with_exif = client.reconstruct(tagged.getvalue()).faces[0].meta["camera"]
+        without = client.reconstruct(plain.getvalue()).faces[0].meta["camera"]
+    assert with_exif["focal_source"] == "exif" and with_exif["focal_px"] == pytest.approx(50 / 36 * 512, abs=0.5)
+    assert without["focal_source"] == "fitted"

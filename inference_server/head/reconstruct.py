@@ -51,11 +51,13 @@ class HeadReconstructor:
         self.occluders = torch.from_numpy(topology(model).triangles).long()
 
     def reconstruct(self, rgb: np.ndarray, points_crop: np.ndarray, to_crop: np.ndarray, config,
-                    stage: StageReport) -> tuple[dict, dict]:
-        """Arrays (``HEAD_ARRAYS``) and meta of one face; ``points_crop`` are FaceMesh's 478 points."""
+                    stage: StageReport, focal_px: float | None = None) -> tuple[dict, dict]:
+        """Arrays (``HEAD_ARRAYS``) and meta of one face; ``points_crop`` are FaceMesh's 478 points.
+        ``focal_px`` (from EXIF) is kept fixed by the fit; without it the fit estimates the focal."""
         stage("fit", "fitting the head model")
         landmarks_px = crop_to_photo(points_crop, to_crop)
-        fit = fit_head(self.model, landmarks_px, rgb.shape[:2], self.fit_config, self.device, basis=self.basis)
+        fit = fit_head(self.model, landmarks_px, rgb.shape[:2], self.fit_config, self.device, focal_px=focal_px,
+                       basis=self.basis)
         camera = Camera(fit.focal, fit.principal, rgb.shape[:2])
         atlas_side = min(MAX_ATLAS, 2 * config.texture_size)
         extra_arrays, extra_meta = {}, {}
@@ -80,7 +82,9 @@ class HeadReconstructor:
         depth, mask, _ = depth_map(fit.posed_vertices, drawn_faces(self.model), camera, config.depth_size)
         depth = np.where(mask, depth[mask].max(initial=0.0) - depth, 0.0).astype(np.float32)
         arrays = self.arrays(fit, landmarks_px, texture, detail, depth, mask) | extra_arrays
-        return arrays, self.meta(fit, camera) | extra_meta
+        meta = self.meta(fit, camera) | extra_meta
+        meta["camera"]["focal_source"] = "exif" if focal_px else "fitted"
+        return arrays, meta
 
     @staticmethod
     def lighting_meta(refined) -> dict:
