@@ -26,9 +26,8 @@ from inference_server.head.camera import Camera
 from inference_server.head.model import HeadModel
 from inference_server.head.photometric import refine_head
 from inference_server.head.shading import srgb_to_linear
+from benchmarks.ict_eval import ICT_MODEL as MODEL
 from tests import photometric_scenes as scenes
-
-MODEL = Path("/work/shared/data/ict_facekit/ict_face_model.npz")
 
 
 def _timed(function):

@@ -44,7 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = ("reset", "mesh", "images", "materials", "shape keys", "modifiers", "metadata", "build rest", ".blend",
          "textures", "evaluate", "glb", "fbx", "obj", "ply", "stl", "commit")
-HEAD_MODEL = Path("/work/shared/data/ict_facekit/ict_face_model.npz")
+HEAD_MODEL = ROOT.parent / "shared" / "data" / "ict_facekit" / "ict_face_model.npz"  # evaluation data, not the product
 
 
 # ----------------------------------------------------------------------------------------------

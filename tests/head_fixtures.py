@@ -21,7 +21,7 @@ from .ict_fixtures import ICT_NPZ
 
 
 def shared_model_path() -> Path:
-    """The converted model: ../shared next to the checkout, else /work/shared."""
+    """The converted model (benchmarks.ict_eval knows where the shared data is)."""
     return ICT_NPZ
 
 
