@@ -21,7 +21,6 @@ Needs ``../shared/data/ict_facekit/ict_face_model.npz`` (not part of the product
 from __future__ import annotations
 
 import argparse
-import io
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -116,7 +116,6 @@ class FacePipeline:
         self.detector = FaceDetector(device)
         self.landmarker = lm.LandmarkModel()
         self.depth_networks = DepthNetworks(device, depth)
-        self.head_model = head_model
         self.head = None
         if head_model is not None:
             from .head.model import HeadModel
