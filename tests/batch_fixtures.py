@@ -12,6 +12,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,24 @@ def run_batch(command: list, timeout: float = 600, env: dict | None = None) -> s
     # Shown by pytest only when the test fails.
     print("$", " ".join(command), "\n--- stdout ---\n", result.stdout[-6000:], "\n--- stderr ---\n", result.stderr[-6000:])
     return result
+
+
+def start_until_ready(command: list, timeout: float = 300) -> tuple:
+    """A batch as a child process, its stdout read up to the line saying its server is ready (or the
+    timeout); returns ``(process, lines read)``. The process is killed if reading fails."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    lines = []
+    try:
+        deadline = time.monotonic() + timeout
+        for line in process.stdout:
+            lines.append(line)
+            if " ready " in line or time.monotonic() > deadline:
+                break
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    return process, lines
 
 
 def load_summary(output: Path) -> dict:

@@ -3,21 +3,18 @@ binary (3.4) and ``python`` + bpy from PyPI, real photos, a real server, outputs
 opened in Blender, .glb parsed here)."""
 from __future__ import annotations
 
-import os
 import re
 import signal
-import subprocess
 import time
 from pathlib import Path
 
-import pytest
 
 from addon.batch import outputs
 from addon.server_process import free_address, tcp_in_use
 from addon.wire.errors import Exit
 from tests.batch_fixtures import (BLENDER, blender_command, by_key, glb_summary, inspect_blend,  # noqa: F401
                                   load_summary, needs_blender, needs_bpy, ply_header, python_command, run_batch,
-                                  stl_summary)
+                                  start_until_ready, stl_summary)
 from tests.photo_fixtures import one_photo_folder, photo_folder, two_faces_folder  # noqa: F401 (fixtures)
 
 ALL_FORMATS = "blend,glb,obj,ply,stl"
@@ -227,15 +224,9 @@ def test_blender_batch_usage_errors_exit_2(tmp_path):
 def test_blender_batch_stops_its_server_on_sigint(photo_folder, tmp_path):
     """Ctrl-C while photos are in flight: the started server is stopped, the summary says so, exit 130."""
     output = tmp_path / "out"
-    process = subprocess.Popen(blender_command("--input", str(photo_folder), "--output", str(output), "--device", "cpu"),
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    lines = []
+    process, lines = start_until_ready(blender_command("--input", str(photo_folder), "--output", str(output),
+                                                      "--device", "cpu"))
     try:
-        deadline = time.monotonic() + 300
-        for line in process.stdout:
-            lines.append(line)
-            if " ready " in line or time.monotonic() > deadline:
-                break
         assert any(" ready " in line for line in lines), "".join(lines)
         process.send_signal(signal.SIGINT)
         rest, _ = process.communicate(timeout=60)

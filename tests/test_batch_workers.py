@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -14,7 +13,8 @@ from addon.batch.outputs import Decision, Photo
 from addon.batch.report import PhotoReport
 from addon.server_process import tcp_in_use
 from addon.wire.errors import Exit
-from tests.batch_fixtures import blender_command, by_key, load_summary, needs_blender, needs_bpy, python_command, run_batch
+from tests.batch_fixtures import (blender_command, by_key, load_summary, needs_blender, needs_bpy, python_command,
+                                  run_batch, start_until_ready)
 from tests.photo_fixtures import photo_folder  # noqa: F401 (fixture)
 
 PROGRESS = re.compile(r"^\[\s*(\d+)/(\d+)\] (\S+): (ok|skipped|failed)\b.*\| elapsed \d+:\d\d \| ETA")
@@ -107,16 +107,9 @@ def test_python_bpy_two_workers_one_summary_then_resume(photo_folder, server_add
 def test_blender_workers_stop_with_their_server_on_sigint(photo_folder, tmp_path):
     """Debian's Blender as the parent, a server it started, two children: Ctrl-C stops all of them."""
     output = tmp_path / "out"
-    process = subprocess.Popen(blender_command("--input", str(photo_folder), "--output", str(output), "--device", "cpu",
-                                               "--workers", "2"),
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    lines = []
+    process, lines = start_until_ready(blender_command("--input", str(photo_folder), "--output", str(output),
+                                                      "--device", "cpu", "--workers", "2"))
     try:
-        deadline = time.monotonic() + 300
-        for line in process.stdout:
-            lines.append(line)
-            if " ready " in line or time.monotonic() > deadline:
-                break
         assert any("workers 2" in line for line in lines), "".join(lines)
         time.sleep(1.0)  # the children are starting
         children = _processes_reading(output / workers.SHARD_PREFIX)
