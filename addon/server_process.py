@@ -91,8 +91,9 @@ def tcp_in_use(address: str, timeout: float = 0.3) -> bool:
         return False
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGTERM the server if Blender dies without running atexit (crash, kill -9)."""
+def die_with_parent() -> None:
+    """Linux (``preexec_fn``): the child gets SIGTERM when its parent dies without cleaning up (a
+    crashed or killed Blender), so no server or worker is left behind."""
     try:
         import ctypes
 
@@ -153,7 +154,7 @@ class LocalServer:
             self._process = subprocess.Popen(
                 self.command, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL, stdout=self._log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
                 creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
         except OSError as exc:
             self._close_log()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -73,6 +74,26 @@ def start_until_ready(command: list, timeout: float = 300) -> tuple:
         process.wait()
         raise
     return process, lines
+
+
+def interrupt(process, lines: list, output: Path, timeout: float) -> dict:
+    """Ctrl-C a batch started by ``start_until_ready``: it exits 130, its summary says it was
+    interrupted and unfinished, and the server it started is gone. Returns the summary."""
+    from addon.server_process import tcp_in_use
+    from addon.wire.errors import Exit
+
+    try:
+        process.send_signal(signal.SIGINT)
+        rest, _ = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == Exit.INTERRUPTED, "".join(lines) + rest
+    summary = load_summary(output)
+    assert summary["run"]["interrupted"] and not summary["finished"]
+    assert not tcp_in_use(summary["run"]["server"])
+    return summary
 
 
 def load_summary(output: Path) -> dict:

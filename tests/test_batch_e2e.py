@@ -4,7 +4,6 @@ opened in Blender, .glb parsed here)."""
 from __future__ import annotations
 
 import re
-import signal
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from addon.server_process import free_address, tcp_in_use
 from addon.wire.errors import Exit
 from tests.batch_fixtures import (BLENDER, blender_command, by_key, glb_summary, inspect_blend,  # noqa: F401
                                   load_summary, needs_blender, needs_bpy, ply_header, python_command, run_batch,
-                                  start_until_ready, stl_summary)
+                                  interrupt, start_until_ready, stl_summary)
 from tests.photo_fixtures import one_photo_folder, photo_folder, two_faces_folder  # noqa: F401 (fixtures)
 
 ALL_FORMATS = "blend,glb,obj,ply,stl"
@@ -228,15 +227,9 @@ def test_blender_batch_stops_its_server_on_sigint(photo_folder, tmp_path):
                                                       "--device", "cpu"))
     try:
         assert any(" ready " in line for line in lines), "".join(lines)
-        process.send_signal(signal.SIGINT)
-        rest, _ = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == Exit.INTERRUPTED, "".join(lines) + rest
-    summary = load_summary(output)
-    assert summary["run"]["interrupted"] and not summary["finished"]
+    except BaseException:
+        process.kill()
+        raise
+    summary = interrupt(process, lines, output, timeout=60)  # also: exit 130, the server gone
     assert summary["counts"]["pending"] + summary["counts"]["ok"] + summary["counts"]["failed"] == 4
-    assert not tcp_in_use(summary["run"]["server"])
     assert no_staging_left(output)

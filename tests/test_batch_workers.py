@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import time
 from pathlib import Path
 
 from addon.batch import workers
 from addon.batch.outputs import Decision, Photo
 from addon.batch.report import PhotoReport
-from addon.server_process import tcp_in_use
 from addon.wire.errors import Exit
 from tests.batch_fixtures import (blender_command, by_key, load_summary, needs_blender, needs_bpy, python_command,
-                                  run_batch, start_until_ready)
+                                  interrupt, run_batch, start_until_ready)
 from tests.photo_fixtures import photo_folder  # noqa: F401 (fixture)
 
 PROGRESS = re.compile(r"^\[\s*(\d+)/(\d+)\] (\S+): (ok|skipped|failed)\b.*\| elapsed \d+:\d\d \| ETA")
@@ -113,16 +111,10 @@ def test_blender_workers_stop_with_their_server_on_sigint(photo_folder, tmp_path
         assert any("workers 2" in line for line in lines), "".join(lines)
         time.sleep(1.0)  # the children are starting
         children = _processes_reading(output / workers.SHARD_PREFIX)
-        process.send_signal(signal.SIGINT)
-        rest, _ = process.communicate(timeout=90)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == Exit.INTERRUPTED, "".join(lines) + rest
-    summary = load_summary(output)
-    assert summary["run"]["interrupted"] and not summary["finished"]
+    except BaseException:
+        process.kill()
+        raise
+    summary = interrupt(process, lines, output, timeout=90)
     assert sum(summary["counts"].values()) == 4
-    assert not tcp_in_use(summary["run"]["server"])
     assert children and not [pid for pid in children if os.path.exists(f"/proc/{pid}")], "a worker outlived the run"
     assert not [p for p in output.iterdir() if p.name.startswith((".faceforge-partial-", workers.SHARD_PREFIX))]

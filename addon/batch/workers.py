@@ -116,16 +116,6 @@ def child_arguments(argv: Sequence[str], address: str, shard: Path) -> list:
     return kept + ["--server", address, "--workers", "1", "--shard", str(shard)]
 
 
-def _die_with_parent() -> None:
-    """Linux: a child Blender gets SIGTERM when the parent dies without cleaning up (kill -9)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 class Children:
     """The child batches of one run: started, read line by line (a thread per child), stopped.
 
@@ -133,6 +123,8 @@ class Children:
     ``(index, None, None)`` once per child that exited."""
 
     def __init__(self, commands: Sequence[list], cwd: str | None = None):
+        from ..server_process import die_with_parent  # imports pyzmq: only once the batch runs
+
         self.processes = []
         self.events_queue: queue.Queue = queue.Queue()
         self.running = len(commands)  # children whose end was not yet yielded
@@ -140,7 +132,7 @@ class Children:
             process = subprocess.Popen(
                 command, cwd=cwd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, bufsize=1,
                 env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+                preexec_fn=die_with_parent if sys.platform.startswith("linux") else None)
             self.processes.append(process)
             threading.Thread(target=self._read, args=(index, process), daemon=True).start()
 
