@@ -40,8 +40,6 @@ def parse(argv):
 
 def main(argv=None) -> int:
     import bpy
-    import numpy as np
-    from mathutils import Vector
 
     args = parse(sys.argv if argv is None else argv)
     bpy.ops.wm.open_mainfile(filepath=str(args.blend.resolve()))
@@ -55,13 +53,25 @@ def main(argv=None) -> int:
         return 1
     for obj in meshes:
         obj.hide_render = obj is not target
-    scene = bpy.context.scene
-    prefix = args.prefix or target.name
     args.output.mkdir(parents=True, exist_ok=True)
+    centre, radius = _bounds(target)
+    camera, distance = _stage(bpy.context.scene, centre, radius)
+    engine = _engine(bpy.context.scene, args)
+    written = _render_views(args, target, camera, centre, distance, engine)
+    prefix = args.prefix or target.name
+    grid = args.output / f"{prefix}_grid.png"
+    modes, views = _contact_sheet(written, args.size, grid)
+    print(f"wrote {grid} (rows {', '.join(modes)}; columns {', '.join(views)}; engine {engine})", flush=True)
+    return 0
 
-    # Bounds of the evaluated (modified) mesh in world space.
-    depsgraph = bpy.context.evaluated_depsgraph_get()
-    evaluated = target.evaluated_get(depsgraph)
+
+def _bounds(target):
+    """Centre and radius of the evaluated (modified) mesh in world space."""
+    import bpy
+    import numpy as np
+    from mathutils import Vector
+
+    evaluated = target.evaluated_get(bpy.context.evaluated_depsgraph_get())
     mesh = evaluated.to_mesh()
     coords = np.empty(len(mesh.vertices) * 3, dtype=np.float32)
     mesh.vertices.foreach_get("co", coords)
@@ -69,33 +79,29 @@ def main(argv=None) -> int:
     matrix = np.array(target.matrix_world)
     points = coords.reshape(-1, 3) @ matrix[:3, :3].T + matrix[:3, 3]
     lo, hi = points.min(0), points.max(0)
-    centre = Vector(((lo + hi) / 2).tolist())
-    radius = float(np.linalg.norm(hi - lo)) / 2
+    return Vector(((lo + hi) / 2).tolist()), float(np.linalg.norm(hi - lo)) / 2
 
-    # Camera, lights, world.
+
+def _stage(scene, centre, radius):
+    """Camera (85 mm, framing the bounds), key/fill/rim area lights and a dim grey world."""
+    import bpy
+    from mathutils import Vector
+
     camera_data = bpy.data.cameras.new("PreviewCamera")
     camera_data.lens = 85
     camera = bpy.data.objects.new("PreviewCamera", camera_data)
     scene.collection.objects.link(camera)
     scene.camera = camera
     distance = radius / math.tan(camera_data.angle / 2) * 1.08
-
-    def light(name, kind, energy, location, size=0.3):
-        data = bpy.data.lights.new(name, kind)
-        data.energy = energy
-        if kind == "AREA":
-            data.size = size
-        obj = bpy.data.objects.new(name, data)
-        obj.location = centre + Vector(location)
-        direction = centre - obj.location
-        obj.rotation_euler = direction.to_track_quat("-Z", "Y").to_euler()
-        scene.collection.objects.link(obj)
-        return obj
-
     scale = max(radius, 0.05) / 0.15
-    light("Key", "AREA", 6 * scale ** 2, (-0.35 * scale, -0.6 * scale, 0.35 * scale), 0.4 * scale)
-    light("Fill", "AREA", 2 * scale ** 2, (0.6 * scale, -0.4 * scale, 0.0), 0.6 * scale)
-    light("Rim", "AREA", 3 * scale ** 2, (0.3 * scale, 0.6 * scale, 0.4 * scale), 0.3 * scale)
+    for name, energy, location, size in (("Key", 6, (-0.35, -0.6, 0.35), 0.4), ("Fill", 2, (0.6, -0.4, 0.0), 0.6),
+                                         ("Rim", 3, (0.3, 0.6, 0.4), 0.3)):
+        data = bpy.data.lights.new(name, "AREA")
+        data.energy, data.size = energy * scale ** 2, size * scale
+        obj = bpy.data.objects.new(name, data)
+        obj.location = centre + Vector(location) * scale
+        obj.rotation_euler = (centre - obj.location).to_track_quat("-Z", "Y").to_euler()
+        scene.collection.objects.link(obj)
     world = scene.world or bpy.data.worlds.new("PreviewWorld")
     scene.world = world
     world.use_nodes = True
@@ -103,8 +109,11 @@ def main(argv=None) -> int:
     if background is not None:
         background.inputs["Color"].default_value = (0.18, 0.19, 0.21, 1.0)
         background.inputs["Strength"].default_value = 0.35
+    return camera, distance
 
-    # Engine: Cycles CPU without denoising; Workbench as a fallback.
+
+def _engine(scene, args) -> str:
+    """Cycles on the CPU without denoising (Debian's 3.4 has no OpenImageDenoise); Workbench as a fallback."""
     render = scene.render
     render.resolution_x = render.resolution_y = args.size
     render.resolution_percentage = 100
@@ -130,6 +139,11 @@ def main(argv=None) -> int:
     elif engine == "BLENDER_WORKBENCH":
         scene.display.shading.light = "STUDIO"
         scene.display.shading.color_type = "TEXTURE"
+    return engine
+
+
+def _clay():
+    import bpy
 
     clay = bpy.data.materials.new("PreviewClay")
     clay.use_nodes = True
@@ -137,12 +151,20 @@ def main(argv=None) -> int:
     bsdf.inputs["Base Color"].default_value = (0.62, 0.6, 0.57, 1.0)
     bsdf.inputs["Roughness"].default_value = 0.6
     clay.diffuse_color = (0.62, 0.6, 0.57, 1.0)
+    return clay
 
+
+def _render_views(args, target, camera, centre, distance, engine) -> dict:
+    """One PNG per (mode, view): textured, clay (with the modifiers), raw (modifiers off)."""
+    import bpy
+    from mathutils import Vector
+
+    scene, clay = bpy.context.scene, _clay()
+    prefix = args.prefix or target.name
     modifier_state = {m.name: (m.show_render, m.show_viewport) for m in target.modifiers}
     written = {}
     for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
-        view_layer = bpy.context.view_layer
-        view_layer.material_override = None if mode == "textured" else clay
+        bpy.context.view_layer.material_override = None if mode == "textured" else clay
         if engine == "BLENDER_WORKBENCH":
             scene.display.shading.color_type = "TEXTURE" if mode == "textured" else "SINGLE"
         for modifier in target.modifiers:
@@ -153,29 +175,33 @@ def main(argv=None) -> int:
             camera.location = centre + Vector((distance * math.sin(angle), -distance * math.cos(angle), 0.0))
             camera.rotation_euler = (centre - camera.location).to_track_quat("-Z", "Y").to_euler()
             path = args.output / f"{prefix}_{mode}_{view}.png"
-            render.filepath = str(path)
+            scene.render.filepath = str(path)
             bpy.ops.render.render(write_still=True)
             written[(mode, view)] = path
             print(f"wrote {path}", flush=True)
     for modifier in target.modifiers:
         modifier.show_render, modifier.show_viewport = modifier_state[modifier.name]
+    return written
 
-    # Contact sheet: rows = modes, columns = views.
+
+def _contact_sheet(written: dict, size: int, path) -> tuple:
+    """The renders in one PNG: rows = modes, columns = views. Returns (modes, views)."""
+    import bpy
+    import numpy as np
+
     modes = list(dict.fromkeys(m for m, _ in written))
     views = list(dict.fromkeys(v for _, v in written))
-    sheet = np.zeros((len(modes) * args.size, len(views) * args.size, 3), dtype=np.uint8)
-    for (mode, view), path in written.items():
-        image = bpy.data.images.load(str(path))
+    sheet = np.zeros((len(modes) * size, len(views) * size, 3), dtype=np.uint8)
+    for (mode, view), image_path in written.items():
+        image = bpy.data.images.load(str(image_path))
         pixels = np.empty(image.size[0] * image.size[1] * 4, dtype=np.float32)
         image.pixels.foreach_get(pixels)
         rgb = (pixels.reshape(image.size[1], image.size[0], 4)[::-1, :, :3] * 255 + 0.5).clip(0, 255).astype(np.uint8)
         r, c = modes.index(mode), views.index(view)
-        sheet[r * args.size:(r + 1) * args.size, c * args.size:(c + 1) * args.size] = rgb[:args.size, :args.size]
+        sheet[r * size:(r + 1) * size, c * size:(c + 1) * size] = rgb[:size, :size]
         bpy.data.images.remove(image)
-    grid = args.output / f"{prefix}_grid.png"
-    grid.write_bytes(png_bytes(sheet))
-    print(f"wrote {grid} (rows {', '.join(modes)}; columns {', '.join(views)}; engine {engine})", flush=True)
-    return 0
+    path.write_bytes(png_bytes(sheet))
+    return modes, views
 
 
 if __name__ == "__main__":
