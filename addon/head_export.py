@@ -13,9 +13,9 @@ import tempfile
 from pathlib import Path
 
 import bpy
-import numpy as np
 
-from .photo import png_bytes
+from . import scene
+
 
 def _run(idname: str, addon: str | None, path: Path, **kwargs) -> None:
     """Call an exporter, enabling its bundled add-on if the user turned it off. Every argument
@@ -41,31 +41,6 @@ def _select_only(objects) -> None:
     view_layer.objects.active = objects[0]
 
 
-def _image_nodes(obj):
-    """Image texture nodes of the object's materials, slot after slot."""
-    for slot in obj.material_slots:
-        if slot.material is not None and slot.material.node_tree is not None:
-            yield from (node for node in slot.material.node_tree.nodes if node.type == "TEX_IMAGE" and node.image)
-
-
-def _atlas(obj) -> "bpy.types.Image":
-    """The image every part material of a head reads."""
-    node = next(_image_nodes(obj), None)
-    if node is None:
-        raise ValueError(f"{obj.name} has no textured material")
-    return node.image
-
-
-def write_png(image: "bpy.types.Image", path: Path) -> Path:
-    """An 8-bit image's pixels as a PNG file, untouched by the scene's colour management."""
-    width, height = image.size
-    pixels = np.empty(width * height * image.channels, np.float32)
-    image.pixels.foreach_get(pixels)
-    rgb = pixels.reshape(height, width, image.channels)[::-1, :, :3]
-    path.write_bytes(png_bytes((rgb * 255 + 0.5).clip(0, 255).astype(np.uint8)))
-    return path
-
-
 @contextlib.contextmanager
 def textures_as_files(objects, folder: Path, stem: str):
     """Write each object's atlas as ``stem.png`` (``stem_<object>.png`` for several) and point its
@@ -73,11 +48,12 @@ def textures_as_files(objects, folder: Path, stem: str):
     swaps, written = [], []
     try:
         for obj in objects:
-            atlas = _atlas(obj)
-            path = write_png(atlas, folder / (f"{stem}.png" if len(objects) == 1 else f"{stem}_{obj.name}.png"))
+            atlas = scene.texture_of(obj)
+            path = folder / (f"{stem}.png" if len(objects) == 1 else f"{stem}_{obj.name}.png")
+            path.write_bytes(scene.png_of(atlas))
             written.append(path)
             on_disk = bpy.data.images.load(str(path), check_existing=False)
-            for node in _image_nodes(obj):
+            for node in scene.image_nodes(obj):
                 if node.image == atlas:
                     swaps.append((node, atlas))
                     node.image = on_disk

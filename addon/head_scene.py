@@ -69,9 +69,7 @@ def build_head_object(face, *, name: str, settings: scene.BuildSettings, metadat
     if meta.get("detail_unit") == "metre":  # refined shape: the map is displacement in metres, 1 = as fitted
         obj.modifiers["Detail"].strength = 1.0
     if "lit_texture" in arrays:  # the photo's lighting re-applied to the albedo: kept for reference, not wired
-        lit = arrays["lit_texture"]
-        obj[LIT_PROPERTY] = scene.new_image(f"{obj.name}_lit", meshdata.rgb_pixels(lit), lit.shape[1], lit.shape[0],
-                                            float_buffer=False, non_color=False)
+        obj[LIT_PROPERTY] = scene.texture_image(f"{obj.name}_lit", arrays["lit_texture"])
     obj[scene.DEPTH_PROPERTY] = images["depth"]
     obj[scene.PROPERTY] = meshdata.idprop_value(dict(metadata or {}, face=meta, face_index=face.index,
                                                      settings=options.as_dict(settings)))

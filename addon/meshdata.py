@@ -102,11 +102,6 @@ def scalar_pixels(values: np.ndarray, offset: float = 0.0) -> np.ndarray:
     return rgba.ravel()
 
 
-def detail_pixels(detail: np.ndarray) -> np.ndarray:
-    """Signed detail (about +-0.4) -> float pixels centred on ``DETAIL_MIDLEVEL`` (kept unclipped: float image)."""
-    return scalar_pixels(detail, DETAIL_MIDLEVEL)
-
-
 def idprop_value(value: Any) -> Any:
     """Make metadata storable as Blender custom properties (no None, no mixed lists, str keys)."""
     if isinstance(value, Mapping):

@@ -5,16 +5,21 @@ and the bpy-free ``meshdata``. API differences between versions are guarded by `
 """
 from __future__ import annotations
 
+import os
+
 import bpy
+import numpy as np
 from mathutils import Matrix
 
 from . import meshdata
 from .meshdata import BuildSettings
+from .photo import png_bytes
 from .wire import options
 
 UV_NAME = "UVMap"
 PROPERTY = "faceforge"           # object custom property holding the request's metadata
 DEPTH_PROPERTY = "faceforge_depth"  # object custom property pointing at the depth image (keeps it alive)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FACE_GAP_M = 0.05  # space between the faces of one photo when several come back
 
 
@@ -64,17 +69,73 @@ def new_image(name: str, pixels, width: int, height: int, *, float_buffer: bool,
     return image
 
 
+def image_from_png(name: str, png: bytes) -> "bpy.types.Image":
+    """A packed image whose pixels are ``png``, decoded lazily: no float copy, no second encoding
+    when the .blend is saved, and exporters reuse the very bytes (``png_of``)."""
+    image = bpy.data.images.new(name, 1, 1, alpha=False)
+    image.pack(data=png, data_len=len(png))
+    image.source = "FILE"
+    image.filepath_raw = f"//{name}.png"  # where "Unpack" would write it
+    return image
+
+
+def texture_image(name: str, texture) -> "bpy.types.Image":
+    """An (H, W, 3) uint8 texture from the server (row 0 = top) as a packed sRGB PNG image."""
+    return image_from_png(name, png_bytes(texture))
+
+
+def png_of(image: "bpy.types.Image") -> bytes:
+    """The image as PNG bytes: its packed or on-disk PNG when it has one, else its pixels encoded
+    (8-bit, untouched by the scene's colour management)."""
+    if image.packed_file is not None:
+        data = image.packed_file.data  # a copy on each read
+    elif image.source == "FILE" and os.path.isfile(bpy.path.abspath(image.filepath_raw)):
+        with open(bpy.path.abspath(image.filepath_raw), "rb") as handle:
+            data = handle.read()
+    else:
+        data = b""
+    if data[:8] == PNG_MAGIC:
+        return data
+    width, height = image.size
+    pixels = np.empty(width * height * image.channels, np.float32)
+    image.pixels.foreach_get(pixels)
+    rgb = pixels.reshape(height, width, image.channels)[::-1, :, :3]
+    return png_bytes((rgb * 255 + 0.5).clip(0, 255).astype(np.uint8))
+
+
+def image_nodes(obj: "bpy.types.Object"):
+    """Image texture nodes of the object's materials, slot after slot."""
+    for slot in obj.material_slots:
+        if slot.material is not None and slot.material.node_tree is not None:
+            yield from (node for node in slot.material.node_tree.nodes if node.type == "TEX_IMAGE" and node.image)
+
+
+def texture_of(obj: "bpy.types.Object") -> "bpy.types.Image":
+    """The image the object's materials read (a face's texture, a head's atlas)."""
+    node = next(image_nodes(obj), None)
+    if node is None:
+        raise ValueError(f"{obj.name} has no textured material")
+    return node.image
+
+
+def map_image(name: str, values, offset: float = 0.0) -> "bpy.types.Image":
+    """A one-channel map (value + ``offset``) Blender reads as float and Non-Color. Inside [0, 1]
+    it is packed as a 16-bit grey PNG: steps of 1/65535 (15 um for depth in metres), a tenth of the
+    size of the float EXR Blender would pack and 4x faster to make; other values keep the EXR."""
+    shifted = np.asarray(values, np.float32) + np.float32(offset)
+    if shifted.ndim == 2 and np.isfinite(shifted).all() and shifted.min() >= 0.0 and shifted.max() <= 1.0:
+        image = image_from_png(name, png_bytes(np.rint(shifted * 65535).astype(np.uint16)))
+        image.colorspace_settings.name = "Non-Color"
+        return image
+    return new_image(name, meshdata.scalar_pixels(values, offset), shifted.shape[1], shifted.shape[0],
+                     float_buffer=True, non_color=True)
+
+
 def face_images(name: str, arrays) -> dict:
-    """Texture (sRGB PNG), detail (float, 0.5 + detail) and depth (float, metres) images."""
-    texture, detail, depth = arrays["texture"], arrays["detail"], arrays["depth"]
-    return {
-        "texture": new_image(f"{name}_texture", meshdata.rgb_pixels(texture), texture.shape[1], texture.shape[0],
-                             float_buffer=False, non_color=False),
-        "detail": new_image(f"{name}_detail", meshdata.detail_pixels(detail), detail.shape[1], detail.shape[0],
-                            float_buffer=True, non_color=True),
-        "depth": new_image(f"{name}_depth", meshdata.scalar_pixels(depth), depth.shape[1], depth.shape[0],
-                           float_buffer=True, non_color=True),
-    }
+    """Texture (sRGB PNG), detail (0.5 + detail) and depth (metres) images."""
+    return {"texture": texture_image(f"{name}_texture", arrays["texture"]),
+            "detail": map_image(f"{name}_detail", arrays["detail"], meshdata.DETAIL_MIDLEVEL),
+            "depth": map_image(f"{name}_depth", arrays["depth"])}
 
 
 def _set_input(node, names: tuple, value) -> None:

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from addon.batch import cli, outputs
+from addon import glb
+from addon.batch import cli
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = REPO / "scripts" / "batch.py"
@@ -151,7 +152,7 @@ def inspect_blend(path: Path, *, blender: str | None = BLENDER, timeout: float =
 
 def glb_summary(path: Path) -> dict:
     """Parse a .glb ourselves: header, JSON chunk, embedded images (PNG/JPEG magic), accessor counts."""
-    document, binary = outputs.read_glb(path)
+    document, binary = glb.read_glb(path)
     views = document.get("bufferViews", [])
     images = []
     for image in document.get("images", []):

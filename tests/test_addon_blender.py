@@ -106,7 +106,14 @@ def test_material_textures_and_packed_images(bpy, astronaut_reply):
 
     depth = obj["faceforge_depth"]
     assert depth.is_float and depth.packed_file is not None
-    np.testing.assert_allclose(pixels_of(depth)[::-1, :, 0], arrays["depth"], atol=1e-6)
+    np.testing.assert_allclose(pixels_of(depth)[::-1, :, 0], arrays["depth"], atol=0.5 / 65535 + 1e-7)  # 16 bits
+    assert detail.packed_file.data[:8] == depth.packed_file.data[:8] == b"\x89PNG\r\n\x1a\n"
+
+    from addon import scene
+
+    beyond = scene.map_image("beyond", np.array([[-0.25, 0.5], [1.0, 1.75]], np.float32))  # no PNG holds these
+    assert beyond.is_float and beyond.packed_file is not None and beyond.packed_file.data[:4] == b"v/1\x01"  # EXR
+    np.testing.assert_allclose(pixels_of(beyond)[::-1, :, 0], [[-0.25, 0.5], [1.0, 1.75]], atol=1e-6)
 
 
 def test_modifier_stack_and_metadata(bpy, astronaut_reply):
@@ -154,6 +161,58 @@ def test_saved_file_travels(bpy, astronaut_reply, tmp_path):
     np.testing.assert_allclose(pixels_of(images["astronaut_texture"]), texture, atol=1 / 255)
     assert obj["faceforge_depth"] == images["astronaut_depth"]
     assert obj["faceforge"]["source_photo"] == "/photos/astronaut.png"
+
+
+def _world_points(mesh, matrix) -> np.ndarray:
+    co = np.empty(len(mesh.vertices) * 3, np.float32)
+    mesh.vertices.foreach_get("co", co)
+    return co.reshape(-1, 3) @ np.array(matrix)[:3, :3].T + np.array(matrix)[:3, 3]
+
+
+def test_glb_of_the_evaluated_face_reads_back_like_blenders_own_export(bpy, astronaut_reply, tmp_path):
+    """The batch writes face .glb files itself (``addon.glb``): Blender's importer must find the
+    mesh the viewport shows, posed, with the texture's own bytes, and Blender's exporter must agree
+    on the vertex and triangle counts and the bounds."""
+    from addon import glb, scene, surfaces
+
+    obj = _build(bpy, astronaut_reply)
+    obj.rotation_mode = "XYZ"
+    obj.rotation_euler = (0.1, 0.2, 0.3)
+    depsgraph = bpy.context.evaluated_depsgraph_get()
+    shown = obj.evaluated_get(depsgraph)
+    expected = _world_points(shown.to_mesh(), shown.matrix_world)
+    shown.to_mesh_clear()
+    (surface,) = surfaces.evaluated([obj])
+    assert len(surface.positions) == len(expected) > 4 * len(obj.data.vertices)  # subdivided, no UV seam split
+    glb.write_glb(tmp_path / "ours.glb", [surface])
+    ours, binary = glb.read_glb(tmp_path / "ours.glb")
+    image = ours["bufferViews"][ours["images"][0]["bufferView"]]
+    assert binary[image["byteOffset"]:image["byteOffset"] + image["byteLength"]] == \
+        scene.png_of(scene.texture_of(obj))
+
+    obj.select_set(True)
+    bpy.ops.export_scene.gltf(filepath=str(tmp_path / "blender.glb"), export_format="GLB", use_selection=True,
+                              export_apply=True)
+    theirs, _ = glb.read_glb(tmp_path / "blender.glb")
+    for name in ("POSITION", "TEXCOORD_0"):
+        mine = ours["accessors"][ours["meshes"][0]["primitives"][0]["attributes"][name]]
+        blender = theirs["accessors"][theirs["meshes"][0]["primitives"][0]["attributes"][name]]
+        assert mine["count"] == blender["count"]
+    assert ours["accessors"][ours["meshes"][0]["primitives"][0]["indices"]]["count"] == \
+        theirs["accessors"][theirs["meshes"][0]["primitives"][0]["indices"]]["count"]
+    assert ours["nodes"][0]["rotation"] == pytest.approx(theirs["nodes"][0]["rotation"], abs=1e-6)
+    assert ours["nodes"][0]["translation"] == pytest.approx(theirs["nodes"][0]["translation"], abs=1e-6)
+
+    bpy.ops.object.select_all(action="DESELECT")
+    bpy.ops.import_scene.gltf(filepath=str(tmp_path / "ours.glb"))
+    (imported,) = bpy.context.selected_objects
+    from scipy.spatial import cKDTree
+
+    points = _world_points(imported.data, imported.matrix_world)
+    assert len(points) == len(expected)
+    assert cKDTree(expected).query(points)[0].max() < 2e-6 and cKDTree(points).query(expected)[0].max() < 2e-6
+    texture = imported.active_material.node_tree.nodes["Image Texture"].image
+    np.testing.assert_allclose(pixels_of(texture), pixels_of(scene.texture_of(obj)), atol=1e-6)
 
 
 def test_operator_from_photo_file(bpy, faceforge, photo_folder):

@@ -63,16 +63,16 @@ def test_rgb_pixels_flip_rows_and_round_trip(astronaut_rgb):
     assert np.array_equal(np.rint(rgba[::-1, :, :3] * 255).astype(np.uint8), astronaut_rgb)  # lossless
 
 
-def test_detail_pixels_are_centred_on_midlevel_and_unclipped():
+def test_scalar_pixels_are_offset_flipped_and_unclipped():
     detail = np.zeros((4, 5), np.float32)
-    detail[0, 0], detail[3, 4] = 0.7, -0.6  # beyond what an 8-bit image could hold around 0.5
-    rgba = meshdata.detail_pixels(detail).reshape(4, 5, 4)
+    detail[0, 0], detail[3, 4] = 0.7, -0.6  # beyond [0, 1] around the detail's midlevel: the float fallback
+    rgba = meshdata.scalar_pixels(detail, meshdata.DETAIL_MIDLEVEL).reshape(4, 5, 4)
     assert meshdata.DETAIL_MIDLEVEL == 0.5
     assert rgba[3, 0, 0] == pytest.approx(1.2)   # top-left of the map is Blender's last row
     assert rgba[0, 4, 1] == pytest.approx(-0.1)
     assert rgba[1, 1, 2] == pytest.approx(0.5)
     with pytest.raises(ValueError):
-        meshdata.detail_pixels(np.zeros((2, 2, 3), np.float32))
+        meshdata.scalar_pixels(np.zeros((2, 2, 3), np.float32))
 
 
 def test_idprop_value_makes_metadata_storable():
@@ -124,6 +124,9 @@ def test_png_bytes_round_trip():
     assert decoded.shape == (7, 5, 3) and np.array_equal(decoded, rgb)
     rgba = np.dstack([rgb, np.full((7, 5), 9, np.uint8)])
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(photo.png_bytes(rgba)))), rgba)
+    grey = np.random.default_rng(1).integers(0, 65536, (6, 9), dtype=np.uint16)
+    decoded = Image.open(io.BytesIO(photo.png_bytes(grey)))
+    assert decoded.mode.startswith("I;16") and np.array_equal(np.asarray(decoded).astype(np.uint16), grey)
     with pytest.raises(ValueError):
         photo.png_bytes(np.zeros((4, 4), np.uint8))
 

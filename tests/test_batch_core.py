@@ -2,20 +2,17 @@
 bookkeeping, the request window, progress and the file helpers. No Blender and no server needed."""
 from __future__ import annotations
 
-import io
 import json
 import os
-import struct
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from addon.batch.cli import DEFAULT_FORMATS, missing_modules, parse_args, script_argv, setup_hint
 from addon.batch.outputs import (STAGING_PREFIX, Photo, assign_keys, clean_stale_staging, commit, decide, discover,
-                                 make_staging, output_names, read_glb, read_manifest)
+                                 make_staging, output_names, read_manifest)
 from addon.batch.report import ERR_SERVER_GONE, ERR_UNREADABLE, PhotoReport, Progress, Summary, format_duration
 from addon.batch.run import main as run_batch_main
 from addon.batch.window import Window
@@ -398,24 +395,6 @@ def test_window_aborts_when_the_server_is_unreachable_or_gone():
 
 
 # ----------------------------------------------------------------------------------------- files
-
-def _glb(document: dict, binary: bytes) -> bytes:
-    text = json.dumps(document).encode()
-    text += b" " * (-len(text) % 4)
-    binary += b"\0" * (-len(binary) % 4)
-    body = struct.pack("<I4s", len(text), b"JSON") + text + struct.pack("<I4s", len(binary), b"BIN\x00") + binary
-    return struct.pack("<4sII", b"glTF", 2, 12 + len(body)) + body
-
-
-def test_read_glb(tmp_path):
-    path = tmp_path / "x.glb"
-    path.write_bytes(_glb({"asset": {"version": "2.0"}, "meshes": [{}]}, b"\x01\x02"))
-    document, binary = read_glb(path)
-    assert document["meshes"] == [{}] and binary[:2] == b"\x01\x02"
-    path.write_bytes(b"glTF" + b"\0" * 20)
-    with pytest.raises(ValueError):
-        read_glb(path)
-
 
 def test_missing_modules_and_hint():
     assert missing_modules(["json", "no_such_module_ff"]) == ["no_such_module_ff"]

@@ -2,7 +2,7 @@
 model, and writes .blend (shape keys), .glb (morph targets), .fbx and .obj for a real photo."""
 from __future__ import annotations
 
-from addon.batch import outputs
+from addon import glb
 from addon.wire.errors import Exit
 from tests.batch_fixtures import blender_command, by_key, inspect_blend, load_summary, needs_blender, run_batch
 from tests.photo_fixtures import one_photo_folder  # noqa: F401 (fixture)
@@ -23,7 +23,7 @@ def test_blender_batch_builds_and_exports_a_full_head(one_photo_folder, tmp_path
     (head,) = blend["objects"]
     assert head["vertices"] == 24591 and head["polygons"] > 24000 and head["uv_layers"]
     assert head["modifiers"] == ["LAPLACIANSMOOTH", "SUBSURF", "DISPLACE"]
-    document, _ = outputs.read_glb(folder / f"{entry['key']}.glb")
+    document, _ = glb.read_glb(folder / f"{entry['key']}.glb")
     (mesh,) = document["meshes"]
     assert len(mesh["extras"]["targetNames"]) == 53 and "jawOpen" in mesh["extras"]["targetNames"]
     assert all(len(primitive["targets"]) == 53 for primitive in mesh["primitives"])

@@ -122,9 +122,6 @@ class Blender:
             return self.exporters[fmt]
         v = self.version
         candidates = {
-            "glb": [("export_scene.gltf", "io_scene_gltf2",
-                     dict(export_format="GLB", use_selection=True, export_apply=True, export_texcoords=True,
-                          export_materials="EXPORT"))],
             "fbx": [("export_scene.fbx", "io_scene_fbx",
                      dict(use_selection=True, object_types={"MESH"}, use_mesh_modifiers=True, path_mode="COPY",
                           embed_textures=True, bake_anim=False, add_leaf_bones=False, axis_forward="-Z",
@@ -171,6 +168,11 @@ class Blender:
             from .. import head_export
 
             getattr(head_export, f"export_{fmt}")(objects, path)
+            return
+        if fmt == "glb":  # faces: written from the evaluated mesh (``glb`` says why not Blender's exporter)
+            from .. import glb, surfaces
+
+            glb.write_glb(path, surfaces.evaluated(objects))
             return
         idname, op, kwargs = self.exporter(fmt)
         self.select_only(objects)

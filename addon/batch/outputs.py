@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import struct
 import tempfile
 import time
 from dataclasses import dataclass
@@ -227,28 +226,3 @@ def commit(staging: Path, final: Path, *, overwrite: bool, manifest: dict) -> li
         shutil.rmtree(staging, ignore_errors=True)
         manifest = merged
     return [final / name for name in manifest.get("files", [])]
-
-
-# ----------------------------------------------------------------------------------------------
-# Reading outputs back
-
-def read_glb(path: Path) -> tuple[dict, bytes]:
-    """Parse a binary glTF: ``(json, bin_chunk)``. Raises ValueError on a malformed file."""
-    data = Path(path).read_bytes()
-    if len(data) < 20:
-        raise ValueError("file too short for GLB")
-    magic, version, length = struct.unpack_from("<4sII", data, 0)
-    if magic != b"glTF" or version != 2 or length != len(data):
-        raise ValueError(f"bad GLB header: magic={magic!r} version={version} length={length} (file {len(data)})")
-    offset, document, binary = 12, None, b""
-    while offset < length:
-        chunk_length, chunk_type = struct.unpack_from("<I4s", data, offset)
-        body = data[offset + 8: offset + 8 + chunk_length]
-        if chunk_type == b"JSON":
-            document = json.loads(body.decode("utf-8"))
-        elif chunk_type == b"BIN\x00":
-            binary = body
-        offset += 8 + chunk_length
-    if document is None:
-        raise ValueError("GLB has no JSON chunk")
-    return document, binary

@@ -123,13 +123,13 @@ def _write_files(run: RunContext, photo: Photo, reconstruction, objects: list, s
 
 
 def _write_textures(run: RunContext, key: str, reconstruction, objects: list, staging: Path) -> list:
-    from ..photo import png_bytes
+    from .. import scene
 
     textures, names = {}, []
     faces = sorted(reconstruction.faces, key=lambda f: f.index)  # the order build_reconstruction made objects in
     for obj, face in zip(objects, faces):
         name = texture_name(key, face.index)
-        (staging / name).write_bytes(png_bytes(face.arrays["texture"]))
+        (staging / name).write_bytes(scene.png_of(scene.texture_of(obj)))  # the packed PNG: encoded once
         textures[obj.name] = staging / name
         names.append(name)
     run.blender.use_texture_files(objects, textures)
