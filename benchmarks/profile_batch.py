@@ -11,16 +11,17 @@ each time), with a timer (time.perf_counter) wrapped around every step:
 
   reset       Blender.reset: the previous photo's datablocks removed
   mesh        scene.mesh_from_arrays: vertices, loops, polygons, UVs
-  images      scene.face_images (+ the head's lit texture): pixels set, packed
+  images      scene.face_images (+ the head's lit texture): PNG bytes encoded once and packed
   materials   scene.skin_material (one per face, seven per head)
   shape keys  head_scene.add_shape_keys (53 per head)
   modifiers   scene.add_modifiers: the stack is set up, not yet evaluated
   metadata    meshdata.idprop_value: the faceforge custom property
   build rest  the rest of scene.build_reconstruction (objects, linking, pose)
-  .blend      Blender.save_blend
-  textures    the PNGs the other formats point at
-  evaluate    the first depsgraph update before an export (modifiers, shape keys)
-  <format>    each exporter, without the evaluation above
+  .blend      Blender.save_blend, with the first depsgraph evaluation (modifiers, shape keys) that
+              Blender's operators run before they start
+  textures    the PNGs the other formats point at (the packed bytes, written)
+  evaluate    the selection update before one of Blender's exporters (heads' glb, fbx, obj, ply, stl)
+  <format>    each file: the face glb is read from the evaluated mesh and written by addon.glb
   commit      staging folder moved into place, manifest
 Prints the median per photo in ms, and the sum.
 """
