@@ -58,17 +58,6 @@ def mesh_from_arrays(name: str, arrays: meshdata.MeshArrays) -> "bpy.types.Mesh"
     return mesh
 
 
-def new_image(name: str, pixels, width: int, height: int, *, float_buffer: bool, non_color: bool) -> "bpy.types.Image":
-    """An image filled from flat RGBA float pixels and packed into the .blend (PNG, or EXR for float data)."""
-    image = bpy.data.images.new(name, width, height, alpha=False, float_buffer=float_buffer)
-    if non_color:
-        image.colorspace_settings.name = "Non-Color"
-    image.pixels.foreach_set(pixels)
-    image.file_format = "OPEN_EXR" if float_buffer else "PNG"
-    image.pack()
-    return image
-
-
 def image_from_png(name: str, png: bytes) -> "bpy.types.Image":
     """A packed image whose pixels are ``png``, decoded lazily: no float copy, no second encoding
     when the .blend is saved, and exporters reuse the very bytes (``png_of``)."""
@@ -127,8 +116,14 @@ def map_image(name: str, values, offset: float = 0.0) -> "bpy.types.Image":
         image = image_from_png(name, png_bytes(np.rint(shifted * 65535).astype(np.uint16)))
         image.colorspace_settings.name = "Non-Color"
         return image
-    return new_image(name, meshdata.scalar_pixels(values, offset), shifted.shape[1], shifted.shape[0],
-                     float_buffer=True, non_color=True)
+    pixels = meshdata.scalar_pixels(values, offset)  # refuses what is not an (H, W) map
+    height, width = shifted.shape
+    image = bpy.data.images.new(name, width, height, alpha=False, float_buffer=True)
+    image.colorspace_settings.name = "Non-Color"
+    image.pixels.foreach_set(pixels)
+    image.file_format = "OPEN_EXR"
+    image.pack()
+    return image
 
 
 def face_images(name: str, arrays) -> dict:

@@ -166,7 +166,7 @@ def child(args) -> int:
     timers = Timers()
     for owner, name, step in [
             (batch_blender.Blender, "reset", "reset"), (scene, "mesh_from_arrays", "mesh"),
-            (scene, "face_images", "images"), (scene, "new_image", "images"), (scene, "skin_material", "materials"),
+            (scene, "face_images", "images"), (scene, "texture_image", "images"), (scene, "skin_material", "materials"),
             (head_scene, "add_shape_keys", "shape keys"), (scene, "add_modifiers", "modifiers"),
             (meshdata, "idprop_value", "metadata"), (scene, "build_reconstruction", "build"),
             (batch_blender.Blender, "save_blend", ".blend"), (writer, "_write_textures", "textures"),
