@@ -12,7 +12,7 @@ from .security import ServerKeys
 ReconstructionConfig = options.config_class(
     "ReconstructionConfig", options.on_side(options.SERVER, options.LIMIT),
     "Per-request options (fields and defaults from ``addon.wire.options``); ``with_params`` applies a "
-    "request's validated options.")
+    "request's validated options.", module=__name__)
 
 
 @dataclass(frozen=True)

@@ -328,9 +328,10 @@ class ProcessWorker(Worker):
 
     def _launch(self, address: str) -> None:
         spawn = multiprocessing.get_context("spawn")
-        self.process = spawn.Process(target=_process_main, name=f"faceforge-worker{self.index}", daemon=True,
-                                     args=(self.index, address, self.factory, self.limits, os.getpid()))
-        self.process.start()
+        process = spawn.Process(target=_process_main, name=f"faceforge-worker{self.index}", daemon=True,
+                                args=(self.index, address, self.factory, self.limits, os.getpid()))
+        process.start()  # raises if the factory does not pickle
+        self.process = process
 
     def _join(self, deadline: float) -> None:
         if self.process is None:
