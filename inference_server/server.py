@@ -211,9 +211,9 @@ class InferenceServer:
 
     def _dispatch(self) -> None:
         """Hand the oldest waiting requests to idle workers."""
-        idle = [worker for worker in self._workers if worker.state == "idle"]
-        while idle and self._waiting:
-            idle.pop(0).run(self._waiting.popleft())
+        for worker in self._workers:
+            if self._waiting and worker.state == "idle" and worker.run(self._waiting[0]):
+                self._waiting.popleft()
 
     def _send(self, router, parts: list) -> None:
         """Send to a client without ever blocking the loop; a client that is gone loses its queued work."""

@@ -16,6 +16,7 @@ between stages (the pipeline's report callback), the same across a thread or a p
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import multiprocessing
@@ -218,6 +219,8 @@ def _process_main(index: int, address: str, factory, limits: RequestLimits, serv
 class Worker:
     """The I/O thread's handle on one worker: its socket, its state and the job it runs."""
 
+    sentinel = None  # a file descriptor readable once the worker is gone (processes only)
+
     def __init__(self, index: int, context: zmq.Context, factory: Callable[[], object], limits: RequestLimits):
         self.index = index
         self.context = context
@@ -230,8 +233,6 @@ class Worker:
         self.served = 0
         self.restarts = 0
 
-    sentinel = None  # a file descriptor readable once the worker is gone (processes only)
-
     def start(self) -> None:
         self.socket = self.context.socket(zmq.PAIR)
         self.socket.setsockopt(zmq.LINGER, 0)
@@ -243,12 +244,19 @@ class Worker:
     def ready(self, info: dict) -> None:
         self.state, self.info = "idle", info
 
-    def run(self, job: Job) -> None:
-        self.socket.send_multipart(job.frames(), copy=False)
+    def run(self, job: Job) -> bool:
+        """Hand ``job`` over; False if the worker's process just died (its sentinel is about to tell),
+        as a PAIR socket without its peer would block the I/O thread."""
+        try:
+            self.socket.send_multipart(job.frames(), copy=False, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return False
         self.state, self.job = "busy", job
+        return True
 
     def cancel(self) -> None:
-        self.socket.send_multipart([b"cancel", str(self.job.seq).encode()])
+        with contextlib.suppress(zmq.Again):  # a dead worker: its request is answered as lost
+            self.socket.send_multipart([b"cancel", str(self.job.seq).encode()], flags=zmq.NOBLOCK)
 
     def finished(self) -> Job:
         job, self.job, self.state = self.job, None, "idle"
@@ -262,10 +270,8 @@ class Worker:
     def stop(self, deadline: float) -> None:
         """Ask the worker to stop (its running request ends at its next stage) and wait until ``deadline``."""
         if self.socket is not None:
-            try:
+            with contextlib.suppress(zmq.Again):  # a dead worker reads nothing: it is killed below
                 self.socket.send(b"stop", flags=zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass  # a dead or starting worker reads nothing: it is killed below
         self._join(deadline)
         if self.socket is not None:
             self.socket.close(linger=0)
