@@ -199,15 +199,15 @@ class InferenceServer:
             self._from_worker(router, worker)
         if worker.state == "starting":
             raise WorkerFailed(f"worker {worker.index} exited with code {worker.exitcode} while loading its models")
-        lost, pid, code = worker.job, worker.pid, worker.exitcode
-        worker.restart()
-        log.warning("worker %d (pid %s) exited with code %s%s; restarting it", worker.index, pid, code,
+        lost, code = worker.job, worker.exitcode
+        log.warning("worker %d (pid %s) exited with code %s%s; restarting it", worker.index, worker.pid, code,
                     f" while running request {clip(lost.message.id)}" if lost else "")
         if lost is not None:
             self._active.pop(lost.key, None)
             self._send(router, [lost.identity, *protocol.encode_error(
                 lost.message.id, ErrorCode.WORKER_LOST, f"the server's worker process running this request stopped "
                 f"(exit code {code}) and is being restarted; the request was not completed and may be sent again")])
+        worker.restart()
 
     def _dispatch(self) -> None:
         """Hand the oldest waiting requests to idle workers."""

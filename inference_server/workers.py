@@ -4,8 +4,9 @@ default) or N spawned processes, each building its own pipeline.
 Transport: one ZeroMQ PAIR socket per worker, bound by the I/O thread (``inproc`` for the thread,
 ``ipc`` in a private 0700 folder for a process). The I/O thread already polls ZeroMQ sockets, so a
 worker's messages arrive in the same loop as the clients'; multipart frames travel without pickling
-(over inproc a reply's arrays are not even copied); and as each socket has one peer, the I/O thread
-knows which worker a message comes from. A worker holds at most one job: the queue stays with the
+(over inproc a reply's arrays are not even copied) and a send never blocks the I/O thread, unlike
+multiprocessing pipes; and as each socket has one peer, the I/O thread knows which worker a message
+comes from. A worker holds at most one job: the queue stays with the
 I/O thread, so an idle worker always takes the oldest waiting request (never one stuck behind a slow
 request elsewhere), a queued request is cancelled without crossing a process, and a worker that dies
 loses only the request it was running. Cancelling a running request is a message the worker reads
