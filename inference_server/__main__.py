@@ -39,12 +39,17 @@ def _parser() -> argparse.ArgumentParser:
                             "--secret-key and --client-keys, or --insecure)")
     serve.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default %(default)s)")
     serve.add_argument("--threads", type=int, default=0,
-                       help="torch CPU threads (0 = torch default; the depth network then uses 2)")
+                       help="torch CPU threads, split between the --workers (0 = torch default; the depth network "
+                            "then uses 2)")
     serve.add_argument("--depth-model", default="", metavar="PATH_OR_NAME",
                        help="a depth checkpoint file (or installed name) loaded at start: what depth_backend network "
                             "uses when a request names no depth_model")
+    serve.add_argument("--workers", type=limits.bounded(int, 1, 64), default=1,
+                       help="model-owning workers: 1 (default) is a thread of the server; N > 1 are N processes, "
+                            "each with its own models (memory x N) and --threads / N torch threads (at least 1), "
+                            "for N reconstructions at once")
     serve.add_argument("--max-queue", type=limits.bounded(int, 1, 10_000), default=32,
-                       help="queued reconstructions before 'busy' replies")
+                       help="queued reconstructions, for all workers together, before 'busy' replies")
     serve.add_argument("--max-message-mb", type=limits.bounded(float, 0.1, 4096), default=256,
                        help="largest accepted request, MB")
     remote = serve.add_argument_group("remote use (CURVE authentication and encryption)")
@@ -75,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "model":
         return run_model_command(args)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    from .log_limits import LOG_FORMAT
+
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
     try:
         return {"serve": _serve, "reconstruct": _reconstruct, "keys": _keys}[args.command](args)
     except KeyboardInterrupt:
@@ -89,45 +96,52 @@ def _serve(args) -> int:
     try:  # what an operator can get wrong is checked before torch loads (seconds)
         keys = _server_keys(args)
         config = ServerConfig(bind=args.bind, max_queue=args.max_queue, limits=limits.from_args(args), keys=keys,
-                              max_message_bytes=int(args.max_message_mb * 1024 * 1024), insecure=args.insecure)
+                              max_message_bytes=int(args.max_message_mb * 1024 * 1024), insecure=args.insecure,
+                              workers=args.workers)
         defaults = ReconstructionConfig(**options.given(args, serve_options()))
-        server = InferenceServer(config, lambda: FacePipeline(device, defaults, head_model=find_model(), depth=depth),
-                                 defaults)
+        InferenceServer.validate(config, defaults)
     except ValueError as exc:  # bad key files, defaults over the limits, a reachable address without keys
         print(f"error: {exc}", file=sys.stderr)
         return Exit.USAGE
-    import torch
+    from .depth import CheckpointError
 
-    from .depth import CheckpointError, find_checkpoint
-    from .depth.backend import DepthSettings
-    from .head.store import find_model
-    from .pipeline import FacePipeline, resolve_device
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
     try:
-        device = resolve_device(args.device)
-    except (RuntimeError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return Exit.USAGE
-    try:
-        depth = DepthSettings(model=str(find_checkpoint(args.depth_model)) if args.depth_model else "",
-                              threads=args.threads or DepthSettings.threads)
+        server = InferenceServer(config, _pipeline_recipe(args, defaults), defaults)
     except CheckpointError as exc:
         print(f"error: --depth-model: {exc}", file=sys.stderr)
         return Exit.SETUP
+    except (RuntimeError, ValueError) as exc:  # a device torch cannot use
+        print(f"error: {exc}", file=sys.stderr)
+        return Exit.USAGE
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: server.stop())
 
     def ready(address: str, info: dict) -> None:
-        logging.getLogger("faceforge.server").info("ready on %s (device %s, protocol %s)", address, info.get("device"),
-                                                   server.info()["protocol_version"])
+        logging.getLogger("faceforge.server").info("ready on %s (device %s, protocol %s, %d worker(s))", address,
+                                                   info.get("device"), server.info()["protocol_version"], args.workers)
     try:
         server.serve_forever(on_ready=ready)
     except Exception as exc:  # bind failures and model-loading failures end the process with one line
         print(f"error: {exc}", file=sys.stderr)
         return Exit.FAILED
     return Exit.OK
+
+
+def _pipeline_recipe(args, defaults):
+    """What each worker builds: the device, the installed models, and the torch threads (``--threads``,
+    else torch's default) split between the worker processes, at least 1 each."""
+    import torch
+
+    from .depth import find_checkpoint
+    from .depth.backend import DepthSettings
+    from .head.store import find_model
+    from .pipeline import PipelineRecipe, resolve_device
+
+    device = resolve_device(args.device)
+    threads = args.threads if args.workers == 1 else max(1, (args.threads or torch.get_num_threads()) // args.workers)
+    depth = DepthSettings(model=str(find_checkpoint(args.depth_model)) if args.depth_model else "",
+                          threads=threads or DepthSettings.threads)
+    return PipelineRecipe(str(device), defaults, find_model(), depth, threads)
 
 
 def _server_keys(args):

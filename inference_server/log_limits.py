@@ -10,7 +10,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import traceback
+import uuid
 from typing import Callable
+
+# The server's log lines; its worker processes write theirs to the same stream in the same form.
+LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 
 
 class RateLimitedLog:
@@ -54,3 +59,11 @@ class RateLimitedLog:
 
     def info(self, msg: str, *args) -> bool:
         return self.log(logging.INFO, msg, *args)
+
+
+def log_internal_error(failures: RateLimitedLog, context: str) -> str:
+    """Log the current exception's traceback under a new error id (rate-limited); returns the id, all
+    a client is told (a traceback can carry paths and data)."""
+    error_id = uuid.uuid4().hex[:12]
+    failures.log(logging.ERROR, "internal error %s in %s:\n%s", error_id, context, traceback.format_exc())
+    return error_id

@@ -104,6 +104,23 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+@dataclass(frozen=True)
+class PipelineRecipe:
+    """How a server worker builds its pipeline: picklable (a closure is not), so that each worker
+    process of ``serve --workers N`` builds its own from a copy."""
+
+    device: str
+    defaults: ReconstructionConfig
+    head_model: Path | None
+    depth: DepthSettings
+    threads: int = 0  # torch CPU threads of the worker (0: torch's default)
+
+    def __call__(self) -> "FacePipeline":
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        return FacePipeline(torch.device(self.device), self.defaults, self.head_model, self.depth)
+
+
 class FacePipeline:
     """Holds the models; ``reconstruct`` is called from one worker thread at a time."""
 
@@ -127,7 +144,7 @@ class FacePipeline:
         models = ["mtcnn (facenet-pytorch)", "face_mesh 478 (mediapipe)"]
         return {"server_version": __version__, "device": str(self.device),
                 "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "CPU",
-                "torch": torch.__version__, "geometries": ["head", "face"] if self.head else ["face"],
+                "torch": torch.__version__, "threads": torch.get_num_threads(), "geometries": ["head", "face"] if self.head else ["face"],
                 "models": models + (["ict-facekit head model"] if self.head else []), **self.depth_networks.info()}
 
     def geometry(self, config: ReconstructionConfig) -> str:

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from types import SimpleNamespace
+from typing import Callable
 
 from inference_server.config import ServerConfig
 from inference_server.server import InferenceServer
@@ -41,9 +42,10 @@ class StagedPipeline:
 
 
 @contextlib.contextmanager
-def running(pipeline: StagedPipeline, config: ServerConfig):
-    """Serve on a thread; yields the server once it is ready (its ``address`` resolved)."""
-    server = InferenceServer(config, lambda: pipeline)
+def running(pipeline: StagedPipeline | Callable[[], StagedPipeline], config: ServerConfig):
+    """Serve on a thread; yields the server once it is ready (its ``address`` resolved). Worker processes
+    (``config.workers`` > 1) each build their own from a factory that pickles: ``partial(StagedPipeline, ...)``."""
+    server = InferenceServer(config, pipeline if callable(pipeline) else lambda: pipeline)
     ready = threading.Event()
     thread = threading.Thread(target=server.serve_forever, kwargs={"on_ready": lambda *_: ready.set()}, daemon=True)
     thread.start()

@@ -21,6 +21,7 @@ class ErrorCode:
     BUSY = "busy"                        # server queue full
     CANCELLED = "cancelled"              # stopped on the client's request (or past its deadline)
     INTERNAL = "internal"
+    WORKER_LOST = "worker_lost"          # the worker process running the request died; sending it again may work
     # Client-side conditions, never sent by a server but reported the same way.
     TIMEOUT = "timeout"
     UNREACHABLE = "unreachable"
@@ -57,6 +58,7 @@ EXIT_FOR_ERROR = {
     ErrorCode.NO_FACE: Exit.NO_FACE, ErrorCode.NO_MODEL: Exit.SETUP,
     ErrorCode.TIMEOUT: Exit.SERVER, ErrorCode.UNREACHABLE: Exit.SERVER, ErrorCode.BUSY: Exit.SERVER,
     ErrorCode.UNSUPPORTED_VERSION: Exit.SERVER, ErrorCode.CANCELLED: Exit.INTERRUPTED,
+    ErrorCode.INTERNAL: Exit.FAILED, ErrorCode.WORKER_LOST: Exit.FAILED,
 }
 
 

@@ -184,10 +184,13 @@ def _validated_params(self, params: Mapping[str, Any]):
     return replace(self, **changes)
 
 
-def config_class(name: str, options: Iterable[Option], doc: str) -> type:
-    """A frozen dataclass with one typed field per option (defaults from the schema) and ``with_params``."""
+def config_class(name: str, options: Iterable[Option], doc: str, module: str | None = None) -> type:
+    """A frozen dataclass with one typed field per option (defaults from the schema) and ``with_params``.
+    ``module``: where the class is bound to ``name`` (its instances then pickle, e.g. to a worker process)."""
     cls = make_dataclass(name, [(o.name, o.kind, field(default=o.default)) for o in options], frozen=True,
                          namespace={"with_params": _validated_params, "__doc__": doc})
+    if module:
+        cls.__module__ = module
     return cls
 
 

@@ -1,0 +1,349 @@
+"""The model-owning workers behind the server's I/O thread: one thread (``serve --workers 1``, the
+default) or N spawned processes, each building its own pipeline.
+
+Transport: one ZeroMQ PAIR socket per worker, bound by the I/O thread (``inproc`` for the thread,
+``ipc`` in a private 0700 folder for a process). The I/O thread already polls ZeroMQ sockets, so a
+worker's messages arrive in the same loop as the clients'; multipart frames travel without pickling
+(over inproc a reply's arrays are not even copied) and a send never blocks the I/O thread, unlike
+multiprocessing pipes; and as each socket has one peer, the I/O thread knows which worker a message
+comes from. A worker holds at most one job: the queue stays with the
+I/O thread, so an idle worker always takes the oldest waiting request (never one stuck behind a slow
+request elsewhere), a queued request is cancelled without crossing a process, and a worker that dies
+loses only the request it was running. Cancelling a running request is a message the worker reads
+between stages (the pipeline's report callback), the same across a thread or a process boundary.
+
+    I/O thread -> worker:  [b"job", header JSON, image]  |  [b"cancel", seq]  |  [b"stop"]
+    worker -> I/O thread:  [b"ready", info JSON]  |  [b"failed", text]  |  [b"progress", *frames]  |  [b"reply", *frames]
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable
+
+import zmq
+
+from addon.server_process import die_with_parent
+from addon.wire import options, protocol
+from addon.wire.protocol import ErrorCode, ProtocolError, clip
+
+from .config import ReconstructionConfig
+from .limits import RequestLimits
+from .log_limits import LOG_FORMAT, RateLimitedLog, log_internal_error
+
+STOP_SECONDS = 5.0  # a stopping worker's time to finish its running stage before it is killed
+
+
+class WorkerFailed(RuntimeError):
+    """A worker could not load its models: the server stops (the same models would fail every worker)."""
+
+
+def gets_head(config, info: dict) -> bool:
+    """Whether a request gets head geometry (``auto`` does where the model is installed)."""
+    geometry = getattr(config, "geometry", "face")
+    return geometry == "head" or (geometry == "auto" and "head" in info.get("geometries", ()))
+
+
+def internal_reply(failures: RateLimitedLog, request_id: str, context: str) -> list:
+    error_id = log_internal_error(failures, context)
+    return protocol.encode_error(request_id, ErrorCode.INTERNAL,
+                                 f"internal server error (error id {error_id}); the server log has the details")
+
+
+@dataclass
+class Job:
+    """A validated reconstruct request, from the I/O thread's queue to its worker's reply."""
+
+    identity: bytes
+    message: protocol.Message
+    config: object                    # ReconstructionConfig with the request's options applied
+    deadline: float                   # time.monotonic() after which nobody waits for the reply
+    seq: int                          # the server's number for it: cancels name it
+    queued_at: float = field(default_factory=time.monotonic)
+    cancelled: bool = False
+
+    @property
+    def key(self) -> tuple:
+        return self.identity, self.message.id
+
+    def frames(self) -> list:
+        """The job message for its worker (the deadline as seconds left: clocks are per process)."""
+        left = self.deadline - time.monotonic()
+        header = {"seq": self.seq, "id": self.message.id, "config": options.as_dict(self.config),
+                  "seconds_left": None if left == float("inf") else left, "cancelled": self.cancelled}
+        return [b"job", json.dumps(header).encode(), self.message.payloads["image"]]
+
+
+# ----------------------------------------------------------------------------------------------
+# The worker's side: the same in a thread and in a process
+
+
+@dataclass
+class RunningJob:
+    """A job as its worker sees it."""
+
+    seq: int
+    id: str
+    config: object
+    deadline: float
+    max_seconds: float
+    cancelled: bool = False
+    started: float | None = None
+
+    def check(self, stage: str) -> None:
+        """Raise at a stage boundary if nobody wants this request any more, or it ran too long."""
+        if self.cancelled:
+            raise ProtocolError(ErrorCode.CANCELLED, "request cancelled by the client (or the client is gone)")
+        now = time.monotonic()
+        if now > self.deadline:
+            raise ProtocolError(ErrorCode.CANCELLED, "request stopped: its client's deadline has passed")
+        if self.started is not None and now - self.started > self.max_seconds:
+            raise ProtocolError(ErrorCode.TOO_LARGE, f"request stopped before stage {stage!r}: it ran longer than "
+                                                     f"this server's limit of {self.max_seconds:g} s per request")
+
+
+class JobRunner:
+    """Runs the jobs that arrive on ``socket`` one at a time with the pipeline this worker owns."""
+
+    def __init__(self, socket: zmq.Socket, pipeline, limits: RequestLimits, log: logging.Logger):
+        self.socket = socket
+        self.pipeline = pipeline
+        self.limits = limits
+        self.info = pipeline.info()
+        self.stopping = False
+        self._log = log
+        self._rejections = RateLimitedLog(log)
+        self._failures = RateLimitedLog(log, rate=1.0)
+
+    def serve(self) -> None:
+        while not self.stopping:
+            kind, *frames = self.socket.recv_multipart(copy=False)
+            if kind.bytes == b"stop":
+                return
+            if kind.bytes == b"job":
+                job = self._job(json.loads(frames[0].bytes))
+                protocol.send_frames(self.socket, self._run(job, frames[1].buffer), prefix=[b"reply"])
+            # else: a cancel for a job that already finished
+
+    def _job(self, header: dict) -> RunningJob:
+        left = header["seconds_left"]
+        return RunningJob(header["seq"], header["id"], ReconstructionConfig(**header["config"]),
+                          time.monotonic() + (float("inf") if left is None else left), self.limits.request_seconds,
+                          cancelled=header["cancelled"])
+
+    def _read_control(self, job: RunningJob) -> None:
+        """Cancels (or a stop) that arrived while ``job`` ran: read at its stage boundaries."""
+        while self.socket.poll(0):
+            kind, *rest = self.socket.recv_multipart()
+            if kind == b"stop" or (kind == b"cancel" and int(rest[0]) == job.seq):
+                job.cancelled = True
+                self.stopping = self.stopping or kind == b"stop"
+
+    def _run(self, job: RunningJob, image: memoryview) -> list:
+        def report(stage: str, text: str, fraction: float, face: int, faces: int) -> None:
+            self._read_control(job)
+            job.check(stage)
+            if faces > 1:
+                self.limits.check_reply(job.config, faces, gets_head(job.config, self.info))
+            protocol.send_frames(self.socket, protocol.encode_progress(job.id, stage, text, fraction, face, faces),
+                                 prefix=[b"progress"])
+        try:
+            job.check("load")  # a request cancelled while it waited costs nothing
+            job.started = time.monotonic()
+            result = self.pipeline.reconstruct(image, config=job.config, report=report)
+            payloads = {}
+            for face in result.faces:
+                payloads.update(protocol.face_payloads(face.index, face.arrays))
+            body = protocol.as_jsonable(dict(result.meta, faces=[face.meta for face in result.faces]))
+            self._log.info("request %s: %d face(s) in %.0f ms", clip(job.id), len(result.faces),
+                           sum(result.meta["timings_ms"].values()))
+            return protocol.encode_reply(job.id, body, payloads)
+        except ProtocolError as err:
+            self._rejections.info("request %s: %s", clip(job.id), clip(err.message, 200))
+            return protocol.encode_error(job.id, err.code, err.message)
+        except Exception:  # noqa: BLE001 - the worker must survive anything a single request triggers
+            return internal_reply(self._failures, job.id, f"request {clip(job.id)}")
+
+
+def run_worker(socket: zmq.Socket, factory: Callable[[], object], limits: RequestLimits,
+               log: logging.Logger) -> None:
+    """Build the models (seconds), say so on ``socket``, then serve jobs until told to stop."""
+    try:
+        runner = JobRunner(socket, factory(), limits, log)
+    except BaseException as exc:  # noqa: BLE001 - reported by the server, which owns the exit
+        log.error("models failed to load", exc_info=True)
+        socket.send_multipart([b"failed", str(exc).encode()])
+        return
+    socket.send_multipart([b"ready", json.dumps(protocol.as_jsonable(runner.info)).encode()])
+    runner.serve()
+
+
+def _thread_main(context: zmq.Context, address: str, factory, limits: RequestLimits) -> None:
+    socket = context.socket(zmq.PAIR)
+    socket.connect(address)
+    try:
+        run_worker(socket, factory, limits, logging.getLogger("faceforge.server"))
+    finally:
+        socket.close(linger=1000)
+
+
+def _process_main(index: int, address: str, factory, limits: RequestLimits, server_pid: int) -> None:
+    """A worker process: dies with the server, leaves Ctrl-C (sent to the whole terminal group) to it."""
+    die_with_parent()
+    if os.getppid() != server_pid:  # the server died before the line above took effect
+        return
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
+    context = zmq.Context()
+    socket = context.socket(zmq.PAIR)
+    socket.connect(address)
+    try:
+        run_worker(socket, factory, limits, logging.getLogger(f"faceforge.server.worker{index}"))
+    finally:
+        socket.close(linger=1000)
+        context.term()
+
+
+# ----------------------------------------------------------------------------------------------
+# The I/O thread's side
+
+
+class Worker:
+    """The I/O thread's handle on one worker: its socket, its state and the job it runs."""
+
+    sentinel = None  # a file descriptor readable once the worker is gone (processes only)
+
+    def __init__(self, index: int, context: zmq.Context, factory: Callable[[], object], limits: RequestLimits):
+        self.index = index
+        self.context = context
+        self.factory = factory
+        self.limits = limits
+        self.socket: zmq.Socket | None = None
+        self.state = "stopped"  # starting -> idle <-> busy
+        self.job: Job | None = None
+        self.info: dict = {}
+        self.served = 0
+        self.restarts = 0
+
+    def start(self) -> None:
+        self.socket = self.context.socket(zmq.PAIR)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        address = self._address()
+        self.socket.bind(address)
+        self.state, self.job, self.info = "starting", None, {}
+        self._launch(address)
+
+    def ready(self, info: dict) -> None:
+        self.state, self.info = "idle", info
+
+    def run(self, job: Job) -> bool:
+        """Hand ``job`` over; False if the worker's process just died (its sentinel is about to tell),
+        as a PAIR socket without its peer would block the I/O thread."""
+        try:
+            self.socket.send_multipart(job.frames(), copy=False, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        self.state, self.job = "busy", job
+        return True
+
+    def cancel(self) -> None:
+        with contextlib.suppress(zmq.Again):  # a dead worker: its request is answered as lost
+            self.socket.send_multipart([b"cancel", str(self.job.seq).encode()], flags=zmq.NOBLOCK)
+
+    def finished(self) -> Job:
+        job, self.job, self.state = self.job, None, "idle"
+        self.served += 1
+        return job
+
+    def describe(self) -> dict:
+        return {"index": self.index, "kind": self.kind, "pid": self.pid, "state": self.state,
+                "threads": self.info.get("threads"), "served": self.served, "restarts": self.restarts}
+
+    def stop(self, deadline: float) -> None:
+        """Ask the worker to stop (its running request ends at its next stage) and wait until ``deadline``."""
+        if self.socket is not None:
+            with contextlib.suppress(zmq.Again):  # a dead worker reads nothing: it is killed below
+                self.socket.send(b"stop", flags=zmq.NOBLOCK)
+        self._join(deadline)
+        if self.socket is not None:
+            self.socket.close(linger=0)
+            self.socket = None
+        self.state = "stopped"
+
+
+class ThreadWorker(Worker):
+    """``--workers 1``: a thread of the server process (a stand-in pipeline of the tests works too)."""
+
+    kind = "thread"
+
+    @property
+    def pid(self) -> int:
+        return os.getpid()
+
+    def _address(self) -> str:
+        return f"inproc://faceforge-worker-{uuid.uuid4().hex}"
+
+    def _launch(self, address: str) -> None:
+        self._thread = threading.Thread(target=_thread_main, args=(self.context, address, self.factory, self.limits),
+                                        name="faceforge-worker", daemon=True)
+        self._thread.start()
+
+    def _join(self, deadline: float) -> None:
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+
+
+class ProcessWorker(Worker):
+    """``--workers N``: a spawned process (a fresh interpreter: no state forked from the server's
+    threads); ``factory`` must pickle (``pipeline.PipelineRecipe``)."""
+
+    kind = "process"
+
+    def __init__(self, index: int, context: zmq.Context, factory, limits: RequestLimits, folder: str):
+        super().__init__(index, context, factory, limits)
+        self.folder = folder  # private (0700): no other local user can connect to a worker's socket
+        self.process = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    @property
+    def sentinel(self) -> int | None:
+        return self.process.sentinel if self.process else None
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.process.exitcode
+
+    def restart(self) -> None:
+        self.process.join(0)  # reap it
+        self.socket.close(linger=0)
+        self.restarts += 1
+        self.start()
+
+    def _address(self) -> str:
+        return f"ipc://{self.folder}/worker{self.index}-{self.restarts}"
+
+    def _launch(self, address: str) -> None:
+        spawn = multiprocessing.get_context("spawn")
+        process = spawn.Process(target=_process_main, name=f"faceforge-worker{self.index}", daemon=True,
+                                args=(self.index, address, self.factory, self.limits, os.getpid()))
+        process.start()  # raises if the factory does not pickle
+        self.process = process
+
+    def _join(self, deadline: float) -> None:
+        if self.process is None:
+            return
+        self.process.join(max(0.0, deadline - time.monotonic()))
+        if self.process.exitcode is None:
+            self.process.kill()
+            self.process.join(1.0)
