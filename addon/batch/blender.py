@@ -126,16 +126,10 @@ class Blender:
                      dict(use_selection=True, object_types={"MESH"}, use_mesh_modifiers=True, path_mode="COPY",
                           embed_textures=True, bake_anim=False, add_leaf_bones=False, axis_forward="-Z",
                           axis_up="Y"))],
-            # OBJ: the C++ wm.obj_export replaced the io_scene_obj add-on (removed in 4.0).
+            # OBJ: the C++ wm.obj_export (since 3.1; 20x faster than the io_scene_obj add-on it replaced in 4.0).
             "obj": [("wm.obj_export", None,
                      dict(export_selected_objects=True, apply_modifiers=True, export_uv=True, export_normals=True,
-                          export_materials=True, path_mode="STRIP"))] if v >= (4, 0, 0) else
-                   [("export_scene.obj", "io_scene_obj",
-                     dict(use_selection=True, use_mesh_modifiers=True, use_uvs=True, use_normals=True,
-                          use_materials=True, path_mode="STRIP", axis_forward="-Z", axis_up="Y")),
-                    ("wm.obj_export", None,
-                     dict(export_selected_objects=True, apply_modifiers=True, export_uv=True, export_normals=True,
-                          export_materials=True, path_mode="STRIP"))],
+                          export_materials=True, path_mode="STRIP", forward_axis="NEGATIVE_Z", up_axis="Y"))],
             # PLY: wm.ply_export since 3.6 (io_mesh_ply removed in 4.0).
             "ply": [("wm.ply_export", None,
                      dict(export_selected_objects=True, apply_modifiers=True, export_uv=True, export_normals=True))]
