@@ -109,11 +109,13 @@ def texture_of(obj: "bpy.types.Object") -> "bpy.types.Image":
 
 def map_image(name: str, values, offset: float = 0.0) -> "bpy.types.Image":
     """A one-channel map (value + ``offset``) Blender reads as float and Non-Color. Inside [0, 1]
-    it is packed as a 16-bit grey PNG: steps of 1/65535 (15 um for depth in metres), a tenth of the
-    size of the float EXR Blender would pack and 4x faster to make; other values keep the EXR."""
+    it is packed as a 16-bit grey PNG: steps of 1/65535 (15 um for depth in metres), a sixth of the
+    size of the float EXR Blender would pack, and made in 1 ms rather than 11. Its rows are stored,
+    not deflated: 16-bit maps shrink by only 20 % for 13 ms, and a compressed .blend compresses
+    them anyway. Other values keep the float EXR."""
     shifted = np.asarray(values, np.float32) + np.float32(offset)
     if shifted.ndim == 2 and np.isfinite(shifted).all() and shifted.min() >= 0.0 and shifted.max() <= 1.0:
-        image = image_from_png(name, png_bytes(np.rint(shifted * 65535).astype(np.uint16)))
+        image = image_from_png(name, png_bytes(np.rint(shifted * 65535).astype(np.uint16), level=0))
         image.colorspace_settings.name = "Non-Color"
         return image
     pixels = meshdata.scalar_pixels(values, offset)  # refuses what is not an (H, W) map
