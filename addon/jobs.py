@@ -149,6 +149,8 @@ def user_message(exc: BaseException, *, photo: str = "", address: str = "") -> s
             ErrorCode.CANCELLED: "Reconstruction cancelled",
             ErrorCode.BUSY: f"The server is busy: {exc.message}",
             ErrorCode.TOO_LARGE: f"The photo is too large: {exc.message}",
+            ErrorCode.WORKER_LOST: "The server's worker stopped while reconstructing this photo and was "
+                                   "restarted: press Reconstruct Face again",
         }
         return messages.get(exc.code, f"Server error: {exc.message}")
     if isinstance(exc, OSError):

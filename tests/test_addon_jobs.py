@@ -219,3 +219,8 @@ def test_protocol_mismatch_is_reported():
         stop.set()
         thread.join(2)
         router.close(linger=0)
+
+
+def test_a_lost_worker_asks_for_another_try():
+    message = jobs.user_message(ProtocolError(ErrorCode.WORKER_LOST, "worker 1 (pid 7) exited"))
+    assert "restarted" in message and "Reconstruct Face again" in message

@@ -378,6 +378,25 @@ def test_window_retries_busy_replies():
     assert [s[1] for s in client.sent].count(b"p0") == 2
 
 
+def test_window_sends_a_photo_again_once_when_its_worker_died():
+    clock = FakeClock()
+    client = FakeClient(clock, latency=1.0, replies={b"p1": ErrorCode.WORKER_LOST})  # p1 always kills its worker
+    original, lost = client.receive, []
+
+    def receive(timeout):
+        message = original(timeout)
+        if message.error is None and not lost:  # p0's first try: its worker was killed
+            lost.append(message.id)
+            message.error = ProtocolError(ErrorCode.WORKER_LOST, "worker died")
+        return message
+
+    client.receive = receive
+    window = Window(client, _photos(3), {}, jobs=2, timeout=5, read=_read, clock=clock)
+    assert dict(_drain(window, clock)) == {"p0": "ok", "p1": "worker_lost", "p2": "ok"}
+    sent = [s[1] for s in client.sent]
+    assert sent.count(b"p0") == 2 and sent.count(b"p1") == 2 and sent.count(b"p2") == 1
+
+
 def test_window_aborts_when_the_server_is_unreachable_or_gone():
     clock = FakeClock()
     window = Window(FakeClient(clock, unreachable=True), _photos(3), {}, jobs=2, timeout=5, read=_read, clock=clock)

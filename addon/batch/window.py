@@ -59,6 +59,7 @@ class Window:
         self.busy_retries = busy_retries
         self.busy_delay = busy_delay
         self.attempts: dict = {}        # photo key -> sends so far
+        self.lost: set = set()          # photo keys whose worker died once (sent again)
         self.in_flight: dict = {}       # request id -> InFlight, in send order
         self.last_progress = clock()
         self.max_in_flight = 0
@@ -73,6 +74,21 @@ class Window:
         self.attempts[photo.key] = self.attempts.get(photo.key, 0) + 1
         self.in_flight[request_id] = InFlight(photo, request_id, self.clock())
         self.max_in_flight = max(self.max_in_flight, len(self.in_flight))
+
+    def _send_again(self, photo: Photo, code: str) -> bool:
+        """Whether an error reply puts the photo back at the front of the queue: the server's queue
+        was full (a shared server; up to ``busy_retries`` sends, pausing when nothing else is in
+        flight), or the server's worker died running it and was restarted (once: a photo that takes
+        a worker down twice fails with the server's message)."""
+        if code == ErrorCode.BUSY and self.attempts.get(photo.key, 0) < self.busy_retries:
+            if not self.in_flight:
+                self.sleep(self.busy_delay)
+        elif code == ErrorCode.WORKER_LOST and photo.key not in self.lost:
+            self.lost.add(photo.key)
+        else:
+            return False
+        self.pending.insert(0, photo)
+        return True
 
     def fill(self, capacity: int) -> list:
         """Send until ``capacity`` requests are in flight. Returns immediate failures as events."""
@@ -134,12 +150,7 @@ class Window:
                 else:
                     continue                               # a reply to no request of ours
             self.last_progress = self.clock()
-            error = message.error
-            if (error is not None and error.code == ErrorCode.BUSY
-                    and self.attempts.get(entry.photo.key, 0) < self.busy_retries):
-                self.pending.insert(0, entry.photo)        # server queue full (shared server): retry
-                if not self.in_flight:
-                    self.sleep(self.busy_delay)
+            if message.error is not None and self._send_again(entry.photo, message.error.code):
                 continue
             # Refill first (the caller's photo takes one slot): the server starts the next photo
             # while the caller builds and exports this one.
