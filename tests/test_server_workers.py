@@ -10,6 +10,7 @@ import functools
 import io
 import os
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from inference_server.config import ServerConfig
 from inference_server.limits import RequestLimits
 from inference_server.server import REMOTE_INFO_KEYS
 
+from .batch_fixtures import blender_command, load_summary, needs_blender
 from .conftest import start_server
 from .fuzz_messages import CHEAP, small_photos
 from .load_clients import run_load
@@ -119,6 +121,31 @@ def test_a_killed_worker_loses_only_its_request_and_restarts(two_workers, grace_
         assert all(client.receive(60).ok for _ in requests)
     assert workers(two_workers.address)[busy["index"]]["served"] == restarted["served"] + 1
     assert "worker %d (pid %d) exited with code -9" % (busy["index"], busy["pid"]) in Path(two_workers.log_path).read_text()
+
+
+@needs_blender
+def test_a_batch_gets_every_photo_although_a_worker_dies_under_it(two_workers, astronaut_png, grace_hopper_jpg,
+                                                                   tmp_path):
+    """The headless batch (Debian's Blender) against ``serve --workers 2``: the photo whose worker is
+    killed comes back as ``worker_lost``, is sent again once, and the run ends with every photo done."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for index, photo in enumerate([astronaut_png, grace_hopper_jpg] * 2):
+        (folder / f"photo{index}.{'png' if index % 2 == 0 else 'jpg'}").write_bytes(photo)
+    restarts = sum(w["restarts"] for w in workers(two_workers.address))
+    batch = subprocess.Popen(blender_command("--input", str(folder), "--output", str(tmp_path / "out"), "--server",
+                                             two_workers.address, "--formats", "glb", "--jobs", "2"),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: any(w["state"] == "busy" for w in workers(two_workers.address)), 60)
+        busy = next(w for w in workers(two_workers.address) if w["state"] == "busy")
+        os.kill(busy["pid"], signal.SIGKILL)
+        assert batch.wait(timeout=180) == 0
+    finally:
+        batch.kill()
+    summary = load_summary(tmp_path / "out")
+    assert summary["counts"]["ok"] == 4 and summary["counts"]["failed"] == 0
+    assert sum(w["restarts"] for w in workers(two_workers.address)) == restarts + 1
 
 
 def test_workers_die_with_a_killed_server(two_workers):
