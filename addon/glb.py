@@ -22,14 +22,19 @@ GENERATOR = "FaceForge"
 Y_UP = np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1]], np.float64)  # Blender -> glTF axes
 FLOAT, UINT16, UINT32 = 5126, 5123, 5125
 LINEAR, LINEAR_MIPMAP_LINEAR, TRIANGLES = 9729, 9987, 4
+SPECULAR = "KHR_materials_specular"
 
 
 @dataclass
 class Look:
-    """A material as the file carries it: a name, the texture and the surface's roughness."""
+    """A material as the file carries it: a name, the texture, the surface's roughness and
+    specular level (Blender's Principled BSDF: 0.5 is the 4 % reflectance of IOR 1.5), and whether
+    back faces show (a face mask is an open surface)."""
 
     name: str
     roughness: float = 0.55
+    specular: float = 0.5
+    double_sided: bool = True
 
 
 @dataclass
@@ -124,8 +129,16 @@ def _add_surface(document: dict, buffer: _Buffer, surface: Surface) -> None:
     document["textures"].append({"sampler": 0, "source": len(document["images"]) - 1})
     texture, first_material = len(document["textures"]) - 1, len(document["materials"])
     for look in surface.looks:
-        document["materials"].append({"name": look.name, "pbrMetallicRoughness": {
-            "baseColorTexture": {"index": texture}, "metallicFactor": 0.0, "roughnessFactor": look.roughness}})
+        material = {"name": look.name, "pbrMetallicRoughness": {
+            "baseColorTexture": {"index": texture}, "metallicFactor": 0.0, "roughnessFactor": look.roughness}}
+        if look.double_sided:
+            material["doubleSided"] = True
+        if look.specular != 0.5:  # the extension's default factor 1 is Blender's 0.5
+            material["extensions"] = {SPECULAR: {"specularFactor": 2.0 * look.specular}}
+            used = document.setdefault("extensionsUsed", [])
+            if SPECULAR not in used:
+                used.append(SPECULAR)
+        document["materials"].append(material)
     axes = Y_UP[:3, :3].T.astype(np.float32)
     uvs = surface.uvs * np.float32([1, -1]) + np.float32([0, 1])  # glTF's UV origin is the top left
     attributes = {"POSITION": buffer.accessor((surface.positions @ axes).astype(np.float32), "VEC3", bounds=True),

@@ -59,6 +59,15 @@ def _triangles(mesh) -> tuple:
     return triangles, np.concatenate([materials, materials[quads]])
 
 
+def _input(node, names: tuple, default: float) -> float:
+    """A Principled BSDF input's value under its name in this Blender (renamed in 4.0)."""
+    for name in names:
+        socket = node.inputs.get(name) if node is not None else None
+        if socket is not None:
+            return float(socket.default_value)
+    return default
+
+
 def _looks(obj) -> list:
     looks = []
     for slot in obj.material_slots:
@@ -66,8 +75,10 @@ def _looks(obj) -> list:
         bsdf = None
         if material is not None and material.node_tree is not None:
             bsdf = next((n for n in material.node_tree.nodes if n.type == "BSDF_PRINCIPLED"), None)
-        roughness = float(bsdf.inputs["Roughness"].default_value) if bsdf is not None else 0.55
-        looks.append(Look(material.name if material is not None else obj.name, roughness))
+        looks.append(Look(material.name if material is not None else obj.name,
+                          roughness=_input(bsdf, ("Roughness",), 0.5),
+                          specular=_input(bsdf, ("Specular IOR Level", "Specular"), 0.5),
+                          double_sided=material is None or not material.use_backface_culling))
     return looks or [Look(obj.name)]
 
 

@@ -200,6 +200,8 @@ def test_glb_of_the_evaluated_face_reads_back_like_blenders_own_export(bpy, astr
         assert mine["count"] == blender["count"]
     assert ours["accessors"][ours["meshes"][0]["primitives"][0]["indices"]]["count"] == \
         theirs["accessors"][theirs["meshes"][0]["primitives"][0]["indices"]]["count"]
+    assert ours["materials"] == theirs["materials"] and ours["extensionsUsed"] == theirs["extensionsUsed"]
+    assert ours["samplers"] == theirs["samplers"]
     assert ours["nodes"][0]["rotation"] == pytest.approx(theirs["nodes"][0]["rotation"], abs=1e-6)
     assert ours["nodes"][0]["translation"] == pytest.approx(theirs["nodes"][0]["translation"], abs=1e-6)
 

@@ -60,13 +60,14 @@ def test_glb_holds_the_surface_in_y_up_axes_with_its_texture(tmp_path):
     assert binary[view["byteOffset"]:view["byteOffset"] + view["byteLength"]] == surface.texture
     material = document["materials"][primitive["material"]]
     assert material["name"] == "skin" and material["pbrMetallicRoughness"]["roughnessFactor"] == pytest.approx(0.55)
+    assert material["doubleSided"] and "extensions" not in material and "extensionsUsed" not in document
     assert all(v["byteOffset"] % 4 == 0 for v in document["bufferViews"])
 
 
 def test_large_meshes_get_32_bit_indices_and_a_primitive_per_material(tmp_path):
     surface = _patch(side=260)  # 67,600 vertices: more than 16-bit indices can name
     surface.triangle_material = np.arange(len(surface.triangles)) % 2
-    surface.looks = [glb.Look("skin"), glb.Look("eyes", 0.1)]
+    surface.looks = [glb.Look("skin"), glb.Look("eyes", 0.1, specular=0.25, double_sided=False)]
     glb.write_glb(tmp_path / "p.glb", [surface, _patch()])
     document, _ = glb.read_glb(tmp_path / "p.glb")
     big, small = document["meshes"]
@@ -75,6 +76,9 @@ def test_large_meshes_get_32_bit_indices_and_a_primitive_per_material(tmp_path):
     assert [document["materials"][p["material"]]["name"] for p in big["primitives"] + small["primitives"]] == \
         ["skin", "eyes", "skin"]
     assert len(document["images"]) == 2 and len(document["scenes"][0]["nodes"]) == 2
+    eyes = document["materials"][1]
+    assert "doubleSided" not in eyes and eyes["extensions"]["KHR_materials_specular"]["specularFactor"] == 0.5
+    assert document["extensionsUsed"] == ["KHR_materials_specular"]
 
 
 def test_split_by_uv_only_where_a_vertex_has_two_uvs():
