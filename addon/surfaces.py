@@ -45,9 +45,14 @@ def _triangles(mesh) -> tuple:
     tessellation splits them (0-1-2, 0-2-3) without reading ``loop_triangles``, which costs more
     than every other array together; larger polygons take Blender's triangles."""
     count = len(mesh.polygons)
-    sizes = _read(mesh.polygons, "loop_total", np.int32, count)
     starts = _read(mesh.polygons, "loop_start", np.int32, count)
-    materials = _read(mesh.polygons, "material_index", np.int32, count)
+    if bpy.app.version >= (3, 6, 0):  # polygons are offsets into the corners; materials a plain attribute
+        sizes = np.diff(starts, append=np.int32(len(mesh.loops)))
+        layer = mesh.attributes.get("material_index")
+        materials = _read(layer.data, "value", np.int32, count) if layer is not None else np.zeros(count, np.int32)
+    else:
+        sizes = _read(mesh.polygons, "loop_total", np.int32, count)
+        materials = _read(mesh.polygons, "material_index", np.int32, count)
     if sizes.size and sizes.max() > 4:
         mesh.calc_loop_triangles()
         count = len(mesh.loop_triangles)

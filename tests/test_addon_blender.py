@@ -217,6 +217,20 @@ def test_glb_of_the_evaluated_face_reads_back_like_blenders_own_export(bpy, astr
     np.testing.assert_allclose(pixels_of(texture), pixels_of(scene.texture_of(obj)), atol=1e-6)
 
 
+def test_glb_surfaces_keep_each_polygons_material(bpy, astronaut_reply):
+    from addon import surfaces
+
+    obj = _build(bpy, astronaut_reply, subdivision_levels=0)
+    obj.data.materials.append(bpy.data.materials.new("second"))
+    marks = (np.arange(len(obj.data.polygons)) % 3 == 0).astype(np.int32)
+    obj.data.polygons.foreach_set("material_index", marks)
+    obj.data.update()
+    (surface,) = surfaces.evaluated([obj])
+    assert [look.name for look in surface.looks] == ["astronaut_skin", "second"]
+    assert len(surface.triangles) == len(obj.data.polygons)  # triangles stay triangles without subdivision
+    np.testing.assert_array_equal(surface.triangle_material, marks)
+
+
 def test_operator_from_photo_file(bpy, faceforge, photo_folder):
     props = bpy.context.scene.faceforge
     props.photo_path = str(photo_folder / "astronaut.png")
