@@ -40,6 +40,12 @@ def test_default_workers_is_one_per_two_cores():
     assert [workers.default_workers(c) for c in (1, 2, 3, 4, 8, 64)] == [1, 1, 1, 2, 4, 8]
 
 
+def test_a_started_server_gets_a_model_worker_per_blender_worker_within_the_cores():
+    cases = [(1, 2), (2, 2), (2, 4), (4, 8), (8, 16), (8, 12), (4, 64)]  # (Blender workers, cores)
+    assert [workers.server_workers(w, c) for w, c in cases] == [1, 1, 2, 4, 8, 4, 4]
+    assert [workers.server_threads(w, c) for w, c in cases] == [1, 1, 2, 4, 8, 4, 60]
+
+
 def test_deal_round_robin_and_shards_round_trip(tmp_path):
     photos = [Photo(path=tmp_path / f"p{i}.jpg", key=f"p{i}") for i in range(5)]
     assert [[p.key for p in shard] for shard in workers.deal(photos, 2)] == [["p0", "p2", "p4"], ["p1", "p3"]]

@@ -292,9 +292,10 @@ def _start_server(opts: Options, todo: int):
         raise Stop(Exit.SETUP, "no Python with torch for the inference server: pass --python, set "
                                "FACEFORGE_PYTHON, create the checkout's .venv (./run setup), or pass --server ADDR")
     log_path = opts.output / ".faceforge-server.log"
-    threads = workers.server_threads(min(opts.workers, todo))
+    blenders = min(opts.workers, todo)
     server = LocalServer(python, free_address(), cwd=find_home() or None, log_path=str(log_path), device=opts.device,
-                         extra_args=("--threads", str(threads)))
+                         extra_args=("--threads", str(workers.server_threads(blenders)),
+                                     "--workers", str(workers.server_workers(blenders))))
     say(f"starting a local server: {python} on {server.address} (log {log_path})")
     try:
         server.start(opts.server_timeout)

@@ -49,6 +49,15 @@ def server_threads(workers: int, cores: int | None = None) -> int:
     return max(1, cores - workers)
 
 
+def server_workers(workers: int, cores: int | None = None) -> int:
+    """Model workers (``serve --workers``) for a server the batch starts: one per Blender worker,
+    within the cores those leave. A server worker keeps about one core busy per request (its
+    pipeline is mostly one thread), as a Blender worker does, so the two sides keep pace; on 2 cores
+    this is the one worker thread of a plain server."""
+    cores = cores if cores is not None else (os.cpu_count() or 1)
+    return max(1, min(workers, cores - workers))
+
+
 def deal(photos: Sequence[Photo], count: int) -> list:
     """Round-robin shards (similar photos tend to sit together in a folder); empty ones dropped."""
     return [list(photos[i::count]) for i in range(count) if photos[i::count]]
