@@ -64,25 +64,9 @@ def triangulate_region(outline: np.ndarray, holes: list[np.ndarray], spacing: fl
     """
     rings = spline_rings(outline, holes, spacing)
     boundary = np.vstack(rings)
-    mask = region_mask(rings, size)
-    distance = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 5)
-    axis = np.arange(spacing / 2, size, spacing)
-    node_px = np.clip(axis.astype(np.int64), 0, size - 1)
-    node_mask = mask[np.ix_(node_px, node_px)]           # [row (y), col (x)]
-    node_distance = distance[np.ix_(node_px, node_px)] / spacing
-    # The raster is only good to half a pixel, about a third of a spacing: decide the nodes close to
-    # the rings exactly, against the same ring polylines the Delaunay band uses.
-    rows, cols = np.nonzero(node_mask & (node_distance <= 3.0))
-    xy = np.stack([axis[cols], axis[rows]], 1)
-    exact = np.min([distance_to_ring(xy, ring) for ring in rings], axis=0)
-    close = exact < 3.0  # fillPoly also paints the outline's own pixels: up to ~2 px of error
-    inside = points_in_polygon(xy[close], rings[0])
-    for hole in rings[1:]:
-        inside &= ~points_in_polygon(xy[close], hole)
-    node_mask[rows[close], cols[close]] = inside
-    node_distance[rows, cols] = exact / spacing
-    kept = node_mask & (node_distance > 0.6)              # lattice nodes that keep clear of every ring
-    core = node_mask & (node_distance > 1.5)
+    axis, inside, clearance = _lattice_nodes(rings, spacing, size)
+    kept = inside & (clearance > 0.6)              # lattice nodes that keep clear of every ring
+    core = inside & (clearance > 1.5)
     node_index = np.full(kept.shape, -1, np.int64)
     node_index[kept] = len(boundary) + np.arange(int(kept.sum()))
     rows, cols = np.nonzero(kept)
@@ -100,15 +84,47 @@ def triangulate_region(outline: np.ndarray, holes: list[np.ndarray], spacing: fl
     for dr, dc in ((0, 0), (1, 0), (0, 1), (1, 1)):
         corner[dr:dr + uncovered.shape[0], dc:dc + uncovered.shape[1]] |= uncovered
     band = np.concatenate([np.arange(len(boundary)), node_index[kept & corner]])
+    band_triangles = _band_triangles(points, band, rings, full, spacing, len(axis))
+    return points, np.concatenate([lattice, band_triangles]).astype(np.int32)
+
+
+def _lattice_nodes(rings: list[np.ndarray], spacing: float, size: int) -> tuple:
+    """``(axis, inside, clearance)``: the lattice's coordinates along x and y, and per node [row, col]
+    whether it lies in the region and its distance to the nearest ring in spacings."""
+    mask = region_mask(rings, size)
+    distance = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 5)
+    axis = np.arange(spacing / 2, size, spacing)
+    node_px = np.clip(axis.astype(np.int64), 0, size - 1)
+    inside = mask[np.ix_(node_px, node_px)]           # [row (y), col (x)]
+    clearance = distance[np.ix_(node_px, node_px)] / spacing
+    # The raster is only good to half a pixel, about a third of a spacing: decide the nodes close to
+    # the rings exactly, against the same ring polylines the Delaunay band uses.
+    rows, cols = np.nonzero(inside & (clearance <= 3.0))
+    xy = np.stack([axis[cols], axis[rows]], 1)
+    exact = np.min([distance_to_ring(xy, ring) for ring in rings], axis=0)
+    close = exact < 3.0  # fillPoly also paints the outline's own pixels: up to ~2 px of error
+    within = points_in_polygon(xy[close], rings[0])
+    for hole in rings[1:]:
+        within &= ~points_in_polygon(xy[close], hole)
+    inside[rows[close], cols[close]] = within
+    clearance[rows, cols] = exact / spacing
+    return axis, inside, clearance
+
+
+def _band_triangles(points: np.ndarray, band: np.ndarray, rings: list[np.ndarray], full: np.ndarray,
+                    spacing: float, nodes: int) -> np.ndarray:
+    """Delaunay triangles of the band's points, less those in cells the lattice covers (``full``),
+    outside the region, or bridging a concavity."""
     triangles = band[Delaunay(points[band], qhull_options="QJ Qbb Qc").simplices]
     cell = np.floor((points[triangles].mean(1) - spacing / 2) / spacing).astype(np.int64)
-    in_range = (cell >= 0).all(1) & (cell < len(axis) - 1).all(1)
+    in_range = (cell >= 0).all(1) & (cell < nodes - 1).all(1)
     keep = np.ones(len(triangles), bool)
     keep[in_range] = ~full[cell[in_range, 1], cell[in_range, 0]]  # the lattice already covers full cells
     # Delaunay fills the convex hull. Only triangles made of one ring's vertices can lie outside the
     # region (in a concavity of the outline, or inside a hole); test exactly those against the rings.
+    boundary = sum(len(ring) for ring in rings)
     ring_of = np.full(len(points), -1)
-    ring_of[:len(boundary)] = np.repeat(np.arange(len(rings)), [len(r) for r in rings])
+    ring_of[:boundary] = np.repeat(np.arange(len(rings)), [len(r) for r in rings])
     corner_rings = ring_of[triangles]
     single_ring = (corner_rings[:, 0] >= 0) & (corner_rings == corner_rings[:, :1]).all(1)
     for index, ring in enumerate(rings):
@@ -117,7 +133,7 @@ def triangulate_region(outline: np.ndarray, holes: list[np.ndarray], spacing: fl
         keep[candidates] = inside_ring if index == 0 else ~inside_ring
     edges = np.linalg.norm(points[triangles] - points[np.roll(triangles, 1, 1)], axis=2)
     keep &= edges.max(1) < 2.5 * spacing                  # bridges across concavities of the rings
-    return points, np.concatenate([lattice, triangles[keep]]).astype(np.int32)
+    return triangles[keep]
 
 
 def distance_to_ring(points: np.ndarray, ring: np.ndarray, subdivisions: int = 8) -> np.ndarray:
