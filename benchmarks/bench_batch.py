@@ -133,12 +133,17 @@ def run_once(command: list, cwd: Path, output: Path, server_pid: int | None, pho
     return figures
 
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra = []
-    if "--" in argv:
-        extra = argv[argv.index("--") + 1:]
-        argv = argv[:argv.index("--")]
+def print_ratios(table: dict) -> None:
+    """Each run of the new code against the old code's run with the same formats."""
+    for (code, workers, formats), r in table.items():
+        old = table.get(("old", 1, formats))
+        if code == "new" and old is not None:
+            print(f"new {workers} worker(s) vs old, {formats}: {old['wall'] / r['wall']:.2f}x photos/s, "
+                  f"{(old['cpu'] - old['fixed_cpu']) / (r['cpu'] - r['fixed_cpu']):.2f}x less batch CPU per photo, "
+                  f"build+write {old['handle'] / r['handle']:.2f}x faster")
+
+
+def parse_args(argv: list) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photos", type=int, default=8)
     parser.add_argument("--runs", nargs="+", default=list(DEFAULT_RUNS), metavar="CODE:WORKERS:FORMATS")
@@ -150,7 +155,16 @@ def main(argv=None) -> int:
                         help="torch threads of the started server (default: what a batch gives the server it "
                              "starts, addon.batch.workers.server_threads; 0: torch's default)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = []
+    if "--" in argv:
+        extra = argv[argv.index("--") + 1:]
+        argv = argv[:argv.index("--")]
+    args = parse_args(argv)
     specs = [(code, int(workers), ALL if formats == "all" else formats)
              for code, workers, formats in (spec.split(":", 2) for spec in args.runs)]
 
@@ -189,12 +203,7 @@ def main(argv=None) -> int:
             print(f"{code:<4} {workers:>7} {formats:<20} {n / r['wall']:>8.3f}  {'':>10} {r['handle']:>13.3f} "
                   f"{r['server']:>8.3f} {r['handle'] / r['server']:>5.2f}  {(r['cpu'] - r['fixed_cpu']) / n:>11.3f} "
                   f"{r['server_cpu'] / n:>12.3f}  {r['load']:.2f}", flush=True)
-        for (code, workers, formats), r in table.items():
-            old = table.get(("old", 1, formats))
-            if code == "new" and old is not None:
-                print(f"new {workers} worker(s) vs old, {formats}: {old['wall'] / r['wall']:.2f}x photos/s, "
-                      f"{(old['cpu'] - old['fixed_cpu']) / (r['cpu'] - r['fixed_cpu']):.2f}x less batch CPU per photo, "
-                      f"build+write {old['handle'] / r['handle']:.2f}x faster")
+        print_ratios(table)
     finally:
         if server is not None:
             server.stop()

@@ -154,14 +154,10 @@ class Timers:
         setattr(owner, name, timed)
 
 
-def child(args) -> int:
-    sys.path.insert(0, str(ROOT))
-    import bpy
-
+def install_timers() -> Timers:
+    """Wrap every step of the batch's writer (and each exporter, per format) in a timer."""
     from addon import head_export, head_scene, meshdata, scene
-    from addon.batch import blender as batch_blender, cli, outputs, writer
-    from addon.batch.report import PhotoReport
-    from addon.wire import protocol
+    from addon.batch import blender as batch_blender, writer
 
     timers = Timers()
     for owner, name, step in [
@@ -186,6 +182,45 @@ def child(args) -> int:
         timers.current[fmt] = timers.current.get(fmt, 0.0) + spent - evaluated
 
     batch_blender.Blender.export = export_by_format
+    return timers
+
+
+def profile_photo(args, timers: Timers, context, message, formats, profile: bool) -> dict:
+    """One write of the reply through the batch's writer: seconds per step (and cProfile's top lines)."""
+    from addon.batch import outputs, writer
+    from addon.batch.report import PhotoReport
+
+    photo = outputs.Photo(path=Path(args.child) / "astronaut.png", key="astronaut")
+    report = PhotoReport(photo=str(photo.path), key=photo.key)
+    timers.current = {}
+    profiler = cProfile.Profile() if profile else None
+    started = time.perf_counter()
+    if profiler is not None:
+        profiler.enable()
+    writer.write_photo(context, photo, message, outputs.Decision("run", "new", missing_formats=formats), report)
+    total = time.perf_counter() - started
+    if profiler is not None:
+        profiler.disable()
+        stats = io.StringIO()
+        pstats.Stats(profiler, stream=stats).sort_stats("cumulative").print_stats(args.cprofile)
+        print("\n".join("TABLE " + line for line in stats.getvalue().splitlines()[-args.cprofile - 8:]))
+    assert report.status == "ok", report.error
+    parts = timers.current
+    parts["build rest"] = parts.pop("build", 0.0) - sum(parts.get(s, 0.0) for s in STEPS[1:7])
+    parts.pop("export", None)
+    parts["total"] = total
+    return parts
+
+
+def child(args) -> int:
+    sys.path.insert(0, str(ROOT))
+    import bpy
+
+    from addon import meshdata
+    from addon.batch import blender as batch_blender, cli, writer
+    from addon.wire import protocol
+
+    timers = install_timers()
     folder = Path(args.child)
     formats = cli.parse_formats(args.formats)
     blender = batch_blender.Blender()
@@ -195,29 +230,10 @@ def child(args) -> int:
         info = json.loads((folder / f"{mode}.info.json").read_text())
         samples: dict = {}
         for run in range(args.runs):
-            output = folder / f"out-{mode}-{run}"
-            opts = cli.parse_args(["--input", str(folder), "--output", str(output), "--formats", args.formats])
+            opts = cli.parse_args(["--input", str(folder), "--output", str(folder / f"out-{mode}-{run}"),
+                                   "--formats", args.formats])
             context = writer.RunContext(opts, blender, meshdata.BuildSettings(), info, "profile")
-            photo = outputs.Photo(path=folder / "astronaut.png", key="astronaut")
-            report = PhotoReport(photo=str(photo.path), key=photo.key)
-            timers.current = {}
-            profiler = cProfile.Profile() if args.cprofile and run == args.runs - 1 else None
-            started = time.perf_counter()
-            if profiler is not None:
-                profiler.enable()
-            writer.write_photo(context, photo, message, outputs.Decision("run", "new", missing_formats=formats),
-                               report)
-            total = time.perf_counter() - started
-            if profiler is not None:
-                profiler.disable()
-                stats = io.StringIO()
-                pstats.Stats(profiler, stream=stats).sort_stats("cumulative").print_stats(args.cprofile)
-                print("\n".join("TABLE " + line for line in stats.getvalue().splitlines()[-args.cprofile - 8:]))
-            assert report.status == "ok", report.error
-            parts = timers.current
-            parts["build rest"] = parts.pop("build", 0.0) - sum(parts.get(s, 0.0) for s in STEPS[1:7])
-            parts.pop("export", None)
-            parts["total"] = total
+            parts = profile_photo(args, timers, context, message, formats, bool(args.cprofile) and run == args.runs - 1)
             for step, seconds in parts.items():
                 samples.setdefault(step, []).append(seconds)
         tables[mode] = {step: statistics.median(values) * 1000 for step, values in samples.items()}
