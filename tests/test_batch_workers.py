@@ -42,7 +42,11 @@ def test_default_workers_is_one_per_two_cores():
 
 def test_a_started_server_gets_a_model_worker_per_blender_worker_within_the_cores():
     cases = [(1, 2), (2, 2), (2, 4), (4, 8), (8, 16), (8, 12), (4, 64)]  # (Blender workers, cores)
-    assert [workers.server_workers(w, c) for w, c in cases] == [1, 1, 2, 4, 8, 4, 4]
+    plenty = 64 << 30
+    assert [workers.server_workers(w, c, plenty) for w, c in cases] == [1, 1, 2, 4, 8, 4, 4]
+    assert workers.server_workers(8, 16, 5 << 30) == 2  # 5 GB free: two model workers, not eight
+    assert workers.server_workers(8, 16, 0) == 8        # free memory unknown: the cores decide
+    assert workers.available_memory() > 0               # Linux says
     assert [workers.server_threads(w, c) for w, c in cases] == [1, 1, 2, 4, 8, 4, 60]
 
 

@@ -49,13 +49,26 @@ def server_threads(workers: int, cores: int | None = None) -> int:
     return max(1, cores - workers)
 
 
-def server_workers(workers: int, cores: int | None = None) -> int:
+SERVER_WORKER_BYTES = 1 << 30  # one model worker process: about 0.9 GB resident (face mode, CPU)
+
+
+def server_workers(workers: int, cores: int | None = None, free_bytes: int | None = None) -> int:
     """Model workers (``serve --workers``) for a server the batch starts: one per Blender worker,
-    within the cores those leave. A server worker keeps about one core busy per request (its
-    pipeline is mostly one thread), as a Blender worker does, so the two sides keep pace; on 2 cores
-    this is the one worker thread of a plain server."""
+    within the cores those leave and the memory that is free. A server worker keeps about one core
+    busy per request (its pipeline is mostly one thread), as a Blender worker does, so the two sides
+    keep pace; on 2 cores this is the one worker thread of a plain server."""
     cores = cores if cores is not None else (os.cpu_count() or 1)
-    return max(1, min(workers, cores - workers))
+    free_bytes = free_bytes if free_bytes is not None else available_memory()
+    by_memory = free_bytes // (2 * SERVER_WORKER_BYTES) if free_bytes else workers  # half for Blender and others
+    return max(1, min(workers, cores - workers, by_memory))
+
+
+def available_memory() -> int:
+    """Free physical memory in bytes where the system says (Linux, macOS); 0 where unknown."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return 0
 
 
 def deal(photos: Sequence[Photo], count: int) -> list:
