@@ -64,7 +64,15 @@ def server_workers(workers: int, cores: int | None = None, free_bytes: int | Non
 
 
 def available_memory() -> int:
-    """Free physical memory in bytes where the system says (Linux, macOS); 0 where unknown."""
+    """Memory in bytes that new processes can have: Linux's MemAvailable (free memory plus the page
+    cache it can drop), else the free pages where the system says (macOS); 0 where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, ValueError, OSError):
