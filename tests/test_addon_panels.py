@@ -6,6 +6,7 @@ property names on the data, and operator ids. A typo that would put a traceback 
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from types import SimpleNamespace
@@ -78,12 +79,21 @@ def test_idle_panel(ui):
             "subdivision_levels", "detail_strength"} <= props
 
 
-def test_busy_panel_shows_progress_and_cancel(ui):
-    session = ui.operators.SESSION
+@contextlib.contextmanager
+def _request_in_flight(session):
+    """A reconstruction the panel shows as running: its photo bytes wait until the test ends."""
     gate = threading.Event()
     request = session.submit_reconstruction(lambda: gate.wait(10) and b"", photo_label="a.png", options={},
                                             settings=None, location=(0, 0, 0), address="tcp://127.0.0.1:1", timeout=1)
     try:
+        yield request
+    finally:
+        request.job.cancel()
+        gate.set()
+
+
+def test_busy_panel_shows_progress_and_cancel(ui):
+    with _request_in_flight(ui.operators.SESSION):
         ui.bpy.context.scene.faceforge.face = "INDEX"
         ui.bpy.context.scene.faceforge.photo_source = "IMAGE"
         calls = _draw(ui, ui.panels.FACEFORGE_PT_main)
@@ -92,9 +102,6 @@ def test_busy_panel_shows_progress_and_cancel(ui):
         assert [named["operator"] for name, named in calls if name == "operator"] == ["faceforge.cancel"]
         assert "face_index" in {named.get("property") for _, named in calls}
         assert any(name == "template_ID" for name, _ in calls)
-    finally:
-        request.job.cancel()
-        gate.set()
 
 
 def test_messages_and_server_state(ui):
@@ -155,20 +162,13 @@ def _running_job(gate: threading.Event):
 def test_progress_falls_back_to_text_before_blender_4(ui, monkeypatch):
     """Blender 3.x has no UILayout.progress: the same information as labels, and draw() must not raise."""
     monkeypatch.setattr(ui.panels, "HAS_PROGRESS", False)
-    session = ui.operators.SESSION
-    gate = threading.Event()
-    request = session.submit_reconstruction(lambda: gate.wait(10) and b"", photo_label="a.png", options={},
-                                            settings=None, location=(0, 0, 0), address="tcp://127.0.0.1:1", timeout=1)
-    try:
+    with _request_in_flight(ui.operators.SESSION):
         ui.bpy.context.scene.faceforge.photo_source = "FILE"
         calls = _draw(ui, ui.panels.FACEFORGE_PT_main)
         assert "progress" not in [name for name, _ in calls]
         labels = [named["text"] for name, named in calls if name == "label" and named.get("icon") == "TIME"]
         assert labels and labels[0].startswith("0% · ") and labels[0].endswith("(0 s)")
         assert [named["operator"] for name, named in calls if name == "operator"] == ["faceforge.cancel"]
-    finally:
-        request.job.cancel()
-        gate.set()
 
 
 def test_cancelling_then_cancelled(ui):
