@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from addon.wire import options
-from addon.wire.protocol import DEFAULT_MAX_MESSAGE_BYTES
+from addon.wire.protocol import DEFAULT_MAX_MESSAGE_BYTES, ErrorCode, ProtocolError
 
 from .limits import RequestLimits
 from .security import ServerKeys
@@ -13,6 +13,25 @@ ReconstructionConfig = options.config_class(
     "ReconstructionConfig", options.on_side(options.SERVER, options.LIMIT),
     "Per-request options (fields and defaults from ``addon.wire.options``); ``with_params`` applies a "
     "request's validated options.", module=__name__)
+
+
+def request_geometry(config, head_installed: bool) -> str:
+    """The geometry a request gets: ``auto`` is the head when the model is installed, unless the
+    request asks for network depth, which refines face mode's surface (the head has its own
+    photometric refinement). Decided alike by the pipeline and by the I/O thread's cost estimate."""
+    if config.depth_backend == "network":
+        if config.geometry == "head":
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "depth_backend 'network' refines face mode's surface; "
+                                                       "for the head use refine 'light' or 'full', or ask for "
+                                                       "geometry 'face'")
+        return "face"
+    if config.geometry == "face" or (config.geometry == "auto" and not head_installed):
+        return "face"
+    if not head_installed:
+        from .head.store import missing_model_message
+
+        raise ProtocolError(ErrorCode.NO_MODEL, missing_model_message())
+    return "head"
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from addon.wire.protocol import ErrorCode, ProtocolError
 
 from . import __version__, alignment
 from . import landmarks as lm
-from .config import ReconstructionConfig
+from .config import ReconstructionConfig, request_geometry
 from .detail import detail_map
 from .depth.backend import DepthNetworks, DepthSettings
 from .detection import Detection, FaceDetector
@@ -147,29 +147,11 @@ class FacePipeline:
                 "torch": torch.__version__, "threads": torch.get_num_threads(), "geometries": ["head", "face"] if self.head else ["face"],
                 "models": models + (["ict-facekit head model"] if self.head else []), **self.depth_networks.info()}
 
-    def geometry(self, config: ReconstructionConfig) -> str:
-        """The geometry a request gets: ``auto`` is the head when the model is installed, unless the
-        request asks for network depth, which refines face mode's surface (the head has its own
-        photometric refinement)."""
-        if config.depth_backend == "network":
-            if config.geometry == "head":
-                raise ProtocolError(ErrorCode.BAD_REQUEST, "depth_backend 'network' refines face mode's surface; "
-                                                           "for the head use refine 'light' or 'full', or ask for "
-                                                           "geometry 'face'")
-            return "face"
-        if config.geometry == "face" or (config.geometry == "auto" and self.head is None):
-            return "face"
-        if self.head is None:
-            from .head.store import missing_model_message
-
-            raise ProtocolError(ErrorCode.NO_MODEL, missing_model_message())
-        return "head"
-
     def reconstruct(self, image: bytes | memoryview, params: Mapping | None = None, *,
                     config: ReconstructionConfig | None = None, report: Reporter = _no_report) -> Result:
         """``config`` when the caller validated the options already (the server's I/O thread), else ``params``."""
         config = config or self.defaults.with_params(params or {})
-        geometry = self.geometry(config)
+        geometry = request_geometry(config, self.head is not None)
         if geometry == "face":
             self.depth_networks.checkpoint(config)  # an uninstalled depth model fails before any work
         timer = Timer()

@@ -36,7 +36,7 @@ from addon.server_process import die_with_parent
 from addon.wire import options, protocol
 from addon.wire.protocol import ErrorCode, ProtocolError, clip
 
-from .config import ReconstructionConfig
+from .config import ReconstructionConfig, request_geometry
 from .limits import RequestLimits
 from .log_limits import LOG_FORMAT, RateLimitedLog, log_internal_error
 
@@ -48,9 +48,8 @@ class WorkerFailed(RuntimeError):
 
 
 def gets_head(config, info: dict) -> bool:
-    """Whether a request gets head geometry (``auto`` does where the model is installed)."""
-    geometry = getattr(config, "geometry", "face")
-    return geometry == "head" or (geometry == "auto" and "head" in info.get("geometries", ()))
+    """Whether a request gets head geometry from workers whose ``info`` this is."""
+    return request_geometry(config, "head" in info.get("geometries", ())) == "head"
 
 
 def internal_reply(failures: RateLimitedLog, request_id: str, context: str) -> list:
