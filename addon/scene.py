@@ -13,7 +13,7 @@ from mathutils import Matrix
 
 from . import meshdata
 from .meshdata import BuildSettings
-from .photo import png_bytes
+from .photo import encode_png, png_bytes
 from .wire import options
 
 UV_NAME = "UVMap"
@@ -75,7 +75,7 @@ def texture_image(name: str, texture) -> "bpy.types.Image":
 
 def png_of(image: "bpy.types.Image") -> bytes:
     """The image as PNG bytes: its packed or on-disk PNG when it has one, else its pixels encoded
-    (8-bit, untouched by the scene's colour management)."""
+    (8-bit, untouched by the scene's colour management; float pixels from linear to sRGB)."""
     if image.packed_file is not None:
         data = image.packed_file.data  # a copy on each read
     elif image.source == "FILE" and os.path.isfile(bpy.path.abspath(image.filepath_raw)):
@@ -88,8 +88,7 @@ def png_of(image: "bpy.types.Image") -> bytes:
     width, height = image.size
     pixels = np.empty(width * height * image.channels, np.float32)
     image.pixels.foreach_get(pixels)
-    rgb = pixels.reshape(height, width, image.channels)[::-1, :, :3]
-    return png_bytes((rgb * 255 + 0.5).clip(0, 255).astype(np.uint8))
+    return encode_png(pixels, width, height, image.channels, linear=image.is_float)
 
 
 def image_nodes(obj: "bpy.types.Object"):
