@@ -33,14 +33,6 @@ def _run(idname: str, addon: str | None, path: Path, **kwargs) -> None:
         raise RuntimeError(f"{idname} did not write {path.name} (result {sorted(result)})")
 
 
-def _select_only(objects) -> None:
-    view_layer = bpy.context.view_layer
-    view_layer.update()  # objects linked since the last update are not in view_layer.objects yet
-    for obj in view_layer.objects:
-        obj.select_set(obj in objects)
-    view_layer.objects.active = objects[0]
-
-
 @contextlib.contextmanager
 def textures_as_files(objects, folder: Path, stem: str):
     """Write each object's atlas as ``stem.png`` (``stem_<object>.png`` for several) and point its
@@ -70,7 +62,7 @@ def export_glb(objects, path: Path) -> None:
     """glTF binary: one morph target per shape key (names in ``mesh.extras.targetNames``), weights
     = the keys' values, the atlas embedded. Targets carry positions only: normals per target made
     the file 3x larger (26 vs 9 MB) and the export 8x slower (8.8 vs 1.0 s) for a shading nuance."""
-    _select_only(objects)
+    scene.select_only(objects)
     _run("export_scene.gltf", "io_scene_gltf2", Path(path), export_format="GLB", use_selection=True,
          export_apply=False, export_morph=True, export_morph_normal=False, export_texcoords=True,
          export_normals=True, export_materials="EXPORT", export_animations=False, export_yup=True)
@@ -79,7 +71,7 @@ def export_glb(objects, path: Path) -> None:
 def export_fbx(objects, path: Path) -> None:
     """FBX with blendshapes (one per shape key) and the atlas embedded; Y up, -Z forward."""
     path = Path(path)
-    _select_only(objects)
+    scene.select_only(objects)
     with tempfile.TemporaryDirectory() as folder, textures_as_files(objects, Path(folder), path.stem):
         _run("export_scene.fbx", "io_scene_fbx", path, use_selection=True, object_types={"MESH"},
              use_mesh_modifiers=False, mesh_smooth_type="FACE", path_mode="COPY", embed_textures=True,
@@ -90,7 +82,7 @@ def export_obj(objects, path: Path) -> list:
     """OBJ + MTL + PNG of the posed head as the viewport shows it (expression, pose, modifiers);
     returns the files written."""
     path = Path(path)
-    _select_only(objects)
+    scene.select_only(objects)
     with textures_as_files(objects, path.parent, path.stem) as textures:
         _run("wm.obj_export", None, path, export_selected_objects=True, apply_modifiers=True, export_uv=True,
              export_normals=True, export_materials=True, export_triangulated_mesh=False, path_mode="STRIP",

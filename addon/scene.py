@@ -98,6 +98,16 @@ def image_nodes(obj: "bpy.types.Object"):
             yield from (node for node in slot.material.node_tree.nodes if node.type == "TEX_IMAGE" and node.image)
 
 
+def select_only(objects) -> None:
+    """Select exactly ``objects``, the first one active: what exporters with ``use_selection`` read."""
+    view_layer = bpy.context.view_layer
+    view_layer.update()  # objects linked since the last update are not in view_layer.objects yet
+    for obj in view_layer.objects:
+        obj.select_set(obj in objects)
+    if objects:
+        view_layer.objects.active = objects[0]
+
+
 def texture_of(obj: "bpy.types.Object") -> "bpy.types.Image":
     """The image the object's materials read (a face's texture, a head's atlas)."""
     node = next(image_nodes(obj), None)

@@ -156,7 +156,7 @@ class Timers:
 
 def install_timers() -> Timers:
     """Wrap every step of the batch's writer (and each exporter, per format) in a timer."""
-    from addon import head_export, head_scene, meshdata, scene
+    from addon import head_scene, meshdata, scene
     from addon.batch import blender as batch_blender, writer
 
     timers = Timers()
@@ -166,7 +166,7 @@ def install_timers() -> Timers:
             (head_scene, "add_shape_keys", "shape keys"), (scene, "add_modifiers", "modifiers"),
             (meshdata, "idprop_value", "metadata"), (scene, "build_reconstruction", "build"),
             (batch_blender.Blender, "save_blend", ".blend"), (writer, "_write_textures", "textures"),
-            (batch_blender.Blender, "select_only", "evaluate"), (head_export, "_select_only", "evaluate"),
+            (scene, "select_only", "evaluate"),
             (batch_blender.Blender, "export", "export"), (writer, "commit", "commit")]:
         if hasattr(owner, name):
             timers.wrap(owner, name, step)

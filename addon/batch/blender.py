@@ -69,15 +69,6 @@ class Blender:
             for child in list(scene.collection.children):
                 scene.collection.children.unlink(child)
 
-    def select_only(self, objects) -> None:
-        bpy = self.bpy
-        view_layer = bpy.context.view_layer
-        view_layer.update()  # objects linked since the last update are not in view_layer.objects yet
-        for obj in view_layer.objects:
-            obj.select_set(obj in objects)
-        if objects:
-            view_layer.objects.active = objects[0]
-
     # -- files -------------------------------------------------------------------------------
     def save_blend(self, path: Path) -> None:
         self.bpy.ops.wm.save_as_mainfile(filepath=str(path), copy=True, compress=True)
@@ -85,19 +76,16 @@ class Blender:
     def use_texture_files(self, objects, textures: dict) -> None:
         """Point each material's image node at the PNG written next to the exports (after the
         .blend was saved with packed images), so OBJ's MTL names the file and glTF embeds it."""
-        bpy = self.bpy
+        from .. import scene
+
         for obj in objects:
             path = textures.get(obj.name)
             if path is None:
                 continue
-            image = bpy.data.images.load(str(path), check_existing=False)
+            image = self.bpy.data.images.load(str(path), check_existing=False)
             image.name = path.stem
-            for slot in obj.material_slots:
-                if slot.material is None or slot.material.node_tree is None:
-                    continue
-                for node in slot.material.node_tree.nodes:
-                    if node.type == "TEX_IMAGE" and node.image is not None and not node.image.name.endswith(("_detail", "_depth")):
-                        node.image = image
+            for node in list(scene.image_nodes(obj)):
+                node.image = image
 
     def _op(self, idname: str):
         module, name = idname.split(".")
@@ -169,7 +157,9 @@ class Blender:
             glb.write_glb(path, surfaces.evaluated(objects))
             return
         idname, op, kwargs = self.exporter(fmt)
-        self.select_only(objects)
+        from .. import scene
+
+        scene.select_only(objects)
         extra = []
         if fmt == "stl":  # printable: a closed shell, thickened backwards (the face looks toward -Y)
             for obj in objects:
