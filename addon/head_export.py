@@ -20,14 +20,9 @@ from . import scene
 def _run(idname: str, addon: str | None, path: Path, **kwargs) -> None:
     """Call an exporter, enabling its bundled add-on if the user turned it off. Every argument
     used here exists under the same name in 3.4, 4.2 and 5.0 (checked against their RNA)."""
-    module, name = idname.split(".")
-    op = getattr(getattr(bpy.ops, module), name)
-    try:
-        op.get_rna_type()
-    except KeyError:
-        import addon_utils
-
-        addon_utils.enable(addon, default_set=False)
+    op = scene.find_operator(idname, addon)
+    if op is None:
+        raise RuntimeError(f"this Blender has no {idname} exporter")
     result = op(filepath=str(path), **kwargs)
     if "FINISHED" not in result or not path.exists():
         raise RuntimeError(f"{idname} did not write {path.name} (result {sorted(result)})")

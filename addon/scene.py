@@ -5,6 +5,7 @@ and the bpy-free ``meshdata``. API differences between versions are guarded by `
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import bpy
@@ -96,6 +97,27 @@ def image_nodes(obj: "bpy.types.Object"):
     for slot in obj.material_slots:
         if slot.material is not None and slot.material.node_tree is not None:
             yield from (node for node in slot.material.node_tree.nodes if node.type == "TEX_IMAGE" and node.image)
+
+
+def find_operator(idname: str, addon: str | None = None):
+    """The operator ``idname`` (e.g. ``"export_scene.gltf"``), enabling its bundled ``addon`` if the
+    user turned it off; None where this Blender has neither."""
+    module, name = idname.split(".")
+    op = getattr(getattr(bpy.ops, module), name)
+    if not _registered(op) and addon:
+        import addon_utils
+
+        with contextlib.suppress(Exception):  # an add-on this version does not ship
+            addon_utils.enable(addon, default_set=False)
+    return op if _registered(op) else None
+
+
+def _registered(op) -> bool:
+    try:
+        op.get_rna_type()
+    except KeyError:
+        return False
+    return True
 
 
 def select_only(objects) -> None:

@@ -87,23 +87,6 @@ class Blender:
             for node in list(scene.image_nodes(obj)):
                 node.image = image
 
-    def _op(self, idname: str):
-        module, name = idname.split(".")
-        op = getattr(getattr(self.bpy.ops, module), name)
-        try:
-            op.get_rna_type()
-        except KeyError:
-            return None
-        return op
-
-    def _enable(self, addon: str) -> None:
-        import addon_utils
-
-        try:
-            addon_utils.enable(addon, default_set=False)
-        except Exception:  # not shipped in this version: the caller falls back
-            pass
-
     def exporter(self, fmt: str):
         """``(operator, kwargs)`` for a format, chosen by Blender version (names changed in 3.6/4.x)."""
         if fmt in self.exporters:
@@ -133,11 +116,10 @@ class Blender:
                      dict(use_selection=True, use_mesh_modifiers=True, global_scale=STL_SCALE, ascii=False,
                           batch_mode="OFF"))],
         }[fmt]
+        from .. import scene
+
         for idname, addon, kwargs in candidates:
-            op = self._op(idname)
-            if op is None and addon:
-                self._enable(addon)
-                op = self._op(idname)
+            op = scene.find_operator(idname, addon)
             if op is not None:
                 self.exporters[fmt] = (idname, op, kwargs)
                 return self.exporters[fmt]
