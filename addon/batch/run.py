@@ -36,15 +36,16 @@ class Stop(Exception):
 
 
 def main(argv=None) -> int:
+    arguments = script_argv(sys.argv if argv is None else argv)
     try:
-        opts = parse_args(script_argv(sys.argv if argv is None else argv))
+        opts = parse_args(arguments)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return int(exc.code or 0)
     missing = missing_modules()
     if missing:
         say(setup_hint(missing))
         return Exit.SETUP
-    return Batch(opts, script_argv(sys.argv if argv is None else argv)).run()
+    return Batch(opts, arguments).run()
 
 
 class Batch:
