@@ -21,6 +21,7 @@ UV_NAME = "UVMap"
 PROPERTY = "faceforge"           # object custom property holding the request's metadata
 DEPTH_PROPERTY = "faceforge_depth"  # object custom property pointing at the depth image (keeps it alive)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SPECULAR_INPUTS = ("Specular IOR Level", "Specular")  # the Principled BSDF's specular input, 4.0+ and before
 FACE_GAP_M = 0.05  # space between the faces of one photo when several come back
 
 
@@ -166,13 +167,16 @@ def face_images(name: str, arrays) -> dict:
             "depth": map_image(f"{name}_depth", arrays["depth"])}
 
 
+def bsdf_input(node, names: tuple):
+    """The first of the input sockets ``names`` the node has (Principled BSDF inputs were renamed in
+    4.0: ``SPECULAR_INPUTS``); None if it has none."""
+    return next((node.inputs[name] for name in names if node.inputs.get(name) is not None), None)
+
+
 def _set_input(node, names: tuple, value) -> None:
-    """Set the first socket that exists: Principled BSDF inputs were renamed in 4.0."""
-    for socket_name in names:
-        socket = node.inputs.get(socket_name)
-        if socket is not None:
-            socket.default_value = value
-            return
+    socket = bsdf_input(node, names)
+    if socket is not None:
+        socket.default_value = value
 
 
 def skin_material(name: str, texture: "bpy.types.Image", *, roughness: float = 0.55,
@@ -193,7 +197,7 @@ def skin_material(name: str, texture: "bpy.types.Image", *, roughness: float = 0
     links.new(uv_node.outputs["UV"], image_node.inputs["Vector"])
     links.new(image_node.outputs["Color"], bsdf.inputs["Base Color"])
     _set_input(bsdf, ("Roughness",), roughness)
-    _set_input(bsdf, ("Specular IOR Level", "Specular"), specular)
+    _set_input(bsdf, SPECULAR_INPUTS, specular)
     return material
 
 

@@ -65,12 +65,8 @@ def _triangles(mesh) -> tuple:
 
 
 def _input(node, names: tuple, default: float) -> float:
-    """A Principled BSDF input's value under its name in this Blender (renamed in 4.0)."""
-    for name in names:
-        socket = node.inputs.get(name) if node is not None else None
-        if socket is not None:
-            return float(socket.default_value)
-    return default
+    socket = scene.bsdf_input(node, names) if node is not None else None
+    return float(socket.default_value) if socket is not None else default
 
 
 def _looks(obj) -> list:
@@ -82,7 +78,7 @@ def _looks(obj) -> list:
             bsdf = next((n for n in material.node_tree.nodes if n.type == "BSDF_PRINCIPLED"), None)
         looks.append(Look(material.name if material is not None else obj.name,
                           roughness=_input(bsdf, ("Roughness",), 0.5),
-                          specular=_input(bsdf, ("Specular IOR Level", "Specular"), 0.5),
+                          specular=_input(bsdf, scene.SPECULAR_INPUTS, 0.5),
                           double_sided=material is None or not material.use_backface_culling))
     return looks or [Look(obj.name)]
 
