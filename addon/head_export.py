@@ -31,11 +31,17 @@ def _run(idname: str, addon: str | None, path: Path, **kwargs) -> None:
 @contextlib.contextmanager
 def textures_as_files(objects, folder: Path, stem: str):
     """Write each object's atlas as ``stem.png`` (``stem_<object>.png`` for several) and point its
-    materials at that file while exporting, so MTL and FBX name a real file; restored afterwards."""
+    materials at that file while exporting, so MTL and FBX name a real file; restored afterwards.
+    An atlas that already is a file in ``folder`` (the batch writes its textures first) is used as
+    it is, not written a second time under another name."""
     swaps, written = [], []
     try:
         for obj in objects:
             atlas = scene.texture_of(obj)
+            on_disk = Path(bpy.path.abspath(atlas.filepath_raw)) if atlas.packed_file is None else None
+            if on_disk is not None and on_disk.is_file() and on_disk.parent.resolve() == Path(folder).resolve():
+                written.append(on_disk)
+                continue
             path = folder / (f"{stem}.png" if len(objects) == 1 else f"{stem}_{obj.name}.png")
             path.write_bytes(scene.png_of(atlas))
             written.append(path)

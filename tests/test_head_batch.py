@@ -2,6 +2,8 @@
 model, and writes .blend (shape keys), .glb (morph targets), .fbx and .obj for a real photo."""
 from __future__ import annotations
 
+import json
+
 from addon import glb
 from addon.wire.errors import Exit
 from tests.batch_fixtures import blender_command, by_key, inspect_blend, load_summary, needs_blender, run_batch
@@ -30,3 +32,9 @@ def test_blender_batch_builds_and_exports_a_full_head(one_photo_folder, tmp_path
     assert (folder / f"{entry['key']}.fbx").stat().st_size > 1_000_000
     obj_text = (folder / f"{entry['key']}.obj").read_text()
     assert obj_text.count("\nv ") > 24000 and "mtllib" in obj_text
+    # The MTL names the one texture file the batch wrote and lists: no second copy under another name.
+    textures = {line.split()[1] for line in (folder / f"{entry['key']}.mtl").read_text().splitlines()
+                if line.startswith("map_Kd")}
+    manifest = json.loads((folder / "faceforge.json").read_text())
+    assert textures == {f"{entry['key']}_face0.png"} <= set(manifest["files"])
+    assert sorted(p.name for p in folder.glob("*.png")) == [f"{entry['key']}_face0.png"]
