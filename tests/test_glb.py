@@ -87,6 +87,8 @@ def test_split_by_uv_only_where_a_vertex_has_two_uvs():
     vertex_of_corner, source, per_vertex = glb.split_by_uv(corners, uvs, 4)
     np.testing.assert_array_equal(vertex_of_corner, corners)
     np.testing.assert_array_equal(source, np.arange(4))
+    assert per_vertex.dtype == np.float32 and per_vertex.shape == (4, 2)
+    np.testing.assert_array_equal(per_vertex[corners], uvs)
     seam = uvs.copy()
     seam[3] = [0.5, 0.5]  # vertex 0 seen from the second triangle with another UV
     vertex_of_corner, source, per_vertex = glb.split_by_uv(corners, seam, 4)
