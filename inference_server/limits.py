@@ -27,6 +27,7 @@ _FIXED_BYTES_PER_FACE = 64 * 1024  # landmarks, metadata
 # (head/reconstruct.py MAX_ATLAS).
 _HEAD_MESH_BYTES = 18 * MB
 _HEAD_ATLAS_MAX = 2048
+_LIT_TEXTURE_BYTES_PER_PIXEL = 3   # a refined head also sends its albedo lit by the fitted lighting
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,8 @@ def _costs(config, head: bool) -> dict:
     """Reply bytes per face by the option that sets them."""
     if head:
         atlas = min(_HEAD_ATLAS_MAX, 2 * config.texture_size)
-        return {"texture_size": _TEXTURE_BYTES_PER_PIXEL * atlas ** 2, "geometry": _HEAD_MESH_BYTES,
+        per_pixel = _TEXTURE_BYTES_PER_PIXEL + (_LIT_TEXTURE_BYTES_PER_PIXEL if config.refine != "off" else 0)
+        return {"texture_size": per_pixel * atlas ** 2, "geometry": _HEAD_MESH_BYTES,
                 "depth_size": _DEPTH_BYTES_PER_PIXEL * config.depth_size ** 2}
     return {"texture_size": _TEXTURE_BYTES_PER_PIXEL * config.texture_size ** 2,
             "resolution": _MESH_BYTES_PER_CELL * config.resolution ** 2,

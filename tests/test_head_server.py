@@ -5,6 +5,8 @@ import pytest
 from addon.wire import protocol
 from addon.wire.client import Client
 from addon.wire.errors import ErrorCode, ProtocolError
+from inference_server import limits
+from inference_server.config import ReconstructionConfig
 
 
 def test_info_reports_both_geometries(head_server, server_address):
@@ -60,6 +62,9 @@ def test_light_refinement_sends_a_de_lit_albedo_lighting_and_its_residual(head_s
     assert np.array(meta["lighting"]["sh"]).shape == (9, 3) and meta["lighting"]["frame"] == "blender world"
     assert set(meta["photometric_residual"]) == {"before", "after"} and meta["photometric_residual"]["after"] < 0.5
     assert refined.arrays["lit_texture"].shape == refined.arrays["texture"].shape
+    for face, params in ((plain, {}), (refined, {"refine": "light"})):  # the size checked before the work
+        estimate = limits.face_reply_bytes(ReconstructionConfig().with_params(params), head=True)
+        assert sum(array.nbytes for array in face.arrays.values()) <= estimate
     assert meta["detail_unit"] == "luminance" and "lighting" not in plain.meta
     # The albedo is the photo divided by its shading: not the plain projection.
     difference = np.abs(refined.arrays["texture"].astype(int) - plain.arrays["texture"].astype(int)).mean()
