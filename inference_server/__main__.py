@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(args) -> int:
     from .config import ReconstructionConfig, ServerConfig
     from .server import InferenceServer
+    from .workers import WorkerFailed
 
     try:  # what an operator can get wrong is checked before torch loads (seconds)
         keys = _server_keys(args)
@@ -103,16 +104,7 @@ def _serve(args) -> int:
     except ValueError as exc:  # bad key files, defaults over the limits, a reachable address without keys
         print(f"error: {exc}", file=sys.stderr)
         return Exit.USAGE
-    from .depth import CheckpointError
-
-    try:
-        server = InferenceServer(config, _pipeline_recipe(args, defaults), defaults)
-    except CheckpointError as exc:
-        print(f"error: --depth-model: {exc}", file=sys.stderr)
-        return Exit.SETUP
-    except (RuntimeError, ValueError) as exc:  # a device torch cannot use
-        print(f"error: {exc}", file=sys.stderr)
-        return Exit.USAGE
+    server = InferenceServer(config, _pipeline_recipe(args, defaults), defaults)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: server.stop())
 
@@ -121,27 +113,21 @@ def _serve(args) -> int:
                                                    info.get("device"), server.info()["protocol_version"], args.workers)
     try:
         server.serve_forever(on_ready=ready)
-    except Exception as exc:  # bind failures and model-loading failures end the process with one line
+    except WorkerFailed as exc:  # an unusable device or checkpoint (usage, setup), models that fail to load
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit
+    except Exception as exc:  # bind failures end the process with one line
         print(f"error: {exc}", file=sys.stderr)
         return Exit.FAILED
     return Exit.OK
 
 
 def _pipeline_recipe(args, defaults):
-    """What each worker builds: the device, the installed models, and the torch threads (``--threads``,
-    else torch's default) split between the worker processes, at least 1 each."""
-    import torch
-
-    from .depth import find_checkpoint
-    from .depth.backend import DepthSettings
+    """What each worker builds (torch is imported by the workers alone: ``recipe``)."""
     from .head.store import find_model
-    from .pipeline import PipelineRecipe, resolve_device
+    from .recipe import PipelineRecipe
 
-    device = resolve_device(args.device)
-    threads = args.threads if args.workers == 1 else max(1, (args.threads or torch.get_num_threads()) // args.workers)
-    depth = DepthSettings(model=str(find_checkpoint(args.depth_model)) if args.depth_model else "",
-                          threads=threads or DepthSettings.threads)
-    return PipelineRecipe(str(device), defaults, find_model(), depth, threads)
+    return PipelineRecipe(args.device, defaults, find_model(), args.depth_model or "", args.threads, args.workers)
 
 
 def _server_keys(args):

@@ -104,23 +104,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-@dataclass(frozen=True)
-class PipelineRecipe:
-    """How a server worker builds its pipeline: picklable (a closure is not), so that each worker
-    process of ``serve --workers N`` builds its own from a copy."""
-
-    device: str
-    defaults: ReconstructionConfig
-    head_model: Path | None
-    depth: DepthSettings
-    threads: int = 0  # torch CPU threads of the worker (0: torch's default)
-
-    def __call__(self) -> "FacePipeline":
-        if self.threads:
-            torch.set_num_threads(self.threads)
-        return FacePipeline(torch.device(self.device), self.defaults, self.head_model, self.depth)
-
-
 class FacePipeline:
     """Holds the models; ``reconstruct`` is called from one worker thread at a time."""
 

@@ -185,7 +185,7 @@ class InferenceServer:
             if worker.restarts:
                 log.info("worker %d restarted (pid %s)", worker.index, worker.pid)
         elif kind == b"failed":
-            raise WorkerFailed(f"models failed to load: {frames[0].bytes.decode(errors='replace')}")
+            raise WorkerFailed(frames[0].bytes.decode(errors="replace"), int(frames[1].bytes))
         elif kind == b"progress" and worker.job is not None:
             self._send(router, [worker.job.identity, *frames])
         elif kind == b"reply":

@@ -13,7 +13,7 @@ loses only the request it was running. Cancelling a running request is a message
 between stages (the pipeline's report callback), the same across a thread or a process boundary.
 
     I/O thread -> worker:  [b"job", header JSON, image]  |  [b"cancel", seq]  |  [b"stop"]
-    worker -> I/O thread:  [b"ready", info JSON]  |  [b"failed", text]  |  [b"progress", *frames]  |  [b"reply", *frames]
+    worker -> I/O thread:  [b"ready", info JSON]  |  [b"failed", text, exit status]  |  [b"progress", *frames]  |  [b"reply", *frames]
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ import zmq
 
 from addon.server_process import die_with_parent
 from addon.wire import options, protocol
+from addon.wire.errors import Exit
 from addon.wire.protocol import ErrorCode, ProtocolError, clip
 
 from .config import ReconstructionConfig, request_geometry
@@ -44,7 +45,12 @@ STOP_SECONDS = 5.0  # a stopping worker's time to finish its running stage befor
 
 
 class WorkerFailed(RuntimeError):
-    """A worker could not load its models: the server stops (the same models would fail every worker)."""
+    """A worker could not load its models: the server stops (the same models would fail every worker)
+    with ``exit`` (``Exit.USAGE`` for a device torch cannot use, ``Exit.SETUP`` for a missing checkpoint)."""
+
+    def __init__(self, text: str, exit: int = Exit.FAILED):
+        super().__init__(text)
+        self.exit = exit
 
 
 def gets_head(config, info: dict) -> bool:
@@ -178,9 +184,12 @@ def run_worker(socket: zmq.Socket, factory: Callable[[], object], limits: Reques
     """Build the models (seconds), say so on ``socket``, then serve jobs until told to stop."""
     try:
         runner = JobRunner(socket, factory(), limits, log)
+    except WorkerFailed as exc:  # the operator's mistake, said in one line
+        socket.send_multipart([b"failed", str(exc).encode(), str(int(exc.exit)).encode()])
+        return
     except BaseException as exc:  # noqa: BLE001 - reported by the server, which owns the exit
         log.error("models failed to load", exc_info=True)
-        socket.send_multipart([b"failed", str(exc).encode()])
+        socket.send_multipart([b"failed", f"models failed to load: {exc}".encode(), str(int(Exit.FAILED)).encode()])
         return
     socket.send_multipart([b"ready", json.dumps(protocol.as_jsonable(runner.info)).encode()])
     runner.serve()
@@ -302,7 +311,7 @@ class ThreadWorker(Worker):
 
 class ProcessWorker(Worker):
     """``--workers N``: a spawned process (a fresh interpreter: no state forked from the server's
-    threads); ``factory`` must pickle (``pipeline.PipelineRecipe``)."""
+    threads); ``factory`` must pickle (``recipe.PipelineRecipe``)."""
 
     kind = "process"
 

@@ -11,6 +11,7 @@ import io
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ from inference_server.limits import RequestLimits
 from inference_server.server import REMOTE_INFO_KEYS
 
 from .batch_fixtures import blender_command, load_summary, needs_blender
-from .conftest import start_server
+from .conftest import REPO, start_server
 from .fuzz_messages import CHEAP, small_photos
 from .load_clients import run_load
 from .server_doubles import StagedPipeline, running
@@ -73,6 +74,25 @@ def test_info_reports_two_worker_processes_with_the_threads_split(two_workers):
     assert [(w["kind"], w["state"], w["threads"]) for w in info["workers"]] == [("process", "idle", 1)] * 2
     pids = {w["pid"] for w in info["workers"]}
     assert len(pids) == 2 and two_workers.pid not in pids and all(alive(pid) for pid in pids)
+
+
+def test_the_io_process_leaves_torch_to_its_workers(two_workers):
+    """The server's own process only routes messages: torch and the models live in the workers."""
+    def torch_loaded(pid: int) -> bool:
+        return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+
+    assert not torch_loaded(two_workers.pid)
+    assert all(torch_loaded(w["pid"]) for w in workers(two_workers.address))
+
+
+@pytest.mark.parametrize("flags, status, said", [
+    (("--device", "cuda:7"), 2, "--device cuda"), (("--depth-model", "no_such_model"), 6, "--depth-model: depth model"),
+])
+def test_an_unusable_device_or_checkpoint_stops_the_workers_with_its_exit_status(flags, status, said):
+    """Found by the workers (the I/O process has no torch), said in one line with the usual status."""
+    command = [sys.executable, "-m", "inference_server", "serve", "--workers", "2", "--bind", LOCAL, *flags]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == status and result.stderr.strip().splitlines()[-1].startswith(f"error: {said}")
 
 
 def test_concurrent_clients_get_their_own_replies_from_both_workers(two_workers, astronaut_png, grace_hopper_jpg):
