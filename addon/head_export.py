@@ -1,10 +1,11 @@
-"""Head objects -> interchange files: glTF binary with morph targets, FBX with blendshapes, and
-OBJ + MTL + PNG of the posed head (Blender 3.4 through 5.0).
+"""Head objects -> interchange files through Blender's exporters: FBX with blendshapes, and OBJ +
+MTL + PNG of the posed head (Blender 3.4 through 5.0). The head's glb, with a morph target per
+expression, is written by ``glb`` from ``surfaces.with_shape_keys``.
 
-glb and FBX carry the mesh as the server sent it (the neutral head, one morph target / blendshape
-per expression, the fitted weights, the pose as the node transform): applying the modifier stack
-would change the vertex count under the shape keys, which both formats forbid. OBJ has no shape
-keys, so it gets what the viewport shows: expression, pose and modifiers applied.
+FBX carries the mesh as the server sent it (the neutral head, one blendshape per expression, the
+fitted weights, the pose as the node transform): applying the modifier stack would change the
+vertex count under the shape keys, which the format forbids. OBJ has no shape keys, so it gets what
+the viewport shows: expression, pose and modifiers applied.
 """
 from __future__ import annotations
 
@@ -57,16 +58,6 @@ def textures_as_files(objects, folder: Path, stem: str):
             node.image = atlas
         for image in loaded:
             bpy.data.images.remove(image)
-
-
-def export_glb(objects, path: Path) -> None:
-    """glTF binary: one morph target per shape key (names in ``mesh.extras.targetNames``), weights
-    = the keys' values, the atlas embedded. Targets carry positions only: normals per target made
-    the file 3x larger (26 vs 9 MB) and the export 8x slower (8.8 vs 1.0 s) for a shading nuance."""
-    scene.select_only(objects)
-    _run("export_scene.gltf", "io_scene_gltf2", Path(path), export_format="GLB", use_selection=True,
-         export_apply=False, export_morph=True, export_morph_normal=False, export_texcoords=True,
-         export_normals=True, export_materials="EXPORT", export_animations=False, export_yup=True)
 
 
 def export_fbx(objects, path: Path) -> None:

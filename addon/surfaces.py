@@ -1,4 +1,5 @@
-"""Blender objects as the viewport shows them -> ``glb.Surface`` arrays (Blender 3.4 through 5.0).
+"""Blender objects -> ``glb.Surface`` arrays (Blender 3.4 through 5.0): faces as the viewport shows
+them, heads as their mesh holds them with a morph target per shape key.
 
 One depsgraph evaluation (modifiers applied) read with ``foreach_get`` into whole buffers;
 vertices are split only where the UVs differ, so a face with one UV chart keeps its vertex count.
@@ -10,7 +11,7 @@ import bpy
 import numpy as np
 
 from . import scene
-from .glb import Look, Surface, split_by_uv
+from .glb import Look, Surface, Targets, split_by_uv
 
 
 def _read(collection, attribute: str, dtype, count: int, width: int = 1) -> np.ndarray:
@@ -89,15 +90,41 @@ def _looks(obj) -> list:
     return looks or [Look(obj.name)]
 
 
-def _surface(obj, mesh, matrix) -> Surface:
+def _key_positions(key, count: int) -> np.ndarray:
+    # ``points`` (newer Blenders) is a raw buffer: far faster than the older ``data``.
+    return _read(key.points if "points" in key.bl_rna.properties else key.data, "co", np.float32, count, 3)
+
+
+def _targets(mesh, source: np.ndarray) -> tuple:
+    """``(basis positions, Targets)`` of a mesh's relative shape keys, each key as its offset from
+    the key it is relative to, for the vertices ``source`` names; muted keys are left out, as
+    Blender's glTF exporter leaves them out."""
+    count, keys = len(mesh.vertices), mesh.shape_keys
+    basis = keys.reference_key
+    shown = [key for key in keys.key_blocks if key != basis and not key.mute]
+    positions = {basis.name: _key_positions(basis, count)}
+    deltas = np.empty((len(shown), count, 3), np.float32)
+    for index, key in enumerate(shown):
+        relative = key.relative_key
+        if relative.name not in positions:
+            positions[relative.name] = _key_positions(relative, count)
+        np.subtract(_key_positions(key, count), positions[relative.name], out=deltas[index])
+    return positions[basis.name], Targets([key.name for key in shown], deltas[:, source],
+                                          [float(key.value) for key in shown])
+
+
+def _surface(obj, mesh, matrix, *, morphs: bool = False) -> Surface:
     corner_loops, triangle_material = _triangles(mesh)
     vertex_of_corner, source, uvs = split_by_uv(_corner_vertices(mesh), _uvs(mesh), len(mesh.vertices))
+    if morphs:
+        positions, targets = _targets(mesh, source)
+    else:
+        positions, targets = _read(mesh.vertices, "co", np.float32, len(mesh.vertices), 3), None
     image = scene.texture_of(obj)
-    return Surface(name=obj.name, positions=_read(mesh.vertices, "co", np.float32, len(mesh.vertices), 3)[source],
-                   normals=_normals(mesh)[source], uvs=uvs, triangles=vertex_of_corner[corner_loops],
-                   triangle_material=triangle_material, looks=_looks(obj),
-                   texture=scene.png_of(image), texture_name=image.name,
-                   matrix=np.array(matrix, np.float64))
+    return Surface(name=obj.name, positions=positions[source], normals=_normals(mesh)[source], uvs=uvs,
+                   triangles=vertex_of_corner[corner_loops], triangle_material=triangle_material,
+                   looks=_looks(obj), texture=scene.png_of(image), texture_name=image.name,
+                   matrix=np.array(matrix, np.float64), targets=targets)
 
 
 def evaluated(objects) -> list:
@@ -108,3 +135,10 @@ def evaluated(objects) -> list:
     depsgraph = bpy.context.evaluated_depsgraph_get()
     shown = [obj.evaluated_get(depsgraph) for obj in objects]
     return [_surface(obj, view.data, view.matrix_world) for obj, view in zip(objects, shown)]
+
+
+def with_shape_keys(objects) -> list:
+    """Each mesh object as its data holds it -- the basis shape, no modifiers -- with one morph target
+    per shape key (weights: the keys' values) and the object's transform. Heads are written this way:
+    a morph target must have the vertex count of its mesh, which the modifiers would change."""
+    return [_surface(obj, obj.data, obj.matrix_world, morphs=True) for obj in objects]

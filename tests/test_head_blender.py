@@ -167,21 +167,66 @@ def test_blend_round_trip_keeps_shape_keys_and_texture(bpy, head_reply, tmp_path
     np.testing.assert_allclose(np.array(obj.matrix_world), POSE, atol=1e-6)
 
 
-def test_glb_has_a_morph_target_per_expression(bpy, head_reply, tmp_path):
-    from addon import head_export
+def _world_set(obj, mesh) -> np.ndarray:
+    co = np.empty(len(mesh.vertices) * 3, np.float32)
+    mesh.vertices.foreach_get("co", co)
+    matrix = np.array(obj.matrix_world)
+    return co.reshape(-1, 3) @ matrix[:3, :3].T + matrix[:3, 3]
+
+
+def _same_points(a: np.ndarray, b: np.ndarray, tolerance: float) -> bool:
+    from scipy.spatial import cKDTree
+
+    return cKDTree(a).query(b)[0].max() < tolerance and cKDTree(b).query(a)[0].max() < tolerance
+
+
+def test_glb_has_a_morph_target_per_expression_like_blenders_own_export(bpy, head_reply, tmp_path):
+    """The batch writes a head's glb itself (``glb`` + ``surfaces.with_shape_keys``): the neutral
+    mesh, a morph target per expression with the fitted weights, the pose as the node transform;
+    Blender's exporter agrees on all of it and its importer gets the shape keys back."""
+    from addon import glb, surfaces
 
     obj = _build(head_reply)
-    head_export.export_glb([obj], tmp_path / "head.glb")
-    gltf = _glb_json(tmp_path / "head.glb")
-    (mesh,) = gltf["meshes"]
+    glb.write_glb(tmp_path / "head.glb", surfaces.with_shape_keys([obj]))
+    ours, _ = glb.read_glb(tmp_path / "head.glb")
+    (mesh,) = ours["meshes"]
     names = head_reply.meta["expressions"]
     assert mesh["extras"]["targetNames"] == names
     assert len(mesh["primitives"]) == len(head_reply.meta["materials"])  # a primitive per material
     assert all(len(primitive["targets"]) == 53 for primitive in mesh["primitives"])
     np.testing.assert_allclose(mesh["weights"], head_reply.arrays["expression_weights"], atol=1e-6)
-    (node,) = gltf["nodes"]
+    (node,) = ours["nodes"]
     assert node["translation"] == pytest.approx([0.05, 1.6, 0.02], abs=1e-6)  # Blender (x, y, z) -> glTF (x, z, -y)
-    assert gltf["images"][0]["mimeType"] == "image/png"
+    assert ours["images"][0]["mimeType"] == "image/png"
+
+    obj.select_set(True)
+    bpy.ops.export_scene.gltf(filepath=str(tmp_path / "blender.glb"), export_format="GLB", use_selection=True,
+                              export_apply=False, export_morph=True, export_morph_normal=False)
+    theirs, _ = glb.read_glb(tmp_path / "blender.glb")
+    assert theirs["meshes"][0]["extras"] == mesh["extras"] and theirs["meshes"][0]["weights"] == mesh["weights"]
+    def looks(materials):  # Blender's exporter gives each material its own texture entry for the one atlas
+        return [{**m, "pbrMetallicRoughness": {k: v for k, v in m["pbrMetallicRoughness"].items()
+                                               if k != "baseColorTexture"}} for m in materials]
+
+    assert looks(ours["materials"]) == looks(theirs["materials"]) and len(ours["textures"]) == 1
+    assert node["rotation"] == pytest.approx(theirs["nodes"][0]["rotation"], abs=1e-6)
+
+    posed = _world_set(obj, obj.data)  # the neutral head, posed
+    mixed = obj.matrix_world.copy()
+    expected_mix = _shape_key_mix(bpy, obj) @ np.array(mixed)[:3, :3].T + np.array(mixed)[:3, 3]
+    bpy.ops.object.select_all(action="DESELECT")
+    bpy.ops.import_scene.gltf(filepath=str(tmp_path / "head.glb"))
+    (imported,) = bpy.context.selected_objects
+    keys = imported.data.shape_keys.key_blocks
+    assert [key.name for key in keys[1:]] == names
+    assert keys["jawOpen"].value == pytest.approx(WEIGHTS["jawOpen"], abs=1e-6)
+    for key in keys[1:]:  # the neutral head first, then the fitted mix
+        key.value = 0.0
+    assert _same_points(_world_set(imported, imported.data), posed, 1e-5)
+    for key, weight in zip(keys[1:], mesh["weights"]):
+        key.value = weight
+    shown = imported.evaluated_get(bpy.context.evaluated_depsgraph_get())
+    assert _same_points(_world_set(imported, shown.data), expected_mix, 1e-5)
 
 
 def test_fbx_blendshapes_import_back_as_shape_keys(bpy, head_reply, tmp_path):
@@ -224,7 +269,7 @@ import bpy
 sys.path.insert(0, sys.argv[-3])
 from pathlib import Path
 from types import SimpleNamespace
-from addon import head_export, head_scene, scene
+from addon import glb, head_export, head_scene, scene, surfaces
 data, out = np.load(sys.argv[-2]), Path(sys.argv[-1])
 face = SimpleNamespace(index=0, meta=json.loads((out / "meta.json").read_text()), arrays={k: data[k] for k in data.files})
 obj = head_scene.build_head_object(face, name="head", settings=scene.BuildSettings(), metadata={})
@@ -233,7 +278,7 @@ result = {"version": list(bpy.app.version), "quads": sum(p.loop_total == 4 for p
           "keys": [k.name for k in mesh.shape_keys.key_blocks], "materials": len(obj.material_slots),
           "smooth": all(p.use_smooth for p in mesh.polygons), "matrix": [list(r) for r in obj.matrix_world],
           "modifiers": [m.type for m in obj.modifiers]}
-head_export.export_glb([obj], out / "head.glb")
+glb.write_glb(out / "head.glb", surfaces.with_shape_keys([obj]))
 head_export.export_obj([obj], out / "head.obj")
 head_export.export_fbx([obj], out / "head.fbx")
 bpy.ops.wm.save_as_mainfile(filepath=str(out / "head.blend"))

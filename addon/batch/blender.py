@@ -127,16 +127,17 @@ class Blender:
                            f"(tried {', '.join(c[0] for c in candidates)})")
 
     def export(self, fmt: str, path: Path, objects) -> None:
-        if fmt in ("glb", "fbx", "obj") and any(obj.data.shape_keys is not None for obj in objects):
-            # Heads: morph targets / blendshapes need the unmodified mesh (head_export says why).
+        heads = any(obj.data.shape_keys is not None for obj in objects)
+        if fmt == "glb":  # written by ``glb`` (it says why not Blender's exporter)
+            from .. import glb, surfaces
+
+            # Heads: the unmodified mesh under its morph targets; faces: the evaluated mesh.
+            glb.write_glb(path, surfaces.with_shape_keys(objects) if heads else surfaces.evaluated(objects))
+            return
+        if fmt in ("fbx", "obj") and heads:  # blendshapes need the unmodified mesh (head_export says why)
             from .. import head_export
 
             getattr(head_export, f"export_{fmt}")(objects, path)
-            return
-        if fmt == "glb":  # faces: written from the evaluated mesh (``glb`` says why not Blender's exporter)
-            from .. import glb, surfaces
-
-            glb.write_glb(path, surfaces.evaluated(objects))
             return
         idname, op, kwargs = self.exporter(fmt)
         from .. import scene
