@@ -10,7 +10,7 @@ from __future__ import annotations
 import bpy
 import numpy as np
 
-from . import scene
+from . import head_scene, scene
 from .glb import Look, Surface, Targets, split_by_uv
 
 
@@ -91,8 +91,7 @@ def _looks(obj) -> list:
 
 
 def _key_positions(key, count: int) -> np.ndarray:
-    # ``points`` (newer Blenders) is a raw buffer: far faster than the older ``data``.
-    return _read(key.points if "points" in key.bl_rna.properties else key.data, "co", np.float32, count, 3)
+    return _read(head_scene.key_points(key), "co", np.float32, count, 3)
 
 
 def _targets(mesh, source: np.ndarray) -> tuple:
@@ -141,4 +140,4 @@ def with_shape_keys(objects) -> list:
     """Each mesh object as its data holds it -- the basis shape, no modifiers -- with one morph target
     per shape key (weights: the keys' values) and the object's transform. Heads are written this way:
     a morph target must have the vertex count of its mesh, which the modifiers would change."""
-    return [_surface(obj, obj.data, obj.matrix_world, morphs=True) for obj in objects]
+    return [_surface(obj, obj.data, obj.matrix_world, morphs=obj.data.shape_keys is not None) for obj in objects]
