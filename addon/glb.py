@@ -140,6 +140,23 @@ class _Buffer:
         self.accessors.append(entry)
         return len(self.accessors) - 1
 
+    def sparse_accessor(self, array: np.ndarray, kind: str, bounds: tuple) -> int:
+        """An accessor that stores only the non-zero rows (glTF ``sparse``: the rest read as zeros)
+        when that is smaller: a morph target moves a part of the head and leaves the rest."""
+        moving = np.flatnonzero(np.any(array != 0, axis=1))
+        index_type = np.uint16 if len(array) < 65536 else np.uint32
+        if len(moving) * (np.dtype(index_type).itemsize + array.itemsize * array.shape[1]) >= array.nbytes:
+            return self.accessor(array, kind, bounds)
+        entry = {"componentType": FLOAT, "count": len(array), "type": kind,
+                 "min": np.asarray(bounds[0]).tolist(), "max": np.asarray(bounds[1]).tolist()}
+        if len(moving):  # none: no bufferView and no sparse, which reads as all zeros
+            entry["sparse"] = {"count": len(moving),
+                               "indices": {"bufferView": self.view(moving.astype(index_type)),
+                                           "componentType": UINT16 if index_type is np.uint16 else UINT32},
+                               "values": {"bufferView": self.view(np.ascontiguousarray(array[moving]))}}
+        self.accessors.append(entry)
+        return len(self.accessors) - 1
+
 
 def _bounds(vectors: np.ndarray) -> tuple:
     """Per-component ``(min, max)`` of (..., N, 3) vectors over N, reduced along a contiguous copy of
@@ -183,7 +200,7 @@ def _add_surface(document: dict, buffer: _Buffer, surface: Surface) -> None:
     if surface.targets is not None:  # positions only: per-target normals triple the file for a shading nuance
         deltas = _y_up(surface.targets.deltas)
         lows, highs = _bounds(deltas)
-        targets = [{"POSITION": buffer.accessor(delta, "VEC3", bounds=(low, high))}
+        targets = [{"POSITION": buffer.sparse_accessor(delta, "VEC3", bounds=(low, high))}
                    for delta, low, high in zip(deltas, lows, highs)]
         mesh["weights"] = list(surface.targets.weights)
         mesh["extras"] = {"targetNames": list(surface.targets.names)}

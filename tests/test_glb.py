@@ -81,6 +81,46 @@ def test_large_meshes_get_32_bit_indices_and_a_primitive_per_material(tmp_path):
     assert document["extensionsUsed"] == ["KHR_materials_specular"]
 
 
+def _vectors(document: dict, binary: bytes, index: int) -> np.ndarray:
+    """An accessor's VEC3 floats, dense or sparse (zeros where a sparse one names no row)."""
+    accessor = document["accessors"][index]
+    values = np.zeros((accessor["count"], 3), np.float32)
+    if "bufferView" in accessor:
+        view = document["bufferViews"][accessor["bufferView"]]
+        values[:] = np.frombuffer(binary, np.float32, 3 * accessor["count"], view["byteOffset"]).reshape(-1, 3)
+    if "sparse" in accessor:
+        sparse = accessor["sparse"]
+        kind = {glb.UINT16: np.uint16, glb.UINT32: np.uint32}[sparse["indices"]["componentType"]]
+        rows = np.frombuffer(binary, kind, sparse["count"],
+                             document["bufferViews"][sparse["indices"]["bufferView"]]["byteOffset"])
+        values[rows] = np.frombuffer(binary, np.float32, 3 * sparse["count"],
+                                     document["bufferViews"][sparse["values"]["bufferView"]]["byteOffset"]).reshape(-1, 3)
+    return values
+
+
+def test_morph_targets_are_sparse_where_that_is_smaller(tmp_path):
+    surface = _patch()
+    still, corner, everywhere = np.zeros((3, 25, 3), np.float32)
+    corner[[3, 7]] = [[0.01, 0.0, 0.0], [0.0, 0.0, 0.02]]  # two of 25 vertices move
+    everywhere[:] = [0.0, 0.003, 0.0]
+    surface.targets = glb.Targets(["still", "corner", "everywhere"], np.stack([still, corner, everywhere]),
+                                  [0.0, 0.5, 1.0])
+    glb.write_glb(tmp_path / "p.glb", [surface])
+    document, binary = glb.read_glb(tmp_path / "p.glb")
+    (mesh,) = document["meshes"]
+    assert mesh["extras"]["targetNames"] == ["still", "corner", "everywhere"] and mesh["weights"] == [0.0, 0.5, 1.0]
+    targets = [document["accessors"][t["POSITION"]] for t in mesh["primitives"][0]["targets"]]
+    assert "bufferView" not in targets[0] and "sparse" not in targets[0]  # all zeros: no data at all
+    assert "bufferView" not in targets[1] and targets[1]["sparse"]["count"] == 2
+    assert "bufferView" in targets[2] and "sparse" not in targets[2]
+    for target, delta in zip(mesh["primitives"][0]["targets"], (still, corner, everywhere)):
+        written = _vectors(document, binary, target["POSITION"])
+        np.testing.assert_array_equal(written, np.stack([delta[:, 0], delta[:, 2], -delta[:, 1]], 1))  # Y up
+        accessor = document["accessors"][target["POSITION"]]
+        assert accessor["min"] == pytest.approx(written.min(0).tolist()) and accessor["max"] == pytest.approx(
+            written.max(0).tolist())
+
+
 def test_split_by_uv_only_where_a_vertex_has_two_uvs():
     corners = np.array([0, 1, 2, 0, 2, 3])
     uvs = np.float32([[0, 0], [1, 0], [1, 1], [0, 0], [1, 1], [0, 1]])
