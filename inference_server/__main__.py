@@ -127,7 +127,7 @@ def _pipeline_recipe(args, defaults):
     from .head.store import find_model
     from .recipe import PipelineRecipe
 
-    return PipelineRecipe(args.device, defaults, find_model(), args.depth_model or "", args.threads, args.workers)
+    return PipelineRecipe(args.device, defaults, find_model(), args.depth_model, args.threads, args.workers)
 
 
 def _server_keys(args):
