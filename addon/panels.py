@@ -4,7 +4,7 @@ from __future__ import annotations
 import bpy
 
 from . import operators
-from .properties import PANEL_OPTIONS
+from .properties import PANEL_OPTIONS, applies
 
 _ICONS = {"INFO": "INFO", "WARNING": "ERROR", "ERROR": "CANCEL"}
 HAS_PROGRESS = "progress" in bpy.types.UILayout.bl_rna.functions  # Blender 4.0+
@@ -74,7 +74,7 @@ class FACEFORGE_PT_main(_FaceForgePanel, bpy.types.Panel):
         column.use_property_split = True
         column.use_property_decorate = False
         for option in PANEL_OPTIONS:  # the schema's panel options, in its order
-            if option.name != "geometry":
+            if option.name != "geometry" and applies(option.name, props):
                 column.prop(props, option.name)
 
         line = session.request_line()

@@ -17,6 +17,8 @@ def option_property(option: options.Option):
     if option.choices and option.kind is str:
         items = tuple((value.upper(), value.replace("_", " ").title(), option.help) for value in option.choices)
         return EnumProperty(name=option.title, description=option.help, items=items, default=option.default.upper())
+    if option.kind is str:  # a free name (depth_model): the server checks it
+        return StringProperty(name=option.title, description=option.help, default=option.default)
     kwargs = {"name": option.title, "description": option.help, "default": option.default}
     if option.kind in (int, float):
         kwargs.update(min=option.minimum, max=option.maximum)
@@ -28,6 +30,28 @@ def option_property(option: options.Option):
 
 
 PANEL_OPTIONS = tuple(option for option in options.OPTIONS if option.panel)
+
+
+# Options that change only one geometry's result, and the depth network's own options.
+FACE_ONLY = frozenset({"resolution", "depth_backend", "depth_model", "depth_fuse_weight"})
+HEAD_ONLY = frozenset({"refine", "neutral_expression"})
+NETWORK_ONLY = frozenset({"depth_model", "depth_fuse_weight"})
+
+
+def applies(name: str, settings) -> bool:
+    """Whether a panel option can change what the chosen geometry gives (``AUTO``: either). The panel
+    shows only these, and a request carries only these: a hidden choice (network depth picked, then
+    geometry Head) must not fail a request the user sees nothing wrong with."""
+    if name in FACE_ONLY and settings.geometry == "HEAD":
+        return False
+    if name in HEAD_ONLY and settings.geometry == "FACE":
+        return False
+    return name not in NETWORK_ONLY or settings.depth_backend == "NETWORK"
+
+
+def _wire_value(option: options.Option, value):
+    """A panel value as the request sends it: enum items are the schema's choices upper-cased."""
+    return value.lower() if option.choices and option.kind is str else value
 _FACE = options.BY_NAME["face"]
 
 
@@ -59,8 +83,9 @@ class FACEFORGE_PG_settings(bpy.types.PropertyGroup):
     def server_options(self) -> dict:
         """The request's options: the face choice plus every panel option the server applies."""
         face = {"LARGEST": "largest", "ALL": "all"}.get(self.face, str(self.face_index))
-        chosen = {o.name: getattr(self, o.name) for o in PANEL_OPTIONS if o.side != options.BUILD}
-        return {"face": face, **{k: v.lower() if isinstance(v, str) else v for k, v in chosen.items()}}
+        chosen = {o.name: _wire_value(o, getattr(self, o.name)) for o in PANEL_OPTIONS
+                  if o.side != options.BUILD and applies(o.name, self)}
+        return {"face": face, **chosen}
 
 
 classes = (FACEFORGE_PG_settings,)

@@ -137,6 +137,30 @@ def test_geometry_choice_and_model_status(ui):
     session.status = None
 
 
+def test_options_show_and_travel_only_where_the_geometry_uses_them(ui):
+    props = ui.bpy.context.scene.faceforge
+
+    def shown() -> set:
+        return {named["property"] for name, named in _draw(ui, ui.panels.FACEFORGE_PT_main) if name == "prop"}
+
+    try:
+        assert {"resolution", "depth_backend", "refine", "neutral_expression"} <= shown()  # Auto: either geometry
+        assert not {"depth_model", "depth_fuse_weight"} & shown()  # the network's own: only with the network
+        props.geometry = "FACE"
+        props.depth_backend, props.depth_model, props.depth_fuse_weight = "NETWORK", "My_DPT.v3", 0.25
+        assert {"depth_backend", "depth_model", "depth_fuse_weight"} <= shown()
+        assert not {"refine", "neutral_expression"} & shown()
+        sent = props.server_options()
+        assert (sent["geometry"], sent["depth_backend"], sent["depth_model"], sent["depth_fuse_weight"]) == \
+            ("face", "network", "My_DPT.v3", 0.25) and "refine" not in sent  # names keep their case
+        props.geometry = "HEAD"  # network depth stays picked, hidden: the head request must not carry it
+        assert not {"resolution", "depth_backend", "depth_model"} & shown() and "refine" in shown()
+        assert not {"resolution", "depth_backend", "depth_model", "depth_fuse_weight"} & set(props.server_options())
+    finally:
+        for name in ("geometry", "depth_backend", "depth_model", "depth_fuse_weight"):
+            props.property_unset(name)
+
+
 def test_preferences_draw(ui):
     calls = []
     prefs = SimpleNamespace(layout=CheckedLayout(ui.bpy, calls), **vars(ui.preferences.DEFAULTS))

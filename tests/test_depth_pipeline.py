@@ -178,6 +178,32 @@ def test_batch_asks_for_the_network(depth_server, grace_hopper_jpg, tmp_path):
     assert refused.returncode == Exit.USAGE and "paths are refused" in refused.stderr
 
 
+@needs_bpy
+def test_the_panel_asks_for_the_network(depth_server, tmp_path, grace_hopper_jpg):
+    """Face geometry, Depth: Network and an installed model name in the panel reach the server."""
+    import bpy
+
+    import addon
+    from addon import operators, preferences
+
+    photo = tmp_path / "grace_hopper.jpg"
+    photo.write_bytes(grace_hopper_jpg)
+    addon.register()
+    address, preferences.DEFAULTS.server_address = preferences.DEFAULTS.server_address, depth_server.address
+    try:
+        bpy.ops.wm.read_homefile(use_empty=True)
+        props = bpy.context.scene.faceforge
+        props.photo_path, props.geometry, props.depth_backend, props.depth_model = str(photo), "FACE", "NETWORK", ARCH
+        props.depth_fuse_weight = 0.5
+        assert bpy.ops.faceforge.reconstruct() == {"FINISHED"}, operators.SESSION.message
+        metadata = bpy.data.objects["grace_hopper"]["faceforge"].to_dict()
+        assert metadata["options"]["depth_model"] == ARCH and metadata["options"]["depth_fuse_weight"] == 0.5
+        assert metadata["face"]["depth_backend"] == "network"
+    finally:
+        preferences.DEFAULTS.server_address = address
+        addon.unregister()
+
+
 @pytest.fixture(scope="module")
 def astronaut_crop(astronaut_rgb):
     from inference_server import alignment

@@ -126,14 +126,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("depth_backend", str, "landmarks", "face geometry: landmarks = the face's depth from its landmarks "
            "alone; network = a learned depth network (MiDaS / DPT / Depth Anything V2) on the photo, fused with the "
            "landmark surface (its shape, the network's detail); face mode only: with geometry auto it chooses face mode",
-           choices=("landmarks", "network")),
+           choices=("landmarks", "network"), label="Depth", panel=True),
     Option("depth_model", str, "", "depth_backend network: the name of an installed depth checkpoint (`python -m "
            "inference_server model install CHECKPOINT`) or an architecture id; empty = the server's own "
            "(`serve --depth-model`). A path is refused: a request cannot make the server read files",
-           check=_installed_name),
+           check=_installed_name, label="Depth Model", panel=True),
     Option("depth_fuse_weight", float, 1.0, "depth_backend network: share of the network in the fused depth's "
            "detail (0 = the landmark surface, 1 = all detail above the landmarks' scale from the network)",
-           minimum=0.0, maximum=1.0),
+           minimum=0.0, maximum=1.0, label="Network Detail", panel=True),
     Option("refine", str, "off", "photometric refinement of the head: off; light = SH lighting and a de-lit "
            "albedo texture (about 1 s per face on 2 CPU threads); full = also shape detail from shading, "
            "displacement in metres (about 5 s per face on 2 CPU threads)", choices=("off", "light", "full"),
