@@ -50,8 +50,10 @@ def applies(name: str, settings) -> bool:
 
 
 def _wire_value(option: options.Option, value):
-    """A panel value as the request sends it: enum items are the schema's choices upper-cased."""
+    """A panel value as the request sends it: an enum item is its schema choice in upper case."""
     return value.lower() if option.choices and option.kind is str else value
+
+
 _FACE = options.BY_NAME["face"]
 
 
