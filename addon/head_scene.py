@@ -10,7 +10,7 @@ from __future__ import annotations
 import bpy
 from mathutils import Matrix
 
-from . import headdata, meshdata, scene
+from . import headdata, lighting, meshdata, scene
 from .wire import options
 
 BASIS = "Basis"
@@ -80,3 +80,19 @@ def build_head_object(face, *, name: str, settings: scene.BuildSettings, metadat
                                                      settings=options.as_dict(settings)))
     (collection or bpy.context.scene.collection).objects.link(obj)
     return obj
+
+
+def photo_world(name: str, coefficients) -> "bpy.types.World":
+    """A world whose environment is the fitted lighting (``lighting.environment``): the head's
+    albedo renders about as bright and as lit from the side as the photo showed it."""
+    world = bpy.data.worlds.new(name)
+    if bpy.app.version < (5, 0, 0):  # always on (and deprecated) since 5.0
+        world.use_nodes = True
+    nodes, links = world.node_tree.nodes, world.node_tree.links
+    background = next(node for node in nodes if node.type == "BACKGROUND")
+    environment = nodes.new("ShaderNodeTexEnvironment")
+    environment.image = scene.float_image(f"{name}_environment", lighting.environment(coefficients))
+    environment.location = (background.location.x - 300, background.location.y)
+    links.new(environment.outputs["Color"], background.inputs["Color"])
+    background.inputs["Strength"].default_value = 1.0
+    return world

@@ -32,10 +32,12 @@ def option_property(option: options.Option):
 PANEL_OPTIONS = tuple(option for option in options.OPTIONS if option.panel)
 
 
-# Options that change only one geometry's result, and the depth network's own options.
+# Options that change only one geometry's result, and options that matter only after another choice.
 FACE_ONLY = frozenset({"resolution", "depth_backend", "depth_model", "depth_fuse_weight"})
-HEAD_ONLY = frozenset({"refine", "neutral_expression"})
-NETWORK_ONLY = frozenset({"depth_model", "depth_fuse_weight"})
+HEAD_ONLY = frozenset({"refine", "neutral_expression", "photo_lighting"})
+AFTER = {"depth_model": lambda s: s.depth_backend == "NETWORK",
+         "depth_fuse_weight": lambda s: s.depth_backend == "NETWORK",
+         "photo_lighting": lambda s: s.refine != "OFF"}  # the lighting comes from the refinement
 
 
 def applies(name: str, settings) -> bool:
@@ -46,7 +48,7 @@ def applies(name: str, settings) -> bool:
         return False
     if name in HEAD_ONLY and settings.geometry == "FACE":
         return False
-    return name not in NETWORK_ONLY or settings.depth_backend == "NETWORK"
+    return name not in AFTER or AFTER[name](settings)
 
 
 def _wire_value(option: options.Option, value):

@@ -153,10 +153,17 @@ def map_image(name: str, values, offset: float = 0.0) -> "bpy.types.Image":
         image.colorspace_settings.name = "Non-Color"
         return image
     pixels = meshdata.scalar_pixels(values, offset)  # refuses what is not an (H, W) map
-    height, width = shifted.shape
+    return float_image(name, pixels.reshape(*shifted.shape, 4), colorspace="Non-Color")
+
+
+def float_image(name: str, pixels: np.ndarray, colorspace: str = "") -> "bpy.types.Image":
+    """(H, W, 4) float RGBA, rows bottom-up, as a packed OpenEXR image (scene-linear unless
+    ``colorspace`` says otherwise)."""
+    height, width = pixels.shape[:2]
     image = bpy.data.images.new(name, width, height, alpha=False, float_buffer=True)
-    image.colorspace_settings.name = "Non-Color"
-    image.pixels.foreach_set(pixels)
+    if colorspace:
+        image.colorspace_settings.name = colorspace
+    image.pixels.foreach_set(np.ascontiguousarray(pixels, np.float32).ravel())
     image.file_format = "OPEN_EXR"
     image.pack()
     return image
@@ -279,4 +286,10 @@ def build_reconstruction(reconstruction, *, photo: str, settings: BuildSettings,
             obj = build_face_object(face, name=name, settings=settings, location=(x + shift, y, z),
                                     metadata=metadata, collection=collection)
         objects.append(obj)
+    if settings.photo_lighting:
+        from . import head_scene, lighting
+
+        fitted = next((c for c in (lighting.photo_lighting(f.meta) for f in faces) if c is not None), None)
+        if fitted is not None:  # one world per scene: the largest face's lighting
+            bpy.context.scene.world = head_scene.photo_world(f"{meshdata.object_name(photo, 0, 1)}_lighting", fitted)
     return objects

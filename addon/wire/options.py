@@ -145,6 +145,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("min_face_score", float, 0.9, "detector confidence a face needs", minimum=0.5, maximum=0.999),
     Option("max_pixels", int, 40_000_000, "refuse larger photos before decoding them", side=LIMIT,
            minimum=1, maximum=200_000_000),
+    Option("photo_lighting", bool, False, "head mode with refine light or full: light the scene like the photo -- "
+           "the fitted lighting becomes the world's environment (this replaces the scene's world)", side=BUILD,
+           label="Photo Lighting", panel=True),
     Option("neutral_expression", bool, False, "head mode: build the head with every expression shape key at 0 "
            "(the fitted weights stay in the metadata)", side=BUILD, label="Neutral Expression", panel=True),
     Option("smooth_iterations", int, 5, "Laplacian Smooth modifier iterations (0 = off)", side=BUILD,

@@ -1,12 +1,9 @@
-"""Second-order spherical-harmonics lighting: 9 coefficients per colour channel.
+"""Second-order spherical-harmonics lighting: 9 coefficients per colour channel, in the convention
+``addon.wire.sh`` defines for both ends (coefficient order, normalisation, the cosine kernel).
 
 A Lambertian surface of albedo ``a`` and unit normal ``n`` under distant light of radiance
 ``L(w) = sum_k sh[k] * Y_k(w)`` shows ``a * E(n)``, with the irradiance ``E(n) = sum_k A_l(k) *
-sh[k] * Y_k(n)`` (Ramamoorthi & Hanrahan 2001: ``A_0 = pi``, ``A_1 = 2 pi / 3``, ``A_2 = pi / 4``;
-the clamped-cosine kernel is band-limited enough that bands 0..2 carry ~99 % of it).
-
-Coefficient order (real SH, ``x, y, z`` the unit normal in whatever frame the coefficients live in):
-``1, y, z, x, xy, yz, 3z^2 - 1, xz, x^2 - y^2``. ``sh`` is (9, 3): one column per RGB channel.
+sh[k] * Y_k(n)`` (the clamped-cosine kernel is band-limited enough that bands 0..2 carry ~99 % of it).
 """
 from __future__ import annotations
 
@@ -15,23 +12,15 @@ import math
 import numpy as np
 import torch
 
-COUNT = 9
-# Y_lm normalisation constants (real, orthonormal on the sphere) per basis function in the order above.
-_Y = (0.5 / math.sqrt(math.pi), math.sqrt(3 / (4 * math.pi)), math.sqrt(3 / (4 * math.pi)),
-      math.sqrt(3 / (4 * math.pi)), 0.5 * math.sqrt(15 / math.pi), 0.5 * math.sqrt(15 / math.pi),
-      0.25 * math.sqrt(5 / math.pi), 0.5 * math.sqrt(15 / math.pi), 0.25 * math.sqrt(15 / math.pi))
-_BAND = (0, 1, 1, 1, 2, 2, 2, 2, 2)
-_KERNEL = (math.pi, 2 * math.pi / 3, math.pi / 4)   # clamped-cosine convolution per band
-KERNEL = tuple(_KERNEL[band] for band in _BAND)
+from addon.wire import sh as convention
+
+COUNT = convention.COUNT
+KERNEL = convention.KERNEL
 
 
 def radiance_basis(normals):
     """(..., 3) unit directions -> (..., 9) real SH ``Y_k`` (torch or numpy, same type back)."""
-    lib = torch if isinstance(normals, torch.Tensor) else np
-    x, y, z = normals[..., 0], normals[..., 1], normals[..., 2]
-    one = lib.ones_like(x)
-    terms = (one, y, z, x, x * y, y * z, 3 * z * z - 1, x * z, x * x - y * y)
-    return lib.stack([c * t for c, t in zip(_Y, terms)], -1)
+    return convention.radiance_basis(normals, torch.stack if isinstance(normals, torch.Tensor) else np.stack)
 
 
 def irradiance_basis(normals):
@@ -54,7 +43,7 @@ def directional(direction, colour=(1.0, 1.0, 1.0), ambient=(0.0, 0.0, 0.0)) -> n
     w = w / np.linalg.norm(w)
     # A directional source of radiance c: sh_k = c * Y_k(w); its band-limited peak is 1.0625 c.
     sh = radiance_basis(w)[:, None] * np.asarray(colour, np.float64)[None, :] / 1.0625
-    sh[0] += np.asarray(ambient, np.float64) / (math.pi * _Y[0])
+    sh[0] += np.asarray(ambient, np.float64) / (math.pi * convention.Y[0])
     return sh
 
 
