@@ -83,16 +83,28 @@ def build_head_object(face, *, name: str, settings: scene.BuildSettings, metadat
 
 
 def photo_world(name: str, coefficients) -> "bpy.types.World":
-    """A world whose environment is the fitted lighting (``lighting.environment``): the head's
-    albedo renders about as bright and as lit from the side as the photo showed it."""
+    """A world whose light is the fitted lighting (``lighting.environment``): the head's albedo
+    renders about as bright and as lit from the side as the photo showed it. Camera rays see
+    Blender's default grey instead: a second-order environment is no backdrop (dark behind the
+    photographer, strongly tinted where the fit's colour channels part)."""
     world = bpy.data.worlds.new(name)
     if bpy.app.version < (5, 0, 0):  # always on (and deprecated) since 5.0
         world.use_nodes = True
     nodes, links = world.node_tree.nodes, world.node_tree.links
-    background = next(node for node in nodes if node.type == "BACKGROUND")
+    light = next(node for node in nodes if node.type == "BACKGROUND")
+    output = next(node for node in nodes if node.type == "OUTPUT_WORLD")
     environment = nodes.new("ShaderNodeTexEnvironment")
     environment.image = scene.float_image(f"{name}_environment", lighting.environment(coefficients))
-    environment.location = (background.location.x - 300, background.location.y)
-    links.new(environment.outputs["Color"], background.inputs["Color"])
-    background.inputs["Strength"].default_value = 1.0
+    links.new(environment.outputs["Color"], light.inputs["Color"])
+    light.inputs["Strength"].default_value = 1.0
+    backdrop = nodes.new("ShaderNodeBackground")
+    backdrop.inputs["Color"].default_value = (*lighting.BACKDROP, 1.0)
+    path, mix = nodes.new("ShaderNodeLightPath"), nodes.new("ShaderNodeMixShader")
+    links.new(path.outputs["Is Camera Ray"], mix.inputs["Fac"])
+    links.new(light.outputs["Background"], mix.inputs[1])
+    links.new(backdrop.outputs["Background"], mix.inputs[2])
+    links.new(mix.outputs["Shader"], output.inputs["Surface"])
+    for node, location in ((environment, (-600, 0)), (path, (-300, 300)), (light, (-300, 0)), (backdrop, (-300, -150)),
+                           (mix, (0, 0)), (output, (250, 0))):
+        node.location = location
     return world

@@ -18,6 +18,7 @@ from .wire import sh
 
 ENVIRONMENT_HEIGHT = 32  # second-order SH vary slowly: 64 x 32 pixels hold them to 0.1 %
 ITERATIONS = 200
+BACKDROP = (0.0509, 0.0509, 0.0509)  # what camera rays see: the grey of Blender's default world
 
 
 def directions(height: int) -> np.ndarray:

@@ -87,6 +87,7 @@ def test_a_sphere_rendered_in_the_photo_world_is_lit_like_the_fit(bpy_module, tm
     error = np.abs(pixels[inside] - wanted) / wanted
     assert np.median(error) < 0.05, np.median(error)
     assert pixels[24, 40, 0] > 3 * pixels[24, 8, 0]  # lit from +X: the right side
+    np.testing.assert_allclose(pixels[0, 0], lighting.BACKDROP, atol=1e-3)  # the camera sees grey, not the light
 
 
 def test_a_refined_head_lights_the_scene_only_when_asked(bpy_module, model_path):
