@@ -290,6 +290,6 @@ def build_reconstruction(reconstruction, *, photo: str, settings: BuildSettings,
         from . import head_scene, lighting
 
         fitted = next((c for c in (lighting.photo_lighting(f.meta) for f in faces) if c is not None), None)
-        if fitted is not None:  # one world per scene: the largest face's lighting
+        if fitted is not None:  # one world per scene: the first (largest) face's lighting
             bpy.context.scene.world = head_scene.photo_world(f"{meshdata.object_name(photo, 0, 1)}_lighting", fitted)
     return objects
