@@ -88,9 +88,8 @@ def photo_world(name: str, coefficients) -> "bpy.types.World":
     Blender's default grey instead: a second-order environment is no backdrop (dark behind the
     photographer, strongly tinted where the fit's colour channels part)."""
     world = bpy.data.worlds.new(name)
-    if bpy.app.version < (5, 0, 0):  # always on (and deprecated) since 5.0
-        world.use_nodes = True
-    nodes, links = world.node_tree.nodes, world.node_tree.links
+    tree = scene.node_tree(world)
+    nodes, links = tree.nodes, tree.links
     light = next(node for node in nodes if node.type == "BACKGROUND")
     output = next(node for node in nodes if node.type == "OUTPUT_WORLD")
     environment = nodes.new("ShaderNodeTexEnvironment")

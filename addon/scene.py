@@ -188,14 +188,21 @@ def _set_input(node, names: tuple, value) -> None:
         socket.default_value = value
 
 
+def node_tree(datablock) -> "bpy.types.NodeTree":
+    """The shader nodes of a material or world, switched on where that is still needed (always on,
+    and ``use_nodes`` deprecated, since 5.0)."""
+    if bpy.app.version < (5, 0, 0):
+        datablock.use_nodes = True
+    return datablock.node_tree
+
+
 def skin_material(name: str, texture: "bpy.types.Image", *, roughness: float = 0.55,
                   specular: float = 0.3) -> "bpy.types.Material":
     """Principled BSDF fed by the photo texture through the UV map (head mode: one per part, other
     roughness and specular for eyes and teeth)."""
     material = bpy.data.materials.new(name)
-    if bpy.app.version < (5, 0, 0):  # always on (and deprecated) since 5.0
-        material.use_nodes = True
-    nodes, links = material.node_tree.nodes, material.node_tree.links
+    tree = node_tree(material)
+    nodes, links = tree.nodes, tree.links
     bsdf = next(node for node in nodes if node.type == "BSDF_PRINCIPLED")
     image_node = nodes.new("ShaderNodeTexImage")
     image_node.image = texture

@@ -87,6 +87,8 @@ def _stage(scene, centre, radius):
     import bpy
     from mathutils import Vector
 
+    from addon.scene import node_tree
+
     camera_data = bpy.data.cameras.new("PreviewCamera")
     camera_data.lens = 85
     camera = bpy.data.objects.new("PreviewCamera", camera_data)
@@ -104,8 +106,7 @@ def _stage(scene, centre, radius):
         scene.collection.objects.link(obj)
     world = scene.world or bpy.data.worlds.new("PreviewWorld")
     scene.world = world
-    world.use_nodes = True
-    background = world.node_tree.nodes.get("Background")
+    background = node_tree(world).nodes.get("Background")
     if background is not None:
         background.inputs["Color"].default_value = (0.18, 0.19, 0.21, 1.0)
         background.inputs["Strength"].default_value = 0.35
@@ -145,9 +146,10 @@ def _engine(scene, args) -> str:
 def _clay():
     import bpy
 
+    from addon.scene import node_tree
+
     clay = bpy.data.materials.new("PreviewClay")
-    clay.use_nodes = True
-    bsdf = next(n for n in clay.node_tree.nodes if n.type == "BSDF_PRINCIPLED")
+    bsdf = next(n for n in node_tree(clay).nodes if n.type == "BSDF_PRINCIPLED")
     bsdf.inputs["Base Color"].default_value = (0.62, 0.6, 0.57, 1.0)
     bsdf.inputs["Roughness"].default_value = 0.6
     clay.diffuse_color = (0.62, 0.6, 0.57, 1.0)
