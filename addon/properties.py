@@ -32,9 +32,7 @@ def option_property(option: options.Option):
 PANEL_OPTIONS = tuple(option for option in options.OPTIONS if option.panel)
 
 
-# Options that change only one geometry's result, and options that matter only after another choice.
-FACE_ONLY = frozenset({"resolution", "depth_backend", "depth_model", "depth_fuse_weight"})
-HEAD_ONLY = frozenset({"refine", "neutral_expression", "photo_lighting"})
+# Options that matter only after another choice (which geometry an option changes is the schema's).
 AFTER = {"depth_model": lambda s: s.depth_backend == "NETWORK",
          "depth_fuse_weight": lambda s: s.depth_backend == "NETWORK",
          "photo_lighting": lambda s: s.refine != "OFF"}  # the lighting comes from the refinement
@@ -44,9 +42,8 @@ def applies(name: str, settings) -> bool:
     """Whether a panel option can change what the chosen geometry gives (``AUTO``: either). The panel
     shows only these, and a request carries only these: a hidden choice (network depth picked, then
     geometry Head) must not fail a request the user sees nothing wrong with."""
-    if name in FACE_ONLY and settings.geometry == "HEAD":
-        return False
-    if name in HEAD_ONLY and settings.geometry == "FACE":
+    geometry = options.BY_NAME[name].geometry
+    if geometry and settings.geometry not in ("AUTO", geometry.upper()):
         return False
     return name not in AFTER or AFTER[name](settings)
 

@@ -38,6 +38,7 @@ class Option:
     label: str = ""                 # the panel's name; derived from ``name`` when empty
     unit: str = ""                  # "LENGTH" for distances in metres (panel shows scene units)
     panel: bool = False             # shown in the add-on's panel
+    geometry: str = ""              # "face" or "head": the one geometry it changes ("" = both)
     cli_aliases: tuple = ()         # extra command-line flags kept for users' scripts
 
     @property
@@ -111,7 +112,7 @@ OPTIONS: tuple[Option, ...] = (
            "topology, expression shape keys); face: the model-free face surface; auto: head when the server has "
            "the model installed", choices=("auto", "head", "face"), panel=True),
     Option("resolution", int, 100, "mesh grid cells across the face width (100 gives about 9k vertices)",
-           minimum=8, maximum=400, soft_maximum=300, panel=True),
+           minimum=8, maximum=400, soft_maximum=300, panel=True, geometry="face"),
     Option("depth_size", int, 256, "side of the returned depth map in pixels", minimum=16, maximum=1024),
     Option("texture_size", int, 512, "side of the aligned photo crop used as texture, pixels",
            minimum=64, maximum=2048),
@@ -126,18 +127,18 @@ OPTIONS: tuple[Option, ...] = (
     Option("depth_backend", str, "landmarks", "face geometry: landmarks = the face's depth from its landmarks "
            "alone; network = a learned depth network (MiDaS / DPT / Depth Anything V2) on the photo, fused with the "
            "landmark surface (its shape, the network's detail); face mode only: with geometry auto it chooses face mode",
-           choices=("landmarks", "network"), label="Depth", panel=True),
+           choices=("landmarks", "network"), label="Depth", panel=True, geometry="face"),
     Option("depth_model", str, "", "depth_backend network: the name of an installed depth checkpoint (`python -m "
            "inference_server model install CHECKPOINT`) or an architecture id; empty = the server's own "
            "(`serve --depth-model`). A path is refused: a request cannot make the server read files",
-           check=_installed_name, label="Depth Model", panel=True),
+           check=_installed_name, label="Depth Model", panel=True, geometry="face"),
     Option("depth_fuse_weight", float, 1.0, "depth_backend network: share of the network in the fused depth's "
            "detail (0 = the landmark surface, 1 = all detail above the landmarks' scale from the network)",
-           minimum=0.0, maximum=1.0, label="Network Detail", panel=True),
+           minimum=0.0, maximum=1.0, label="Network Detail", panel=True, geometry="face"),
     Option("refine", str, "off", "photometric refinement of the head: off; light = SH lighting and a de-lit "
            "albedo texture (about 1 s per face on 2 CPU threads); full = also shape detail from shading, "
            "displacement in metres (about 5 s per face on 2 CPU threads)", choices=("off", "light", "full"),
-           panel=True),
+           panel=True, geometry="head"),
     Option("detect_max_side", int, 640, "photos are downscaled to this side for face detection",
            minimum=64, maximum=2048),
     Option("min_face_fraction", float, 0.05, "smallest face searched for, as a fraction of the photo's longer "
@@ -147,9 +148,10 @@ OPTIONS: tuple[Option, ...] = (
            minimum=1, maximum=200_000_000),
     Option("photo_lighting", bool, False, "head mode with refine light or full: light the scene like the photo -- "
            "the fitted lighting becomes the world's environment (this replaces the scene's world)", side=BUILD,
-           label="Photo Lighting", panel=True),
+           label="Photo Lighting", panel=True, geometry="head"),
     Option("neutral_expression", bool, False, "head mode: build the head with every expression shape key at 0 "
-           "(the fitted weights stay in the metadata)", side=BUILD, label="Neutral Expression", panel=True),
+           "(the fitted weights stay in the metadata)", side=BUILD, label="Neutral Expression", panel=True,
+           geometry="head"),
     Option("smooth_iterations", int, 5, "Laplacian Smooth modifier iterations (0 = off)", side=BUILD,
            minimum=0, maximum=200, soft_maximum=50, label="Smoothing", panel=True, cli_aliases=("--smooth",)),
     Option("smooth_factor", float, 0.5, "Laplacian Smooth modifier strength per iteration", side=BUILD,
