@@ -75,18 +75,6 @@ def mesh_arrays(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray) -> Mes
     )
 
 
-def rgb_pixels(texture: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8, row 0 at the top -> flat float32 RGBA, row 0 at the bottom (Blender's order)."""
-    texture = np.asarray(texture)
-    if texture.ndim != 3 or texture.shape[2] != 3 or texture.dtype != np.uint8:
-        raise ValueError(f"texture must be (H, W, 3) uint8, got {texture.shape} {texture.dtype}")
-    height, width = texture.shape[:2]
-    rgba = np.empty((height, width, 4), dtype=np.float32)
-    np.multiply(texture[::-1], np.float32(1 / 255), out=rgba[..., :3], casting="unsafe")
-    rgba[..., 3] = 1.0
-    return rgba.ravel()
-
-
 def scalar_pixels(values: np.ndarray, offset: float = 0.0) -> np.ndarray:
     """(H, W) float -> flat float32 RGBA grey (value + offset), rows flipped for Blender."""
     values = np.asarray(values)

@@ -20,6 +20,19 @@ build_extension = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(build_extension)
 
 
+def rgb_pixels(texture: np.ndarray) -> np.ndarray:
+    """A photo as Blender image pixels (what tests paint images with): (H, W, 3) uint8, row 0 at the
+    top -> flat float32 RGBA, row 0 at the bottom (Blender's order)."""
+    texture = np.asarray(texture)
+    if texture.ndim != 3 or texture.shape[2] != 3 or texture.dtype != np.uint8:
+        raise ValueError(f"texture must be (H, W, 3) uint8, got {texture.shape} {texture.dtype}")
+    height, width = texture.shape[:2]
+    rgba = np.empty((height, width, 4), dtype=np.float32)
+    np.multiply(texture[::-1], np.float32(1 / 255), out=rgba[..., :3], casting="unsafe")
+    rgba[..., 3] = 1.0
+    return rgba.ravel()
+
+
 def built_zip(builder, output: Path) -> Path:
     """``builder(output=...)`` from the wheel cache, else downloading the wheels, else skip the test."""
     try:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from addon.server_process import free_port
-from tests.addon_fixtures import astronaut_reply, bpy_module, pixels_of  # noqa: F401 (fixtures)
+from tests.addon_fixtures import astronaut_reply, bpy_module, pixels_of, rgb_pixels  # noqa: F401 (fixtures)
 from tests.photo_fixtures import photo_folder, two_faces_folder  # noqa: F401 (fixtures)
 
 
@@ -248,8 +248,6 @@ def test_operator_from_photo_file(bpy, faceforge, photo_folder):
 
 
 def test_operator_from_loaded_and_generated_images(bpy, faceforge, photo_folder, astronaut_rgb):
-    from addon import meshdata
-
     props = bpy.context.scene.faceforge
     props.photo_source = "IMAGE"
     props.photo_image = bpy.data.images.load(str(photo_folder / "grace_hopper.jpg"))
@@ -258,7 +256,7 @@ def test_operator_from_loaded_and_generated_images(bpy, faceforge, photo_folder,
 
     height, width = astronaut_rgb.shape[:2]
     painted = bpy.data.images.new("painted", width, height)  # exists only in memory: sent as PNG
-    painted.pixels.foreach_set(meshdata.rgb_pixels(astronaut_rgb))
+    painted.pixels.foreach_set(rgb_pixels(astronaut_rgb))
     props.photo_image = painted
     assert bpy.ops.faceforge.reconstruct() == {"FINISHED"}
     assert len(bpy.data.objects["painted"].data.vertices) > 1000

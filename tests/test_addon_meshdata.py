@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from addon import meshdata, photo
+from tests.addon_fixtures import rgb_pixels
 
 
 def _quad():
@@ -52,7 +53,7 @@ def test_mesh_arrays_reject_what_would_crash_blender(change, message):
 
 
 def test_rgb_pixels_flip_rows_and_round_trip(astronaut_rgb):
-    pixels = meshdata.rgb_pixels(astronaut_rgb)
+    pixels = rgb_pixels(astronaut_rgb)
     height, width = astronaut_rgb.shape[:2]
     rgba = pixels.reshape(height, width, 4)
     assert pixels.dtype == np.float32
@@ -103,7 +104,7 @@ def test_object_name(photo_name, index, count, expected):
 
 def test_encode_png_round_trip(astronaut_rgb):
     height, width = astronaut_rgb.shape[:2]
-    png = photo.encode_png(meshdata.rgb_pixels(astronaut_rgb), width, height)
+    png = photo.encode_png(rgb_pixels(astronaut_rgb), width, height)
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), astronaut_rgb)
 
 
