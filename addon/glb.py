@@ -22,6 +22,7 @@ import numpy as np
 GENERATOR = "FaceForge"
 Y_UP = np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1]], np.float64)  # Blender -> glTF axes
 FLOAT, UINT16, UINT32 = 5126, 5123, 5125
+COMPONENT_TYPES = {np.dtype(np.float32): FLOAT, np.dtype(np.uint32): UINT32, np.dtype(np.uint16): UINT16}
 LINEAR, LINEAR_MIPMAP_LINEAR, TRIANGLES = 9729, 9987, 4
 SPECULAR = "KHR_materials_specular"
 
@@ -132,8 +133,7 @@ class _Buffer:
 
     def accessor(self, array: np.ndarray, kind: str, bounds: tuple | None = None) -> int:
         """``bounds``: ``(min, max)`` per component, which positions require."""
-        component = {np.dtype(np.float32): FLOAT, np.dtype(np.uint32): UINT32, np.dtype(np.uint16): UINT16}[array.dtype]
-        entry = {"bufferView": self.view(np.ascontiguousarray(array)), "componentType": component,
+        entry = {"bufferView": self.view(np.ascontiguousarray(array)), "componentType": COMPONENT_TYPES[array.dtype],
                  "count": len(array), "type": kind}
         if bounds is not None:
             entry["min"], entry["max"] = np.asarray(bounds[0]).tolist(), np.asarray(bounds[1]).tolist()
@@ -144,7 +144,7 @@ class _Buffer:
         """An accessor that stores only the non-zero rows (glTF ``sparse``: the rest read as zeros)
         when that is smaller: a morph target moves a part of the head and leaves the rest."""
         moving = np.flatnonzero(np.any(array != 0, axis=1))
-        index_type = np.uint16 if len(array) < 65536 else np.uint32
+        index_type = _index_type(len(array))
         if len(moving) * (np.dtype(index_type).itemsize + array.itemsize * array.shape[1]) >= array.nbytes:
             return self.accessor(array, kind, bounds)
         entry = {"componentType": FLOAT, "count": len(array), "type": kind,
@@ -152,10 +152,15 @@ class _Buffer:
         if len(moving):  # none: no bufferView and no sparse, which reads as all zeros
             entry["sparse"] = {"count": len(moving),
                                "indices": {"bufferView": self.view(moving.astype(index_type)),
-                                           "componentType": UINT16 if index_type is np.uint16 else UINT32},
+                                           "componentType": COMPONENT_TYPES[np.dtype(index_type)]},
                                "values": {"bufferView": self.view(np.ascontiguousarray(array[moving]))}}
         self.accessors.append(entry)
         return len(self.accessors) - 1
+
+
+def _index_type(count: int):
+    """The smallest unsigned integer type that numbers ``count`` vertices."""
+    return np.uint16 if count < 65536 else np.uint32
 
 
 def _bounds(vectors: np.ndarray) -> tuple:
@@ -194,7 +199,7 @@ def _add_surface(document: dict, buffer: _Buffer, surface: Surface) -> None:
     attributes = {"POSITION": buffer.accessor(positions, "VEC3", bounds=_bounds(positions)),
                   "NORMAL": buffer.accessor(_y_up(surface.normals), "VEC3"),
                   "TEXCOORD_0": buffer.accessor(uvs.astype(np.float32), "VEC2")}
-    index_type = np.uint16 if len(surface.positions) < 65536 else np.uint32
+    index_type = _index_type(len(surface.positions))
     mesh = {"name": surface.name, "primitives": []}
     targets = []
     if surface.targets is not None:  # positions only: per-target normals triple the file for a shading nuance
