@@ -21,12 +21,17 @@ ITERATIONS = 200
 BACKDROP = (0.0509, 0.0509, 0.0509)  # what camera rays see: the grey of Blender's default world
 
 
+def _latitudes(height: int) -> np.ndarray:
+    """Latitude of each equirectangular pixel row's centre, bottom row first (radians)."""
+    return ((np.arange(height) + 0.5) / height - 0.5) * np.pi
+
+
 def directions(height: int) -> np.ndarray:
     """(H, 2H, 3) unit directions at an equirectangular image's pixel centres, rows bottom-up, in
     Blender's mapping: ``u = 0.5 - atan2(y, x) / 2pi``, ``v = 0.5 + asin(z) / pi``."""
     width = 2 * height
     phi = (0.5 - (np.arange(width) + 0.5) / width) * 2 * np.pi
-    theta = ((np.arange(height) + 0.5) / height - 0.5) * np.pi
+    theta = _latitudes(height)
     cos_theta = np.cos(theta)[:, None]
     return np.stack([cos_theta * np.cos(phi), cos_theta * np.sin(phi),
                      np.broadcast_to(np.sin(theta)[:, None], (height, width))], -1)
@@ -34,8 +39,7 @@ def directions(height: int) -> np.ndarray:
 
 def solid_angles(height: int) -> np.ndarray:
     """(H, 2H) solid angle of each equirectangular pixel (they sum to 4 pi)."""
-    theta = ((np.arange(height) + 0.5) / height - 0.5) * np.pi
-    return np.repeat((np.cos(theta) * (np.pi / height) * (np.pi / height))[:, None], 2 * height, 1)
+    return np.repeat((np.cos(_latitudes(height)) * (np.pi / height) ** 2)[:, None], 2 * height, 1)
 
 
 def environment(coefficients, height: int = ENVIRONMENT_HEIGHT) -> np.ndarray:
