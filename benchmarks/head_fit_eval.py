@@ -1,6 +1,6 @@
 """Head-model fit against heads with known shape, expression and pose.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/head_fit_eval.py [--subjects 4] [--save-renders DIR]
+    .venv/bin/python benchmarks/head_fit_eval.py [--subjects 16] [--renderer raster|cycles] [--cues CKPT] [--save-renders DIR]
 
 Each subject is an ICT-FaceKit head with random identity (N(0, 1)) and a few expressions, in two
 kinds: ``model`` (exactly representable) and ``beyond`` (the same plus a smooth random displacement
@@ -78,21 +78,13 @@ def make_subject(model, seed: int, beyond: bool, pose=(0.0, 0.0, 0.0)) -> Subjec
     return Subject(id_coeffs, exp_weights, displacement, tuple(float(a) for a in pose))
 
 
-def smooth_displacement(model, vertices: np.ndarray, rng, bumps: int = 14, width_m: float = 0.025,
-                        amplitude_m: float = 0.003) -> np.ndarray:
-    """A sum of Gaussian bumps (random centres on the face, random signs) along the vertex normals:
-    low-frequency shape that the identity modes do not span."""
-    import torch
+def smooth_displacement(model, vertices: np.ndarray, rng) -> np.ndarray:
+    """14 Gaussian bumps of 25 mm width and up to +-3 mm along the skin's normals: low-frequency shape
+    that the identity modes do not span (the training renders use other widths and heights)."""
+    from inference_server.cues.synth import smooth_displacement as bumps
 
-    from inference_server.head.raster import vertex_normals
-
-    normals = vertex_normals(torch.from_numpy(vertices), torch.from_numpy(model.faces)).numpy()
-    centres = vertices[rng.choice(np.nonzero(model.face_mask)[0], bumps)]
-    heights = rng.uniform(-amplitude_m, amplitude_m, bumps)
-    distance2 = ((vertices[:, None, :] - centres[None]) ** 2).sum(-1)
-    offset = (np.exp(-distance2 / (2 * width_m ** 2)) * heights).sum(1)
     skin = np.isin(model.vertex_part, [model.part_names.index("face"), model.part_names.index("head_neck")])
-    return (normals * (offset * skin)[:, None]).astype(np.float32)
+    return bumps(model, vertices, rng, skin, bumps=14, width_m=(0.025, 0.025), amplitude_m=0.003)
 
 
 def render_subject(model, subject: Subject) -> np.ndarray:
@@ -196,33 +188,63 @@ class LandmarkReader:
         return found[0]
 
 
-def run(model, table, basis, reader, subjects: int, config, save_renders: Path | None) -> list[dict]:
+METHODS = ("landmarks", "cues")
+
+
+def subjects_of(model, count: int) -> list[tuple[int, str, str, "Subject"]]:
+    return [(seed, kind, pose_name, make_subject(model, seed, kind == "beyond", pose))
+            for seed in range(count) for kind in ("model", "beyond") for pose_name, pose in POSES.items()]
+
+
+def cycles_renders(model, subjects, samples: int = 8) -> list[np.ndarray]:
+    """The subjects rendered by Blender's Cycles (``cycles_render.py`` in a bpy subprocess)."""
+    import subprocess
+    import tempfile
+
+    from PIL import Image
+
+    from inference_server.head import render
+
+    with tempfile.TemporaryDirectory() as folder:
+        scenes = {f"vertices_{i}": (s.canonical(model) @ s.rotation.T + s.translation).astype(np.float32)
+                  for i, (*_, s) in enumerate(subjects)}
+        np.savez(Path(folder) / "scenes.npz", faces=render.drawn_faces(model), colours=render.vertex_colours(model),
+                 focal=CAMERA_FOCAL, size=CAMERA_SIZE[0], **scenes)
+        subprocess.run([sys.executable, str(REPO / "benchmarks" / "cycles_render.py"), str(Path(folder) / "scenes.npz"),
+                        folder, "--samples", str(samples)], check=True, stdout=subprocess.DEVNULL)
+        return [np.asarray(Image.open(Path(folder) / f"scene_{i}.png").convert("RGB")) for i in range(len(subjects))]
+
+
+def run(model, table, basis, reader, subjects: int, config, save_renders: Path | None, renderer: str = "raster",
+        predictor=None) -> list[dict]:
+    """One row per subject, pose and method (``landmarks``: FaceMesh alone; ``cues``: with the network)."""
     import torch
 
     from inference_server.head.fit import fit_head
 
-    rows = []
-    for seed in range(subjects):
-        for kind in ("model", "beyond"):
-            fits = {}
-            for pose_name, pose in POSES.items():
-                subject = make_subject(model, seed, kind == "beyond", pose)
-                rgb = render_subject(model, subject)
-                if save_renders:
-                    from PIL import Image
-                    save_renders.mkdir(parents=True, exist_ok=True)
-                    Image.fromarray(rgb).save(save_renders / f"subject{seed}_{kind}_{pose_name}.png")
-                landmarks = reader(rgb)
-                start, start_cpu = time.perf_counter(), time.process_time()
-                fit = fit_head(model, landmarks, CAMERA_SIZE, config, torch.device("cpu"), basis=basis)
-                elapsed, cpu = time.perf_counter() - start, time.process_time() - start_cpu
-                fits[pose_name] = fit
-                rows.append({"subject": seed, "kind": kind, "pose": pose_name, "fit_ms": 1000 * elapsed,
-                             "fit_cpu_ms": 1000 * cpu}
-                            | evaluate(model, table, subject, fit))
-            rows[-1]["pair_mm"] = canonical_difference_mm(model, fits["turned"].canonical_vertices,
-                                                          fits["frontal"].canonical_vertices)
-            print(rows[-2], rows[-1], sep="\n", flush=True)
+    chosen = subjects_of(model, subjects)
+    images = (cycles_renders(model, chosen) if renderer == "cycles"
+              else [render_subject(model, subject) for *_, subject in chosen])
+    rows, fits = [], {}
+    for (seed, kind, pose_name, subject), rgb in zip(chosen, images):
+        if save_renders:
+            from PIL import Image
+            save_renders.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rgb).save(save_renders / f"subject{seed}_{kind}_{pose_name}_{renderer}.png")
+        landmarks = reader(rgb)
+        for method in METHODS if predictor else METHODS[:1]:
+            start, start_cpu = time.perf_counter(), time.process_time()
+            cues = predictor(rgb, landmarks) if method == "cues" else None
+            fit = fit_head(model, landmarks, CAMERA_SIZE, config, torch.device("cpu"), basis=basis, cues=cues)
+            elapsed, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+            row = {"subject": seed, "kind": kind, "pose": pose_name, "method": method, "fit_ms": 1000 * elapsed,
+                   "fit_cpu_ms": 1000 * cpu} | evaluate(model, table, subject, fit)
+            other = fits.get((seed, kind, method))
+            if other is not None:
+                row["pair_mm"] = canonical_difference_mm(model, fit.canonical_vertices, other.canonical_vertices)
+            fits[(seed, kind, method)] = fit
+            rows.append(row)
+            print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
     return rows
 
 
@@ -246,13 +268,17 @@ def raster_ms(model) -> float:
 def print_table(rows: list[dict]) -> None:
     keys = ("pose_deg", "face_pose_deg", "landmark_mm", "surface_mm", "mean_head_surface_mm", "residual_pct",
             "fit_ms", "fit_cpu_ms")
-    print("\nkind    pose     " + " ".join(f"{k:>14}" for k in keys) + "    pair_mm")
+    print("\nkind    pose     method    " + " ".join(f"{k:>14}" for k in keys) + "    pair_mm  vs mean head")
     for kind in ("model", "beyond"):
         for pose in POSES:
-            chosen = [r for r in rows if r["kind"] == kind and r["pose"] == pose]
-            pair = [r["pair_mm"] for r in chosen if "pair_mm" in r]
-            print(f"{kind:7} {pose:8} " + " ".join(f"{np.mean([r[k] for r in chosen]):14.2f}" for k in keys)
-                  + (f"  {np.mean(pair):11.2f}" if pair else ""))
+            for method in METHODS:
+                chosen = [r for r in rows if r["kind"] == kind and r["pose"] == pose and r["method"] == method]
+                if not chosen:
+                    continue
+                pair = [r["pair_mm"] for r in chosen if "pair_mm" in r]
+                gain = 1 - np.mean([r["surface_mm"] for r in chosen]) / np.mean([r["mean_head_surface_mm"] for r in chosen])
+                print(f"{kind:7} {pose:8} {method:9} " + " ".join(f"{np.mean([r[k] for r in chosen]):14.2f}" for k in keys)
+                      + (f"  {np.mean(pair):9.2f}" if pair else " " * 11) + f"  {100 * gain:+10.1f} %")
 
 
 def main() -> None:
@@ -260,6 +286,9 @@ def main() -> None:
     parser.add_argument("--subjects", type=int, default=4)
     parser.add_argument("--save-renders", type=Path)
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override HeadFitConfig fields")
+    parser.add_argument("--renderer", choices=("raster", "cycles"), default="raster",
+                        help="who renders the subjects: our rasteriser, or Blender's Cycles (bpy; not our training renderer)")
+    parser.add_argument("--cues", type=Path, help="cues checkpoint (default: the shipped weights, if present)")
     args = parser.parse_args()
     import torch
 
@@ -277,8 +306,14 @@ def main() -> None:
         field, value = item.split("=", 1)
         config = replace(config, **{field: type(getattr(config, field))(value)})
     basis = ShapeBasis(model, table, torch.device("cpu"))
-    print(f"rasterise full head at 512x512: {raster_ms(model):.1f} ms (best of 10)")
-    print_table(run(model, table, basis, LandmarkReader(), args.subjects, config, args.save_renders))
+    from inference_server.cues import checkpoint
+    from inference_server.cues.predict import CuesPredictor
+
+    cues_path = args.cues or checkpoint.SHIPPED
+    predictor = CuesPredictor.load(cues_path, model) if cues_path.exists() else None
+    print(f"rasterise full head at 512x512: {raster_ms(model):.1f} ms (best of 10); cues: {cues_path if predictor else 'none'}")
+    print_table(run(model, table, basis, LandmarkReader(), args.subjects, config, args.save_renders, args.renderer,
+                    predictor))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Command line: ``serve`` runs the ZeroMQ server; ``reconstruct`` turns one photo into mesh files;
-``keys generate`` writes a CURVE key pair for remote use.
+``keys generate`` writes a CURVE key pair for remote use; ``model`` installs models; ``train`` makes
+the cues network (training data, training, evaluation).
 
 Reconstruction options come from the one schema (``addon.wire.options``): ``serve`` takes them as the
 server's defaults (and limits), ``reconstruct`` as the request's options.
@@ -17,6 +18,7 @@ from addon.wire import options, security
 from addon.wire.errors import EXIT_HELP, Exit, exit_for
 
 from . import limits
+from .cues.cli import add_train_commands, run_train_command
 from .model_cli import add_model_commands, run_model_command
 
 
@@ -73,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     keys.add_argument("folder", type=Path, help="where NAME.key (public) and NAME.key_secret (private) are written")
     keys.add_argument("--name", default="faceforge", help="file name stem (default %(default)s)")
     add_model_commands(commands)
+    add_train_commands(commands)
     return parser
 
 
@@ -80,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "model":
         return run_model_command(args)
+    if args.command == "train":
+        return run_train_command(args)
     from .log_limits import LOG_FORMAT
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)

@@ -3,7 +3,9 @@
 - the ICT-FaceKit head model (full-head mode): ``install`` from a FaceXModel folder, a repository zip
   or a converted .npz; ``fetch`` downloads it at a pinned commit;
 - depth checkpoints (``depth_backend`` network): ``install`` a published MiDaS / DPT / Depth Anything
-  V2 file (.pt, .pth, .bin, .ckpt), checked tensor by tensor against its detected architecture.
+  V2 file (.pt, .pth, .bin, .ckpt), checked tensor by tensor against its detected architecture;
+- the cues network (head mode's learned shape): ``install`` a checkpoint written by ``train fit``
+  (e.g. trained on a GPU); it replaces the weights shipped with FaceForge.
 
 ``install`` tells the two apart by the source's suffix. Exit codes (``addon.wire.errors.Exit``): 0 done,
 2 usage, 3 bad source or failed verification (nothing installed), 5 network. Every failure is one
@@ -44,6 +46,10 @@ def run_model_command(args: argparse.Namespace) -> int:
             from .depth.store import SUFFIXES as DEPTH_SUFFIXES
 
             if args.source.suffix.lower() in DEPTH_SUFFIXES:
+                from .cues import checkpoint as cues
+
+                if cues.is_cues_file(args.source):
+                    return _install_cues(args)
                 return _install_depth(args)
             store.install(args.source)
         elif args.model_command == "fetch":
@@ -81,6 +87,19 @@ def _install_depth(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _install_cues(args: argparse.Namespace) -> int:
+    from .cues import checkpoint as cues
+
+    try:
+        target = cues.install(args.source)
+    except cues.CheckpointError as exc:
+        return _fail(str(exc), EXIT_BAD_SOURCE)
+    except OSError as exc:
+        return _fail(f"cannot install {args.source}: {exc.strerror or exc}", EXIT_BAD_SOURCE)
+    print(f"installed cues network to {target} ({target.stat().st_size / 1e6:.1f} MB); head mode uses it from now on")
+    return EXIT_OK
+
+
 def _list() -> None:
     from .depth.store import depth_dir, installed
 
@@ -97,6 +116,11 @@ def _list() -> None:
     for name, arch in checkpoints.items():
         path = depth_dir() / f"{name}.pt"
         print(f"depth  {path}  {path.stat().st_size / 1e6:.1f} MB  {name} ({arch})")
+    from .cues import checkpoint as cues
+
+    path = cues.find()
+    kind = "installed" if path != cues.SHIPPED else "shipped"
+    print(f"cues   {path}  ({kind})" if path.is_file() else f"cues   none (head mode fits landmarks only)")
 
 
 def _fail(message: str, code: int) -> int:

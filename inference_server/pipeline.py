@@ -8,6 +8,7 @@ lives in ``face_geometry`` and ``detail``, free of torch; the network in ``depth
 """
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -124,14 +125,16 @@ class FacePipeline:
             from .head.model import HeadModel
             from .head.reconstruct import HeadReconstructor
 
-            self.head = HeadReconstructor(HeadModel.load(head_model), device)
+            model = HeadModel.load(head_model)
+            self.head = HeadReconstructor(model, device, cues=load_cues(model, device))
 
     def info(self) -> dict:
         models = ["mtcnn (facenet-pytorch)", "face_mesh 478 (mediapipe)"]
         return {"server_version": __version__, "device": str(self.device),
                 "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "CPU",
                 "torch": torch.__version__, "threads": torch.get_num_threads(), "geometries": ["head", "face"] if self.head else ["face"],
-                "models": models + (["ict-facekit head model"] if self.head else []), **self.depth_networks.info()}
+                "models": models + (["ict-facekit head model"] if self.head else [])
+                + (["cues network (faceforge)"] if self.head and self.head.cues else []), **self.depth_networks.info()}
 
     def reconstruct(self, image: bytes | memoryview, params: Mapping | None = None, *,
                     config: ReconstructionConfig | None = None, report: Reporter = _no_report) -> Result:
@@ -211,6 +214,20 @@ def face_arrays(crop: np.ndarray, points: np.ndarray, to_crop: np.ndarray, confi
             "face_width_m": FACE_WIDTH_M, "mouth_open": geometry.mouth_open,
             "rotation": geometry.rotation.round(6).tolist(), "yaw_deg": round(geometry.yaw_degrees, 2), **depth_meta}
     return arrays, meta
+
+
+def load_cues(model, device: torch.device):
+    """The cues network for head mode (installed, else shipped weights), or None with a warning:
+    a missing or damaged checkpoint costs likeness, never head mode itself."""
+    from .cues import checkpoint
+    from .cues.predict import CuesPredictor
+
+    path = checkpoint.find()
+    try:
+        return CuesPredictor.load(path, model, device)
+    except checkpoint.CheckpointError as exc:
+        logging.getLogger("faceforge.pipeline").warning("head mode fits landmarks only: %s", exc)
+        return None
 
 
 def select_faces(detections: list[Detection], choice: str) -> list[tuple[int, Detection]]:

@@ -38,7 +38,14 @@ class HeadFitConfig:
     # it correlates 0.98 with the truth for frontal faces but only 0.8 at 30 deg of yaw, and every
     # weight tried (0.003 - 0.3) made pose and shape worse (benchmarks/head_fit_eval.py).
     depth_weight: float = 0.0
-    identity_prior: float = 1.0       # multiplies ||id_coeffs||^2 (the model's N(0, 1))
+    identity_prior: float = 1.0       # multiplies ||id_coeffs - centre||^2 (the model's N(0, 1))
+    # Learned dense cues (``inference_server.cues``), when given: per-observation weights of the
+    # correspondences (2D, noise ``dense_sigma`` x eye distance) and of the network's nearness, and
+    # how far the identity prior's centre moves to the network's regressed coefficients.
+    dense_sigma: float = 0.06
+    dense_weight: float = 0.2
+    dense_depth_weight: float = 0.2
+    network_identity: float = 1.0
     expression_l1: float = 2.0        # multiplies sum(exp_weights): most expressions stay at zero
     expression_l2: float = 0.5        # keeps the expression block well conditioned
     focal_log_sigma: float = 0.35     # prior on log(focal / default focal) when no focal is given
@@ -91,6 +98,13 @@ class ShapeBasis:
         basis = (weights[None, ..., None] * rows).sum(2).permute(1, 2, 0)                      # (L, 3, 153)
         return mean, basis.contiguous()
 
+    def points(self, vertex_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean (N, 3) and basis (N, 3, 153) of the given vertices."""
+        index = torch.from_numpy(np.asarray(vertex_ids, np.int64)).to(self.device)
+        columns = (index[:, None] * 3 + torch.arange(3, device=self.device)).reshape(-1)
+        rows = self.deltas[:, columns].reshape(-1, len(index), 3).permute(1, 2, 0)
+        return self.mean[index], rows.contiguous()
+
     def vertices(self, coeffs: torch.Tensor) -> torch.Tensor:
         """(V, 3) head for stacked identity + expression coefficients."""
         return self.mean + (coeffs @ self.deltas).reshape(-1, 3)
@@ -132,20 +146,53 @@ class _Problem:
     """Residuals and Jacobian of the MAP objective for one face (all tensors on one device)."""
 
     def __init__(self, basis: ShapeBasis, landmarks_px: np.ndarray, principal, config: HeadFitConfig,
-                 prior_focal: float, focal_fixed: bool):
+                 prior_focal: float, focal_fixed: bool, cues=None):
         device, self.config, self.basis = basis.device, config, basis
-        self.observed = torch.tensor(landmarks_px[:, :2], dtype=torch.float32, device=device)
-        depth = landmarks_px[:, 2] - landmarks_px[:, 2].mean()
-        self.observed_depth = torch.tensor(depth, dtype=torch.float32, device=device)
-        self.principal = torch.tensor(principal, dtype=torch.float32, device=device)
-        self.sigma = config.landmark_sigma * eye_distance(landmarks_px)
         static = np.ones(len(landmarks_px), np.float32)
         static[FACE_OVAL] = config.oval_weight
         static[IRIS] = config.iris_weight
+        observed, depth, depth_weight = [landmarks_px[:, :2]], [landmarks_px[:, 2]], [np.full(len(static), config.depth_weight)]
+        groups, centre = [np.zeros(len(static), np.int64)], np.zeros(basis.deltas.shape[0], np.float32)
+        self.dense_basis = None
+        if cues is not None and len(cues.vertex):
+            # Dense observations follow the landmarks in every per-point array (group 1 for the depth shift).
+            observed.append(cues.points_px)
+            depth.append(cues.nearness_px)
+            depth_weight.append(config.dense_depth_weight * cues.weight_depth)
+            groups.append(np.ones(len(cues.vertex), np.int64))
+            static = np.concatenate([static, config.dense_weight * (config.landmark_sigma / config.dense_sigma) ** 2
+                                     * cues.weight_2d]).astype(np.float32)
+            self.dense_basis = basis.points(cues.vertex)
+        if cues is not None:
+            centre[:basis.identity_count] = config.network_identity * cues.identity
+        self.landmark_count = len(landmarks_px)
+        self.groups = torch.from_numpy(np.concatenate(groups)).to(device)
+        self.group_count = int(self.groups.max()) + 1
+        self.observed = torch.tensor(np.concatenate(observed), dtype=torch.float32, device=device)
+        depth = np.concatenate(depth)
+        self.observed_depth = self._centred(torch.tensor(depth, dtype=torch.float32, device=device))
+        self.depth_scale = torch.tensor(np.sqrt(np.concatenate(depth_weight)), dtype=torch.float32, device=device)
+        self.prior_centre = torch.from_numpy(centre).to(device)
+        self.principal = torch.tensor(principal, dtype=torch.float32, device=device)
+        self.sigma = config.landmark_sigma * eye_distance(landmarks_px)
         self.static_weight = torch.from_numpy(static).to(device)
         self.log_prior_focal = float(np.log(prior_focal))
         self.focal_fixed = focal_fixed
         self.expression = slice(POSE_PARAMS + basis.identity_count, None)
+
+    def _centred(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-point values minus their group's mean (each depth source has its own zero)."""
+        sums = torch.zeros((self.group_count,) + values.shape[1:], dtype=values.dtype, device=values.device)
+        counts = torch.bincount(self.groups, minlength=self.group_count).clamp(min=1).to(values.dtype)
+        means = sums.index_add_(0, self.groups, values) / counts.view(-1, *([1] * (values.dim() - 1)))
+        return values - means[self.groups]
+
+    def point_basis(self, yaw: float):
+        """Mean and basis of every observed point: the landmarks at this yaw, then the dense ones."""
+        mean, basis = self.basis.landmarks(yaw)
+        if self.dense_basis is None:
+            return mean, basis
+        return torch.cat([mean, self.dense_basis[0]]), torch.cat([basis, self.dense_basis[1]])
 
     def project(self, state: _State, landmark_basis):
         mean, shape_basis = landmark_basis
@@ -167,8 +214,8 @@ class _Problem:
         scale = torch.sqrt(weights)[:, None] / self.sigma
         residual_2d = (pixels - self.observed) * scale
         mean_z = camera[:, 2].mean()
-        predicted_depth = -(focal / mean_z) * (camera[:, 2] - mean_z)
-        depth_scale = np.sqrt(cfg.depth_weight) / self.sigma
+        predicted_depth = -(focal / mean_z) * self._centred(camera[:, 2])
+        depth_scale = self.depth_scale / self.sigma
         rows = [residual_2d.reshape(-1), (predicted_depth - self.observed_depth) * depth_scale]
         prior_rows, prior_jac = self._priors(state, POSE_PARAMS + state.coeffs.numel())
         if not jacobian:
@@ -184,9 +231,9 @@ class _Problem:
         jac_2d = d_pixel @ d_camera
         jac_2d[:, :, 6] = pixels - self.principal
         jac_2d = jac_2d * scale[..., None]
-        jac_z = -(focal / mean_z) * (d_camera[:, 2] - d_camera[:, 2].mean(0))
+        jac_z = -(focal / mean_z) * self._centred(d_camera[:, 2])
         jac_z[:, 6] = predicted_depth
-        jacobians = [jac_2d.reshape(-1, jac_2d.shape[-1]), jac_z * depth_scale]
+        jacobians = [jac_2d.reshape(-1, jac_2d.shape[-1]), jac_z * depth_scale[:, None]]
         return torch.cat(rows + prior_rows), torch.cat(jacobians + prior_jac)
 
     def _priors(self, state: _State, params: int):
@@ -194,7 +241,7 @@ class _Problem:
         prior_weight = torch.zeros(params, device=device)
         prior_weight[POSE_PARAMS:POSE_PARAMS + n_id] = np.sqrt(cfg.identity_prior)
         prior_weight[self.expression] = np.sqrt(cfg.expression_l2)
-        residual = prior_weight[POSE_PARAMS:] * state.coeffs
+        residual = prior_weight[POSE_PARAMS:] * (state.coeffs - self.prior_centre)
         jacobian = torch.diag(prior_weight)[POSE_PARAMS:]
         focal_row = torch.zeros(1, params, device=device)
         focal_row[0, 6] = 1.0 / cfg.focal_log_sigma
@@ -256,18 +303,19 @@ def _initial_pose(basis: ShapeBasis, landmarks_px: np.ndarray, focal: float, pri
 def fit_head(model: HeadModel, landmarks_px: np.ndarray, image_size: tuple[int, int],
              config: HeadFitConfig = HeadFitConfig(), device: torch.device = torch.device("cpu"),
              focal_px: float | None = None, table: LandmarkTable | None = None,
-             basis: ShapeBasis | None = None) -> HeadFit:
+             basis: ShapeBasis | None = None, cues=None) -> HeadFit:
     """Fit the head to (478, 3) FaceMesh landmarks in photo pixels (z: MediaPipe's relative depth in
     the same pixel units, larger = nearer) of a photo of ``image_size`` (height, width). A known
     focal length (e.g. from EXIF, in pixels) is kept fixed. Pass ``basis`` to reuse the model's
-    landmark basis across faces."""
+    landmark basis across faces; ``cues`` (``inference_server.cues.predict.Cues``) adds the learned
+    dense observations and the regressed identity."""
     landmarks_px = np.asarray(landmarks_px, np.float64)
     if landmarks_px.shape != (478, 3) or not np.isfinite(landmarks_px).all():
         raise ValueError(f"landmarks must be a finite (478, 3) array, got {landmarks_px.shape}")
     basis = basis or ShapeBasis(model, table or LandmarkTable.load(), device)
     default = Camera.default_for(tuple(image_size), focal_px)
     principal, prior_focal = default.principal, default.focal
-    problem = _Problem(basis, landmarks_px, principal, config, prior_focal, focal_px is not None)
+    problem = _Problem(basis, landmarks_px, principal, config, prior_focal, focal_px is not None, cues)
     rotation, translation = _initial_pose(basis, landmarks_px, prior_focal, principal)
     state = _State(torch.tensor(rotation, dtype=torch.float32, device=device),
                    torch.tensor(translation, dtype=torch.float32, device=device),
@@ -283,7 +331,7 @@ def _optimise(problem: _Problem, state: _State, config: HeadFitConfig):
     damping = config.damping
     for iteration in range(config.iterations):
         yaw = head_yaw_deg(state.rotation.cpu().numpy(), state.translation.cpu().numpy())
-        landmark_basis = problem.basis.landmarks(yaw)
+        landmark_basis = problem.point_basis(yaw)
         weights = problem.robust_weights(problem.project(state, landmark_basis)[-1])
         free = torch.ones(params, dtype=torch.bool, device=state.coeffs.device)
         if iteration < config.rigid_iterations:
@@ -320,8 +368,8 @@ def _result(problem: _Problem, state: _State, landmark_basis, image_size, princi
     translation = state.translation.cpu().numpy().astype(np.float64)
     clipped = torch.from_numpy(np.concatenate([id_coeffs, exp_weights])).to(problem.basis.device)
     canonical = problem.basis.vertices(clipped).cpu().numpy()
-    pixels = problem.project(state, landmark_basis)[-1].cpu().numpy()
-    error = np.linalg.norm(pixels - problem.observed.cpu().numpy(), axis=1)
+    pixels = problem.project(state, landmark_basis)[-1].cpu().numpy()[:problem.landmark_count]
+    error = np.linalg.norm(pixels - problem.observed.cpu().numpy()[:problem.landmark_count], axis=1)
     eye = problem.sigma / problem.config.landmark_sigma
     return HeadFit(id_coeffs=id_coeffs.astype(np.float32), exp_weights=exp_weights.astype(np.float32),
                    rotation=rotation, translation=translation, focal=float(torch.exp(state.log_focal)),

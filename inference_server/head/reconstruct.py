@@ -1,7 +1,8 @@
 """Head mode for one detected face: FaceMesh landmarks -> fitted morphable head -> the reply's arrays.
 
-Stages (each reported before it starts, so a cancelled request stops between them): fit (pose,
-focal, identity, expressions), refine (optional photometric refinement: SH lighting, de-lit albedo,
+Stages (each reported before it starts, so a cancelled request stops between them): fit (the cues
+network's dense correspondences, nearness and identity when it is loaded, then pose, focal, identity,
+expressions), refine (optional photometric refinement: SH lighting, de-lit albedo,
 shape detail as a displacement map in metres), texture (without refinement: visibility in the photo's
 camera, the photo unwrapped into the model's atlas with mirror and skin fill), depth (the fitted head
 rendered in the photo's camera).
@@ -41,8 +42,11 @@ StageReport = Callable[[str, str], None]  # (stage, text): may raise ProtocolErr
 class HeadReconstructor:
     """Owns the model and its landmark basis; one instance per worker thread."""
 
-    def __init__(self, model: HeadModel, device: torch.device, fit_config: HeadFitConfig = HeadFitConfig()):
+    def __init__(self, model: HeadModel, device: torch.device, fit_config: HeadFitConfig = HeadFitConfig(),
+                 cues=None):
+        """``cues``: a ``cues.predict.CuesPredictor`` (learned shape cues), or None to fit landmarks alone."""
         self.model = model
+        self.cues = cues
         self.device = device
         self.fit_config = fit_config
         self.table = LandmarkTable.load()
@@ -56,8 +60,9 @@ class HeadReconstructor:
         ``focal_px`` (from EXIF) is kept fixed by the fit; without it the fit estimates the focal."""
         stage("fit", "fitting the head model")
         landmarks_px = crop_to_photo(points_crop, to_crop)
+        cues = self.cues(rgb, landmarks_px) if self.cues is not None else None
         fit = fit_head(self.model, landmarks_px, rgb.shape[:2], self.fit_config, self.device, focal_px=focal_px,
-                       basis=self.basis)
+                       basis=self.basis, cues=cues)
         camera = Camera(fit.focal, fit.principal, rgb.shape[:2])
         atlas_side = min(MAX_ATLAS, 2 * config.texture_size)
         extra_arrays, extra_meta = {}, {}
@@ -132,5 +137,6 @@ class HeadReconstructor:
                            "image_size": [camera.size[1], camera.size[0]]},
                 "identity": [round(float(c), 5) for c in fit.id_coeffs],
                 "fit": {"landmark_error_px": round(fit.residual_px, 3),
-                        "landmark_error_eye_pct": round(fit.residual_eye_pct, 3)},
+                        "landmark_error_eye_pct": round(fit.residual_eye_pct, 3),
+                        "shape_cues": "network" if self.cues is not None else "landmarks"},
                 "vertex_count": KEPT_VERTICES, "polygon_count": int(len(topology(self.model).polygon_sizes))}

@@ -1,0 +1,77 @@
+"""The cues network on a photo: the face crop in, the fit's dense observations out.
+
+Each output pixel the network calls head becomes one observation: the model vertex it shows (the
+skin vertex of the mean head nearest to the predicted correspondence), where it is in the photo,
+its nearness in photo pixels, and two weights from the predicted Laplace scales. The identity
+coefficients come along as the fit's prior mean.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import alignment
+from . import checkpoint
+from .crop import INPUT_SIDE, OUTPUT_STRIDE, crop_transform, scale_of
+from .network import NEARNESS_UNIT
+from .synth import COORD_CENTRE, COORD_SCALE
+
+MAX_POINTS = 1500           # observations passed to the fit (a regular subsample of the mask)
+SNAP_MM = 4.0               # a correspondence farther than this from the skin is not used
+SKIN_PARTS = ("face", "head_neck")
+
+
+@dataclass
+class Cues:
+    vertex: np.ndarray         # (N,) int64 model vertex each observation shows
+    points_px: np.ndarray      # (N, 2) photo pixels
+    nearness_px: np.ndarray    # (N,) photo pixels, larger = nearer, arbitrary zero
+    weight_2d: np.ndarray      # (N,) relative confidence of the correspondence, mean 1
+    weight_depth: np.ndarray   # (N,) relative confidence of the nearness, mean 1
+    identity: np.ndarray       # (100,) predicted identity coefficients
+
+
+class CuesPredictor:
+    """A loaded network and the model's skin vertices; one per worker, reused for every face."""
+
+    def __init__(self, network, model, device: torch.device = torch.device("cpu")):
+        from scipy.spatial import cKDTree
+
+        self.network, self.device = network.to(device).eval(), device
+        skin = np.isin(model.vertex_part, [model.part_names.index(p) for p in SKIN_PARTS])
+        self.skin_vertices = np.nonzero(skin)[0]
+        self.tree = cKDTree(model.vertices[self.skin_vertices])
+
+    @classmethod
+    def load(cls, path: Path, model, device: torch.device = torch.device("cpu")) -> "CuesPredictor":
+        return cls(checkpoint.load(path, device), model, device)
+
+    @torch.inference_mode()
+    def __call__(self, rgb: np.ndarray, landmarks_px: np.ndarray) -> Cues:
+        to_crop = crop_transform(landmarks_px[:, :2])
+        crop = alignment.warp(np.ascontiguousarray(rgb[..., :3]), to_crop, INPUT_SIDE)
+        image = torch.from_numpy(crop).permute(2, 0, 1)[None].to(self.device)
+        dense, identity = self.network(image)
+        dense = dense[0].float().cpu().numpy()
+        head = dense[6] > 0
+        rows, cols = np.nonzero(head)
+        if len(rows) > MAX_POINTS:
+            keep = np.linspace(0, len(rows) - 1, MAX_POINTS).round().astype(int)
+            rows, cols = rows[keep], cols[keep]
+        coords = dense[1:4, rows, cols].T * COORD_SCALE + np.asarray(COORD_CENTRE)
+        distance, nearest = self.tree.query(coords)
+        near_skin = distance < SNAP_MM / 1000
+        rows, cols, nearest = rows[near_skin], cols[near_skin], nearest[near_skin]
+        crop_xy = (np.stack([cols, rows], 1) + 0.5) * OUTPUT_STRIDE
+        photo_xy = alignment.apply(alignment.invert(to_crop), crop_xy)
+        scale = scale_of(to_crop)
+        weight_depth = np.exp(-2 * dense[4, rows, cols])
+        weight_2d = np.exp(-2 * dense[5, rows, cols])
+        return Cues(vertex=self.skin_vertices[nearest].astype(np.int64), points_px=photo_xy,
+                    nearness_px=dense[0, rows, cols] * NEARNESS_UNIT / scale,
+                    weight_2d=weight_2d / max(weight_2d.mean(), 1e-12) if len(rows) else weight_2d,
+                    weight_depth=weight_depth / max(weight_depth.mean(), 1e-12) if len(rows) else weight_depth,
+                    identity=identity[0].float().cpu().numpy())

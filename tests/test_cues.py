@@ -1,0 +1,184 @@
+"""The cues network: deterministic training renders, a training run that learns, checkpoints that
+round-trip and refuse damage, the fit with and without it, and its install. Needs the shared
+ICT-FaceKit npz (test data only)."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks import head_fit_eval as evaluation
+from inference_server.cues import checkpoint, dataset, train
+from inference_server.cues.crop import INPUT_SIDE, OUTPUT_STRIDE, crop_transform
+from inference_server.cues.network import build
+from tests.ict_fixtures import require_ict
+
+OUT_SIDE = INPUT_SIDE // OUTPUT_STRIDE
+
+
+@pytest.fixture(scope="module")
+def model():
+    from inference_server.head.model import HeadModel
+
+    return HeadModel.load(require_ict())
+
+
+@pytest.fixture(scope="module")
+def generator(model):
+    from inference_server.cues.synth import Generator
+
+    return Generator(model, seed=7)
+
+
+def test_renders_are_reproducible_from_seed_and_index(generator, model):
+    from inference_server.cues.synth import Generator
+
+    first, again, other = generator(3), Generator(model, seed=7)(3), generator(4)
+    for field in dataset.FIELDS:
+        assert np.array_equal(getattr(first, field), getattr(again, field)), field
+    assert not np.array_equal(first.image, other.image)
+    assert first.image.shape == (INPUT_SIDE, INPUT_SIDE, 3) and first.image.dtype == np.uint8
+    assert first.coords.shape == (OUT_SIDE, OUT_SIDE, 3) and first.mask.shape == (OUT_SIDE, OUT_SIDE)
+    # The crop frames the face: the seen head covers a good part of it, and nothing outside the mask counts.
+    assert 0.2 < first.mask.mean() < 0.95
+    assert np.all(first.nearness[~first.mask] == 0) and np.all(first.coords[~first.mask] == 0)
+    # Correspondences lie on the mean head (within its extent, in COORD_SCALE units).
+    extent = np.abs(model.vertices).max(0) / 0.1
+    assert np.all(np.abs(first.coords[first.mask]) <= extent + 1e-3)
+
+
+def test_crop_is_a_similarity_centred_on_the_landmarks():
+    rng = np.random.default_rng(0)
+    points = rng.uniform(100, 300, (478, 2))
+    transform = crop_transform(points)
+    linear = transform[:, :2]
+    assert np.allclose(linear @ linear.T, np.eye(2) * np.linalg.det(linear))   # rotation x scale
+    moved = points[:468] @ linear.T + transform[:, 2]
+    assert moved.min() > 0 and moved.max() < INPUT_SIDE
+
+
+def test_a_short_training_run_lowers_its_loss(tmp_path, model):
+    dataset.generate(require_ict(), tmp_path / "data", 24, seed=1, shard_size=8, report=lambda _: None)
+    config = train.TrainConfig(steps=40, batch=4, lr=1e-3, warmup=5, snapshot_every=20, holdout_shards=1)
+    shards, _ = dataset.Shards.in_folder(tmp_path / "data", holdout=1)
+    batch = {k: torch.stack([shards[i][k] for i in range(8)]) for k in shards[0]}
+    metric = train.identity_metric(model)
+
+    def loss_of(network) -> float:
+        with torch.no_grad():
+            return float(sum(train.losses(*network(batch["image"]), batch, metric).values()))
+
+    torch.manual_seed(config.seed)
+    before = loss_of(build(config.variant).train())
+    final = train.train(tmp_path / "data", tmp_path / "run", model, config, report=lambda _: None)
+    trained = build(config.variant)
+    trained.load_state_dict(checkpoint.read(tmp_path / "run" / "last.pt")["state_dict"])
+    assert loss_of(trained.train()) < 0.8 * before
+    # Shipping form: float16 weights that load back into an eval-mode network.
+    shipped = checkpoint.load(final)
+    assert not shipped.training and checkpoint.read(final)["provenance"]["train"]["steps"] == 40
+    # Resuming a finished run trains no further step and keeps the weights.
+    train.train(tmp_path / "data", tmp_path / "run", model, config, report=lambda line: pytest.fail(line)
+                if line.startswith("step") else None)
+
+
+def test_checkpoint_round_trip_and_refusals(tmp_path):
+    torch.manual_seed(0)
+    network = build("cues-cpu").eval()
+    path = tmp_path / "net.pt"
+    checkpoint.save(path, network, {"note": "test"})
+    loaded = checkpoint.load(path)
+    image = torch.randint(0, 255, (1, 3, INPUT_SIDE, INPUT_SIDE), dtype=torch.uint8)
+    with torch.inference_mode():
+        assert torch.equal(network(image)[0], loaded(image)[0])
+    data = path.read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
+    (tmp_path / "empty.pt").write_bytes(b"")
+    state = network.state_dict()
+    first = next(k for k, v in state.items() if v.is_floating_point())
+    state[first] = torch.full_like(state[first], float("nan"))
+    torch.save({"format": checkpoint.FORMAT, "version": 1, "config": network.config.to_dict(), "state_dict": state},
+               tmp_path / "nan.pt")
+    torch.save({"format": "something else"}, tmp_path / "foreign.pt")
+    torch.save({"format": checkpoint.FORMAT, "version": 1, "config": network.config.to_dict(),
+                "state_dict": {k: v for k, v in list(network.state_dict().items())[1:]}}, tmp_path / "missing.pt")
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    torch.save({"format": checkpoint.FORMAT, "x": Payload()}, tmp_path / "pickle.pt")
+    reasons = {"truncated": "not a readable", "empty": "not a readable", "nan": "NaN", "foreign": "not a FaceForge",
+               "missing": "does not match", "pickle": "not a readable"}
+    for name, reason in reasons.items():
+        with pytest.raises(checkpoint.CheckpointError, match=reason):
+            checkpoint.load(tmp_path / f"{name}.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="no cues checkpoint"):
+        checkpoint.load(tmp_path / "absent.pt")
+
+
+def test_shipped_weights_load_and_are_small():
+    assert checkpoint.SHIPPED.is_file(), "the trained cues network ships with the product"
+    assert checkpoint.SHIPPED.stat().st_size < 30e6
+    provenance = checkpoint.read(checkpoint.SHIPPED)["provenance"]
+    assert provenance["command"].startswith("python -m inference_server train fit")
+    checkpoint.load(checkpoint.SHIPPED)
+
+
+@pytest.fixture(scope="module")
+def reader():
+    return evaluation.LandmarkReader()
+
+
+def test_fit_with_cues_beats_landmarks_alone_on_renders(model, reader):
+    """On renders of heads with known shape (in-model and beyond, frontal and turned), the fit that
+    uses the network ends nearer the truth than the landmark-only fit and than the mean head."""
+    from inference_server.cues.predict import CuesPredictor
+    from inference_server.head.correspondence import LandmarkTable
+    from inference_server.head.fit import ShapeBasis, fit_head
+
+    predictor = CuesPredictor.load(checkpoint.SHIPPED, model)
+    table = LandmarkTable.load()
+    basis = ShapeBasis(model, table, torch.device("cpu"))
+    errors = {"mean": [], "landmarks": [], "cues": []}
+    for seed, beyond, pose in ((101, False, (0, 0, 0)), (102, True, (30, 6, -5)), (103, False, (-25, -5, 4))):
+        subject = evaluation.make_subject(model, seed, beyond, pose)
+        rgb = evaluation.render_subject(model, subject)
+        landmarks = reader(rgb)
+        cues = predictor(rgb, landmarks)
+        assert len(cues.vertex) > 500 and np.isfinite(cues.nearness_px).all()
+        for name, given in (("landmarks", None), ("cues", cues)):
+            fit = fit_head(model, landmarks, evaluation.CAMERA_SIZE, basis=basis, cues=given)
+            errors[name].append(evaluation.evaluate(model, table, subject, fit)["surface_mm"])
+        errors["mean"].append(evaluation.evaluate(model, table, subject, fit)["mean_head_surface_mm"])
+    means = {k: float(np.mean(v)) for k, v in errors.items()}
+    assert means["cues"] < means["landmarks"] and means["cues"] < 0.85 * means["mean"], means
+
+
+def test_head_mode_without_weights_fits_landmarks_only(model, tmp_path, monkeypatch, caplog):
+    from inference_server import pipeline
+
+    monkeypatch.setattr(checkpoint, "SHIPPED", tmp_path / "absent.pt")
+    monkeypatch.setenv("FACEFORGE_DATA", str(tmp_path))
+    (tmp_path / "cues").mkdir()
+    (tmp_path / "cues" / "cues.pt").write_bytes(b"not a checkpoint")
+    assert pipeline.load_cues(model, torch.device("cpu")) is None
+    assert "fits landmarks only" in caplog.text and "not a readable cues checkpoint" in caplog.text
+
+
+def test_model_install_takes_a_cues_checkpoint_and_refuses_a_damaged_one(tmp_path):
+    env = {"FACEFORGE_DATA": str(tmp_path / "data"), "PATH": "/usr/bin:/bin"}
+    command = [sys.executable, "-m", "inference_server", "model", "install"]
+    good = subprocess.run(command + [str(checkpoint.SHIPPED)], env=env, capture_output=True, text=True)
+    assert good.returncode == 0, good.stderr
+    assert (tmp_path / "data" / "cues" / "cues.pt").read_bytes() == checkpoint.SHIPPED.read_bytes()
+    listed = subprocess.run([sys.executable, "-m", "inference_server", "model", "list"], env=env, capture_output=True,
+                            text=True)
+    assert "cues" in listed.stdout and "(installed)" in listed.stdout
+    damaged = tmp_path / "damaged.pt"
+    data = bytearray(checkpoint.SHIPPED.read_bytes())
+    damaged.write_bytes(bytes(data[: len(data) - 4096]))
+    bad = subprocess.run(command + [str(damaged)], env=env, capture_output=True, text=True)
+    assert bad.returncode != 0 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr
