@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..data_dir import data_dir
+from ..torch_files import load_tensors
 
 FORMAT, VERSION = "faceforge-cues", 1
 INSTALLED_NAME = "cues/cues.pt"
@@ -45,16 +46,7 @@ def save(path: Path, network, provenance: dict, optimizer=None, step: int | None
 
 def read(path: Path) -> dict:
     """The checkpoint's dict, checked for format and size; never unpickles code."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no cues checkpoint at {path}")
-    if path.stat().st_size > MAX_BYTES:
-        raise CheckpointError(f"{path} is larger than {MAX_BYTES >> 20} MB: not a cues checkpoint")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # zip damage, truncation, pickled code refused by weights_only, ...
-        reason = str(exc).split("\n")[0][:200]
-        raise CheckpointError(f"{path} is not a readable cues checkpoint ({type(exc).__name__}: {reason})") from None
+    payload = load_tensors(path, MAX_BYTES, CheckpointError, "cues checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a FaceForge cues checkpoint")
     if payload.get("version") != VERSION:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..torch_files import load_tensors
 from .networks import (ARCHITECTURES, DEPTH_ANYTHING_V2, MIDAS_SMALL, Architecture, DepthNet, build_network,
                        get_architecture)
 
@@ -21,6 +22,10 @@ from .networks import (ARCHITECTURES, DEPTH_ANYTHING_V2, MIDAS_SMALL, Architectu
 # DINOv2 mask token (training only), and buffers timm now recomputes (BEiT's position index, zero k-bias).
 _UNUSED_DEPTH_ANYTHING = re.compile(r"^pretrained\.mask_token$")
 _UNUSED_MIDAS = re.compile(r"^pretrained\.model\.(head|pre_logits)\.|\.relative_position_index$|\.attn\.k_bias$")
+
+
+# The largest published layout supported (BEiT-L/16 at 512) is ~1.4 GB; anything far larger is not one.
+MAX_CHECKPOINT_BYTES = 4 << 30
 
 
 class CheckpointError(ValueError):
@@ -150,13 +155,7 @@ def detect_architecture(upstream: dict[str, torch.Tensor]) -> Architecture:
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a checkpoint file, unwrapped from the usual {'model'|'state_dict': ...} envelopes."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt or pickled-code files
-        raise CheckpointError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from None
+    data = load_tensors(Path(path), MAX_CHECKPOINT_BYTES, CheckpointError)
     for envelope in ("model", "state_dict"):
         if isinstance(data, dict) and isinstance(data.get(envelope), dict):
             data = data[envelope]
