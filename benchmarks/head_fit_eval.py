@@ -188,7 +188,32 @@ class LandmarkReader:
         return found[0]
 
 
-METHODS = ("landmarks", "cues")
+METHODS = ("landmarks", "cues", "truth_cues")
+
+
+def truth_cues(model, subject: Subject, step: int = 8):
+    """Perfect dense cues for a subject (what the fit would get from a flawless network): every
+    ``step``-th photo pixel the true head covers, the model vertex it shows, its true nearness."""
+    import torch
+
+    from inference_server.cues.predict import SNAP_MM, Cues, skin_vertices
+    from inference_server.head import raster, render
+
+    posed = torch.from_numpy((subject.canonical(model) @ subject.rotation.T + subject.translation).astype(np.float32))
+    faces = torch.from_numpy(render.drawn_faces(model)).long()
+    principal = (CAMERA_SIZE[1] / 2, CAMERA_SIZE[0] / 2)
+    seen = raster.rasterize(raster.project(posed, CAMERA_FOCAL, principal), faces, CAMERA_SIZE, render.FRONT_FACING)
+    on_mean_head = raster.interpolate(torch.from_numpy(model.vertices.astype(np.float32)), faces, seen).numpy()
+    rows, cols = np.nonzero(seen.mask.numpy()[::step, ::step])
+    rows, cols = rows * step, cols * step
+    vertices, tree = skin_vertices(model)
+    distance, nearest = tree.query(on_mean_head[rows, cols])
+    keep = distance < SNAP_MM / 1000
+    depth = seen.depth.numpy()[rows, cols][keep]
+    count = int(keep.sum())
+    return Cues(vertex=vertices[nearest[keep]], points_px=np.stack([cols, rows], 1)[keep] + 0.5,
+                nearness_px=CAMERA_FOCAL * (depth.mean() - depth) / depth.mean(), weight_2d=np.ones(count),
+                weight_depth=np.ones(count), identity=np.zeros(model.id_deltas.shape[0], np.float32))
 
 
 def subjects_of(model, count: int) -> list[tuple[int, str, str, "Subject"]]:
@@ -217,7 +242,8 @@ def cycles_renders(model, subjects, samples: int = 8) -> list[np.ndarray]:
 
 def run(model, table, basis, reader, subjects: int, config, save_renders: Path | None, renderer: str = "raster",
         predictor=None) -> list[dict]:
-    """One row per subject, pose and method (``landmarks``: FaceMesh alone; ``cues``: with the network)."""
+    """One row per subject, pose and method (``landmarks``: FaceMesh alone; ``cues``: with the network;
+    ``truth_cues``: with perfect dense cues from the true head, the fit's ceiling)."""
     import torch
 
     from inference_server.head.fit import fit_head
@@ -232,9 +258,10 @@ def run(model, table, basis, reader, subjects: int, config, save_renders: Path |
             save_renders.mkdir(parents=True, exist_ok=True)
             Image.fromarray(rgb).save(save_renders / f"subject{seed}_{kind}_{pose_name}_{renderer}.png")
         landmarks = reader(rgb)
-        for method in METHODS if predictor else METHODS[:1]:
+        for method in METHODS if predictor else METHODS[::2]:
             start, start_cpu = time.perf_counter(), time.process_time()
-            cues = predictor(rgb, landmarks) if method == "cues" else None
+            cues = {"landmarks": None, "cues": predictor(rgb, landmarks) if method == "cues" else None,
+                    "truth_cues": truth_cues(model, subject) if method == "truth_cues" else None}[method]
             fit = fit_head(model, landmarks, CAMERA_SIZE, config, torch.device("cpu"), basis=basis, cues=cues)
             elapsed, cpu = time.perf_counter() - start, time.process_time() - start_cpu
             row = {"subject": seed, "kind": kind, "pose": pose_name, "method": method, "fit_ms": 1000 * elapsed,

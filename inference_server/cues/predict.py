@@ -34,16 +34,20 @@ class Cues:
     identity: np.ndarray       # (100,) predicted identity coefficients
 
 
+def skin_vertices(model):
+    """The skin vertices a correspondence may name, and a k-d tree of their mean-head positions."""
+    from scipy.spatial import cKDTree
+
+    skin = np.nonzero(np.isin(model.vertex_part, [model.part_names.index(p) for p in SKIN_PARTS]))[0]
+    return skin, cKDTree(model.vertices[skin])
+
+
 class CuesPredictor:
     """A loaded network and the model's skin vertices; one per worker, reused for every face."""
 
     def __init__(self, network, model, device: torch.device = torch.device("cpu")):
-        from scipy.spatial import cKDTree
-
         self.network, self.device = network.to(device).eval(), device
-        skin = np.isin(model.vertex_part, [model.part_names.index(p) for p in SKIN_PARTS])
-        self.skin_vertices = np.nonzero(skin)[0]
-        self.tree = cKDTree(model.vertices[self.skin_vertices])
+        self.skin_vertices, self.tree = skin_vertices(model)
 
     @classmethod
     def load(cls, path: Path, model, device: torch.device = torch.device("cpu")) -> "CuesPredictor":

@@ -22,7 +22,7 @@ from . import checkpoint
 from .network import CONFIGS, NEARNESS_UNIT, CuesNet, build
 
 LOG_SCALE_RANGE = (-7.0, 3.0)
-IDENTITY_WEIGHT = 0.1        # per millimetre of identity RMS error
+IDENTITY_WEIGHT = 0.2        # per millimetre of identity RMS error
 
 
 @dataclass(frozen=True)

@@ -41,11 +41,14 @@ class HeadFitConfig:
     identity_prior: float = 1.0       # multiplies ||id_coeffs - centre||^2 (the model's N(0, 1))
     # Learned dense cues (``inference_server.cues``), when given: per-observation weights of the
     # correspondences (2D, noise ``dense_sigma`` x eye distance) and of the network's nearness, and
-    # how far the identity prior's centre moves to the network's regressed coefficients.
+    # how far the identity prior's centre moves to the network's regressed coefficients. Tuned on
+    # held-out renders (seeds 100-102) with the shipped network: its correspondences help (weight 1
+    # best of 0.05-3); its nearness (median error ~2.9 crop px) and its identity (no better than the
+    # mean head) made heads worse at every weight tried, so both stay off until a better checkpoint.
     dense_sigma: float = 0.06
-    dense_weight: float = 0.2
-    dense_depth_weight: float = 0.2
-    network_identity: float = 1.0
+    dense_weight: float = 1.0
+    dense_depth_weight: float = 0.0
+    network_identity: float = 0.0
     expression_l1: float = 2.0        # multiplies sum(exp_weights): most expressions stay at zero
     expression_l2: float = 0.5        # keeps the expression block well conditioned
     focal_log_sigma: float = 0.35     # prior on log(focal / default focal) when no focal is given
