@@ -34,7 +34,7 @@ from .image_loading import exif_focal_px, load_rgb
 Reporter = Callable[[str, str, float, int, int], None]
 # A face's stages in order, per geometry: where the progress bar stands when each begins.
 STAGES = {"face": ("align", "landmarks", "depth", "depth_network", "mesh", "detail"),
-          "head": ("align", "landmarks", "fit", "refine", "texture", "depth")}
+          "head": ("align", "landmarks", "cues", "fit", "refine", "texture", "depth")}
 DETECTED_AT = 0.15  # share of a request spent before the per-face stages (load + detect)
 
 

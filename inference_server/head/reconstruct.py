@@ -1,9 +1,9 @@
 """Head mode for one detected face: FaceMesh landmarks -> fitted morphable head -> the reply's arrays.
 
-Stages (each reported before it starts, so a cancelled request stops between them): fit (the cues
-network's dense correspondences, nearness and identity when it is loaded, then pose, focal, identity,
-expressions), refine (optional photometric refinement: SH lighting, de-lit albedo,
-shape detail as a displacement map in metres), texture (without refinement: visibility in the photo's
+Stages (each reported before it starts, so a cancelled request stops between them): cues (the cues
+network's dense correspondences, when it is loaded), fit (pose, focal, identity, expressions), refine
+(optional photometric refinement: SH lighting, de-lit albedo, shape detail as a displacement map in
+metres), texture (without refinement: visibility in the photo's
 camera, the photo unwrapped into the model's atlas with mirror and skin fill), depth (the fitted head
 rendered in the photo's camera).
 The reply carries the canonical head — identity at neutral expression — with the expressions as
@@ -58,9 +58,12 @@ class HeadReconstructor:
                     stage: StageReport, focal_px: float | None = None) -> tuple[dict, dict]:
         """Arrays (``HEAD_ARRAYS``) and meta of one face; ``points_crop`` are FaceMesh's 478 points.
         ``focal_px`` (from EXIF) is kept fixed by the fit; without it the fit estimates the focal."""
-        stage("fit", "fitting the head model")
         landmarks_px = crop_to_photo(points_crop, to_crop)
-        cues = self.cues(rgb, landmarks_px) if self.cues is not None else None
+        cues = None
+        if self.cues is not None:
+            stage("cues", "reading the face's shape")
+            cues = self.cues(rgb, landmarks_px)
+        stage("fit", "fitting the head model")
         fit = fit_head(self.model, landmarks_px, rgb.shape[:2], self.fit_config, self.device, focal_px=focal_px,
                        basis=self.basis, cues=cues)
         camera = Camera(fit.focal, fit.principal, rgb.shape[:2])

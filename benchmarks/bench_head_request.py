@@ -1,0 +1,70 @@
+"""Head-mode request cost with and without the cues network, and the network alone.
+
+    .venv/bin/python benchmarks/bench_head_request.py [--runs 3] [--threads 1]
+
+In-process (``FacePipeline``, no sockets), the astronaut photo, head geometry at default options;
+prints the median total and per-stage ``timings_ms`` for each, and the network's forward pass on
+one 128² crop. Needs the shared ICT-FaceKit npz and the shipped (or installed) cues weights.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    import torch
+    from PIL import Image
+    from skimage import data
+
+    from benchmarks.head_fit_eval import shared_model_path
+    from inference_server.cues.crop import INPUT_SIDE
+    from inference_server.pipeline import FacePipeline
+
+    torch.set_num_threads(args.threads)
+    buffer = io.BytesIO()
+    Image.fromarray(data.astronaut()).save(buffer, "JPEG", quality=92)
+    photo = buffer.getvalue()
+    pipeline = FacePipeline(torch.device("cpu"), head_model=shared_model_path())
+    if pipeline.head.cues is None:
+        sys.exit("error: no cues weights (shipped or installed)")
+    network = pipeline.head.cues.network
+    crop = torch.randint(0, 255, (1, 3, INPUT_SIDE, INPUT_SIDE), dtype=torch.uint8)
+    with torch.inference_mode():
+        network(crop)
+        forward = []
+        for _ in range(20):
+            start = time.perf_counter()
+            network(crop)
+            forward.append(time.perf_counter() - start)
+    print(f"cues network forward, 1 crop, {args.threads} thread(s): {1000 * statistics.median(forward):.1f} ms median of 20")
+    predictor = pipeline.head.cues
+    for label, cues in (("with cues", predictor), ("landmarks only", None)):
+        pipeline.head.cues = cues
+        pipeline.reconstruct(photo, {"geometry": "head"})   # warm-up: first-request set-up
+        totals, stages = [], []
+        for _ in range(args.runs):
+            start = time.perf_counter()
+            result = pipeline.reconstruct(photo, {"geometry": "head"})
+            totals.append(time.perf_counter() - start)
+            stages.append(result.meta["timings_ms"])
+        median = {k: statistics.median(s[k] for s in stages) for k in stages[0]}
+        print(f"{label:15} {1000 * statistics.median(totals):7.0f} ms  "
+              + " ".join(f"{k} {v:.0f}" for k, v in median.items()))
+    pipeline.head.cues = predictor
+
+
+if __name__ == "__main__":
+    main()
