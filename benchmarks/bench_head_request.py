@@ -1,4 +1,4 @@
-"""Head-mode request cost with and without the cues network, and the network alone.
+"""Head-mode request cost with and without the cues network (``shape_cues``), and the network alone.
 
     .venv/bin/python benchmarks/bench_head_request.py [--runs 3] [--threads 1]
 
@@ -50,21 +50,18 @@ def main() -> None:
             network(crop)
             forward.append(time.perf_counter() - start)
     print(f"cues network forward, 1 crop, {args.threads} thread(s): {1000 * statistics.median(forward):.1f} ms median of 20")
-    predictor = pipeline.head.cues
-    for label, cues in (("with cues", predictor), ("landmarks only", None)):
-        pipeline.head.cues = cues
-        pipeline.reconstruct(photo, {"geometry": "head"})   # warm-up: first-request set-up
+    for label, choice in (("shape_cues network", "network"), ("landmarks only", "landmarks")):
+        options = {"geometry": "head", "shape_cues": choice}
+        pipeline.reconstruct(photo, options)   # warm-up: first-request set-up
         totals, stages = [], []
         for _ in range(args.runs):
             start = time.perf_counter()
-            result = pipeline.reconstruct(photo, {"geometry": "head"})
+            result = pipeline.reconstruct(photo, options)
             totals.append(time.perf_counter() - start)
             stages.append(result.meta["timings_ms"])
         median = {k: statistics.median(s[k] for s in stages) for k in stages[0]}
-        print(f"{label:15} {1000 * statistics.median(totals):7.0f} ms  "
+        print(f"{label:18} {1000 * statistics.median(totals):7.0f} ms  "
               + " ".join(f"{k} {v:.0f}" for k, v in median.items()))
-    pipeline.head.cues = predictor
-
 
 if __name__ == "__main__":
     main()

@@ -217,8 +217,8 @@ def face_arrays(crop: np.ndarray, points: np.ndarray, to_crop: np.ndarray, confi
 
 
 def load_cues(model, device: torch.device):
-    """The cues network for head mode (installed, else shipped weights), or None with a warning:
-    a missing or damaged checkpoint costs likeness, never head mode itself."""
+    """The cues network for head mode's ``shape_cues network`` (installed, else shipped weights), or
+    None with a warning: a missing or damaged checkpoint costs that choice, never head mode itself."""
     from .cues import checkpoint
     from .cues.predict import CuesPredictor
 
@@ -226,7 +226,7 @@ def load_cues(model, device: torch.device):
     try:
         return CuesPredictor.load(path, model, device)
     except checkpoint.CheckpointError as exc:
-        logging.getLogger("faceforge.pipeline").warning("head mode fits landmarks only: %s", exc)
+        logging.getLogger("faceforge.pipeline").warning("shape_cues network is unavailable: %s", exc)
         return None
 
 

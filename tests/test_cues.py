@@ -165,15 +165,24 @@ def test_dense_cues_in_the_fit_recover_shape_the_landmarks_miss(model, reader):
     assert means["truth_cues"] < means["landmarks"] and means["truth_cues"] < 0.75 * means["mean"], means
 
 
-def test_head_mode_without_weights_fits_landmarks_only(model, tmp_path, monkeypatch, caplog):
+def test_without_usable_weights_head_mode_still_works_and_network_cues_are_refused(model, tmp_path, monkeypatch,
+                                                                                   caplog):
+    from addon.wire.errors import ErrorCode, ProtocolError
     from inference_server import pipeline
+    from inference_server.config import ReconstructionConfig
+    from inference_server.head.reconstruct import HeadReconstructor
 
     monkeypatch.setattr(checkpoint, "SHIPPED", tmp_path / "absent.pt")
     monkeypatch.setenv("FACEFORGE_DATA", str(tmp_path))
     (tmp_path / "cues").mkdir()
     (tmp_path / "cues" / "cues.pt").write_bytes(b"not a checkpoint")
     assert pipeline.load_cues(model, torch.device("cpu")) is None
-    assert "fits landmarks only" in caplog.text and "not a readable cues checkpoint" in caplog.text
+    assert "shape_cues network is unavailable" in caplog.text and "not a readable cues checkpoint" in caplog.text
+    head = HeadReconstructor(model, torch.device("cpu"), cues=None)
+    with pytest.raises(ProtocolError) as refused:
+        head.reconstruct(np.zeros((64, 64, 3), np.uint8), np.zeros((478, 3)), np.eye(2, 3),
+                         ReconstructionConfig(shape_cues="network"), lambda *_: None)
+    assert refused.value.code == ErrorCode.NO_MODEL and "model install" in refused.value.message
 
 
 def test_model_install_takes_a_cues_checkpoint_and_refuses_a_damaged_one(tmp_path):

@@ -54,6 +54,22 @@ def test_geometry_face_on_a_head_server_and_head_without_a_model(head_server, se
     assert "model install" in info.value.message and "model fetch" in info.value.message
 
 
+def test_shape_cues_network_runs_the_cues_network_on_the_live_server(head_server, astronaut_png):
+    """``shape_cues network``: the server's cues network (the shipped weights) reads the photo in its
+    own stage before the fit, and the head it gives differs from the landmark-only one."""
+    reports = []
+    with Client(head_server.address, timeout=180) as client:
+        assert "cues network (faceforge)" in client.info()["models"]
+        plain = client.reconstruct(astronaut_png).faces[0]
+        cued = client.reconstruct(astronaut_png, {"shape_cues": "network"}, on_progress=reports.append).faces[0]
+    assert plain.meta["fit"]["shape_cues"] == "landmarks" and cued.meta["fit"]["shape_cues"] == "network"
+    stages = [report["stage"] for report in reports]
+    assert stages.index("cues") < stages.index("fit")
+    moved = np.linalg.norm(cued.arrays["vertices"] - plain.arrays["vertices"], axis=1)
+    assert 0.0003 < np.median(moved) < 0.01   # metres: a different face, not a broken one
+    assert cued.meta["fit"]["landmark_error_eye_pct"] < 8.0
+
+
 def test_light_refinement_sends_a_de_lit_albedo_lighting_and_its_residual(head_server, astronaut_png):
     with Client(head_server.address, timeout=300) as client:
         plain = client.reconstruct(astronaut_png).faces[0]

@@ -139,6 +139,11 @@ OPTIONS: tuple[Option, ...] = (
            "albedo texture (about 1 s per face on 2 CPU threads); full = also shape detail from shading, "
            "displacement in metres (about 5 s per face on 2 CPU threads)", choices=("off", "light", "full"),
            panel=True, geometry="head"),
+    Option("shape_cues", str, "landmarks", "what shapes the fitted head: landmarks = FaceMesh's 478 points "
+           "alone; network = also the project's own cues network, ~800 dense correspondences from the photo "
+           "(measured on renders: 5-10 % nearer the true surface for turned faces, no gain for frontal ones, and "
+           "less stable across edits of one photo; see the README's Likeness section)",
+           choices=("landmarks", "network"), label="Shape Cues", panel=True, geometry="head"),
     Option("detect_max_side", int, 640, "photos are downscaled to this side for face detection",
            minimum=64, maximum=2048),
     Option("min_face_fraction", float, 0.05, "smallest face searched for, as a fraction of the photo's longer "

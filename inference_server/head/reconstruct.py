@@ -1,7 +1,7 @@
 """Head mode for one detected face: FaceMesh landmarks -> fitted morphable head -> the reply's arrays.
 
 Stages (each reported before it starts, so a cancelled request stops between them): cues (the cues
-network's dense correspondences, when it is loaded), fit (pose, focal, identity, expressions), refine
+network's dense correspondences, with ``shape_cues network``), fit (pose, focal, identity, expressions), refine
 (optional photometric refinement: SH lighting, de-lit albedo, shape detail as a displacement map in
 metres), texture (without refinement: visibility in the photo's
 camera, the photo unwrapped into the model's atlas with mirror and skin fill), depth (the fitted head
@@ -15,6 +15,8 @@ from typing import Callable
 
 import numpy as np
 import torch
+
+from addon.wire.errors import ErrorCode, ProtocolError
 
 from ..detail import detail_map
 from .camera import Camera
@@ -60,7 +62,11 @@ class HeadReconstructor:
         ``focal_px`` (from EXIF) is kept fixed by the fit; without it the fit estimates the focal."""
         landmarks_px = crop_to_photo(points_crop, to_crop)
         cues = None
-        if self.cues is not None:
+        if config.shape_cues == "network":
+            if self.cues is None:
+                raise ProtocolError(ErrorCode.NO_MODEL, "shape_cues 'network' needs the cues network's weights, "
+                                    "which this server could not load (see its log; `python -m inference_server "
+                                    "model install CHECKPOINT` installs one)")
             stage("cues", "reading the face's shape")
             cues = self.cues(rgb, landmarks_px)
         stage("fit", "fitting the head model")
@@ -90,7 +96,7 @@ class HeadReconstructor:
         depth, mask, _ = depth_map(fit.posed_vertices, drawn_faces(self.model), camera, config.depth_size)
         depth = np.where(mask, depth[mask].max(initial=0.0) - depth, 0.0).astype(np.float32)
         arrays = self.arrays(fit, landmarks_px, texture, detail, depth, mask) | extra_arrays
-        meta = self.meta(fit, camera) | extra_meta
+        meta = self.meta(fit, camera, config.shape_cues) | extra_meta
         meta["camera"]["focal_source"] = "exif" if focal_px else "fitted"
         return arrays, meta
 
@@ -130,7 +136,7 @@ class HeadReconstructor:
             "landmarks_image": landmarks_px[:, :2].astype(np.float32),
         }
 
-    def meta(self, fit: HeadFit, camera: Camera) -> dict:
+    def meta(self, fit: HeadFit, camera: Camera, shape_cues: str) -> dict:
         rotation = CAMERA_TO_BLENDER @ fit.rotation @ MODEL_TO_BLENDER.T
         matrix = np.eye(4)
         matrix[:3, :3], matrix[:3, 3] = rotation, CAMERA_TO_BLENDER @ fit.translation
@@ -141,5 +147,5 @@ class HeadReconstructor:
                 "identity": [round(float(c), 5) for c in fit.id_coeffs],
                 "fit": {"landmark_error_px": round(fit.residual_px, 3),
                         "landmark_error_eye_pct": round(fit.residual_eye_pct, 3),
-                        "shape_cues": "network" if self.cues is not None else "landmarks"},
+                        "shape_cues": shape_cues},
                 "vertex_count": KEPT_VERTICES, "polygon_count": int(len(topology(self.model).polygon_sizes))}
