@@ -66,6 +66,16 @@ def test_command_lines_follow_a_changed_option(changed_resolution, capsys):
         cli.parse_args(BATCH_ARGS + ["--resolution", "130"])
 
 
+def test_every_help_text_prints_even_with_a_percent_sign():
+    """argparse formats help strings with %: every option's help must survive ``--help`` verbatim."""
+    assert any("%" in option.help for option in options.OPTIONS)   # the case this guards is present
+    for parser in (cli.build_parser(), *_server_parsers()):
+        text = parser.format_help()
+        for option in options.OPTIONS:
+            if option.flag in text:
+                assert option.help.split()[0] in text
+
+
 def test_config_and_panel_property_follow_a_changed_option(changed_resolution):
     config = options.config_class("Config", options.on_side(options.SERVER, options.LIMIT), "test")
     assert config().resolution == 64

@@ -230,14 +230,15 @@ def add_arguments(parser: argparse.ArgumentParser, options: Iterable[Option], *,
     not given are not sent, so the server's (or the builder's) own defaults apply."""
     group = parser.add_argument_group(title) if title else parser
     for option in options:
+        text = option.help.replace("%", "%%")   # argparse formats help with %: a literal % would break --help
         if option.kind is bool:
             group.add_argument(option.flag, *option.cli_aliases, dest=option.name, default=None,
-                               action=argparse.BooleanOptionalAction, help=f"{option.help} (default {option.default})")
+                               action=argparse.BooleanOptionalAction, help=f"{text} (default {option.default})")
         else:
             group.add_argument(option.flag, *option.cli_aliases, dest=option.name, default=None,
                                type=_argument_type(option), metavar=option.kind.__name__.upper(),
-                               help=f"{option.help}; {option.range_text()}, default {option.default}"
-                               if option.kind is not str else f"{option.help}; default {option.default}")
+                               help=f"{text}; {option.range_text()}, default {option.default}"
+                               if option.kind is not str else f"{text}; default {option.default}")
 
 
 def given(namespace: argparse.Namespace, options: Iterable[Option]) -> dict:
