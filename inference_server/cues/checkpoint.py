@@ -34,11 +34,16 @@ def save(path: Path, network, provenance: dict, optimizer=None, step: int | None
                "provenance": provenance}
     if optimizer is not None:
         payload["optimizer"], payload["step"] = optimizer.state_dict(), step
-    path = Path(path)
+    _write_atomically(Path(path), lambda temporary: torch.save(payload, temporary))
+
+
+def _write_atomically(path: Path, write) -> None:
+    """``write(temporary)`` beside ``path``, then rename: a crash or a full disk never leaves a
+    truncated file under the real name, nor a partial one behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
-        torch.save(payload, temporary)
+        write(temporary)
         temporary.replace(path)
     finally:
         temporary.unlink(missing_ok=True)
@@ -106,11 +111,5 @@ def install(source: Path, root: Path | None = None) -> Path:
     where it replaces the shipped weights; returns the installed path."""
     load(source)
     target = installed_path(root)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
-    try:
-        shutil.copyfile(source, partial)
-        partial.replace(target)
-    finally:
-        partial.unlink(missing_ok=True)
+    _write_atomically(target, lambda temporary: shutil.copyfile(source, temporary))
     return target
