@@ -84,6 +84,13 @@ def test_a_short_training_run_lowers_its_loss(tmp_path, model):
                 if line.startswith("step") else None)
 
 
+def test_the_command_line_offers_exactly_the_registered_variants():
+    from inference_server.cues.cli import VARIANTS
+    from inference_server.cues.network import CONFIGS
+
+    assert sorted(VARIANTS) == sorted(CONFIGS)
+
+
 def test_checkpoint_round_trip_and_refusals(tmp_path):
     torch.manual_seed(0)
     network = build("cues-cpu").eval()

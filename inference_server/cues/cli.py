@@ -17,9 +17,10 @@ from pathlib import Path
 from addon.wire.errors import Exit
 
 
-def add_train_commands(subparsers) -> None:
-    from .network import CONFIGS
+VARIANTS = ("cues-cpu", "cues-gpu")   # network.CONFIGS' names; listed here so the parser needs no torch
 
+
+def add_train_commands(subparsers) -> None:
     train = subparsers.add_parser("train", help="make training data for, train and evaluate the cues network")
     actions = train.add_subparsers(dest="train_command", required=True)
     data = actions.add_parser("data", help="render synthetic training samples into shards (resumable)")
@@ -31,7 +32,7 @@ def add_train_commands(subparsers) -> None:
     fit = actions.add_parser("fit", help="train the network on the shards (resumes from OUT/last.pt)")
     fit.add_argument("--data", type=Path, required=True)
     fit.add_argument("--out", type=Path, required=True)
-    fit.add_argument("--variant", choices=sorted(CONFIGS), default="cues-cpu")
+    fit.add_argument("--variant", choices=VARIANTS, default="cues-cpu")
     fit.add_argument("--steps", type=int, default=3000)
     fit.add_argument("--batch", type=int, default=32)
     fit.add_argument("--lr", type=float, default=2e-3)

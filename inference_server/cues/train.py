@@ -19,7 +19,7 @@ import torch
 from torch.nn import functional as F
 
 from . import checkpoint
-from .network import CONFIGS, NEARNESS_UNIT, CuesNet, build
+from .network import NEARNESS_UNIT, CuesNet, build
 
 LOG_SCALE_RANGE = (-7.0, 3.0)
 IDENTITY_WEIGHT = 0.2        # per millimetre of identity RMS error
@@ -153,6 +153,3 @@ def evaluate(network: CuesNet, shards, model, device: torch.device = torch.devic
             "mask_iou": inter / max(union, 1.0), "identity_mm": float(torch.cat(ident).mean()),
             "identity_mean_head_mm": float(torch.cat(zero).mean()), "samples": len(shards)}
 
-
-def variants() -> list[str]:
-    return sorted(CONFIGS)
