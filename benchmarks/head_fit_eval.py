@@ -6,7 +6,9 @@ Each subject is an ICT-FaceKit head with random identity (N(0, 1)) and a few exp
 kinds: ``model`` (exactly representable) and ``beyond`` (the same plus a smooth random displacement
 of a few millimetres along the normals, which no coefficient vector can reproduce — fitting a model
 to its own renders flatters it). Each is rendered with the project's rasteriser at a frontal and a
-turned pose, run through the real landmark chain (MTCNN -> crop -> FaceMesh) and fitted. Reported:
+turned pose (``--renderer cycles``: by Blender's Cycles instead, a renderer the cues network never
+trained on), run through the real landmark chain (MTCNN -> crop -> FaceMesh) and fitted three ways:
+landmarks alone, + the cues network, + perfect dense cues from the true head (the fit's ceiling). Reported:
 
 - ``pose_deg``: angle between the fitted and the true head rotation;
 - ``landmark_mm``: mean 3D distance of the 478 landmark points, canonical heads aligned by a

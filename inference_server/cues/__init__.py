@@ -3,7 +3,9 @@ that reads from a face crop where each pixel lies on the canonical head (corresp
 it is (depth), how sure it is (confidence), and the identity coefficients; the head fit uses them
 beside FaceMesh's landmarks.
 
-crop.py: the face crop both ends use; synth.py: training renders with ground truth; network.py:
-the network and its registry; train.py: training, checkpoints, evaluation; predict.py: inference
-and the fit's dense observations.
+crop.py: the face crop both ends use; synth.py: training renders with ground truth; dataset.py:
+them as resumable shards on disk; network.py: the network and its registry of variants; train.py:
+losses, training and evaluation; checkpoint.py: the one file format (snapshots, shipped weights,
+installs); cli.py: ``python -m inference_server train``; predict.py: inference and the fit's dense
+observations. Head mode uses it with the ``shape_cues network`` option.
 """
