@@ -96,7 +96,8 @@ def _install_cues(args: argparse.Namespace) -> int:
         return _fail(str(exc), EXIT_BAD_SOURCE)
     except OSError as exc:
         return _fail(f"cannot install {args.source}: {exc.strerror or exc}", EXIT_BAD_SOURCE)
-    print(f"installed cues network to {target} ({target.stat().st_size / 1e6:.1f} MB); head mode uses it from now on")
+    print(f"installed cues network to {target} ({target.stat().st_size / 1e6:.1f} MB); "
+          "head mode's shape_cues network uses it from now on")
     return EXIT_OK
 
 
@@ -120,7 +121,7 @@ def _list() -> None:
 
     path = cues.find()
     kind = "installed" if path != cues.SHIPPED else "shipped"
-    print(f"cues   {path}  ({kind})" if path.is_file() else f"cues   none (head mode fits landmarks only)")
+    print(f"cues   {path}  ({kind})" if path.is_file() else "cues   none (shape_cues network is unavailable)")
 
 
 def _fail(message: str, code: int) -> int:

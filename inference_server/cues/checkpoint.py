@@ -8,13 +8,12 @@ says what is wrong in one ``CheckpointError``.
 """
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import torch
 
-from ..data_dir import data_dir
+from ..data_dir import data_dir, write_atomically
 from ..torch_files import load_tensors
 
 FORMAT, VERSION = "faceforge-cues", 1
@@ -34,19 +33,8 @@ def save(path: Path, network, provenance: dict, optimizer=None, step: int | None
                "provenance": provenance}
     if optimizer is not None:
         payload["optimizer"], payload["step"] = optimizer.state_dict(), step
-    _write_atomically(Path(path), lambda temporary: torch.save(payload, temporary))
+    write_atomically(Path(path), lambda temporary: torch.save(payload, temporary))
 
-
-def _write_atomically(path: Path, write) -> None:
-    """``write(temporary)`` beside ``path``, then rename: a crash or a full disk never leaves a
-    truncated file under the real name, nor a partial one behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        write(temporary)
-        temporary.replace(path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def read(path: Path) -> dict:
@@ -111,5 +99,5 @@ def install(source: Path, root: Path | None = None) -> Path:
     where it replaces the shipped weights; returns the installed path."""
     load(source)
     target = installed_path(root)
-    _write_atomically(target, lambda temporary: shutil.copyfile(source, temporary))
+    write_atomically(target, lambda temporary: shutil.copyfile(source, temporary))
     return target

@@ -10,7 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
-from ..data_dir import data_dir
+from ..data_dir import data_dir, write_atomically
 from .checkpoints import CheckpointError, detect_architecture, from_upstream, read_state_dict
 from .networks import build_network, get_architecture
 
@@ -32,10 +32,7 @@ def install_checkpoint(path: str | Path, root: Path | None = None, architecture:
     target = target_dir / (source.stem + ".pt")
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} is already installed (overwrite to replace it)")
-    target_dir.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(".pt.partial")
-    shutil.copyfile(source, partial)
-    partial.replace(target)  # a crash mid-copy never leaves a truncated checkpoint under the real name
+    write_atomically(target, lambda temporary: shutil.copyfile(source, temporary))
     target.with_suffix(".json").write_text(json.dumps(
         {"architecture": arch.id, "source": source.name, "bytes": target.stat().st_size}, indent=1))
     return target
