@@ -51,12 +51,6 @@ def photos() -> dict[str, np.ndarray]:
     return {"astronaut": data.astronaut(), "grace_hopper": np.asarray(Image.open(grace_hopper_path()).convert("RGB"))}
 
 
-def face_distance_mm(model, a: np.ndarray, b: np.ndarray) -> float:
-    from benchmarks.head_fit_eval import canonical_difference_mm
-
-    return canonical_difference_mm(model, a, b)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cues", type=Path, help="cues checkpoint (default: the installed or shipped one)")
@@ -64,7 +58,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from benchmarks.head_fit_eval import LandmarkReader, shared_model_path
+    from benchmarks.head_fit_eval import LandmarkReader, canonical_difference_mm, shared_model_path
     from inference_server.cues import checkpoint
     from inference_server.cues.predict import CuesPredictor
     from inference_server.head.correspondence import LandmarkTable
@@ -90,9 +84,9 @@ def main() -> None:
     people = sorted({person for person, _ in heads["landmarks"]})
     print(f"{'method':10} {'within mm':>10} {'between mm':>11} {'ratio':>7}   within per variant")
     for method, found in heads.items():
-        within = {key: face_distance_mm(model, head, found[(key[0], "original")]) for key, head in found.items()
+        within = {key: canonical_difference_mm(model, head, found[(key[0], "original")]) for key, head in found.items()
                   if key[1] != "original"}
-        between = [face_distance_mm(model, found[a], found[b]) for a, b in product(found, found)
+        between = [canonical_difference_mm(model, found[a], found[b]) for a, b in product(found, found)
                    if a[0] == people[0] and b[0] == people[1]]
         w, b = float(np.mean(list(within.values()))), float(np.mean(between))
         detail = " ".join(f"{k[0][:5]}/{k[1]} {v:.2f}" for k, v in within.items())
