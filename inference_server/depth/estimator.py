@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .checkpoints import load_network
 from .fuse import Alignment, FuseConfig, fuse_depth
@@ -27,25 +28,48 @@ class DepthConfig:
 
 
 def network_input_size(arch: Architecture, height: int, width: int, requested: int = 0) -> tuple[int, int]:
-    """(H, W) for the network: the shorter side near ``requested`` (or the native size), aspect kept,
-    both rounded to the network's multiple (14 for DINOv2 patches, 32 for the 5-level decoders)."""
+    """(H, W) for the network, chosen as upstream's ``Resize`` transform chooses it for this network.
+
+    The target side is ``requested`` or the native size; the aspect ratio is kept and the scale
+    picked by the network's rule (``lower_bound``: both sides at least the target, Depth Anything;
+    ``upper_bound``: both at most, MiDaS small; ``minimal``: the scale nearest 1 of the two that fit
+    one side, DPT); each side is then rounded to the network's multiple (14 for DINOv2 patches, 32
+    for the 5-level decoders), up or down where rounding would break the bound."""
     side = requested or arch.native_size
-    if arch.fixed_size:
-        if side != arch.native_size:
-            raise ValueError(f"{arch.id} runs at {arch.native_size} px only, not {side}")
-        return side, side
-    scale = side / min(height, width)
-    m = arch.multiple
-    return max(m, round(height * scale / m) * m), max(m, round(width * scale / m) * m)
+    m, rule = arch.multiple, arch.resize_rule
+    by_height, by_width = side / height, side / width
+    if rule == "lower_bound":
+        scale = max(by_height, by_width)
+    elif rule == "upper_bound":
+        scale = min(by_height, by_width)
+    else:
+        scale = by_width if abs(1 - by_width) < abs(1 - by_height) else by_height
+
+    def snap(length: float) -> int:
+        rounded = round(length / m) * m
+        if rule == "upper_bound" and rounded > side:
+            rounded = math.floor(length / m) * m
+        if rule == "lower_bound" and rounded < side:
+            rounded = math.ceil(length / m) * m
+        return max(m, int(rounded))
+
+    return snap(height * scale), snap(width * scale)
 
 
 def preprocess(rgb: np.ndarray, arch: Architecture, size: tuple[int, int]) -> torch.Tensor:
-    """uint8 RGB (H, W, 3) -> normalised float tensor (1, 3, h, w), resized bicubically as upstream."""
+    """uint8 RGB (H, W, 3) -> normalised float tensor (1, 3, h, w), as upstream prepares it: scaled to
+    [0, 1] in float64 first, then resized bicubically, normalised, and only then made float32."""
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected an RGB uint8 image (H, W, 3), got {rgb.dtype} {rgb.shape}")
-    resized = cv2.resize(rgb, (size[1], size[0]), interpolation=cv2.INTER_CUBIC).astype(np.float32) / 255.0
-    normalised = (resized - np.asarray(arch.mean, np.float32)) / np.asarray(arch.std, np.float32)
+    resized = cv2.resize(rgb / 255.0, (size[1], size[0]), interpolation=cv2.INTER_CUBIC)
+    normalised = ((resized - np.asarray(arch.mean)) / np.asarray(arch.std)).astype(np.float32)
     return torch.from_numpy(normalised.transpose(2, 0, 1).copy()).unsqueeze(0)
+
+
+def to_image_size(prediction: torch.Tensor, arch: Architecture, size: tuple[int, int]) -> torch.Tensor:
+    """(B, h, w) network output -> (B, H, W) on the image grid, interpolated as upstream does."""
+    mode, align_corners = arch.output_resize
+    return F.interpolate(prediction[:, None], size=size, mode=mode, align_corners=align_corners)[:, 0]
 
 
 @contextmanager
@@ -76,7 +100,8 @@ class DepthEstimator:
         self.network = network.to(self.device, self.dtype).eval()
         self.arch = network.arch
         self.fuse = FuseConfig(weight=config.fuse_weight, camera_distance=config.camera_distance)
-        network_input_size(self.arch, 64, 64, config.input_size)  # reject a bad size now, not per request
+        if config.input_size < 0:
+            raise ValueError(f"input_size must be 0 (native) or a side in pixels, not {config.input_size}")
 
     def predict(self, crop_rgb: np.ndarray) -> np.ndarray:
         """Relative inverse depth (H, W) float32 on the crop's own grid (larger = nearer)."""
@@ -84,9 +109,8 @@ class DepthEstimator:
         size = network_input_size(self.arch, h, w, self.config.input_size)
         image = preprocess(crop_rgb, self.arch, size).to(self.device, self.dtype)
         with torch.inference_mode(), cpu_threads(self.config.threads if self.device.type == "cpu" else 0):
-            out = self.network(image)[:, None].float()
-            out = torch.nn.functional.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
-        result = out[0, 0].cpu().numpy()
+            out = to_image_size(self.network(image).float(), self.arch, (h, w))
+        result = out[0].cpu().numpy()
         if not np.isfinite(result).all():
             raise FloatingPointError(f"{self.arch.id} produced non-finite depth (half-precision overflow?)")
         return result
@@ -104,8 +128,9 @@ class DepthEstimator:
         return fuse_depth(on_prior_grid, prior_depth, mask, fuse)
 
     def info(self) -> dict:
+        side = self.config.input_size or self.arch.native_size
         return {"architecture": self.arch.id, "title": self.arch.title, "licence": self.arch.licence,
                 "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
-                "input_size": list(network_input_size(self.arch, 1, 1, self.config.input_size)),
+                "input_size": list(network_input_size(self.arch, side, side, side)),
                 "fuse_weight": self.config.fuse_weight,
                 "camera_distance": None if math.isinf(self.config.camera_distance) else self.config.camera_distance}
