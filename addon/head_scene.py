@@ -14,7 +14,8 @@ from . import headdata, lighting, meshdata, scene
 from .wire import options
 
 BASIS = "Basis"
-LIT_PROPERTY = "faceforge_lit"  # object custom property pointing at the lit texture (keeps it alive)
+IRRADIANCE_ATTRIBUTE = "photo_irradiance"  # the fitted lighting per vertex: albedo x this = the photo's look
+DISPLACEMENT_ATTRIBUTE = "refine_displacement"  # refine full's metres along the normals, already applied
 # Surface looks per reply material (roughness, specular); any other name looks like skin.
 PART_LOOKS = {"eyes_sclera": (0.08, 0.5), "iris": (0.08, 0.5), "teeth": (0.25, 0.5),
               "gums_tongue": (0.35, 0.5), "mouth": (0.6, 0.2)}
@@ -65,21 +66,31 @@ def build_head_object(face, *, name: str, settings: scene.BuildSettings, metadat
     keys = headdata.shape_keys(arrays["vertices"], arrays["expression_deltas"], arrays["expression_weights"],
                                meta["expressions"])
     pose = Matrix(headdata.pose_rows(meta))
+    irradiance = (headdata.irradiance_colours(arrays["vertex_irradiance"], len(arrays["vertices"]))
+                  if "vertex_irradiance" in arrays else None)
+    displacement = (headdata.vertex_values(arrays["vertex_displacement"], len(arrays["vertices"]),
+                                           "vertex_displacement") if "vertex_displacement" in arrays else None)
     obj = bpy.data.objects.new(name, scene.mesh_from_arrays(name, mesh_arrays))
     images = scene.face_images(obj.name, arrays)
     part_materials(obj, materials, images["texture"])
     add_shape_keys(obj, keys)
     obj.matrix_world = pose
     scene.add_modifiers(obj, images["detail"], settings)
-    if meta.get("detail_unit") == "metre":  # refined shape: the map is displacement in metres, 1 = as fitted
-        obj.modifiers["Detail"].strength = 1.0
-    if "lit_texture" in arrays:  # the photo's lighting re-applied to the albedo: kept for reference, not wired
-        obj[LIT_PROPERTY] = scene.texture_image(f"{obj.name}_lit", arrays["lit_texture"])
+    if irradiance is not None:  # refined: the photo's lighting, for an Attribute node to multiply in
+        irradiance_attribute(obj.data, irradiance)
+    if displacement is not None:  # refine full: already in the vertices; kept to mask or scale it
+        obj.data.attributes.new(DISPLACEMENT_ATTRIBUTE, "FLOAT", "POINT").data.foreach_set("value", displacement)
     obj[scene.DEPTH_PROPERTY] = images["depth"]
     obj[scene.PROPERTY] = meshdata.idprop_value(dict(metadata or {}, face=meta, face_index=face.index,
                                                      settings=options.as_dict(settings)))
     (collection or bpy.context.scene.collection).objects.link(obj)
     return obj
+
+
+def irradiance_attribute(mesh: "bpy.types.Mesh", rgba) -> None:
+    """(V, 4) linear irradiance as a point colour attribute ``IRRADIANCE_ATTRIBUTE``."""
+    attribute = mesh.color_attributes.new(IRRADIANCE_ATTRIBUTE, "FLOAT_COLOR", "POINT")
+    attribute.data.foreach_set("color", rgba.ravel())
 
 
 def photo_world(name: str, coefficients) -> "bpy.types.World":

@@ -1,10 +1,12 @@
-"""Head-mode request cost with and without the cues network (``shape_cues``), and the network alone.
+"""Head-mode request cost and reply size: default options, ``refine off``, ``shape_cues network``.
 
     .venv/bin/python benchmarks/bench_head_request.py [--runs 3] [--threads 1]
 
-In-process (``FacePipeline``, no sockets), the astronaut photo, head geometry at default options;
-prints the median total and per-stage ``timings_ms`` for each, and the network's forward pass on
-one 128² crop. Needs the shared ICT-FaceKit npz and the shipped (or installed) cues weights.
+In-process (``FacePipeline``, no sockets), the astronaut photo, head geometry; prints for each
+choice the median total and per-stage ``timings_ms``, the bytes of the face's arrays as they go on
+the wire (the model's shared arrays, sent once per client, are printed apart), and the cues
+network's forward pass on one 128² crop. Needs the shared ICT-FaceKit npz and the shipped (or
+installed) cues weights.
 """
 from __future__ import annotations
 
@@ -50,8 +52,11 @@ def main() -> None:
             network(crop)
             forward.append(time.perf_counter() - start)
     print(f"cues network forward, 1 crop, {args.threads} thread(s): {1000 * statistics.median(forward):.1f} ms median of 20")
-    for label, choice in (("shape_cues network", "network"), ("landmarks only", "landmarks")):
-        options = {"geometry": "head", "shape_cues": choice}
+    shared = sum(array.nbytes for array in pipeline.head.model_arrays.values())
+    print(f"model arrays sent once per client (head_model op): {shared / 2**20:.1f} MiB")
+    for label, options in (("default (refine light)", {}), ("refine off", {"refine": "off"}),
+                           ("shape_cues network", {"shape_cues": "network"})):
+        options = {"geometry": "head", **options}
         pipeline.reconstruct(photo, options)   # warm-up: first-request set-up
         totals, stages = [], []
         for _ in range(args.runs):
@@ -60,8 +65,10 @@ def main() -> None:
             totals.append(time.perf_counter() - start)
             stages.append(result.meta["timings_ms"])
         median = {k: statistics.median(s[k] for s in stages) for k in stages[0]}
-        print(f"{label:18} {1000 * statistics.median(totals):7.0f} ms  "
+        wire = sum(array.nbytes for array in result.faces[0].arrays.values())
+        print(f"{label:22} {1000 * statistics.median(totals):7.0f} ms  reply {wire / 2**20:5.2f} MiB per face  "
               + " ".join(f"{k} {v:.0f}" for k, v in median.items()))
+
 
 if __name__ == "__main__":
     main()

@@ -92,10 +92,16 @@ def fetch_reply(mode: str, folder: Path, photo: bytes) -> Path:
         with Client(server.address, timeout=300) as client:
             info = client.info()
             message = client.call("reconstruct", {}, {"image": photo})
+            whole = client.reconstruction(message)  # heads joined with their model's shared arrays
     finally:
         server.stop()
+    payloads = {}
+    for face in whole.faces:
+        face.meta.pop("model_fingerprint", None)  # the saved reply is whole: nothing to fetch when replayed
+        payloads.update(protocol.face_payloads(face.index, face.arrays))
     path = folder / f"{mode}.reply"
-    save_frames(path, protocol.encode_reply(message.id, message.result, message.payloads))
+    save_frames(path, protocol.encode_reply(message.id, dict(whole.meta, faces=[f.meta for f in whole.faces]),
+                                            payloads))
     (folder / f"{mode}.info.json").write_text(json.dumps(info))
     return path
 

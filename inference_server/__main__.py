@@ -205,7 +205,7 @@ def _in_process(args, data: bytes, request: dict):
 
     pipeline = FacePipeline(resolve_device(args.device), head_model=find_model())
     result = pipeline.reconstruct(data, request)
-    return [(face.index, face.arrays) for face in result.faces], result.meta
+    return [(face.index, pipeline.whole_arrays(face)) for face in result.faces], result.meta
 
 
 def _through_server(args, data: bytes, request: dict):

@@ -59,7 +59,7 @@ EYE_RINGS = ((33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160,
 
 
 @contextmanager
-def _native_stderr_muted():
+def native_stderr_muted():
     """MediaPipe's C++ logger writes start-up warnings straight to file descriptor 2, bypassing
     Python; mute it while the graph starts so a user's terminal shows only FaceForge's messages."""
     sys.stderr.flush()
@@ -77,7 +77,7 @@ class LandmarkModel:
     """FaceMesh on an aligned crop; one instance per thread (the graph is not thread-safe)."""
 
     def __init__(self):
-        with _native_stderr_muted():
+        with native_stderr_muted():
             import mediapipe as mp
 
             self._mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=2,

@@ -22,12 +22,13 @@ _MESH_BYTES_PER_CELL = 40
 _TEXTURE_BYTES_PER_PIXEL = 3 + 4   # RGB texture + float32 detail map
 _DEPTH_BYTES_PER_PIXEL = 4 + 1     # float32 depth + bool mask
 _FIXED_BYTES_PER_FACE = 64 * 1024  # landmarks, metadata
-# Head mode, measured: expression deltas (53 x 24,591 vertices x 12 B = 15.6 MB), polygons and corner
-# UVs 1.2 MB, vertices 0.3 MB; its texture atlas is twice texture_size across, at most 2048
-# (head/reconstruct.py MAX_ATLAS).
-_HEAD_MESH_BYTES = 18 * MB
+# Head mode: the model's shared arrays (expression deltas 15.6 MB, polygons and corner UVs 1.2 MB) come once
+# from the head_model op, not per face; a face carries its vertices (0.29 MB), a float16 detail map, with
+# refinement its float16 vertex irradiance (0.15 MB) and with refine full its displacement (0.1 MB). The
+# atlas is twice texture_size across, at most 2048 (head/reconstruct.py MAX_ATLAS).
+_HEAD_MESH_BYTES = 640 * 1024
+_HEAD_ATLAS_BYTES_PER_PIXEL = 3 + 2  # RGB albedo + float16 detail map
 _HEAD_ATLAS_MAX = 2048
-_LIT_TEXTURE_BYTES_PER_PIXEL = 3   # a refined head also sends its albedo lit by the fitted lighting
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,7 @@ def _costs(config, head: bool) -> dict:
     """Reply bytes per face by the option that sets them."""
     if head:
         atlas = min(_HEAD_ATLAS_MAX, 2 * config.texture_size)
-        per_pixel = _TEXTURE_BYTES_PER_PIXEL + (_LIT_TEXTURE_BYTES_PER_PIXEL if config.refine != "off" else 0)
-        return {"texture_size": per_pixel * atlas ** 2, "geometry": _HEAD_MESH_BYTES,
+        return {"texture_size": _HEAD_ATLAS_BYTES_PER_PIXEL * atlas ** 2, "geometry": _HEAD_MESH_BYTES,
                 "depth_size": _DEPTH_BYTES_PER_PIXEL * config.depth_size ** 2}
     return {"texture_size": _TEXTURE_BYTES_PER_PIXEL * config.texture_size ** 2,
             "resolution": _MESH_BYTES_PER_CELL * config.resolution ** 2,

@@ -136,6 +136,16 @@ class FacePipeline:
                 "models": models + (["ict-facekit head model"] if self.head else [])
                 + (["cues network (faceforge)"] if self.head and self.head.cues else []), **self.depth_networks.info()}
 
+    def head_model_arrays(self) -> tuple[str, dict] | None:
+        """(fingerprint, arrays) that every head of the loaded model shares; None without a head model."""
+        return None if self.head is None else (self.head.model_fingerprint, self.head.model_arrays)
+
+    def whole_arrays(self, face) -> dict:
+        """A result face's arrays joined with the model's shared ones, as a client's ``reconstruction`` has them."""
+        if face.meta.get("model_fingerprint") is None:
+            return face.arrays
+        return {**self.head.model_arrays, **face.arrays}
+
     def reconstruct(self, image: bytes | memoryview, params: Mapping | None = None, *,
                     config: ReconstructionConfig | None = None, report: Reporter = _no_report) -> Result:
         """``config`` when the caller validated the options already (the server's I/O thread), else ``params``."""

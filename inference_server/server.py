@@ -69,6 +69,7 @@ class InferenceServer:
         self._context = zmq.Context()
         self._stop = threading.Event()
         self._info: dict = {}
+        self._head_model: tuple[dict, dict] | None = None  # the head_model op's result and arrays
         self._next_probe = 0.0
         self._rejections = RateLimitedLog(log)        # one line per rejected request, flood-proof
         self._failures = RateLimitedLog(log, rate=1.0)  # internal errors with their tracebacks
@@ -182,6 +183,9 @@ class InferenceServer:
         if kind == b"ready":
             worker.ready(json.loads(frames[0].bytes))
             self._info = self._info or worker.info
+            if len(frames) > 1 and self._head_model is None:  # every worker loads the same model
+                shared = protocol.decode(frames[1:], max_frames=protocol.DEFAULT_MAX_FRAMES)
+                self._head_model = shared.result, shared.payloads
             if worker.restarts:
                 log.info("worker %d restarted (pid %s)", worker.index, worker.pid)
         elif kind == b"failed":
@@ -252,8 +256,22 @@ class InferenceServer:
             return protocol.encode_reply(message.id, self.info(remote=self._is_remote(body[0])))
         if message.op == "cancel":
             return protocol.encode_reply(message.id, {"cancelled": self._cancel(identity, message.params)})
+        if message.op == "head_model":
+            return protocol.encode_reply(message.id, *self._shared_head_arrays(message.params))
         self._enqueue(identity, message)
         return None
+
+    def _shared_head_arrays(self, params: dict) -> tuple[dict, dict]:
+        """The ``head_model`` op: the arrays every head shares, if ``params.fingerprint`` names this model."""
+        if self._head_model is None:
+            raise ProtocolError(ErrorCode.NO_MODEL, "this server has no head model: head mode is off "
+                                                    "(`python -m inference_server model fetch` installs it)")
+        result, arrays = self._head_model
+        wanted = params.get("fingerprint")
+        if wanted is not None and wanted != result["fingerprint"]:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"head model {clip(wanted)} is not this server's "
+                                                       f"({result['fingerprint']}): reconstruct again")
+        return result, arrays
 
     def _is_remote(self, frame) -> bool:
         if is_loopback(self.address):

@@ -13,7 +13,7 @@ loses only the request it was running. Cancelling a running request is a message
 between stages (the pipeline's report callback), the same across a thread or a process boundary.
 
     I/O thread -> worker:  [b"job", header JSON, image]  |  [b"cancel", seq]  |  [b"stop"]
-    worker -> I/O thread:  [b"ready", info JSON]  |  [b"failed", text, exit status]  |  [b"progress", *frames]  |  [b"reply", *frames]
+    worker -> I/O thread:  [b"ready", info JSON, *head_model reply]  |  [b"failed", text, exit status]  |  [b"progress", *frames]  |  [b"reply", *frames]
 """
 from __future__ import annotations
 
@@ -191,7 +191,12 @@ def run_worker(socket: zmq.Socket, factory: Callable[[], object], limits: Reques
         log.error("models failed to load", exc_info=True)
         socket.send_multipart([b"failed", f"models failed to load: {exc}".encode(), str(int(Exit.FAILED)).encode()])
         return
-    socket.send_multipart([b"ready", json.dumps(protocol.as_jsonable(runner.info)).encode()])
+    ready = [b"ready", json.dumps(protocol.as_jsonable(runner.info)).encode()]
+    shared = runner.pipeline.head_model_arrays()
+    if shared is not None:  # what every head shares, for the I/O thread to answer ``head_model`` with
+        fingerprint, arrays = shared
+        ready += protocol.encode_reply("", {"fingerprint": fingerprint}, arrays)
+    protocol.send_frames(socket, ready)
     runner.serve()
 
 

@@ -76,7 +76,7 @@ def frames_family(rng, n, photos) -> Case:
     return Case("frames", [raw(header(rid, frames=[IMAGE_FRAME] * 3)), b"a"], frozenset({BAD}), rid)
 
 
-_BAD_VERSIONS = [True, False, "2", 2.0, 1, 3, None, [], {}, 2 ** 70, -2]
+_BAD_VERSIONS = [True, False, str(V), float(V), 1, V - 1, V + 1, None, [], {}, 2 ** 70, -2]
 _BAD_IDS = [5, None, [], {}, "x" * 129, 1.5, True]
 _ODD_GOOD_IDS = ["a\nFORGED line", "\u202eevil", "", "x" * 128, "\x1b[31mred", "id with spaces"]
 _BAD_OPS = [5, None, "", "explode", "info\n", ["info"], "INFO"]

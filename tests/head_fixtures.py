@@ -80,7 +80,8 @@ def head_reply_from_model(npz_path, id_coeffs=None, exp_weights=None, *, pose=No
         "expression_deltas": to_blender(model.exp_deltas[:, :KEPT_VERTICES].astype(np.float32)),
         "expression_weights": weights,
         "texture": generated_texture(texture_size),
-        "detail": np.zeros((texture_size, texture_size), np.float32),
+        "detail": np.zeros((texture_size, texture_size), np.float16),  # float16 as on the wire
+        "vertex_irradiance": np.linspace(0.2, 1.2, KEPT_VERTICES * 3).reshape(-1, 3).astype(np.float16),
         "depth": np.zeros((64, 64), np.float32),
         "mask": np.zeros((64, 64), bool),
         "landmarks": to_blender(neutral[landmark_vertices]),

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from addon.wire.client import Client, Reconstruction
+from addon.wire.client import Client
 from addon.wire.protocol import ProtocolError
 
 
@@ -47,7 +47,7 @@ def run_load(address: str, photos: list[tuple[bytes, list]], clients: int, per_c
                 started = sent.pop(reply.id)  # a reply to an id this client never sent raises KeyError here
                 with lock:
                     try:
-                        result = Reconstruction.from_message(reply)
+                        result = client.reconstruction(reply)
                     except ProtocolError as err:
                         report.codes[err.code] += 1
                         continue

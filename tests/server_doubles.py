@@ -31,6 +31,9 @@ class StagedPipeline:
     def info(self) -> dict:
         return {"device": "cpu", "device_name": "CPU", "torch": "0.0-test", "models": ["staged stand-in"]}
 
+    def head_model_arrays(self):
+        return None  # face mode only
+
     def reconstruct(self, image, params=None, *, config=None, report=None):
         self.started.append(bytes(image))
         for number, stage in enumerate(STAGES):

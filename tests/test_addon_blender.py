@@ -241,7 +241,7 @@ def test_operator_from_photo_file(bpy, faceforge, photo_folder):
     assert tuple(obj.location) == pytest.approx((0.5, -1.0, 1.5))
     assert bpy.context.view_layer.objects.active == obj and obj.select_get()
     assert obj["faceforge"]["options"].to_dict() == {"face": "largest", "resolution": 60, "geometry": "auto",
-                                                     "depth_backend": "landmarks", "refine": "off",
+                                                     "depth_backend": "landmarks", "refine": "light",
                                                      "shape_cues": "landmarks"}
     assert obj["faceforge"]["source_photo"] == str(photo_folder / "astronaut.png")
     level, message = faceforge.SESSION.message

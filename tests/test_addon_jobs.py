@@ -174,7 +174,7 @@ def test_status_polling(server_address):
             time.sleep(0.02)
         assert state.status is not None and state.status_error == ""
         line = state.status_line()
-        assert line.startswith("Connected: server ") and "protocol 2" in line and line.endswith("CPU")
+        assert line.startswith("Connected: server ") and f"protocol {protocol.VERSION}" in line and line.endswith("CPU")
         assert not state.poll_status(server_address)  # within STATUS_INTERVAL: no new probe
         assert state.status_job is None
     finally:

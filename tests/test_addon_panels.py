@@ -156,9 +156,9 @@ def test_options_show_and_travel_only_where_the_geometry_uses_them(ui):
         props.geometry = "HEAD"  # network depth stays picked, hidden: the head request must not carry it
         assert not {"resolution", "depth_backend", "depth_model"} & shown() and "refine" in shown()
         assert not {"resolution", "depth_backend", "depth_model", "depth_fuse_weight"} & set(props.server_options())
-        assert "photo_lighting" not in shown()  # the lighting comes from the refinement
-        props.refine = "LIGHT"
-        assert "photo_lighting" in shown()
+        assert "photo_lighting" in shown()  # the lighting comes from the refinement, on by default
+        props.refine = "OFF"
+        assert "photo_lighting" not in shown()
     finally:
         for name in ("geometry", "depth_backend", "depth_model", "depth_fuse_weight", "refine"):
             props.property_unset(name)

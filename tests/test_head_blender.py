@@ -89,6 +89,9 @@ def test_mesh_keeps_the_model_topology(bpy, head_reply):
     smooth = np.empty(len(mesh.polygons), bool)
     mesh.polygons.foreach_get("use_smooth", smooth)
     assert smooth.all()
+    colours = np.empty(len(mesh.vertices) * 4, np.float32)  # the refinement's lighting per vertex
+    mesh.color_attributes["photo_irradiance"].data.foreach_get("color", colours)
+    np.testing.assert_allclose(colours.reshape(-1, 4)[:, :3], arrays["vertex_irradiance"].astype(np.float32), atol=1e-6)
 
 
 def test_a_material_per_part_reading_one_packed_atlas(bpy, head_reply):
@@ -149,6 +152,10 @@ def test_bad_reply_raises_and_leaves_the_file_untouched(bpy, head_reply):
     arrays = dict(head_reply.arrays, polygon_vertices=head_reply.arrays["polygon_vertices"] + 1)
     bad = type(head_reply)(index=0, meta=head_reply.meta, arrays=arrays)
     with pytest.raises(ValueError, match="polygon_vertices"):
+        head_scene.build_head_object(bad, name="bad", settings=scene.BuildSettings())
+    lighting = np.full_like(head_reply.arrays["vertex_irradiance"], np.nan)
+    bad = type(head_reply)(index=0, meta=head_reply.meta, arrays=dict(head_reply.arrays, vertex_irradiance=lighting))
+    with pytest.raises(ValueError, match="vertex_irradiance"):
         head_scene.build_head_object(bad, name="bad", settings=scene.BuildSettings())
     assert not bpy.data.objects and not bpy.data.meshes and not bpy.data.images
 
@@ -280,6 +287,8 @@ result = {"version": list(bpy.app.version), "quads": sum(p.loop_total == 4 for p
           "keys": [k.name for k in mesh.shape_keys.key_blocks], "materials": len(obj.material_slots),
           "smooth": all(p.use_smooth for p in mesh.polygons), "matrix": [list(r) for r in obj.matrix_world],
           "modifiers": [m.type for m in obj.modifiers]}
+irradiance = mesh.color_attributes[head_scene.IRRADIANCE_ATTRIBUTE]
+result["irradiance"] = [irradiance.domain, irradiance.data_type, list(irradiance.data[-1].color)]
 glb.write_glb(out / "head.glb", surfaces.with_shape_keys([obj]))
 head_export.export_obj([obj], out / "head.obj")
 head_export.export_fbx([obj], out / "head.fbx")
@@ -322,6 +331,9 @@ def test_head_on_older_blenders(head_reply, tmp_path, blender):
     assert out["keys"] == names and out["fbx_keys"] == names and out["materials"] == 7 and out["smooth"]
     np.testing.assert_allclose(out["matrix"], POSE, atol=1e-6)
     assert out["modifiers"] == ["LAPLACIANSMOOTH", "SUBSURF", "DISPLACE"]
+    last = head_reply.arrays["vertex_irradiance"][-1].astype(np.float32)
+    assert out["irradiance"][:2] == ["POINT", "FLOAT_COLOR"]
+    np.testing.assert_allclose(out["irradiance"][2], [*last, 1.0], atol=1e-6)  # the fitted lighting per vertex
     gltf = _glb_json(tmp_path / "head.glb")
     assert gltf["meshes"][0]["extras"]["targetNames"] == names[1:]
     assert all(len(p["targets"]) == 53 for p in gltf["meshes"][0]["primitives"])

@@ -100,3 +100,12 @@ def test_model_reply_has_the_contract_shapes(model_path):
     assert abs(nose[0]) < 0.01 and arrays["vertices"][:, 2].ptp() > arrays["vertices"][:, 0].ptp()
     mesh = headdata.head_mesh_arrays(arrays, len(meta["materials"]))
     assert mesh.polygon_count == len(sizes) and len(mesh.vertex_index) == sizes.sum()
+
+
+def test_irradiance_becomes_rgba_and_bad_values_are_refused():
+    rgba = headdata.irradiance_colours(np.array([[0.5, 1.0, -0.1], [2.0, 0.0, 0.3]], np.float16), 2)
+    assert rgba.dtype == np.float32 and rgba.shape == (2, 4)
+    np.testing.assert_allclose(rgba, [[0.5, 1.0, 0.0, 1.0], [2.0, 0.0, 0.3, 1.0]], atol=1e-3)  # never negative light
+    for bad in (np.zeros((3, 3)), np.zeros((2, 4)), np.array([[np.inf, 0, 0], [0, 0, 0]])):
+        with pytest.raises(ValueError, match="vertex_irradiance"):
+            headdata.irradiance_colours(bad, 2)

@@ -196,7 +196,7 @@ class Batch:
         with blender_chatter_to_stderr(not opts.verbose):
             blender = Blender()
         self.summary.run["blender"] = ".".join(map(str, blender.version))
-        context = RunContext(opts, blender, BuildSettings(**opts.build), info, address)
+        context = RunContext(opts, blender, BuildSettings(**opts.build), info, address, client.model_arrays)
         self.progress.begin()
         alive = (lambda: server.running) if server is not None else _external_alive(address)
         window = Window(client, self.todo, opts.request, jobs=opts.jobs, timeout=opts.timeout, alive=alive,

@@ -7,6 +7,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from .. import meshdata
 from ..wire.errors import ErrorCode
@@ -25,6 +26,7 @@ class RunContext:
     settings: object         # meshdata.BuildSettings
     info: dict
     address: str
+    model_arrays: Callable | None = None  # client.Client.model_arrays: what a head reply names, not carries
 
 
 class _Stage(Exception):
@@ -38,7 +40,7 @@ def write_photo(run: RunContext, photo: Photo, message, decision: Decision, repo
     an error reply raises ``ProtocolError``."""
     from ..wire.client import Reconstruction
 
-    reconstruction = Reconstruction.from_message(message)
+    reconstruction = Reconstruction.from_message(message, run.model_arrays)
     if not reconstruction.faces:
         report.fail(ErrorCode.NO_FACE, "the server found no face")
         return

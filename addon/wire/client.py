@@ -9,6 +9,10 @@ client on a worker thread and hands results back to the main thread as futures.
 
 For a remote server, ``keys`` (``security.ClientKeys``) makes the socket a CURVE client: the server
 is authenticated by its public key and the traffic is encrypted.
+
+A head reply names its model's shared arrays (topology, UVs, expression deltas: 17 MB) by fingerprint
+instead of carrying them; ``Client.model_arrays`` fetches them once per process (``head_model`` op)
+and ``Client.reconstruction`` joins them into each head, so callers see whole heads.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+import numpy as np
 import zmq
 
 from . import protocol
@@ -29,6 +34,8 @@ DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
 CONNECT_TIMEOUT = 3.0  # seconds to wait for the TCP connection before calling the server unreachable
 _POLL_SLICE_MS = 50    # granularity at which a blocking wait notices cancellation
 _CANCEL_LINGER_MS = 200  # a closing client's cancel messages get this long to leave
+_MODEL_ARRAYS: dict[str, dict] = {}  # fingerprint -> read-only HEAD_MODEL_ARRAYS, shared by every client
+_MODEL_ARRAYS_LOCK = threading.Lock()
 
 
 class Client:
@@ -154,7 +161,31 @@ class Client:
                     on_progress: Callable[[dict], None] | None = None) -> "Reconstruction":
         reply = self.call("reconstruct", dict(options or {}), {"image": image}, timeout=timeout, cancel=cancel,
                           on_progress=on_progress)
-        return Reconstruction.from_message(reply)
+        return self.reconstruction(reply)
+
+    def reconstruction(self, reply: Message) -> "Reconstruction":
+        """A ``reconstruct`` reply parsed, its heads joined with their model's shared arrays."""
+        return Reconstruction.from_message(reply, self.model_arrays)
+
+    def model_arrays(self, fingerprint: str) -> dict:
+        """The arrays every head of model ``fingerprint`` shares: from this process's cache, else asked of
+        the server once (other replies that arrive meanwhile wait for ``receive`` as usual)."""
+        with _MODEL_ARRAYS_LOCK:
+            cached = _MODEL_ARRAYS.get(fingerprint)
+        if cached is not None:
+            return cached
+        reply = self.call("head_model", {"fingerprint": fingerprint})
+        missing = [name for name in protocol.HEAD_MODEL_ARRAYS if name not in reply.payloads]
+        if reply.result.get("fingerprint") != fingerprint or missing:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"the server's head_model reply is not model {fingerprint} "
+                                                       f"(missing {missing})")
+        arrays = {}
+        for name in protocol.HEAD_MODEL_ARRAYS:
+            array = np.array(reply.payloads[name])  # owned: the reply's frames go away
+            array.flags.writeable = False            # shared by every head of the model
+            arrays[name] = array
+        with _MODEL_ARRAYS_LOCK:
+            return _MODEL_ARRAYS.setdefault(fingerprint, arrays)
 
 
 @dataclass
@@ -174,13 +205,22 @@ class Reconstruction:
     meta: dict
 
     @classmethod
-    def from_message(cls, message: Message) -> "Reconstruction":
+    def from_message(cls, message: Message,
+                     model_arrays: Callable[[str], Mapping] | None = None) -> "Reconstruction":
+        """``model_arrays(fingerprint)`` supplies what head faces share (``Client.model_arrays``); a reply
+        with heads needs it."""
         message.raise_for_error()
         result = message.result
         arrays = protocol.split_face_payloads(message.payloads)
         faces = [FaceData(index=int(meta["index"]), meta=meta, arrays=arrays.get(int(meta["index"]), {}))
                  for meta in result.get("faces", [])]
         for face in faces:
+            fingerprint = face.meta.get("model_fingerprint")
+            if fingerprint is not None:
+                if model_arrays is None:
+                    raise ProtocolError(ErrorCode.BAD_REQUEST, "a head reply needs its model's shared arrays: "
+                                                               "parse it with Client.reconstruction")
+                face.arrays.update(model_arrays(str(fingerprint)))
             missing = [name for name in protocol.arrays_for(face.meta) if name not in face.arrays]
             if missing:
                 raise ProtocolError(ErrorCode.BAD_REQUEST, f"reply for face {face.index} lacks arrays {missing}")

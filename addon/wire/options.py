@@ -135,9 +135,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("depth_fuse_weight", float, 1.0, "depth_backend network: share of the network in the fused depth's "
            "detail (0 = the landmark surface, 1 = all detail above the landmarks' scale from the network)",
            minimum=0.0, maximum=1.0, label="Network Detail", panel=True, geometry="face"),
-    Option("refine", str, "off", "photometric refinement of the head: off; light = SH lighting and a de-lit "
-           "albedo texture (about 1 s per face on 2 CPU threads); full = also shape detail from shading, "
-           "displacement in metres (about 5 s per face on 2 CPU threads)", choices=("off", "light", "full"),
+    Option("refine", str, "light", "photometric refinement of the head: light (default) = SH lighting and a "
+           "de-lit albedo texture, so a side light is not baked into the skin; full = also shape detail from "
+           "shading, displacement in metres (about 2 s more per face on 2 CPU threads); off = the photo "
+           "projected as it is, shading and all", choices=("off", "light", "full"),
            panel=True, geometry="head"),
     Option("shape_cues", str, "landmarks", "what shapes the fitted head: landmarks = FaceMesh's 478 points "
            "alone; network = also the project's own cues network, ~800 dense correspondences from the photo "

@@ -13,7 +13,10 @@ Progress (server -> client, zero or more before a ``reconstruct`` reply, same ``
 
 Ops: ``info``; ``reconstruct`` (frame ``image``, options in ``params``, see ``options.py``);
 ``cancel`` (``params.id`` = the request to stop; the server stops it at its next stage boundary and
-answers it with ``cancelled``).
+answers it with ``cancelled``); ``head_model`` (``params.fingerprint``): the arrays every head of
+the server's head model shares (``HEAD_MODEL_ARRAYS``). A head face's meta names them by
+``model_fingerprint`` instead of carrying them; clients fetch them once and cache them by that
+fingerprint (``client.Client.model_arrays``).
 
 Each entry of ``frames`` is ``{"name": str, "kind": "array"|"bytes", "dtype": str, "shape": [..]}``
 (``dtype``/``shape`` only for arrays).  Arrays travel as their raw C-ordered bytes, so large
@@ -42,7 +45,7 @@ import zmq
 from .errors import ErrorCode, ProtocolError  # noqa: F401  (re-exported: one import for protocol users)
 
 PROTOCOL = "faceforge"
-VERSION = 2  # 2: progress messages, cancel op, request timeouts
+VERSION = 3  # 2: progress messages, cancel op, request timeouts; 3: head_model op, per-model arrays sent once
 
 MAX_HEADER_BYTES = 64 * 1024
 MAX_JSON_DEPTH = 16       # a real header nests 4 deep (header > frames > descriptor > shape)
@@ -53,7 +56,7 @@ DEFAULT_MAX_FRAMES = 64
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 ZERO_COPY_THRESHOLD = 64 * 1024  # below this, copying is cheaper than zero-copy bookkeeping
 
-OPS = ("info", "reconstruct", "cancel")
+OPS = ("info", "reconstruct", "cancel", "head_model")
 
 # Dtypes allowed on the wire: fixed-size numeric only, never object arrays.
 _ALLOWED_DTYPES = {"uint8", "int8", "uint16", "int16", "uint32", "int32", "int64", "float16", "float32", "float64", "bool"}
@@ -325,22 +328,30 @@ FACE_ARRAYS = {
 
 # Head mode (``meta["geometry"] == "head"``): the fitted morphable head, vertex i the same anatomical point on
 # every head. Axes and units as FACE_ARRAYS; the pose is in ``meta["pose"]["matrix"]`` (4x4, object -> camera
-# view in Blender axes), not in the vertices.
-HEAD_ARRAYS = {
-    "vertices": ("float32", "(V, 3) canonical head (identity, neutral expression), object space, metres"),
+# view in Blender axes), not in the vertices. A reply carries HEAD_FACE_ARRAYS per face; HEAD_MODEL_ARRAYS are
+# the same for every head of one model and come once from the ``head_model`` op (``meta["model_fingerprint"]``).
+HEAD_MODEL_ARRAYS = {
     "polygon_sizes": ("uint8", "(P,) corners per polygon: 3 or 4 (quads where the model has quads)"),
     "polygon_vertices": ("int32", "(sum(polygon_sizes),) corner vertex indices, polygon after polygon"),
     "corner_uvs": ("float32", "(sum(polygon_sizes), 2) per-corner atlas UVs in [0, 1], origin bottom-left"),
     "polygon_material": ("uint8", "(P,) index into meta['materials']"),
-    "expression_deltas": ("float32", "(E, V, 3) this identity's expression shapes as vertex deltas"),
+    "expression_deltas": ("float32", "(E, V, 3) the model's expression shapes as vertex deltas"),
+}
+HEAD_FACE_ARRAYS = {
+    "vertices": ("float32", "(V, 3) canonical head (identity, neutral expression), object space, metres"),
     "expression_weights": ("float32", "(E,) fitted weights in [0, 1]; names in meta['expressions']"),
     "texture": ("uint8", "(S, S, 3) RGB atlas texture, row 0 at the top"),
-    "detail": ("float32", "(S, S) signed detail map aligned with texture"),
+    "detail": ("float16", "(S, S) signed detail map aligned with texture (unit in meta['detail_unit'])"),
     "depth": ("float32", "(R, R) the fitted head rendered in the photo's crop: height in metres, 0 outside mask"),
     "mask": ("bool", "(R, R) valid depth pixels"),
     "landmarks": ("float32", "(478, 3) FaceMesh landmarks' places on the canonical head, object space"),
     "landmarks_image": ("float32", "(478, 2) FaceMesh landmarks in source-image pixels"),
 }
+# With refinement (``refine`` light or full) a head also carries ``vertex_irradiance`` (float16, (V, 3)
+# linear RGB irradiance of the fitted lighting at each vertex: albedo x irradiance = the photo's look);
+# with ``refine full``, ``vertex_displacement`` (float32, (V,) metres along the normals: the shape from
+# shading, already added to ``vertices``, so every export carries it).
+HEAD_ARRAYS = HEAD_MODEL_ARRAYS | HEAD_FACE_ARRAYS  # what a head face holds once its model arrays are joined
 
 
 def arrays_for(meta: Mapping) -> dict:

@@ -21,6 +21,8 @@ Result (``PhotometricResult``):
   where seen and well lit, the mirrored side where that was, else a smooth fill (``texture.unwrap``);
 - ``lit_texture`` (S, S, 3) uint8 sRGB: the albedo lit by ``sh`` — the photo's own colours where it
   saw the head, the same lighting carried over the unseen parts;
+- ``vertex_irradiance`` (V, 3) float32: that lighting per vertex (linear; albedo x irradiance is the
+  lit look), what the reply carries instead of the lit texture (0.3 MB, not 3 MB);
 - ``displacement`` (V,) float32 metres along the posed head's vertex normals (area-weighted,
   outward); zero outside the face area and for ``light``;
 - ``displacement_map`` (S, S) float32 in the same atlas: the displacement in metres, mid-level 0
@@ -33,7 +35,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import cv2
 import numpy as np
@@ -51,7 +53,12 @@ from .shading import (View, linear_to_srgb, make_view, pixel_normals, rasterize_
                       srgb_to_linear)
 from .skin import core_mask, skin_mask
 from .texels import interpolate, texel_map
-from .texture import unwrap
+from .texture import sample_bilinear, unwrap
+
+LUMA = np.array([0.2126, 0.7152, 0.0722], np.float32)  # linear RGB -> relative luminance
+
+if TYPE_CHECKING:
+    from .photo_regions import PhotoWeight
 
 Report = Callable[[str, float], None]
 
@@ -65,6 +72,7 @@ class RefineConfig:
     min_facing: float = 0.3               # pixels seen at more than ~70 degrees off the view never count
     full_facing: float = 0.6              # ... and count fully from ~50 degrees
     lit_ramp: tuple[float, float] = (0.08, 0.25)  # irradiance below which the albedo comes from elsewhere
+    mirror_ratio: tuple[float, float] = (1.4, 2.0)  # de-lit colour this far from its better-lit mirror: less trusted
     visibility_eps_m: float = 0.004
 
 
@@ -77,6 +85,7 @@ class PhotometricResult:
     sh: np.ndarray
     albedo_texture: np.ndarray
     lit_texture: np.ndarray
+    vertex_irradiance: np.ndarray
     displacement: np.ndarray
     displacement_map: np.ndarray
     residual: dict
@@ -94,7 +103,9 @@ def level_config(level: str, texture_size: int = 1024) -> RefineConfig:
 def refine_head(model: HeadModel, photo_rgb: np.ndarray, posed_vertices: np.ndarray, camera: Camera,
                 level: str = "full", *, faces: np.ndarray | None = None, device: str | torch.device = "cpu",
                 report: Report | None = None, texture_size: int = 1024,
-                config: RefineConfig | None = None) -> PhotometricResult:
+                config: RefineConfig | None = None, skin: "PhotoWeight | None" = None) -> PhotometricResult:
+    """``skin`` (``photo_regions``): where the photo shows the head's own skin; the albedo takes the
+    photo's colour only there."""
     config = config or level_config(level, texture_size)
     _check_inputs(model, photo_rgb, posed_vertices)
     report = report or (lambda text, fraction: None)
@@ -117,13 +128,14 @@ def refine_head(model: HeadModel, photo_rgb: np.ndarray, posed_vertices: np.ndar
     sh = light.sh
     after = scene.residual(vertices, sh, light.albedo)
     report("de-lighting the texture", 0.8 if config.relief else 0.3)
-    albedo, lit = _textures(scene, vertices, sh)
+    albedo, lit, irradiance = _textures(scene, vertices, sh, skin)
     displacement_np = displacement.cpu().numpy().astype(np.float32)
     displacement_map = _texture_of(model, displacement_np[:, None], config.texture_size)[..., 0]
     clock.lap("albedo")
     report("refinement done", 1.0)
-    return PhotometricResult(sh.cpu().numpy().astype(np.float32), albedo, lit, displacement_np, displacement_map,
-                             {"before": before, "after": after}, clock.laps, light.albedo.cpu().numpy())
+    return PhotometricResult(sh.cpu().numpy().astype(np.float32), albedo, lit, irradiance, displacement_np,
+                             displacement_map, {"before": before, "after": after}, clock.laps,
+                             light.albedo.cpu().numpy())
 
 
 def _check_inputs(model: HeadModel, photo_rgb: np.ndarray, posed_vertices: np.ndarray) -> None:
@@ -230,8 +242,9 @@ def _refine_shape(scene: _Scene, report: Report, config: ReliefConfig) -> tuple[
     return displacement, light
 
 
-def _textures(scene: _Scene, vertices: torch.Tensor, sh: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """De-lit albedo and lit texture (uint8 sRGB) in the atlas."""
+def _textures(scene: _Scene, vertices: torch.Tensor, sh: torch.Tensor,
+              skin: "PhotoWeight | None" = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """De-lit albedo and lit texture (uint8 sRGB) in the atlas, and the irradiance per vertex."""
     config, view = scene.config, scene.view
     x0, y0, x1, y1 = view.box
     with torch.no_grad():
@@ -248,11 +261,36 @@ def _textures(scene: _Scene, vertices: torch.Tensor, sh: torch.Tensor) -> tuple[
         photo_xy = project(vertices, scene.camera.focal, scene.camera.principal)[:, :2].cpu().numpy()
     crop = srgb_to_linear(scene.photo_rgb[y0:y1, x0:x1])
     shading_full = cv2.resize(shading_image, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
-    delit = linear_to_srgb(crop / np.maximum(shading_full, 0.02))
-    albedo, _ = unwrap(delit, photo_xy - np.array([x0, y0]), weight, scene.model, config.texture_size)
-    irradiance = _texture_of(scene.model, vertex_irradiance.cpu().numpy(), config.texture_size)
+    delit_linear = crop / np.maximum(shading_full, 0.02)
+    xy = photo_xy - np.array([x0, y0])
+    per_vertex = vertex_irradiance.cpu().numpy().astype(np.float32)
+    weight = weight * _mirror_agreement(scene.model, crop, delit_linear, xy, weight, config)
+    albedo, _ = unwrap(linear_to_srgb(delit_linear), xy, weight, scene.model, config.texture_size,
+                       skin=None if skin is None else skin.moved((x0, y0)))
+    irradiance = _texture_of(scene.model, per_vertex, config.texture_size)
     lit_texture = linear_to_srgb(srgb_to_linear(albedo) * irradiance)
-    return albedo, lit_texture
+    return albedo, lit_texture, per_vertex
+
+
+def _mirror_agreement(model: HeadModel, photo_linear: np.ndarray, delit_linear: np.ndarray, xy: np.ndarray,
+                      weight: np.ndarray, config: RefineConfig) -> np.ndarray:
+    """Per vertex, how far to trust its de-lit colour (1 = fully). A second-order light cannot follow
+    a hard shadow: where it predicts more light than fell, dividing by it leaves a dark blotch (a
+    stripe down the nose's shadowed flank), and a bright streak where it predicts too little. So on
+    the side the photo shows darker, a de-lit luminance more than ``mirror_ratio`` apart from its
+    mirror vertex's (seen, and brighter in the photo) is trusted less, and the texture takes the
+    mirror there. Mirror pairs that agree (brows, lips, the mid-line) keep their own colour."""
+    def at_vertices(image: np.ndarray) -> np.ndarray:
+        luminance = cv2.GaussianBlur(np.ascontiguousarray(image @ LUMA, np.float32), (0, 0), 2.0)
+        return np.maximum(sample_bilinear(luminance, xy.astype(np.float32))[:, 0], 1e-4)
+
+    own, photo = at_vertices(delit_linear), at_vertices(photo_linear)
+    partner = model.mirror.index
+    apart = np.abs(np.log(own / own[partner]))
+    low, high = np.log(config.mirror_ratio)
+    trust = np.clip((high - apart) / (high - low), 0.0, 1.0)
+    darker = model.mirror.matched & (weight > 0) & (weight[partner] > 0) & (photo < photo[partner])
+    return np.where(darker, trust, 1.0)
 
 
 def _irradiance_image(scene: _Scene, vertices: torch.Tensor, sh: torch.Tensor) -> np.ndarray:

@@ -2,16 +2,19 @@
 
 Stages (each reported before it starts, so a cancelled request stops between them): cues (the cues
 network's dense correspondences, with ``shape_cues network``), fit (pose, focal, identity, expressions), refine
-(optional photometric refinement: SH lighting, de-lit albedo, shape detail as a displacement map in
-metres), texture (without refinement: visibility in the photo's
-camera, the photo unwrapped into the model's atlas with mirror and skin fill), depth (the fitted head
-rendered in the photo's camera).
-The reply carries the canonical head — identity at neutral expression — with the expressions as
-deltas and their fitted weights, and the pose apart from the shape (``HEAD_ARRAYS`` in the protocol).
+(photometric refinement, ``refine`` light by default: SH lighting, de-lit albedo; full: shape from
+shading, a displacement along the normals added to the head's vertices), texture (without refinement:
+visibility in the photo's camera, the photo unwrapped into the model's atlas with mirror and skin
+fill), depth (the fitted head rendered in the photo's camera).
+The reply carries the canonical head — identity at neutral expression — with the fitted expression
+weights, and the pose apart from the shape (``HEAD_FACE_ARRAYS`` in the protocol); what every head of
+the model shares — topology, atlas UVs, expression deltas — is ``model_arrays``, sent once per client.
 """
 from __future__ import annotations
 
 from typing import Callable
+
+import hashlib
 
 import numpy as np
 import torch
@@ -23,8 +26,9 @@ from .camera import Camera
 from .correspondence import LandmarkTable
 from .fit import HeadFit, HeadFitConfig, ShapeBasis, fit_head
 from .model import HeadModel
-from .photometric import refine_head
 from .photo_landmarks import crop_to_photo
+from .photo_regions import SkinRegions
+from .photometric import refine_head
 from .raster import project, rasterize, vertex_facing, vertex_normals, vertex_visibility
 from .render import FRONT_FACING, depth_map, drawn_faces
 from .sh import rotate as rotate_sh
@@ -55,6 +59,20 @@ class HeadReconstructor:
         self.basis = ShapeBasis(model, self.table, device)
         # What can hide a vertex from the camera: the kept geometry (no see-through shells, no eyelashes).
         self.occluders = torch.from_numpy(topology(model).triangles).long()
+        self.regions = SkinRegions()
+        self.model_arrays = self._model_arrays()
+        digest = hashlib.sha256()
+        for name, array in sorted(self.model_arrays.items()):
+            digest.update(f"{name}{array.dtype}{array.shape}".encode())
+            digest.update(np.ascontiguousarray(array).tobytes())
+        self.model_fingerprint = digest.hexdigest()[:32]
+
+    def _model_arrays(self) -> dict:
+        """``HEAD_MODEL_ARRAYS``: the same for every head of this model, sent once (``head_model`` op)."""
+        shape = topology(self.model)
+        return {"polygon_sizes": shape.polygon_sizes, "polygon_vertices": shape.polygon_vertices,
+                "corner_uvs": shape.corner_uvs, "polygon_material": shape.polygon_material,
+                "expression_deltas": to_blender(self.model.exp_deltas[:, :KEPT_VERTICES].astype(np.float32))}
 
     def reconstruct(self, rgb: np.ndarray, points_crop: np.ndarray, to_crop: np.ndarray, config,
                     stage: StageReport, focal_px: float | None = None) -> tuple[dict, dict]:
@@ -74,29 +92,31 @@ class HeadReconstructor:
                        basis=self.basis, cues=cues)
         camera = Camera(fit.focal, fit.principal, rgb.shape[:2])
         atlas_side = min(MAX_ATLAS, 2 * config.texture_size)
-        extra_arrays, extra_meta = {}, {}
+        extra_arrays, extra_meta, displacement = {}, {}, None
+        skin = self.regions.weight(rgb, landmarks_px, self.photo_positions(fit.posed_vertices, camera))
         if config.refine != "off":
             refined = refine_head(self.model, rgb, fit.posed_vertices, camera, config.refine, device=self.device,
-                                  texture_size=atlas_side, report=lambda text, fraction: stage("refine", text))
+                                  texture_size=atlas_side, report=lambda text, fraction: stage("refine", text),
+                                  skin=skin)
             texture = refined.albedo_texture
-            extra_arrays["lit_texture"] = refined.lit_texture
+            extra_arrays["vertex_irradiance"] = refined.vertex_irradiance[:KEPT_VERTICES].astype(np.float16)
             extra_meta = self.lighting_meta(refined)
-            if config.refine == "full":  # shape from shading: the detail signal in metres
-                detail = refined.displacement_map.astype(np.float32)
-            else:
-                detail = detail_map(texture, config.detail_sigma, [], atlas_side * 0.75)
-                extra_meta["detail_unit"] = "luminance"
+            if config.refine == "full":  # shape from shading, baked into the head every export then carries
+                displacement = refined.displacement
+                extra_arrays["vertex_displacement"] = displacement[:KEPT_VERTICES].astype(np.float32)
+                extra_meta["displacement"] = {"unit": "metre", "in_vertices": True,
+                                              "rms_mm": round(float(np.sqrt(np.mean(displacement ** 2))) * 1000, 3)}
         else:
             stage("texture", "unwrapping the photo onto the head")
             image_xy, weight = self.seen_from_camera(fit.posed_vertices, camera)
-            texture, coverage = unwrap(rgb, image_xy, weight, self.model, atlas_side)
-            detail = detail_map(texture, config.detail_sigma, [], atlas_side * 0.75)
-            extra_meta = {"detail_unit": "luminance", "texture_coverage": round(float(coverage.mean()), 4)}
+            texture, coverage = unwrap(rgb, image_xy, weight, self.model, atlas_side, skin=skin)
+            extra_meta = {"texture_coverage": round(float(coverage.mean()), 4)}
+        detail = detail_map(texture, config.detail_sigma, [], atlas_side * 0.75)
         stage("depth", "rendering the depth map")
         depth, mask, _ = depth_map(fit.posed_vertices, drawn_faces(self.model), camera, config.depth_size)
         depth = np.where(mask, depth[mask].max(initial=0.0) - depth, 0.0).astype(np.float32)
-        arrays = self.arrays(fit, landmarks_px, texture, detail, depth, mask) | extra_arrays
-        meta = self.meta(fit, camera, config.shape_cues) | extra_meta
+        arrays = self.arrays(fit, landmarks_px, texture, detail, depth, mask, displacement) | extra_arrays
+        meta = self.meta(fit, camera, config.shape_cues) | {"detail_unit": "luminance"} | extra_meta
         meta["camera"]["focal_source"] = "exif" if focal_px else "fitted"
         return arrays, meta
 
@@ -104,9 +124,18 @@ class HeadReconstructor:
     def lighting_meta(refined) -> dict:
         """The refinement's lighting (in the Blender world of ``pose``), its photometric residual and units."""
         sh_blender = rotate_sh(refined.sh, CAMERA_TO_BLENDER)
-        return {"detail_unit": "metre", "lighting": {"sh": sh_blender.round(5).tolist(), "frame": "blender world"},
+        return {"lighting": {"sh": sh_blender.round(5).tolist(), "frame": "blender world"},
                 "photometric_residual": {k: round(float(v), 5) for k, v in refined.residual.items()},
                 "refine_seconds": {k: round(float(v), 3) for k, v in refined.timings.items()}}
+
+    @staticmethod
+    def photo_positions(posed: np.ndarray, camera: Camera) -> np.ndarray:
+        """(V, 2) where each vertex lands in the photo; NaN behind the camera."""
+        with torch.inference_mode():
+            screen = project(torch.from_numpy(np.asarray(posed, np.float32)), camera.focal, camera.principal)
+        xy = screen[:, :2].numpy().copy()
+        xy[np.asarray(posed)[:, 2] <= 0] = np.nan
+        return xy
 
     def seen_from_camera(self, posed: np.ndarray, camera: Camera) -> tuple[np.ndarray, np.ndarray]:
         """Each vertex's photo pixel and how well the photo shows it: z-buffer visibility x facing."""
@@ -122,16 +151,19 @@ class HeadReconstructor:
             weight = seen.float() * facing.clamp(0.0, 1.0)
         return screen[:, :2].numpy(), weight.numpy()
 
-    def arrays(self, fit: HeadFit, landmarks_px, texture, detail, depth, mask) -> dict:
-        model, shape = self.model, topology(self.model)
-        neutral = model.shape(fit.id_coeffs)
+    def arrays(self, fit: HeadFit, landmarks_px, texture, detail, depth, mask, displacement=None) -> dict:
+        """``displacement``: ``refine full``'s metres along the normals, added to the neutral head here so
+        that Blender, the batch's files and the CLI's exports all carry the refined shape."""
+        neutral = self.model.shape(fit.id_coeffs)
+        if displacement is not None:
+            normals = vertex_normals(torch.from_numpy(np.asarray(neutral, np.float32)),
+                                     torch.from_numpy(self.model.faces).long()).numpy()
+            neutral = neutral + displacement[:, None] * normals
         return {
             "vertices": to_blender(neutral[:KEPT_VERTICES]),
-            "polygon_sizes": shape.polygon_sizes, "polygon_vertices": shape.polygon_vertices,
-            "corner_uvs": shape.corner_uvs, "polygon_material": shape.polygon_material,
-            "expression_deltas": to_blender(model.exp_deltas[:, :KEPT_VERTICES].astype(np.float32)),
             "expression_weights": fit.exp_weights.astype(np.float32),
-            "texture": texture, "detail": detail.astype(np.float32), "depth": depth, "mask": mask,
+            # float16: a luminance high-pass within +-0.2, or millimetre displacements (relative precision 1e-3)
+            "texture": texture, "detail": detail.astype(np.float16), "depth": depth, "mask": mask,
             "landmarks": to_blender(self.table.points(neutral, fit.yaw_deg)),
             "landmarks_image": landmarks_px[:, :2].astype(np.float32),
         }
@@ -141,6 +173,7 @@ class HeadReconstructor:
         matrix = np.eye(4)
         matrix[:3, :3], matrix[:3, 3] = rotation, CAMERA_TO_BLENDER @ fit.translation
         return {"geometry": "head", "materials": list(MATERIALS), "expressions": list(self.model.exp_names),
+                "model_fingerprint": self.model_fingerprint,
                 "pose": {"matrix": matrix.round(6).tolist(), "yaw_deg": round(fit.yaw_deg, 2)},
                 "camera": {"focal_px": round(camera.focal, 2), "principal_px": list(camera.principal),
                            "image_size": [camera.size[1], camera.size[0]]},

@@ -24,6 +24,7 @@ from .texels import interpolate, texel_map
 
 if TYPE_CHECKING:
     from .model import HeadModel
+    from .photo_regions import PhotoWeight
 
 # Colour classes by geometry part; default colours (RGB 0..255) for classes the photo did not show.
 CLASSES = {
@@ -54,19 +55,27 @@ class UnwrapConfig:
 
 
 def unwrap(photo_rgb: np.ndarray, image_xy: np.ndarray, weight: np.ndarray, model: "HeadModel",
-           size: int = 1024, config: UnwrapConfig = UnwrapConfig()) -> tuple[np.ndarray, np.ndarray]:
+           size: int = 1024, config: UnwrapConfig = UnwrapConfig(),
+           skin: "PhotoWeight | None" = None) -> tuple[np.ndarray, np.ndarray]:
     """Texture (size, size, 3) uint8 in the model's atlas (row 0 = v 1), and coverage (size, size)
     float32: the share of each texel's colour taken directly from the photo.
 
     ``image_xy``: where each vertex of the posed head lands in the photo, in pixels, x right and y
     down from the image's top-left corner (pixel centres at +0.5). ``weight``: visibility x facing
-    (cosine between normal and view ray) per vertex in [0, 1]; 0 for hidden vertices.
+    (cosine between normal and view ray) per vertex in [0, 1]; 0 for hidden vertices. ``skin``
+    (``photo_regions``): how much each photo pixel shows the head's own skin; the photo's colour
+    counts only that much, per vertex (what spreads into the fill) and per texel.
     """
     image_xy, weight = _check_inputs(photo_rgb, image_xy, weight, model)
+    if skin is not None:
+        weight = weight * skin.at(image_xy)
     texels = texel_map(model, size)
+    texel_xy = interpolate(texels, image_xy.astype(np.float32))
     alpha = _photo_alpha(weight, texels, config)
+    if skin is not None:
+        alpha = alpha * skin.at(texel_xy)
     photo = photo_rgb.astype(np.float32)
-    seen = sample_bilinear(photo, interpolate(texels, image_xy.astype(np.float32)))        # (N, 3)
+    seen = sample_bilinear(photo, texel_xy)                                                 # (N, 3)
     seen_image = np.zeros((size * size, 4), np.float32)
     seen_image[texels.texel, :3] = seen * alpha[:, None]
     seen_image[texels.texel, 3] = alpha
