@@ -24,7 +24,7 @@ import torch
 from inference_server.head import sh as spherical
 from inference_server.head.camera import Camera
 from inference_server.head.model import HeadModel
-from inference_server.head.photometric import refine_head
+from inference_server.head.photometric import lit_texture, refine_head
 from inference_server.head.shading import srgb_to_linear
 from benchmarks.ict_eval import ICT_MODEL as MODEL
 from tests import photometric_scenes as scenes
@@ -76,7 +76,7 @@ def evaluate_photo(model, name: str, args) -> None:
 
             args.save.mkdir(parents=True, exist_ok=True)
             Image.fromarray(result.albedo_texture).save(args.save / f"{name}_{level}_albedo.png")
-            Image.fromarray(result.lit_texture).save(args.save / f"{name}_{level}_lit.png")
+            Image.fromarray(lit_texture(model, result)).save(args.save / f"{name}_{level}_lit.png")
 
 
 def main(argv=None) -> int:

@@ -136,8 +136,8 @@ OPTIONS: tuple[Option, ...] = (
            "detail (0 = the landmark surface, 1 = all detail above the landmarks' scale from the network)",
            minimum=0.0, maximum=1.0, label="Network Detail", panel=True, geometry="face"),
     Option("refine", str, "light", "photometric refinement of the head: light (default) = SH lighting and a "
-           "de-lit albedo texture, so a side light is not baked into the skin; full = also shape detail from "
-           "shading, displacement in metres (about 2 s more per face on 2 CPU threads); off = the photo "
+           "de-lit albedo texture, so a side light is not baked into the skin; full = also shape from shading, "
+           "added to the head's vertices (about 2 s more per face on 2 CPU threads); off = the photo "
            "projected as it is, shading and all", choices=("off", "light", "full"),
            panel=True, geometry="head"),
     Option("shape_cues", str, "landmarks", "what shapes the fitted head: landmarks = FaceMesh's 478 points "

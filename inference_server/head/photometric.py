@@ -19,15 +19,10 @@ Result (``PhotometricResult``):
   scaled so the well-lit skin has irradiance 1 (``lighting``);
 - ``albedo_texture`` (S, S, 3) uint8 sRGB in the model's atlas: the photo divided by the shading
   where seen and well lit, the mirrored side where that was, else a smooth fill (``texture.unwrap``);
-- ``lit_texture`` (S, S, 3) uint8 sRGB: the albedo lit by ``sh`` — the photo's own colours where it
-  saw the head, the same lighting carried over the unseen parts;
-- ``vertex_irradiance`` (V, 3) float32: that lighting per vertex (linear; albedo x irradiance is the
-  lit look), what the reply carries instead of the lit texture (0.3 MB, not 3 MB);
+- ``vertex_irradiance`` (V, 3) float32: the lighting per vertex (linear; albedo x irradiance is the
+  photo's look: ``lit_texture`` paints it into the atlas);
 - ``displacement`` (V,) float32 metres along the posed head's vertex normals (area-weighted,
   outward); zero outside the face area and for ``light``;
-- ``displacement_map`` (S, S) float32 in the same atlas: the displacement in metres, mid-level 0
-  (Blender: a float/non-colour image, Displace modifier along normals, mid-level 0.0, strength 1.0
-  for a mesh in metres — scale the strength with the object's unit scale);
 - ``residual``: RMS colour difference (linear 0..1) between render and photo on the skin pixels,
   ``{"before": ..., "after": ...}``; ``timings``: seconds per phase.
 """
@@ -84,10 +79,8 @@ LEVEL_CONFIGS = {"light": RefineConfig(work_side=192, relief=None),
 class PhotometricResult:
     sh: np.ndarray
     albedo_texture: np.ndarray
-    lit_texture: np.ndarray
     vertex_irradiance: np.ndarray
     displacement: np.ndarray
-    displacement_map: np.ndarray
     residual: dict
     timings: dict = field(default_factory=dict)
     skin_albedo: np.ndarray | None = None   # (3,) linear skin albedo behind the lighting estimate
@@ -126,16 +119,21 @@ def refine_head(model: HeadModel, photo_rgb: np.ndarray, posed_vertices: np.ndar
         clock.lap("shape")
     vertices = scene.vertices + displacement[:, None] * scene.normals
     sh = light.sh
-    after = scene.residual(vertices, sh, light.albedo)
+    after = scene.residual(vertices, sh, light.albedo) if config.relief is not None else before
     report("de-lighting the texture", 0.8 if config.relief else 0.3)
-    albedo, lit, irradiance = _textures(scene, vertices, sh, skin)
-    displacement_np = displacement.cpu().numpy().astype(np.float32)
-    displacement_map = _texture_of(model, displacement_np[:, None], config.texture_size)[..., 0]
+    albedo, irradiance = _textures(scene, vertices, sh, skin)
     clock.lap("albedo")
     report("refinement done", 1.0)
-    return PhotometricResult(sh.cpu().numpy().astype(np.float32), albedo, lit, irradiance, displacement_np,
-                             displacement_map, {"before": before, "after": after}, clock.laps,
-                             light.albedo.cpu().numpy())
+    return PhotometricResult(sh.cpu().numpy().astype(np.float32), albedo, irradiance,
+                             displacement.cpu().numpy().astype(np.float32), {"before": before, "after": after},
+                             clock.laps, light.albedo.cpu().numpy())
+
+
+def lit_texture(model: HeadModel, result: PhotometricResult) -> np.ndarray:
+    """(S, S, 3) uint8 sRGB: the albedo lit by the fitted light - the photo's own colours where it
+    saw the head, the same lighting carried over the unseen parts."""
+    irradiance = _texture_of(model, result.vertex_irradiance, result.albedo_texture.shape[0])
+    return linear_to_srgb(srgb_to_linear(result.albedo_texture) * irradiance)
 
 
 def _check_inputs(model: HeadModel, photo_rgb: np.ndarray, posed_vertices: np.ndarray) -> None:
@@ -243,8 +241,8 @@ def _refine_shape(scene: _Scene, report: Report, config: ReliefConfig) -> tuple[
 
 
 def _textures(scene: _Scene, vertices: torch.Tensor, sh: torch.Tensor,
-              skin: "PhotoWeight | None" = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """De-lit albedo and lit texture (uint8 sRGB) in the atlas, and the irradiance per vertex."""
+              skin: "PhotoWeight | None" = None) -> tuple[np.ndarray, np.ndarray]:
+    """De-lit albedo (uint8 sRGB) in the atlas, and the irradiance per vertex."""
     config, view = scene.config, scene.view
     x0, y0, x1, y1 = view.box
     with torch.no_grad():
@@ -267,9 +265,7 @@ def _textures(scene: _Scene, vertices: torch.Tensor, sh: torch.Tensor,
     weight = weight * _mirror_agreement(scene.model, crop, delit_linear, xy, weight, config)
     albedo, _ = unwrap(linear_to_srgb(delit_linear), xy, weight, scene.model, config.texture_size,
                        skin=None if skin is None else skin.moved((x0, y0)))
-    irradiance = _texture_of(scene.model, per_vertex, config.texture_size)
-    lit_texture = linear_to_srgb(srgb_to_linear(albedo) * irradiance)
-    return albedo, lit_texture, per_vertex
+    return albedo, per_vertex
 
 
 def _mirror_agreement(model: HeadModel, photo_linear: np.ndarray, delit_linear: np.ndarray, xy: np.ndarray,
