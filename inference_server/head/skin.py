@@ -6,6 +6,7 @@ any identity and stay put under expressions (vertex ids do not move).
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -27,6 +28,11 @@ NOSE_TIP = 30
 
 def skin_mask(model: "HeadModel") -> np.ndarray:
     """(V,) bool: ``face_mask`` without eyes, brows, lips and nostrils."""
+    return _skin_mask(model).copy()
+
+
+@lru_cache(maxsize=4)  # per model (identity-hashed): ~80 ms, and every refinement asks
+def _skin_mask(model: "HeadModel") -> np.ndarray:
     points = model.vertices.astype(np.float64)
     marks = points[model.landmarks68]
     xy = points[:, :2]

@@ -125,9 +125,9 @@ def sample_bilinear(image: np.ndarray, xy: np.ndarray) -> np.ndarray:
     n, width = len(xy), 1024
     rows = -(-n // width)
     maps = np.full((rows * width, 2), -1e6, np.float32)  # far outside: BORDER_CONSTANT zero
-    good = np.isfinite(xy).all(axis=1)
-    maps[:n][good] = xy[good] - 0.5                       # pixel centres at +0.5 -> OpenCV's integer grid
-    out = cv2.remap(image, maps[:, 0].reshape(rows, width), maps[:, 1].reshape(rows, width), cv2.INTER_LINEAR,
+    np.subtract(xy, 0.5, out=maps[:n], casting="unsafe")  # pixel centres at +0.5 -> OpenCV's integer grid
+    maps[~np.isfinite(maps).all(axis=1)] = -1e6
+    out = cv2.remap(image, maps.reshape(rows, width, 2), None, cv2.INTER_LINEAR,  # one two-channel map
                     borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     return out.reshape(rows * width, -1)[:n]
 
