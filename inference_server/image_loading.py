@@ -16,6 +16,11 @@ MIN_SIDE = 32  # pixels: the smallest face the detector finds is 12 px inside a 
 Image.MAX_IMAGE_PIXELS = None
 
 
+def _pixel_count(pixels: int) -> str:
+    """Megapixels where that reads well, else the exact count (a limit of 1 is not "0.0 MP")."""
+    return f"{pixels / 1e6:.1f} MP" if pixels >= 100_000 else f"{pixels:,} pixel{'s' if pixels != 1 else ''}"
+
+
 def load_rgb(data: bytes | memoryview, max_pixels: int) -> np.ndarray:
     """(H, W, 3) uint8 RGB, EXIF orientation applied. Raises ``ProtocolError`` for bad or oversize input."""
     if len(data) == 0:
@@ -29,8 +34,8 @@ def load_rgb(data: bytes | memoryview, max_pixels: int) -> np.ndarray:
             raise ProtocolError(ErrorCode.BAD_IMAGE, f"image is {width}x{height} pixels; a photo needs at least "
                                                      f"{MIN_SIDE} pixels on each side")
         if width * height > max_pixels:
-            raise ProtocolError(ErrorCode.TOO_LARGE,
-                                f"image is {width}x{height} = {width * height / 1e6:.1f} MP; the limit is {max_pixels / 1e6:.1f} MP")
+            raise ProtocolError(ErrorCode.TOO_LARGE, f"image is {width}x{height} = {_pixel_count(width * height)}; "
+                                                     f"the limit is {_pixel_count(max_pixels)}")
         image.load()
         return _to_rgb8(ImageOps.exif_transpose(image))
     except UnidentifiedImageError:

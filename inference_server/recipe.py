@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from addon.wire.errors import Exit
+from addon.wire.errors import Exit, ProtocolError
 
 from .config import ReconstructionConfig
 from .workers import WorkerFailed
@@ -49,4 +49,9 @@ class PipelineRecipe:
         if threads:
             torch.set_num_threads(threads)
         depth = DepthSettings(model=depth_model, threads=threads or DepthSettings.threads)
-        return FacePipeline(device, self.defaults, self.head_model, depth)
+        try:
+            return FacePipeline(device, self.defaults, self.head_model, depth)
+        except ProtocolError as exc:  # only the operator's checkpoint loads at start: it exists but is unusable
+            if not depth_model:
+                raise
+            raise WorkerFailed(f"--depth-model: {exc.message}", Exit.BAD_INPUT) from None

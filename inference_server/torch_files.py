@@ -7,25 +7,17 @@ untrusted file with ``weights_only=False`` is never passed on.
 """
 from __future__ import annotations
 
-import stat
 from pathlib import Path
 
 import torch
+
+from .source_files import check_source
 
 
 def load_tensors(path: Path, max_bytes: int, error: type[Exception], what: str = "checkpoint"):
     """The file's contents (tensors, dicts, lists, numbers, strings), or ``error(reason)``."""
     path = Path(path)
-    try:
-        info = path.stat()
-    except OSError:
-        raise error(f"no {what} at {path}") from None
-    if stat.S_ISDIR(info.st_mode):
-        raise error(f"{path} is a folder, not a {what} file")
-    if not stat.S_ISREG(info.st_mode):
-        raise error(f"{path} is not a regular file (a device, pipe or socket): not a {what}")
-    if info.st_size > max_bytes:
-        raise error(f"{path} is {info.st_size / 1e6:.0f} MB, more than a {what} can be ({max_bytes / 1e6:.0f} MB)")
+    check_source(path, max_bytes, error, what)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # zip damage, truncation, pickled code refused by weights_only, ...

@@ -130,6 +130,46 @@ def test_bad_sources_are_refused_with_one_line(tmp_path, data_dir, capsys, conte
     assert store.find_model() is None
 
 
+@pytest.mark.parametrize("kind", ["device", "fifo", "bad crc"])
+def test_endless_blocking_or_damaged_sources_are_refused_with_one_line(shared_npz, tmp_path, data_dir, capsys, kind):
+    """``/dev/zero`` used to grow memory without bound, a FIFO to block for ever, a damaged .npz
+    member (bad CRC) to end in a traceback: all are now one ``error:`` line and exit 3."""
+    import os
+
+    if kind == "device":
+        source = Path("/dev/zero")
+    elif kind == "fifo":
+        source = tmp_path / "model.zip"
+        os.mkfifo(source)
+    else:
+        source = tmp_path / "damaged.npz"
+        data = bytearray(shared_npz.read_bytes())
+        with zipfile.ZipFile(shared_npz) as archive:
+            entry = archive.getinfo("vertices.npy")
+        data[entry.header_offset + 30 + len(entry.filename) + 200] ^= 0xFF  # one byte inside its data
+        source.write_bytes(bytes(data))
+    assert main(["model", "install", str(source)]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    said = {"device": "not a regular file", "fifo": "not a regular file", "bad crc": "is damaged"}[kind]
+    assert len(err) == 1 and err[0].startswith("error:") and said in err[0], err
+    assert store.find_model() is None
+
+
+def test_a_licence_link_is_not_followed(shared_npz, tmp_path, data_dir, capsys):
+    """A LICENSE beside the model that is a link (here to an owner-only file) is not copied into the
+    world-readable installed licence; the model's own notice is written instead."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("owner-only text\n")
+    secret.chmod(0o600)
+    folder = tmp_path / "download"
+    folder.mkdir()
+    (folder / "model.npz").write_bytes(shared_npz.read_bytes())
+    (folder / "LICENSE").symlink_to(secret)
+    assert main(["model", "install", str(folder / "model.npz")]) == 0
+    licence = (store.default_model_path().parent / store.LICENCE_FILE).read_text()
+    assert "owner-only" not in licence and "MIT" in licence
+
+
 class _ArchiveServer(http.server.ThreadingHTTPServer):
     """Serves files from a folder; ``/stall`` sends headers, then nothing."""
 

@@ -48,6 +48,9 @@ def test_oversize_is_refused_before_decoding():
     with pytest.raises(ProtocolError) as info:
         load_rgb(bomb, 40_000_000)
     assert info.value.code == ErrorCode.TOO_LARGE and "400.0 MP" in info.value.message
+    for limit, said in ((1, "the limit is 1 pixel"), (4_096, "the limit is 4,096 pixels")):  # never "0.0 MP"
+        with pytest.raises(ProtocolError, match=said):
+            load_rgb(encode(Image.new("RGB", (100, 100)), "PNG"), limit)
 
 
 @pytest.mark.parametrize("data", [b"", b"hello world", b"\x89PNG\r\n\x1a\n" + b"\x00" * 50])

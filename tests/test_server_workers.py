@@ -95,6 +95,17 @@ def test_an_unusable_device_or_checkpoint_stops_the_workers_with_its_exit_status
     assert result.returncode == status and result.stderr.strip().splitlines()[-1].startswith(f"error: {said}")
 
 
+def test_a_damaged_operator_checkpoint_is_one_line_not_a_traceback(tmp_path):
+    """``serve --depth-model`` with a file that exists but holds nothing usable: one ``error:`` line
+    and exit 3 (bad input), not the worker's traceback followed by a generic failure."""
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    command = [sys.executable, "-m", "inference_server", "serve", "--bind", LOCAL, "--depth-model", str(empty)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 3 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: --depth-model: the depth checkpoint {empty}")
+
+
 def test_concurrent_clients_get_their_own_replies_from_both_workers(two_workers, astronaut_png, grace_hopper_jpg):
     photos = small_photos([astronaut_png, grace_hopper_jpg])
     sized = [(photo, list(Image.open(io.BytesIO(photo)).size)) for photo in photos]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..source_files import check_source, read_small_text
 from .model import HeadModel
 
 NEUTRAL = "generic_neutral_mesh.obj"
@@ -84,9 +85,8 @@ class FolderSource:
 
     def read(self, name: str) -> bytes:
         path = self.folder / name
+        check_source(path, MAX_OBJ_BYTES, ConversionError, "upstream model file")  # no FIFO, device, giant
         try:
-            if path.stat().st_size > MAX_OBJ_BYTES:
-                raise ConversionError(f"{path} is larger than {MAX_OBJ_BYTES} bytes: not an upstream model file")
             return path.read_bytes()
         except OSError as exc:
             raise ConversionError(f"cannot read {path}: {exc.strerror or exc}") from None
@@ -96,8 +96,9 @@ class FolderSource:
 
     def licence_text(self) -> str | None:
         for path in (self.folder / "LICENSE", self.folder.parent / "LICENSE"):
-            if path.is_file():
-                return path.read_text(errors="replace")
+            text = read_small_text(path)  # never through a link: it could point at anyone's file
+            if text is not None:
+                return text
         return None
 
 

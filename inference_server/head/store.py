@@ -16,6 +16,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -23,12 +24,14 @@ from typing import Callable
 import numpy as np
 
 from ..data_dir import data_dir
+from ..source_files import check_source, read_small_text
 from .convert import check_model, convert_source, open_source, write_npz
 from .model import HeadModel
 
 PINNED_COMMIT = "da5f95a607f5e6b37755b38d3385d7f2853732e5"
 PINNED_URL = f"https://github.com/ICT-VGL/ICT-FaceKit/archive/{PINNED_COMMIT}.zip"
 MAX_DOWNLOAD_BYTES = 1 << 30  # the upstream archive is a few hundred MB
+MAX_SOURCE_BYTES = 2 << 30    # a source file (that archive, or a converted .npz of ~16 MB) is never larger
 MODEL_FILE = "ict-facekit.npz"
 LICENCE_FILE = "ict-facekit.LICENSE.txt"
 LICENCE_NOTICE = ("ICT-FaceKit (github.com/ICT-VGL/ICT-FaceKit) is MIT-licensed, Copyright (c) 2020 USC Institute "
@@ -112,6 +115,7 @@ def install(source: str | Path, *, verify_pinned: bool = False, log: Callable[[s
     source = Path(source)
     if not source.exists():
         raise InstallError(f"{source} does not exist")
+    check_source(source, MAX_SOURCE_BYTES, InstallError, "head model source", folder_ok=True)
     target = default_model_path()
     try:
         model, write, licence = _read_source(source)
@@ -125,6 +129,8 @@ def install(source: str | Path, *, verify_pinned: bool = False, log: Callable[[s
         (target.parent / LICENCE_FILE).write_text(licence or f"ICT-FaceKit: {model.info.get('license', LICENCE_NOTICE)}\n")
     except ValueError as exc:  # ConversionError, ModelFileError, arrays numpy refuses
         raise InstallError(str(exc)) from None
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:  # a damaged member of an .npz (bad CRC, truncated)
+        raise InstallError(f"{label or source} is damaged ({exc})") from None
     except OSError as exc:
         raise InstallError(f"cannot install into {target.parent}: {exc.strerror or exc}") from None
     log(f"installed ICT-FaceKit head model: {model.vertex_count} vertices, {len(model.faces)} triangles, "
@@ -138,9 +144,8 @@ def install(source: str | Path, *, verify_pinned: bool = False, log: Callable[[s
 def _read_source(source: Path) -> tuple[HeadModel, Callable[[Path], None], str | None]:
     """The model, how to write it as one .npz, and the licence text that came with the source."""
     if source.is_file() and zipfile.is_zipfile(source) and _is_npz(source):
-        beside = source.parent / "LICENSE"
         return (HeadModel.load(source), lambda path: shutil.copyfile(source, path),
-                beside.read_text(errors="replace") if beside.is_file() else None)
+                read_small_text(source.parent / "LICENSE"))  # never through a link
     with contextlib.closing(open_source(source)) as model_source:
         arrays = convert_source(model_source)
         licence = model_source.licence_text()
