@@ -49,6 +49,7 @@ HEARTBEAT_MS = 5000       # ZeroMQ heartbeats: a peer silent for 3 intervals is 
 REMOTE_INFO_KEYS = ("protocol", "protocol_version", "server_version", "device", "device_name", "models",
                     "defaults", "limits", "queued", "worker_count")
 
+HEAD_MODEL_INTERVAL = 10.0  # seconds between two head_model answers to one client (it keeps them)
 
 class InferenceServer:
     """``pipeline_factory`` builds the models inside each worker (loading is slow: seconds); with
@@ -70,6 +71,7 @@ class InferenceServer:
         self._stop = threading.Event()
         self._info: dict = {}
         self._head_model: tuple[dict, dict] | None = None  # the head_model op's result and arrays
+        self._head_model_sent: dict[bytes, float] = {}       # client identity -> when it was last sent them
         self._next_probe = 0.0
         self._rejections = RateLimitedLog(log)        # one line per rejected request, flood-proof
         self._failures = RateLimitedLog(log, rate=1.0)  # internal errors with their tracebacks
@@ -257,12 +259,16 @@ class InferenceServer:
         if message.op == "cancel":
             return protocol.encode_reply(message.id, {"cancelled": self._cancel(identity, message.params)})
         if message.op == "head_model":
-            return protocol.encode_reply(message.id, *self._shared_head_arrays(message.params))
+            return protocol.encode_reply(message.id, *self._shared_head_arrays(identity, message.params))
         self._enqueue(identity, message)
         return None
 
-    def _shared_head_arrays(self, params: dict) -> tuple[dict, dict]:
-        """The ``head_model`` op: the arrays every head shares, if ``params.fingerprint`` names this model."""
+    def _shared_head_arrays(self, identity: bytes, params: dict) -> tuple[dict, dict]:
+        """The ``head_model`` op: the arrays every head shares, if ``params.fingerprint`` names this model.
+
+        16 MiB for a request of a few bytes and no work: a client that asked again at once would make
+        the server queue gigabytes for it, so each client gets them once per ``HEAD_MODEL_INTERVAL``
+        (a client keeps them for its process's lifetime; ``Client.model_arrays``)."""
         if self._head_model is None:
             raise ProtocolError(ErrorCode.NO_MODEL, "this server has no head model: head mode is off "
                                                     "(`python -m inference_server model fetch` installs it)")
@@ -271,6 +277,15 @@ class InferenceServer:
         if wanted is not None and wanted != result["fingerprint"]:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"head model {clip(wanted)} is not this server's "
                                                        f"({result['fingerprint']}): reconstruct again")
+        now = time.monotonic()
+        self._head_model_sent = {peer: when for peer, when in self._head_model_sent.items()
+                                 if now - when < HEAD_MODEL_INTERVAL}
+        if identity in self._head_model_sent:
+            wait = HEAD_MODEL_INTERVAL - (now - self._head_model_sent[identity])
+            raise ProtocolError(ErrorCode.BUSY, f"the head model's arrays were sent to this client "
+                                                f"{now - self._head_model_sent[identity]:.1f} s ago and are kept by "
+                                                f"it; ask again in {wait:.0f} s if they were lost")
+        self._head_model_sent[identity] = now
         return result, arrays
 
     def _is_remote(self, frame) -> bool:

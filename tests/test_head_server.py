@@ -60,10 +60,14 @@ def test_head_replies_carry_per_face_arrays_and_the_model_arrays_come_once(head_
         assert sent["detail"].dtype == np.float16 and sent["vertex_irradiance"].shape == (24591, 3)
         first = client.reconstruction(message).faces[0]
         second = client.reconstruct(astronaut_png).faces[0]
-        shared = client.call("head_model", {"fingerprint": meta["model_fingerprint"]})
         with pytest.raises(ProtocolError, match="not this server's") as refused:
             client.call("head_model", {"fingerprint": "0" * 32})
     assert refused.value.code == ErrorCode.BAD_REQUEST
+    with Client(head_server.address, timeout=60) as fresh:  # its own identity: asks once, then is told to wait
+        shared = fresh.call("head_model", {"fingerprint": meta["model_fingerprint"]})
+        with pytest.raises(ProtocolError, match="kept by it") as again:
+            fresh.call("head_model", {"fingerprint": meta["model_fingerprint"]})
+    assert again.value.code == ErrorCode.BUSY  # 16 MiB for a few bytes: never on demand in a loop
     assert set(shared.payloads) == set(protocol.HEAD_MODEL_ARRAYS)
     assert sum(array.nbytes for array in shared.payloads.values()) > 15 * limits.MB
     for name in protocol.HEAD_MODEL_ARRAYS:  # one cached copy, read-only, equal to what the server sends
