@@ -73,6 +73,8 @@ class SkinRegions:
         ``landmarks_px`` are FaceMesh's 478 points in photo pixels."""
         height, width = rgb.shape[:2]
         inside = np.isfinite(head_xy).all(axis=1)
+        if not inside.any():  # nothing of the head is in front of the camera: nothing to project
+            return PhotoWeight(np.zeros((1, 1), np.float32), (0.0, 0.0))
         low = np.clip(np.floor(head_xy[inside].min(axis=0)) - 2, 0, (width - 1, height - 1)).astype(int)
         high = np.clip(np.ceil(head_xy[inside].max(axis=0)) + 2, low + 1, (width, height)).astype(int)
         crop = np.ascontiguousarray(rgb[low[1]:high[1], low[0]:high[0]])
