@@ -68,7 +68,7 @@ def build_head_object(face, *, name: str, settings: scene.BuildSettings, metadat
     pose = Matrix(headdata.pose_rows(meta))
     irradiance = (headdata.irradiance_colours(arrays["vertex_irradiance"], len(arrays["vertices"]))
                   if "vertex_irradiance" in arrays else None)
-    displacement = (headdata.vertex_values(arrays["vertex_displacement"], len(arrays["vertices"]),
+    displacement = (headdata.vertex_values(arrays["vertex_displacement"], (len(arrays["vertices"]),),
                                            "vertex_displacement") if "vertex_displacement" in arrays else None)
     obj = bpy.data.objects.new(name, scene.mesh_from_arrays(name, mesh_arrays))
     images = scene.face_images(obj.name, arrays)

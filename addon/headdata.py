@@ -99,17 +99,15 @@ def pose_rows(meta: Mapping) -> list:
     return matrix.tolist()
 
 
-def vertex_values(values, vertex_count: int, name: str) -> np.ndarray:
-    """(V,) finite float32 per-vertex values (a point float attribute), or ValueError naming ``name``."""
+def vertex_values(values, shape: tuple, name: str) -> np.ndarray:
+    """Finite float32 per-vertex values of ``shape`` (a point attribute), or ValueError naming ``name``."""
     array = np.asarray(values, dtype=np.float32)
-    if array.shape != (vertex_count,) or not np.isfinite(array).all():
-        raise ValueError(f"{name} must be finite ({vertex_count},), got {array.shape}")
+    if array.shape != tuple(shape) or not np.isfinite(array).all():
+        raise ValueError(f"{name} must be finite {tuple(shape)}, got {array.shape}")
     return array
 
 
 def irradiance_colours(irradiance, vertex_count: int) -> np.ndarray:
     """(V, 3) linear irradiance -> (V, 4) float32 RGBA for a point colour attribute."""
-    values = np.asarray(irradiance, dtype=np.float32)
-    if values.shape != (vertex_count, 3) or not np.isfinite(values).all():
-        raise ValueError(f"vertex_irradiance must be finite ({vertex_count}, 3), got {values.shape}")
+    values = vertex_values(irradiance, (vertex_count, 3), "vertex_irradiance")
     return np.concatenate([np.maximum(values, 0.0), np.ones((vertex_count, 1), np.float32)], axis=1)

@@ -12,7 +12,6 @@ rows are photo x options, the photo itself at the left of each row. Needs the sh
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import sys
@@ -29,6 +28,7 @@ if str(REPO) not in sys.path:
 def render_views(face, size: int) -> np.ndarray:
     """Front / 45 deg / profile of the canonical head, texture as emission, (size, 3*size, 3) uint8."""
     import bpy
+    from PIL import Image
 
     from addon import head_scene, scene
 
@@ -70,7 +70,6 @@ def render_views(face, size: int) -> np.ndarray:
             camera.rotation_euler = (math.pi / 2, 0.0, -a)
             render.render.filepath = str(Path(folder) / f"{yaw:.0f}.png")
             bpy.ops.render.render(write_still=True)
-            from PIL import Image
             views.append(np.asarray(Image.open(render.render.filepath).convert("RGB")))
     return np.concatenate(views, 1)
 
@@ -88,25 +87,21 @@ def main() -> None:
     from addon.wire.client import FaceData
     from benchmarks.head_fit_eval import shared_model_path
     from inference_server.pipeline import FacePipeline
+    from tests.conftest import _png
     from tests.held_out_photos import occluded, side_lit
 
     torch.set_num_threads(2)
     pipeline = FacePipeline(torch.device("cpu"), head_model=shared_model_path())
     astronaut = data.astronaut()
 
-    def encoded(rgb):
-        buffer = io.BytesIO()
-        Image.fromarray(rgb).save(buffer, "PNG")
-        return buffer.getvalue()
-
-    marks = pipeline.reconstruct(encoded(astronaut), {"geometry": "face", "resolution": 30}).faces[0]
+    marks = pipeline.reconstruct(_png(astronaut), {"geometry": "face", "resolution": 30}).faces[0]
     landmarks = marks.arrays["landmarks_image"]
     photos = {"as photographed": astronaut, "side-lit": side_lit(astronaut, landmarks),
               "hand and fringe": occluded(astronaut, landmarks)}
     rows = []
     for name, rgb in photos.items():
         for options in args.options or [{"refine": "off"}, {}]:
-            result = pipeline.reconstruct(encoded(rgb), {"geometry": "head", **options})
+            result = pipeline.reconstruct(_png(rgb), {"geometry": "head", **options})
             face = result.faces[0]
             whole = FaceData(face.index, face.meta, pipeline.whole_arrays(face))
             views = render_views(whole, args.size)

@@ -8,6 +8,7 @@ from addon.wire.errors import ErrorCode, ProtocolError
 from inference_server import limits
 from inference_server.config import ReconstructionConfig
 
+from .conftest import _png
 from .held_out_photos import occluded, side_lit
 
 
@@ -204,26 +205,20 @@ def test_hair_collar_and_background_stay_off_the_skin(head_server, astronaut_rgb
             assert np.median(luminance[near]) < darker * skin
 
 
-def _png(rgb) -> bytes:
-    import io
-
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, "PNG")
-    return buffer.getvalue()
+def _luminance_at(face, uv: np.ndarray) -> np.ndarray:
+    """The texture's luminance at atlas coordinates ``uv`` (nearest texel)."""
+    texture = face.arrays["texture"].astype(np.float32) @ np.array([0.2126, 0.7152, 0.0722])
+    side = texture.shape[0]
+    rows = np.clip(((1 - uv[:, 1]) * side).astype(int), 0, side - 1)
+    cols = np.clip((uv[:, 0] * side).astype(int), 0, side - 1)
+    return texture[rows, cols]
 
 
 def _vertex_luminance(face) -> np.ndarray:
     """The texture's luminance under each vertex (one of its corners' UVs)."""
-    vertices, corners, uvs = face.arrays["vertices"], face.arrays["polygon_vertices"], face.arrays["corner_uvs"]
-    texture = face.arrays["texture"].astype(np.float32) @ np.array([0.2126, 0.7152, 0.0722])
-    side = texture.shape[0]
-    uv = np.zeros((len(vertices), 2))
-    uv[corners] = uvs
-    rows = np.clip(((1 - uv[:, 1]) * side).astype(int), 0, side - 1)
-    cols = np.clip((uv[:, 0] * side).astype(int), 0, side - 1)
-    return texture[rows, cols]
+    uv = np.zeros((len(face.arrays["vertices"]), 2))
+    uv[face.arrays["polygon_vertices"]] = face.arrays["corner_uvs"]
+    return _luminance_at(face, uv)
 
 
 def _mirror_disagreement(face) -> np.ndarray:
@@ -244,17 +239,12 @@ def _cheek_ratio(face) -> float:
     """Brighter over darker mean luminance of the texture under the two cheeks (4.5 cm either side of
     the nose, a centimetre above its tip)."""
     vertices, corners, uvs = face.arrays["vertices"][:6706], face.arrays["polygon_vertices"], face.arrays["corner_uvs"]
-    texture = face.arrays["texture"].astype(np.float32) @ np.array([0.2126, 0.7152, 0.0722])
-    side = texture.shape[0]
     nose = vertices[np.argmin(vertices[:, 1])]
     means = []
     for sign in (-1, 1):
         near = np.flatnonzero((np.abs(vertices[:, 0] - sign * 0.045) < 0.008) & (np.abs(vertices[:, 2] - nose[2] - 0.01) < 0.01)
                               & (vertices[:, 1] < nose[1] + 0.06))
-        uv = uvs[np.isin(corners, near)]
-        rows = np.clip(((1 - uv[:, 1]) * side).astype(int), 0, side - 1)
-        cols = np.clip((uv[:, 0] * side).astype(int), 0, side - 1)
-        means.append(float(texture[rows, cols].mean()))
+        means.append(float(_luminance_at(face, uvs[np.isin(corners, near)]).mean()))
     return max(means) / max(min(means), 1e-3)
 
 

@@ -36,7 +36,6 @@ def save(path: Path, network, provenance: dict, optimizer=None, step: int | None
     write_atomically(Path(path), lambda temporary: torch.save(payload, temporary))
 
 
-
 def read(path: Path) -> dict:
     """The checkpoint's dict, checked for format and size; never unpickles code."""
     payload = load_tensors(path, MAX_BYTES, CheckpointError, "cues checkpoint")

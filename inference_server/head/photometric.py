@@ -42,15 +42,13 @@ from .camera import Camera
 from .lighting import Lighting, LightingConfig, fit_lighting, skin_chroma_weight
 from .model import HeadModel
 from .raster import project, vertex_normals, vertex_visibility
-from .relief import Observation, ReliefConfig, face_patch, refine_relief
+from .relief import LUMINANCE, Observation, ReliefConfig, face_patch, refine_relief
 from .render import drawn_faces
 from .shading import (View, linear_to_srgb, make_view, pixel_normals, rasterize_view, select_pixels, shade,
                       srgb_to_linear)
 from .skin import core_mask, skin_mask
 from .texels import interpolate, texel_map
 from .texture import sample_bilinear, unwrap
-
-LUMA = np.array([0.2126, 0.7152, 0.0722], np.float32)  # linear RGB -> relative luminance
 
 if TYPE_CHECKING:
     from .photo_regions import PhotoWeight
@@ -277,7 +275,7 @@ def _mirror_agreement(model: HeadModel, photo_linear: np.ndarray, delit_linear: 
     mirror vertex's (seen, and brighter in the photo) is trusted less, and the texture takes the
     mirror there. Mirror pairs that agree (brows, lips, the mid-line) keep their own colour."""
     def at_vertices(image: np.ndarray) -> np.ndarray:
-        luminance = cv2.GaussianBlur(np.ascontiguousarray(image @ LUMA, np.float32), (0, 0), 2.0)
+        luminance = cv2.GaussianBlur(np.ascontiguousarray(image @ np.asarray(LUMINANCE), np.float32), (0, 0), 2.0)
         return np.maximum(sample_bilinear(luminance, xy.astype(np.float32))[:, 0], 1e-4)
 
     own, photo = at_vertices(delit_linear), at_vertices(photo_linear)

@@ -162,7 +162,7 @@ class HeadReconstructor:
         return {
             "vertices": to_blender(neutral[:KEPT_VERTICES]),
             "expression_weights": fit.exp_weights.astype(np.float32),
-            # float16: a luminance high-pass within +-0.2, or millimetre displacements (relative precision 1e-3)
+            # float16: the luminance high-pass lies within +-0.2, where float16 steps are below 1e-4
             "texture": texture, "detail": detail.astype(np.float16), "depth": depth, "mask": mask,
             "landmarks": to_blender(self.table.points(neutral, fit.yaw_deg)),
             "landmarks_image": landmarks_px[:, :2].astype(np.float32),
