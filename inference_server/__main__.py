@@ -50,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="model-owning workers: 1 (default) is a thread of the server; N > 1 are N processes, "
                             "each with its own models (memory x N) and --threads / N torch threads (at least 1), "
                             "for N reconstructions at once")
+    serve.add_argument("--worker-grace-seconds", type=limits.bounded(float, 0.5, 3600), default=10.0, metavar="S",
+                       help="a worker still running a request this long past its client's deadline or "
+                            "--max-request-seconds is hung: the request is answered and the worker replaced "
+                            "(default %(default)g)")
     serve.add_argument("--max-queue", type=limits.bounded(int, 1, 10_000), default=32,
                        help="queued reconstructions, for all workers together, before 'busy' replies")
     serve.add_argument("--max-message-mb", type=limits.bounded(float, 0.1, 4096), default=256,
@@ -103,7 +107,7 @@ def _serve(args) -> int:
         keys = _server_keys(args)
         config = ServerConfig(bind=args.bind, max_queue=args.max_queue, limits=limits.from_args(args), keys=keys,
                               max_message_bytes=int(args.max_message_mb * 1024 * 1024), insecure=args.insecure,
-                              workers=args.workers)
+                              workers=args.workers, worker_grace_seconds=args.worker_grace_seconds)
         defaults = ReconstructionConfig(**options.given(args, serve_options()))
         InferenceServer.validate(config, defaults)
     except ValueError as exc:  # bad key files, defaults over the limits, a reachable address without keys

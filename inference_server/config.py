@@ -43,6 +43,7 @@ class ServerConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_queue: int = 32                          # reconstruct requests waiting beyond this get a "busy" reply
     workers: int = 1                             # model-owning workers: 1 thread, or this many processes
+    worker_grace_seconds: float = 10.0           # past a request's deadline or time limit: its worker is hung
     limits: RequestLimits = RequestLimits()      # ceilings per request
     keys: ServerKeys | None = None               # CURVE: required for a bind address other machines can reach
     insecure: bool = False                       # serve a non-loopback address without keys anyway

@@ -8,7 +8,7 @@ the queue is full. The workers (``workers.py``: one thread, or N processes with 
 and a share of the torch threads) push progress messages and encoded replies back to the I/O
 thread, which alone talks to clients, because ZeroMQ sockets must not be shared between threads.
 A worker process that dies costs only the request it was running (``worker_lost``) and is
-restarted.
+restarted; a hung one is answered for and replaced (``worker_pool.py``).
 
 Nothing a client sends can end the loop: protocol violations get a structured error reply, any
 other exception an ``internal`` reply carrying only an error id (the traceback is in the log under
@@ -39,7 +39,8 @@ from . import __version__
 from .config import ReconstructionConfig, ServerConfig
 from .log_limits import RateLimitedLog, log_internal_error
 from .security import ZapHandler, check_bind, is_loopback
-from .workers import STOP_SECONDS, Job, ProcessWorker, ThreadWorker, Worker, WorkerFailed, gets_head, internal_reply
+from .worker_pool import STOP_SECONDS, Job, ProcessWorker, ThreadWorker, WorkerPool
+from .workers import WorkerFailed, gets_head, internal_reply
 
 log = logging.getLogger("faceforge.server")
 
@@ -65,12 +66,11 @@ class InferenceServer:
         self._factory = pipeline_factory
         self._active: dict[tuple, Job] = {}  # queued or running, by (client identity, request id)
         self._waiting: collections.deque[Job] = collections.deque()
-        self._workers: list[Worker] = []
+        self._router_socket: zmq.Socket | None = None  # the clients' socket, while serving
+        self._pool = WorkerPool([], self._deliver, config.worker_grace_seconds)
         self._numbers = itertools.count()
         self._context = zmq.Context()
         self._stop = threading.Event()
-        self._info: dict = {}
-        self._head_model: tuple[dict, dict] | None = None  # the head_model op's result and arrays
         self._head_model_sent: dict[bytes, float] = {}       # client identity -> when it was last sent them
         self._next_probe = 0.0
         self._rejections = RateLimitedLog(log)        # one line per rejected request, flood-proof
@@ -94,43 +94,31 @@ class InferenceServer:
     def serve_forever(self, on_ready: Callable[[str, dict], None] | None = None) -> None:
         """Raises RuntimeError when the models fail to load (``WorkerFailed``) or the address cannot be bound."""
         zap = ZapHandler(self._context, self.config.keys.allowed) if self.config.keys else None
-        router = self._router()
+        router = self._router_socket = self._router()
         folder = tempfile.mkdtemp(prefix="faceforge-workers-")  # 0700: the worker processes' sockets
         try:
             router.bind(self.config.bind)
             self.address = router.getsockopt_string(zmq.LAST_ENDPOINT)
-            self._workers = self._make_workers(folder)
-            if not self._start_workers():
+            self._pool.workers = self._make_workers(folder)
+            if not self._pool.start(self._stop):
                 return
             if on_ready:
-                on_ready(self.address, self._info)
+                on_ready(self.address, self._pool.info)
             self._loop(router, zap)
         finally:
             for job in self._active.values():  # nobody will read the replies of what is still queued
                 job.cancelled = True
-            deadline = time.monotonic() + STOP_SECONDS
-            for worker in self._workers:
-                worker.stop(deadline)
+            self._pool.stop(time.monotonic() + STOP_SECONDS)
             for socket in (router, zap and zap.socket):
                 if socket is not None:
                     socket.close(linger=0)
             self._context.term()
             shutil.rmtree(folder, ignore_errors=True)
 
-    def _make_workers(self, folder: str) -> list[Worker]:
+    def _make_workers(self, folder: str) -> list:
         if self.config.workers == 1:
             return [ThreadWorker(0, self._context, self._factory, self.limits)]
         return [ProcessWorker(n, self._context, self._factory, self.limits, folder) for n in range(self.config.workers)]
-
-    def _start_workers(self) -> bool:
-        """Start every worker and wait until all have loaded their models; False if stopped meanwhile."""
-        for worker in self._workers:
-            worker.start()
-        while any(worker.state == "starting" for worker in self._workers):
-            if self._stop.is_set():
-                return False
-            self._serve_workers(None, dict(self._worker_poller().poll(100)))
-        return True
 
     def _router(self) -> zmq.Socket:
         router = self._context.socket(zmq.ROUTER)
@@ -142,18 +130,10 @@ class InferenceServer:
             self.config.keys.apply(router)
         return router
 
-    def _worker_poller(self) -> zmq.Poller:
-        """Polls the workers' sockets and their processes' sentinels (rebuilt: a restart replaces both)."""
-        poller = zmq.Poller()
-        for worker in self._workers:
-            poller.register(worker.socket, zmq.POLLIN)
-            if worker.sentinel is not None:
-                poller.register(worker.sentinel, zmq.POLLIN)
-        return poller
-
     def _loop(self, router, zap) -> None:
         while not self._stop.is_set():
-            poller = self._worker_poller()
+            poller = zmq.Poller()
+            self._pool.register(poller)
             for socket in (router, zap and zap.socket):
                 if socket is not None:
                     poller.register(socket, zmq.POLLIN)
@@ -161,10 +141,11 @@ class InferenceServer:
             try:
                 if zap is not None and zap.socket in events:
                     zap.handle()
-                self._serve_workers(router, events)
+                self._pool.handle(events)
                 if router in events:
                     self._handle(router, router.recv_multipart(copy=False))
-                self._dispatch()
+                self._pool.tend(self.limits.request_seconds)
+                self._pool.dispatch(self._waiting)
                 self._probe_waiting(router)
                 self._rejections.flush()
             except WorkerFailed:
@@ -172,54 +153,11 @@ class InferenceServer:
             except Exception:  # noqa: BLE001 - last resort: the loop outlives any single message
                 log_internal_error(self._failures, "the I/O loop")
 
-    def _serve_workers(self, router, events: dict) -> None:
-        for worker in self._workers:
-            if worker.socket in events:
-                self._from_worker(router, worker)
-            elif worker.sentinel is not None and worker.sentinel in events:
-                self._worker_died(router, worker)
-
-    def _from_worker(self, router, worker: Worker) -> None:
-        kind, *frames = worker.socket.recv_multipart(copy=False)
-        kind = kind.bytes
-        if kind == b"ready":
-            worker.ready(json.loads(frames[0].bytes))
-            self._info = self._info or worker.info
-            if len(frames) > 1 and self._head_model is None:  # every worker loads the same model
-                shared = protocol.decode(frames[1:], max_frames=protocol.DEFAULT_MAX_FRAMES)
-                self._head_model = shared.result, shared.payloads
-            if worker.restarts:
-                log.info("worker %d restarted (pid %s)", worker.index, worker.pid)
-        elif kind == b"failed":
-            raise WorkerFailed(frames[0].bytes.decode(errors="replace"), int(frames[1].bytes))
-        elif kind == b"progress" and worker.job is not None:
-            self._send(router, [worker.job.identity, *frames])
-        elif kind == b"reply":
-            job = worker.finished()
-            self._active.pop(job.key, None)
-            self._send(router, [job.identity, *frames])
-
-    def _worker_died(self, router, worker: ProcessWorker) -> None:
-        """Only the request the dead worker was running is lost (it gets ``worker_lost``); it restarts."""
-        while worker.socket.poll(50):  # what it sent before it died still counts
-            self._from_worker(router, worker)
-        if worker.state == "starting":
-            raise WorkerFailed(f"worker {worker.index} exited with code {worker.exitcode} while loading its models")
-        lost, code = worker.job, worker.exitcode
-        log.warning("worker %d (pid %s) exited with code %s%s; restarting it", worker.index, worker.pid, code,
-                    f" while running request {clip(lost.message.id)}" if lost else "")
-        if lost is not None:
-            self._active.pop(lost.key, None)
-            self._send(router, [lost.identity, *protocol.encode_error(
-                lost.message.id, ErrorCode.WORKER_LOST, f"the server's worker process running this request stopped "
-                f"(exit code {code}) and is being restarted; the request was not completed and may be sent again")])
-        worker.restart()
-
-    def _dispatch(self) -> None:
-        """Hand the oldest waiting requests to idle workers."""
-        for worker in self._workers:
-            if self._waiting and worker.state == "idle" and worker.run(self._waiting[0]):
-                self._waiting.popleft()
+    def _deliver(self, identity: bytes, frames: list, done: Job | None) -> None:
+        """A worker's progress or reply (``done``: the job it ends), or the pool's error answering a job."""
+        if done is not None:
+            self._active.pop(done.key, None)
+        self._send(self._router_socket, [identity, *frames])
 
     def _send(self, router, parts: list) -> None:
         """Send to a client without ever blocking the loop; a client that is gone loses its queued work."""
@@ -269,10 +207,10 @@ class InferenceServer:
         16 MiB for a request of a few bytes and no work: a client that asked again at once would make
         the server queue gigabytes for it, so each client gets them once per ``HEAD_MODEL_INTERVAL``
         (a client keeps them for its process's lifetime; ``Client.model_arrays``)."""
-        if self._head_model is None:
+        if self._pool.head_model is None:
             raise ProtocolError(ErrorCode.NO_MODEL, "this server has no head model: head mode is off "
                                                     "(`python -m inference_server model fetch` installs it)")
-        result, arrays = self._head_model
+        result, arrays = self._pool.head_model
         wanted = params.get("fingerprint")
         if wanted is not None and wanted != result["fingerprint"]:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"head model {clip(wanted)} is not this server's "
@@ -302,7 +240,7 @@ class InferenceServer:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "reconstruct needs an 'image' frame of kind 'bytes' holding "
                                                        "the photo file (JPEG, PNG, WebP, BMP or TIFF)")
         config = self.defaults.with_params(message.params)
-        self.limits.check(config, gets_head(config, self._info))
+        self.limits.check(config, gets_head(config, self._pool.info))
         timeout_ms = message.header.get("timeout_ms")
         deadline = time.monotonic() + (timeout_ms / 1000 if timeout_ms else float("inf"))
         job = Job(identity, message, config, deadline, next(self._numbers))
@@ -327,9 +265,7 @@ class InferenceServer:
     def _stop_job(self, job: Job) -> None:
         """A queued job is dropped when it reaches a worker; a running one stops at its next stage."""
         job.cancelled = True
-        for worker in self._workers:
-            if worker.job is job:
-                worker.cancel()
+        self._pool.cancel(job)
 
     def _client_gone(self, identity: bytes) -> None:
         jobs = [job for job in self._active.values() if job.identity == identity and not job.cancelled]
@@ -351,9 +287,9 @@ class InferenceServer:
 
     def info(self, remote: bool = False) -> dict:
         """``workers`` (local clients only): each worker's pid, state, torch threads and counts."""
-        info = dict(self._info, protocol=protocol.PROTOCOL, protocol_version=protocol.VERSION,
+        info = dict(self._pool.info, protocol=protocol.PROTOCOL, protocol_version=protocol.VERSION,
                     server_version=__version__, queued=len(self._waiting), defaults=options.as_dict(self.defaults),
                     limits=dict(self.limits.as_dict(), max_pixels=self.defaults.max_pixels,
                                 max_message_bytes=self.config.max_message_bytes, max_queue=self.config.max_queue),
-                    worker_count=self.config.workers, workers=[worker.describe() for worker in self._workers])
+                    worker_count=self.config.workers, workers=self._pool.describe())
         return {key: info[key] for key in REMOTE_INFO_KEYS if key in info} if remote else info

@@ -17,23 +17,19 @@ between stages (the pipeline's report callback), the same across a thread or a p
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import multiprocessing
 import os
 import signal
 import sys
-import threading
 import time
-import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import zmq
 
 from addon.server_process import die_with_parent
-from addon.wire import options, protocol
+from addon.wire import protocol
 from addon.wire.errors import Exit
 from addon.wire.protocol import ErrorCode, ProtocolError, clip
 
@@ -41,7 +37,6 @@ from .config import ReconstructionConfig, request_geometry
 from .limits import RequestLimits
 from .log_limits import LOG_FORMAT, RateLimitedLog, log_internal_error
 
-STOP_SECONDS = 5.0  # a stopping worker's time to finish its running stage before it is killed
 
 
 class WorkerFailed(RuntimeError):
@@ -62,30 +57,6 @@ def internal_reply(failures: RateLimitedLog, request_id: str, context: str) -> l
     error_id = log_internal_error(failures, context)
     return protocol.encode_error(request_id, ErrorCode.INTERNAL,
                                  f"internal server error (error id {error_id}); the server log has the details")
-
-
-@dataclass
-class Job:
-    """A validated reconstruct request, from the I/O thread's queue to its worker's reply."""
-
-    identity: bytes
-    message: protocol.Message
-    config: object                    # ReconstructionConfig with the request's options applied
-    deadline: float                   # time.monotonic() after which nobody waits for the reply
-    seq: int                          # the server's number for it: cancels name it
-    queued_at: float = field(default_factory=time.monotonic)
-    cancelled: bool = False
-
-    @property
-    def key(self) -> tuple:
-        return self.identity, self.message.id
-
-    def frames(self) -> list:
-        """The job message for its worker (the deadline as seconds left: clocks are per process)."""
-        left = self.deadline - time.monotonic()
-        header = {"seq": self.seq, "id": self.message.id, "config": options.as_dict(self.config),
-                  "seconds_left": None if left == float("inf") else left, "cancelled": self.cancelled}
-        return [b"job", json.dumps(header).encode(), self.message.payloads["image"]]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -200,7 +171,7 @@ def run_worker(socket: zmq.Socket, factory: Callable[[], object], limits: Reques
     runner.serve()
 
 
-def _thread_main(context: zmq.Context, address: str, factory, limits: RequestLimits) -> None:
+def thread_main(context: zmq.Context, address: str, factory, limits: RequestLimits) -> None:
     socket = context.socket(zmq.PAIR)
     socket.connect(address)
     try:
@@ -209,7 +180,7 @@ def _thread_main(context: zmq.Context, address: str, factory, limits: RequestLim
         socket.close(linger=1000)
 
 
-def _process_main(index: int, address: str, factory, limits: RequestLimits, server_pid: int) -> None:
+def process_main(index: int, address: str, factory, limits: RequestLimits, server_pid: int) -> None:
     """A worker process: dies with the server, leaves Ctrl-C (sent to the whole terminal group) to it."""
     die_with_parent()
     if os.getppid() != server_pid:  # the server died before the line above took effect
@@ -224,139 +195,3 @@ def _process_main(index: int, address: str, factory, limits: RequestLimits, serv
     finally:
         socket.close(linger=1000)
         context.term()
-
-
-# ----------------------------------------------------------------------------------------------
-# The I/O thread's side
-
-
-class Worker:
-    """The I/O thread's handle on one worker: its socket, its state and the job it runs."""
-
-    sentinel = None  # a file descriptor readable once the worker is gone (processes only)
-
-    def __init__(self, index: int, context: zmq.Context, factory: Callable[[], object], limits: RequestLimits):
-        self.index = index
-        self.context = context
-        self.factory = factory
-        self.limits = limits
-        self.socket: zmq.Socket | None = None
-        self.state = "stopped"  # starting -> idle <-> busy
-        self.job: Job | None = None
-        self.info: dict = {}
-        self.served = 0
-        self.restarts = 0
-
-    def start(self) -> None:
-        self.socket = self.context.socket(zmq.PAIR)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        address = self._address()
-        self.socket.bind(address)
-        self.state, self.job, self.info = "starting", None, {}
-        self._launch(address)
-
-    def ready(self, info: dict) -> None:
-        self.state, self.info = "idle", info
-
-    def run(self, job: Job) -> bool:
-        """Hand ``job`` over; False if the worker's process just died (its sentinel is about to tell),
-        as a PAIR socket without its peer would block the I/O thread."""
-        try:
-            self.socket.send_multipart(job.frames(), copy=False, flags=zmq.NOBLOCK)
-        except zmq.Again:
-            return False
-        self.state, self.job = "busy", job
-        return True
-
-    def cancel(self) -> None:
-        with contextlib.suppress(zmq.Again):  # a dead worker: its request is answered as lost
-            self.socket.send_multipart([b"cancel", str(self.job.seq).encode()], flags=zmq.NOBLOCK)
-
-    def finished(self) -> Job:
-        job, self.job, self.state = self.job, None, "idle"
-        self.served += 1
-        return job
-
-    def describe(self) -> dict:
-        return {"index": self.index, "kind": self.kind, "pid": self.pid, "state": self.state,
-                "threads": self.info.get("threads"), "served": self.served, "restarts": self.restarts}
-
-    def stop(self, deadline: float) -> None:
-        """Ask the worker to stop (its running request ends at its next stage) and wait until ``deadline``."""
-        if self.socket is not None:
-            with contextlib.suppress(zmq.Again):  # a dead worker reads nothing: it is killed below
-                self.socket.send(b"stop", flags=zmq.NOBLOCK)
-        self._join(deadline)
-        if self.socket is not None:
-            self.socket.close(linger=0)
-            self.socket = None
-        self.state = "stopped"
-
-
-class ThreadWorker(Worker):
-    """``--workers 1``: a thread of the server process (a stand-in pipeline of the tests works too)."""
-
-    kind = "thread"
-
-    @property
-    def pid(self) -> int:
-        return os.getpid()
-
-    def _address(self) -> str:
-        return f"inproc://faceforge-worker-{uuid.uuid4().hex}"
-
-    def _launch(self, address: str) -> None:
-        self._thread = threading.Thread(target=_thread_main, args=(self.context, address, self.factory, self.limits),
-                                        name="faceforge-worker", daemon=True)
-        self._thread.start()
-
-    def _join(self, deadline: float) -> None:
-        self._thread.join(max(0.0, deadline - time.monotonic()))
-
-
-class ProcessWorker(Worker):
-    """``--workers N``: a spawned process (a fresh interpreter: no state forked from the server's
-    threads); ``factory`` must pickle (``recipe.PipelineRecipe``)."""
-
-    kind = "process"
-
-    def __init__(self, index: int, context: zmq.Context, factory, limits: RequestLimits, folder: str):
-        super().__init__(index, context, factory, limits)
-        self.folder = folder  # private (0700): no other local user can connect to a worker's socket
-        self.process = None
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process else None
-
-    @property
-    def sentinel(self) -> int | None:
-        return self.process.sentinel if self.process else None
-
-    @property
-    def exitcode(self) -> int | None:
-        return self.process.exitcode
-
-    def restart(self) -> None:
-        self.process.join(0)  # reap it
-        self.socket.close(linger=0)
-        self.restarts += 1
-        self.start()
-
-    def _address(self) -> str:
-        return f"ipc://{self.folder}/worker{self.index}-{self.restarts}"
-
-    def _launch(self, address: str) -> None:
-        spawn = multiprocessing.get_context("spawn")
-        process = spawn.Process(target=_process_main, name=f"faceforge-worker{self.index}", daemon=True,
-                                args=(self.index, address, self.factory, self.limits, os.getpid()))
-        process.start()  # raises if the factory does not pickle
-        self.process = process
-
-    def _join(self, deadline: float) -> None:
-        if self.process is None:
-            return
-        self.process.join(max(0.0, deadline - time.monotonic()))
-        if self.process.exitcode is None:
-            self.process.kill()
-            self.process.join(1.0)

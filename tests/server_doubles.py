@@ -21,9 +21,11 @@ STAGES = ("load", "detect", "align", "landmarks", "depth", "mesh", "detail")
 
 
 class StagedPipeline:
-    """Sleeps ``seconds_per_stage`` before each stage report; raises ``failure`` at the mesh stage if given."""
+    """Sleeps ``seconds_per_stage`` before each stage report; raises ``failure`` at the mesh stage if given;
+    takes ``load_seconds`` to build, as the models do."""
 
-    def __init__(self, seconds_per_stage: float, failure: Exception | None = None):
+    def __init__(self, seconds_per_stage: float, failure: Exception | None = None, load_seconds: float = 0.0):
+        time.sleep(load_seconds)
         self.seconds_per_stage = seconds_per_stage
         self.failure = failure
         self.started: list[bytes] = []  # image bytes of every request that began running

@@ -202,7 +202,7 @@ def test_time_limit_and_deadlines_reach_worker_processes():
             busy = [client.send("reconstruct", {}, {"image": b"busy"}) for _ in range(2)]  # both workers
             impatient = client.send("reconstruct", {}, {"image": b"impatient"}, timeout=0.3)
             replies = {reply.id: reply for reply in (client.receive(10) for _ in range(3))}
-        processes = [worker.process for worker in server._workers]
+        processes = [worker.process for worker in server._pool.workers]
     assert "deadline has passed" in replies[impatient].error.message
     assert all(replies[request].error.code == ErrorCode.TOO_LARGE for request in busy)
     assert all(process.exitcode == 0 for process in processes)  # stopped cleanly with the server
