@@ -22,8 +22,8 @@ class ErrorCode:
     CANCELLED = "cancelled"              # stopped on the client's request (or past its deadline)
     INTERNAL = "internal"
     WORKER_LOST = "worker_lost"          # the worker process running the request died; sending it again may work
-    # Client-side conditions, never sent by a server but reported the same way.
-    TIMEOUT = "timeout"
+    TIMEOUT = "timeout"                  # no reply in time; sent by a server whose worker hung past the deadline
+    # A client-side condition, never sent by a server but reported the same way.
     UNREACHABLE = "unreachable"
 
 
