@@ -56,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
                             "(default %(default)g)")
     serve.add_argument("--max-queue", type=limits.bounded(int, 1, 10_000), default=32,
                        help="queued reconstructions, for all workers together, before 'busy' replies")
+    serve.add_argument("--max-unread-mb", type=limits.bounded(float, 1, 65536), default=128, metavar="MB",
+                       help="reply bytes held for one client connection that does not read them; work whose "
+                            "reply would pass it gets 'busy' (default %(default)g, at least --max-reply-mb)")
     serve.add_argument("--max-message-mb", type=limits.bounded(float, 0.1, 4096), default=256,
                        help="largest accepted request, MB")
     remote = serve.add_argument_group("remote use (CURVE authentication and encryption)")
@@ -107,7 +110,8 @@ def _serve(args) -> int:
         keys = _server_keys(args)
         config = ServerConfig(bind=args.bind, max_queue=args.max_queue, limits=limits.from_args(args), keys=keys,
                               max_message_bytes=int(args.max_message_mb * 1024 * 1024), insecure=args.insecure,
-                              workers=args.workers, worker_grace_seconds=args.worker_grace_seconds)
+                              workers=args.workers, worker_grace_seconds=args.worker_grace_seconds,
+                              max_unread_bytes=int(args.max_unread_mb * 1024 * 1024))
         defaults = ReconstructionConfig(**options.given(args, serve_options()))
         InferenceServer.validate(config, defaults)
     except ValueError as exc:  # bad key files, defaults over the limits, a reachable address without keys

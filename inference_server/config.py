@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from addon.wire import options
 from addon.wire.protocol import DEFAULT_MAX_MESSAGE_BYTES, ErrorCode, ProtocolError
 
-from .limits import RequestLimits
+from .limits import MB, RequestLimits
 from .security import ServerKeys
 
 ReconstructionConfig = options.config_class(
@@ -45,5 +45,6 @@ class ServerConfig:
     workers: int = 1                             # model-owning workers: 1 thread, or this many processes
     worker_grace_seconds: float = 10.0           # past a request's deadline or time limit: its worker is hung
     limits: RequestLimits = RequestLimits()      # ceilings per request
+    max_unread_bytes: int = 128 * MB             # replies held for one connection that has not read them
     keys: ServerKeys | None = None               # CURVE: required for a bind address other machines can reach
     insecure: bool = False                       # serve a non-loopback address without keys anyway

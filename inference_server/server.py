@@ -38,7 +38,9 @@ from addon.wire.protocol import ErrorCode, ProtocolError, clip
 from . import __version__
 from .config import ReconstructionConfig, ServerConfig
 from .log_limits import RateLimitedLog, log_internal_error
+from .limits import MB, face_reply_bytes
 from .security import ZapHandler, check_bind, is_loopback
+from .unread import UnreadReplies
 from .worker_pool import STOP_SECONDS, Job, ProcessWorker, ThreadWorker, WorkerPool
 from .workers import WorkerFailed, gets_head, internal_reply
 
@@ -71,6 +73,7 @@ class InferenceServer:
         self._numbers = itertools.count()
         self._context = zmq.Context()
         self._stop = threading.Event()
+        self._unread = UnreadReplies(config.max_unread_bytes)  # reply bytes held per client connection
         self._head_model_sent: dict[bytes, float] = {}       # client identity -> when it was last sent them
         self._next_probe = 0.0
         self._rejections = RateLimitedLog(log)        # one line per rejected request, flood-proof
@@ -84,6 +87,9 @@ class InferenceServer:
             config.limits.check(defaults)
         except ProtocolError as err:
             raise ValueError(f"the server's own defaults exceed its limits: {err.message}") from None
+        if config.max_unread_bytes < config.limits.reply_bytes:
+            raise ValueError(f"--max-unread-mb {config.max_unread_bytes / MB:g} is below --max-reply-mb "
+                             f"{config.limits.reply_bytes / MB:g}: no reply of the largest size could be sent")
         problem = check_bind(config.bind, config.keys, config.insecure)
         if problem:
             raise ValueError(problem)
@@ -160,18 +166,31 @@ class InferenceServer:
         self._send(self._router_socket, [identity, *frames])
 
     def _send(self, router, parts: list) -> None:
-        """Send to a client without ever blocking the loop; a client that is gone loses its queued work."""
+        """Send to a client without ever blocking the loop; a client that is gone loses its queued work,
+        and so does one that has not read what it was sent (``UnreadReplies``: the message is dropped)."""
+        identity = parts[0].bytes if isinstance(parts[0], zmq.Frame) else bytes(parts[0])
+        frames = parts[1:]
+        size = self._unread.size(frames)
+        if size:
+            held = self._unread.of(identity)
+            if held + size > self._unread.limit:
+                self._drop_client_work(identity, f"has not read {held / MB:.1f} MB of replies (limit "
+                                       f"{self._unread.limit / MB:g} MB per connection): a message of "
+                                       f"{size / MB:.1f} MB to it was dropped")
+                return
+            frames = self._unread.tracked(frames)
         try:
-            router.send_multipart(parts, copy=False, flags=zmq.NOBLOCK)
+            router.send_multipart([parts[0], *frames], copy=False, flags=zmq.NOBLOCK)
         except zmq.ZMQError as exc:
-            identity = parts[0].bytes if isinstance(parts[0], zmq.Frame) else bytes(parts[0])
             if exc.errno == zmq.EHOSTUNREACH:
-                self._client_gone(identity)
+                self._drop_client_work(identity, "disconnected")
             elif exc.errno == zmq.EAGAIN:
                 self._rejections.warning("client %s is not reading its replies: a message to it was dropped",
                                          identity.hex()[:16])
             else:
                 raise
+        else:
+            self._unread.sent(identity, frames)
 
     def _handle(self, router, frames) -> None:
         identity, body = frames[0].bytes, frames[1:]
@@ -215,6 +234,7 @@ class InferenceServer:
         if wanted is not None and wanted != result["fingerprint"]:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"head model {clip(wanted)} is not this server's "
                                                        f"({result['fingerprint']}): reconstruct again")
+        self._check_unread(identity, UnreadReplies.size(list(arrays.values())))
         now = time.monotonic()
         self._head_model_sent = {peer: when for peer, when in self._head_model_sent.items()
                                  if now - when < HEAD_MODEL_INTERVAL}
@@ -241,6 +261,7 @@ class InferenceServer:
                                                        "the photo file (JPEG, PNG, WebP, BMP or TIFF)")
         config = self.defaults.with_params(message.params)
         self.limits.check(config, gets_head(config, self._pool.info))
+        self._check_unread(identity, face_reply_bytes(config, gets_head(config, self._pool.info)))
         timeout_ms = message.header.get("timeout_ms")
         deadline = time.monotonic() + (timeout_ms / 1000 if timeout_ms else float("inf"))
         job = Job(identity, message, config, deadline, next(self._numbers))
@@ -251,6 +272,18 @@ class InferenceServer:
                                                 "requests are already queued")
         self._waiting.append(job)
         self._active[job.key] = job
+
+    def _check_unread(self, identity: bytes, reply_bytes: int) -> None:
+        """Refuse work (``busy``) whose reply would take a client's unread bytes over the bound: what it has
+        not read yet, plus the replies of its requests that are queued or running."""
+        unread = self._unread.of(identity)
+        coming = sum(face_reply_bytes(job.config, gets_head(job.config, self._pool.info))
+                     for job in self._active.values() if job.identity == identity)
+        if unread + coming + reply_bytes > self._unread.limit:
+            raise ProtocolError(ErrorCode.BUSY, f"this connection has {unread / MB:.1f} MB of replies unread and "
+                                                f"about {coming / MB:.1f} MB on their way; a reply of about "
+                                                f"{reply_bytes / MB:.1f} MB more would pass this server's limit of "
+                                                f"{self._unread.limit / MB:g} MB per connection: read them first")
 
     def _cancel(self, identity: bytes, params: dict) -> bool:
         """Mark a client's own queued or running request as cancelled; False if there is none."""
@@ -267,12 +300,13 @@ class InferenceServer:
         job.cancelled = True
         self._pool.cancel(job)
 
-    def _client_gone(self, identity: bytes) -> None:
+    def _drop_client_work(self, identity: bytes, why: str) -> None:
+        """Stop the queued and running requests of a client that is gone or does not read its replies."""
         jobs = [job for job in self._active.values() if job.identity == identity and not job.cancelled]
         for job in jobs:
             self._stop_job(job)
-        if jobs:
-            self._rejections.info("client %s disconnected: %d request(s) of it dropped", identity.hex()[:16], len(jobs))
+        if jobs or not why.startswith("disconnected"):
+            self._rejections.info("client %s %s: %d request(s) of it dropped", identity.hex()[:16], why, len(jobs))
 
     def _probe_waiting(self, router) -> None:
         """Tell clients of queued requests where they stand; a send that fails finds a vanished client."""
@@ -280,6 +314,7 @@ class InferenceServer:
         if now < self._next_probe:
             return
         self._next_probe = now + PROBE_INTERVAL
+        self._unread.prune()
         for ahead, job in enumerate(self._waiting):
             if now - job.queued_at >= PROBE_INTERVAL and not job.cancelled:
                 report = protocol.encode_progress(job.message.id, "queued", f"waiting, {ahead} queued ahead", 0.0)

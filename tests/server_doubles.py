@@ -3,7 +3,8 @@
 The scheduler's behaviour (time limits, vanished clients, internal errors) does not depend on what
 the models compute, only on when the pipeline reaches its stage boundaries; a pipeline that sleeps
 between them makes those tests take a second instead of a model load. Run as a script it serves
-until killed (``python -m tests.server_doubles ADDRESS SECONDS_PER_STAGE``): the process a test kills.
+until killed (``python -m tests.server_doubles ADDRESS SECONDS_PER_STAGE [REPLY_MB MAX_UNREAD_MB]``): the
+process a test kills or measures.
 """
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ import time
 from types import SimpleNamespace
 from typing import Callable
 
+import numpy as np
+
 from inference_server.config import ServerConfig
+from inference_server.limits import MB, RequestLimits
 from inference_server.server import InferenceServer
 
 STAGES = ("load", "detect", "align", "landmarks", "depth", "mesh", "detail")
@@ -22,11 +26,13 @@ STAGES = ("load", "detect", "align", "landmarks", "depth", "mesh", "detail")
 
 class StagedPipeline:
     """Sleeps ``seconds_per_stage`` before each stage report; raises ``failure`` at the mesh stage if given;
-    takes ``load_seconds`` to build, as the models do."""
+    takes ``load_seconds`` to build, as the models do; replies with one face of ``reply_bytes`` if given."""
 
-    def __init__(self, seconds_per_stage: float, failure: Exception | None = None, load_seconds: float = 0.0):
+    def __init__(self, seconds_per_stage: float, failure: Exception | None = None, load_seconds: float = 0.0,
+                 reply_bytes: int = 0):
         time.sleep(load_seconds)
         self.seconds_per_stage = seconds_per_stage
+        self.reply_bytes = reply_bytes
         self.failure = failure
         self.started: list[bytes] = []  # image bytes of every request that began running
 
@@ -43,7 +49,9 @@ class StagedPipeline:
             if stage == "mesh" and self.failure is not None:
                 raise self.failure
             time.sleep(self.seconds_per_stage)
-        return SimpleNamespace(faces=[], meta={"timings_ms": {"all": 1.0}, "image": bytes(image).decode()})
+        faces = [SimpleNamespace(index=0, arrays={"blob": np.ones(self.reply_bytes, np.uint8)}, meta={"index": 0})]
+        return SimpleNamespace(faces=faces if self.reply_bytes else [],
+                               meta={"timings_ms": {"all": 1.0}, "image": bytes(image).decode()})
 
 
 @contextlib.contextmanager
@@ -64,6 +72,9 @@ def running(pipeline: StagedPipeline | Callable[[], StagedPipeline], config: Ser
 
 if __name__ == "__main__":
     address, seconds = sys.argv[1], float(sys.argv[2])
+    reply_mb, unread_mb = (float(value) for value in (sys.argv[3:5] or (0, 128)))
+    config = ServerConfig(bind=address, max_unread_bytes=int(unread_mb * MB),
+                          limits=RequestLimits(reply_bytes=int(min(unread_mb, 64) * MB)))
     print("serving", flush=True)
-    InferenceServer(ServerConfig(bind=address), lambda: StagedPipeline(seconds)).serve_forever(
+    InferenceServer(config, lambda: StagedPipeline(seconds, reply_bytes=int(reply_mb * MB))).serve_forever(
         on_ready=lambda *_: print("ready", flush=True))

@@ -6,15 +6,22 @@ what is tested is the I/O thread's bookkeeping, which does not depend on what th
 import functools
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
+import zmq
 
+from addon.server_process import free_address
+from addon.wire import protocol
 from addon.wire.client import Client
 from addon.wire.protocol import ErrorCode, ProtocolError
 from inference_server.config import ServerConfig
 from inference_server.limits import RequestLimits
 
+from .conftest import REPO
 from .server_doubles import StagedPipeline, running
 from .test_server_workers import LOCAL, alive, wait_for
 
@@ -126,3 +133,51 @@ def test_a_hung_thread_worker_is_answered_and_its_late_reply_dropped():
             pipeline.seconds_per_stage = 0.0
             assert client.reconstruct(b"next").meta["image"] == "next"
             assert client.info()["workers"][0]["served"] == 2
+
+
+def rss_mb(pid: int) -> float:
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]) / 1024
+
+
+def stall(context: zmq.Context, address: str, requests: int, server_pid: int) -> float:
+    """A client whose TCP window stays shut sends ``requests`` paced requests, then closes; the server's peak RSS."""
+    stalled = context.socket(zmq.DEALER)
+    stalled.setsockopt(zmq.RCVHWM, 1)
+    stalled.setsockopt(zmq.RCVBUF, 4096)
+    stalled.connect(address)
+    peak = 0.0
+    for number in range(requests):  # paced: each request has run before the next is sent
+        protocol.send_frames(stalled, protocol.encode_request("reconstruct", f"r{number}", {}, {"image": b"unread"}))
+        time.sleep(0.4)
+        peak = max(peak, rss_mb(server_pid))
+    stalled.close(linger=0)
+    return peak
+
+
+def test_a_client_that_never_reads_its_replies_pins_at_most_the_unread_bound(tmp_path):
+    """The former server kept every reply to a client that does not read (its TCP window shut) until it
+    disconnected: 12 replies of 20 MB grew it by 240 MB. Bounded at 60 MB per connection, the server holds
+    at most that: it refuses further work with ``busy``, and serves a reading client all the while."""
+    address = free_address()
+    server = subprocess.Popen([sys.executable, "-m", "tests.server_doubles", address, "0", "20", "60"], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=(tmp_path / "server.log").open("w"), text=True)
+    context = zmq.Context()
+    try:
+        assert server.stdout.readline().strip() == "serving" and server.stdout.readline().strip() == "ready"
+        with Client(address, timeout=30) as client:  # warm: one reply read, the allocator primed
+            assert client.call("reconstruct", {}, {"image": b"warm-up"}).result["image"] == "warm-up"
+        before = rss_mb(server.pid)
+        peak = stall(context, address, 12, server.pid)
+        with Client(address, timeout=30) as client:  # another client is served meanwhile
+            assert client.call("reconstruct", {}, {"image": b"a reader"}).result["image"] == "a reader"
+        assert peak - before < 60 + 45, (before, peak)  # the bound, the client's own buffers, allocator slack
+        log = (tmp_path / "server.log").read_text()
+        assert "limit of 60 MB per connection" in log and "limit 60 MB per connection" not in log
+        assert "rejected request 'r11'" in log and "read them first" in log  # busy, before any work
+        # What was held for a closed connection is released: a second stalled client reuses that memory.
+        assert stall(context, address, 6, server.pid) - peak < 25
+    finally:
+        context.destroy(linger=0)
+        server.kill()
+        server.wait()
