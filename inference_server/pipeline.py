@@ -122,10 +122,14 @@ class FacePipeline:
         self.depth_networks = DepthNetworks(device, depth)
         self.head = None
         if head_model is not None:
-            from .head.model import HeadModel
+            from .head.model import HeadModel, ModelFileError
             from .head.reconstruct import HeadReconstructor
 
-            model = HeadModel.load(head_model)
+            try:
+                model = HeadModel.load(head_model)
+            except ModelFileError as exc:
+                raise ProtocolError(ErrorCode.NO_MODEL, f"the installed head model is unusable ({exc}): install it "
+                                                        "again (`python -m inference_server model fetch`)") from None
             self.head = HeadReconstructor(model, device, cues=load_cues(model, device))
 
     def info(self) -> dict:

@@ -309,3 +309,24 @@ def test_network_that_disagrees_with_the_prior_is_not_used():
         FuseConfig(weight=1.5)
     with pytest.raises(ValueError, match="not in front of a camera"):
         fuse_depth(truth, truth, mask, FuseConfig(camera_distance=0.05))
+
+
+@pytest.mark.parametrize("damage, said", [
+    (lambda t: t.fill_(float("nan")), "1 holding NaN or infinite values: scratch.output_conv.4.weight"),
+    (lambda t: t.view(-1)[:1].fill_(float("inf")), "1 holding NaN or infinite values: scratch.output_conv.4.weight"),
+    (lambda t: t.bool(), "1 of the wrong kind: scratch.output_conv.4.weight torch.bool"),
+    (lambda t: t.to(torch.int32), "1 of the wrong kind: scratch.output_conv.4.weight torch.int32")])
+def test_weights_of_the_wrong_kind_or_not_finite_are_refused_at_install_and_load(small_checkpoint, tmp_path,
+                                                                                damage, said):
+    """The former check looked at names and shapes only: NaN, inf or bool weights installed, then every
+    request answered ``internal``."""
+    upstream = torch.load(small_checkpoint[1], weights_only=True)
+    key = "scratch.output_conv.4.weight"
+    upstream[key] = damage(upstream[key].clone())
+    torch.save(upstream, tmp_path / "broken.pt")
+    with pytest.raises(CheckpointError) as installing:
+        install_checkpoint(tmp_path / "broken.pt", tmp_path / "data")
+    assert said in str(installing.value) and not (tmp_path / "data").exists()
+    with pytest.raises(CheckpointError) as loading:  # a file put in place by hand is refused when it loads
+        load_network(tmp_path / "broken.pt")
+    assert said in str(loading.value)

@@ -256,3 +256,68 @@ def test_missing_model_message_names_both_commands(data_dir):
     message = store.missing_model_message()
     assert "python -m inference_server model install" in message and "python -m inference_server model fetch" in message
     assert str(data_dir) in message
+
+
+def _damaged(arrays: dict, name: str, change) -> dict:
+    damaged = dict(arrays)
+    damaged[name] = change(np.array(arrays[name]))
+    return damaged
+
+
+def _set(index, value):
+    def change(array):
+        array[index] = value
+        return array
+    return change
+
+
+DAMAGES = {  # what a damaged or hostile .npz may hold, and the reason the refusal gives
+    "nan vertices": ("vertices", _set((5, 1), np.nan), "vertices holds NaN or infinite values"),
+    "inf expression delta": ("exp_deltas", _set((3, 10, 2), np.inf), "exp_deltas holds NaN or infinite values"),
+    "nan identity mode": ("id_deltas", _set((0, 0, 0), np.nan), "id_deltas holds NaN or infinite values"),
+    "vertex_part out of range": ("vertex_part", _set(7, 200), "vertex_part indexes outside [0, 17)"),
+    "face_material out of range": ("face_material", _set(0, 99), "face_material indexes outside [0, 12)"),
+    "negative face index": ("faces", _set((0, 0), -1), "faces indexes outside [0, 26719)"),
+    "face_uv out of range": ("face_uv", _set((4, 2), 10 ** 6), "face_uv indexes outside"),
+    "float faces": ("faces", lambda a: a.astype(np.float32), "faces must be a non-empty 2-D array of integers"),
+    "float mask": ("face_mask", lambda a: a.astype(np.float32), "face_mask must be a non-empty 1-D array of booleans"),
+    "67 landmarks": ("landmarks68", lambda a: a[:67], "landmarks68 has shape (67,), expected (68,)"),
+    "expression names short": ("exp_names", lambda a: a[:52], "exp_deltas has shape (53, 26719, 3), expected (52,"),
+}
+
+
+@pytest.fixture(scope="module")
+def shared_arrays(shared_npz) -> dict:
+    with np.load(shared_npz) as data:
+        return {key: data[key] for key in data.files}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_model_with_unusable_arrays_is_refused_at_install_naming_why(shared_arrays, tmp_path, data_dir, capsys,
+                                                                        damage):
+    """8 of 10 such files used to install with exit 0 and then answer ``internal`` to every head request
+    (or, float faces and out-of-range materials, stop the server from starting)."""
+    name, change, said = DAMAGES[damage]
+    source = tmp_path / "damaged.npz"
+    np.savez(source, **_damaged(shared_arrays, name, change))
+    assert main(["model", "install", str(source)]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and said in err[0], err
+    assert store.find_model() is None
+
+
+def test_a_damaged_model_put_in_place_by_hand_stops_serve_and_reconstruct_with_one_line(shared_arrays, data_dir,
+                                                                                      astronaut_png, tmp_path):
+    """Checked at every load too: the file under the data folder is not trusted because install wrote it."""
+    store.models_dir().mkdir(parents=True)
+    name, change, said = DAMAGES["nan vertices"]
+    with open(store.default_model_path(), "wb") as target:
+        np.savez(target, **_damaged(shared_arrays, name, change))
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(astronaut_png)
+    for command in (["serve", "--bind", "tcp://127.0.0.1:0"], ["reconstruct", str(photo), "-o", str(tmp_path / "x.obj")]):
+        done = subprocess.run([sys.executable, "-m", "inference_server", *command], cwd=REPO, capture_output=True,
+                              text=True, timeout=300)
+        errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+        assert done.returncode == 6 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        assert len(errors) == 1 and said in errors[0] and "install it again" in errors[0], done.stderr[-2000:]

@@ -116,13 +116,24 @@ def from_upstream(upstream: dict[str, torch.Tensor], model: DepthNet) -> dict[st
                if k not in mapped and not k.endswith("num_batches_tracked")]
     misshapen = [f"{_rename(k, upstream_rules)} {tuple(v.shape)} (expected {tuple(expected[k].shape)})"
                  for k, v in mapped.items() if v.shape != expected[k].shape]
+    # What the shapes do not catch: bool or integer weights, and NaN or infinite ones, which would load
+    # and then answer every request with garbage or an internal error.
+    mistyped = [f"{_rename(k, upstream_rules)} {v.dtype}" for k, v in mapped.items()
+                if v.is_complex() or _kind(v.dtype) != _kind(expected[k].dtype)]
+    nonfinite = [_rename(k, upstream_rules) for k, v in mapped.items()
+                 if v.is_floating_point() and not v.is_meta and not bool(torch.isfinite(v).all())]
     problems = [(name, items) for name, items in
-                (("missing", missing), ("unexpected", unexpected), ("misshapen", misshapen)) if items]
+                (("missing", missing), ("unexpected", unexpected), ("misshapen", misshapen),
+                 ("of the wrong kind", mistyped), ("holding NaN or infinite values", nonfinite)) if items]
     if problems:
         detail = "; ".join(f"{len(items)} {name}: {', '.join(items[:3])}{', ...' if len(items) > 3 else ''}"
                            for name, items in problems)
         raise CheckpointError(f"checkpoint does not match {arch.id}: {detail}")
     return mapped
+
+
+def _kind(dtype: torch.dtype) -> str:
+    return "float" if dtype.is_floating_point else "bool" if dtype == torch.bool else "integer"
 
 
 def detect_architecture(upstream: dict[str, torch.Tensor]) -> Architecture:

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 
 from ..source_files import check_source, read_small_text
-from .model import HeadModel
 
 NEUTRAL = "generic_neutral_mesh.obj"
 INDICES = "vertex_indices.json"
@@ -270,22 +269,6 @@ def _labels(arrays: dict, source) -> dict[str, np.ndarray]:
     return {"vertex_uv": vertex_uv, "vertex_part": vertex_part, "part_names": np.array([n for n, _ in PART_STARTS]),
             "face_mask": np.arange(VERTEX_COUNT) < NARROW_FACE_END, "face_full_mask": vertex_part == 0,
             "iris_mask": iris, "landmarks68": landmarks}
-
-
-def check_model(model: HeadModel) -> None:
-    """Shapes that agree with each other, so a truncated or foreign .npz is refused before it is installed."""
-    v, f = model.vertex_count, len(model.faces)
-    problems = [name for name, ok in (
-        ("faces", model.faces.ndim == 2 and model.faces.shape[1] == 3 and 0 <= model.faces.min() and model.faces.max() < v),
-        ("face_uv", model.face_uv.shape == (f, 3) and model.face_uv.max() < len(model.uv)),
-        ("face_poly/face_material", len(model.face_poly) == f and len(model.face_material) == f),
-        ("id_deltas", model.id_deltas.ndim == 3 and model.id_deltas.shape[1:] == (v, 3)),
-        ("exp_deltas", model.exp_deltas.shape[1:] == (v, 3) and len(model.exp_deltas) == len(model.exp_names)),
-        ("masks", all(len(a) == v for a in (model.vertex_part, model.face_mask, model.face_full_mask, model.iris_mask))),
-        ("landmarks68", model.landmarks68.shape == (68,) and model.landmarks68.max() < v),
-    ) if not ok]
-    if problems:
-        raise ConversionError(f"inconsistent head model arrays: {', '.join(problems)}")
 
 
 def write_npz(arrays: dict[str, np.ndarray], path: Path) -> None:

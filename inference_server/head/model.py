@@ -19,7 +19,53 @@ REQUIRED = ("vertices", "faces", "face_poly", "face_material", "material_names",
 
 
 class ModelFileError(ValueError):
-    """A model file that is missing, unreadable or lacks arrays: the message says which."""
+    """A model file that is missing, unreadable, lacks arrays or holds unusable ones: the message says which."""
+
+
+def check_arrays(a: dict[str, np.ndarray]) -> list[str]:
+    """What is wrong with a model's arrays (empty: nothing): kinds, shapes, finite values, index ranges.
+
+    Checked wherever a model is made, at install and at every load, so a damaged or hostile file is
+    refused with its reason instead of answering ``internal`` to every request (NaN vertices, inf
+    deltas) or stopping the server (float faces, an out-of-range material)."""
+    problems = []
+
+    def need(ok: bool, text: str) -> bool:
+        if not ok:
+            problems.append(text)
+        return ok
+
+    def kind(name: str, kinds: str, ndim: int) -> bool:
+        array = a[name]
+        return need(array.dtype.kind in kinds and array.ndim == ndim and array.size > 0,
+                    f"{name} must be a non-empty {ndim}-D array of {_KINDS[kinds]} (it is {array.dtype} {array.shape})")
+
+    for name, kinds, ndim in _LAYOUT:
+        kind(name, kinds, ndim)
+    if problems:
+        return problems
+    v, f, t = len(a["vertices"]), len(a["faces"]), len(a["uv"])
+    for name, shape in (("vertices", (v, 3)), ("faces", (f, 3)), ("uv", (t, 2)), ("face_uv", (f, 3)),
+                        ("face_poly", (f,)), ("face_material", (f,)), ("vertex_part", (v,)), ("face_mask", (v,)),
+                        ("face_full_mask", (v,)), ("iris_mask", (v,)), ("landmarks68", (68,)),
+                        ("id_deltas", (len(a["id_deltas"]), v, 3)), ("exp_deltas", (len(a["exp_names"]), v, 3))):
+        need(a[name].shape == shape, f"{name} has shape {a[name].shape}, expected {shape}")
+    if problems:
+        return problems
+    for name, count in (("faces", v), ("face_uv", t), ("landmarks68", v), ("face_material", len(a["material_names"])),
+                        ("vertex_part", len(a["part_names"]))):
+        need(int(a[name].min()) >= 0 and int(a[name].max()) < count, f"{name} indexes outside [0, {count})")
+    need(int(a["face_poly"].min()) >= 0, "face_poly has negative polygon numbers")
+    for name in ("vertices", "uv", "id_deltas", "exp_deltas"):
+        need(bool(np.isfinite(a[name]).all()), f"{name} holds NaN or infinite values")
+    return problems
+
+
+_KINDS = {"f": "floats", "iu": "integers", "b": "booleans", "U": "strings"}
+_LAYOUT = (("vertices", "f", 2), ("faces", "iu", 2), ("face_poly", "iu", 1), ("face_material", "iu", 1),
+           ("material_names", "U", 1), ("uv", "f", 2), ("face_uv", "iu", 2), ("vertex_part", "iu", 1),
+           ("part_names", "U", 1), ("face_mask", "b", 1), ("face_full_mask", "b", 1), ("iris_mask", "b", 1),
+           ("landmarks68", "iu", 1), ("id_deltas", "f", 3), ("exp_deltas", "f", 3), ("exp_names", "U", 1))
 
 
 @dataclass(frozen=True, eq=False)  # identity equality: models are compared and cached by object
@@ -59,11 +105,17 @@ class HeadModel:
     @classmethod
     def from_arrays(cls, arrays: dict) -> "HeadModel":
         """The model from the file's arrays (``REQUIRED`` keys, optional ``info`` JSON string)."""
-        fields = {key: arrays[key] for key in REQUIRED}
+        fields = {key: np.asarray(arrays[key]) for key in REQUIRED}
+        problems = check_arrays(fields)
+        if problems:
+            raise ModelFileError(f"not a usable head model: {'; '.join(problems)}")
         for key in ("material_names", "part_names", "exp_names"):
             fields[key] = tuple(str(name) for name in fields[key])
-        info = json.loads(str(arrays["info"])) if "info" in arrays else {}
-        return cls(info=info, **fields)
+        try:
+            info = json.loads(str(arrays["info"])) if "info" in arrays else {}
+        except ValueError:
+            raise ModelFileError("not a usable head model: its info is not JSON") from None
+        return cls(info=info if isinstance(info, dict) else {}, **fields)
 
     @property
     def vertex_count(self) -> int:

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..data_dir import data_dir
 from ..source_files import check_source, read_small_text
-from .convert import check_model, convert_source, open_source, write_npz
+from .convert import convert_source, open_source, write_npz
 from .model import HeadModel
 
 PINNED_COMMIT = "da5f95a607f5e6b37755b38d3385d7f2853732e5"
@@ -118,8 +118,7 @@ def install(source: str | Path, *, verify_pinned: bool = False, log: Callable[[s
     check_source(source, MAX_SOURCE_BYTES, InstallError, "head model source", folder_ok=True)
     target = default_model_path()
     try:
-        model, write, licence = _read_source(source)
-        check_model(model)
+        model, write, licence = _read_source(source)  # HeadModel checks every array
         if verify_pinned:
             verify(model)
         target.parent.mkdir(parents=True, exist_ok=True)
