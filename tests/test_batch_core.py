@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from addon.batch.cli import DEFAULT_FORMATS, missing_modules, parse_args, script_argv, setup_hint
-from addon.batch.outputs import (STAGING_PREFIX, Photo, assign_keys, clean_stale_staging, commit, decide, discover,
-                                 make_staging, output_names, read_manifest)
+from addon.batch.inputs import Photo, assign_keys, discover
+from addon.batch.outputs import STAGING_PREFIX, clean_stale_staging, commit, decide, make_staging, output_names, read_manifest
 from addon.batch.report import ERR_SERVER_GONE, ERR_UNREADABLE, PhotoReport, Progress, Summary, format_duration
 from addon.batch.run import main as run_batch_main
 from addon.batch.window import Window
@@ -91,7 +91,7 @@ def test_discover_files_and_folders(tmp_path):
 
     found, missing = discover([photos, explicit, photos / "a.png", tmp_path / "nope.jpg"], output=output)
     assert [p.name for p in found] == ["a.png", "b.JPG", "c.webp", "explicit.dat"]  # explicit files whatever suffix; deduped
-    assert [p.name for p in missing] == ["nope.jpg"]
+    assert [(p.name, why) for p, why in missing] == [("nope.jpg", "does not exist")]
     assert all(p.path.is_absolute() for p in found)
 
     found, _ = discover([photos], output=output, recursive=True)

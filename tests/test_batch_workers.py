@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 from addon.batch import workers
-from addon.batch.outputs import Decision, Photo
+from addon.batch.inputs import Photo
+from addon.batch.outputs import Decision
 from addon.batch.report import PhotoReport
 from addon.wire.errors import Exit
 from tests.batch_fixtures import (blender_command, by_key, load_summary, needs_blender, needs_bpy, python_command,

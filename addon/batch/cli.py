@@ -52,6 +52,13 @@ class Options:
     def summary_path(self) -> Path:
         return self.summary or self.output / SUMMARY
 
+    def reserved_names(self) -> tuple:
+        """Names in the output folder that are the batch's own, never a photo's (its summary)."""
+        try:
+            return (self.summary_path.absolute().relative_to(self.output.absolute()).parts[0],)
+        except ValueError:  # the summary is written elsewhere
+            return ()
+
 
 def script_argv(argv: Sequence[str]) -> list:
     """The script's own arguments: everything after ``--`` (Blender passes its own before it).

@@ -1,5 +1,5 @@
-"""Photos in, folders out (bpy-free): photo discovery, output names, manifests and resume decisions,
-and the staging folder a photo's files are written into before they are moved into place.
+"""Folders out (bpy-free): output names, manifests and resume decisions, the staging folder a
+photo's files are written into before they are moved into place, and the output folder's lock.
 
 Output layout, per photo (``KEY`` is the photo's file stem, made unique within the run)::
 
@@ -24,101 +24,16 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
+
+from .inputs import Photo
 
 # Files each format produces besides textures (the OBJ exporter writes the MTL next to the OBJ).
 FORMAT_FILES = {"blend": (".blend",), "glb": (".glb",), "fbx": (".fbx",), "obj": (".obj", ".mtl"), "ply": (".ply",),
                 "stl": (".stl",)}
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 MANIFEST = "faceforge.json"
 STAGING_PREFIX = ".faceforge-partial-"
-
-
-# ----------------------------------------------------------------------------------------------
-# Photos
-
-@dataclass
-class Photo:
-    path: Path        # as found (absolute)
-    key: str          # unique output name within the run
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-
-def _is_photo_name(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
-
-
-def discover(inputs: Iterable[Path], *, output: Path | None = None, recursive: bool = False) -> tuple[list, list]:
-    """Photos from files and folders, in a stable order, without duplicates.
-
-    Files named explicitly are taken whatever their suffix (the server decides whether they are
-    images); folders contribute files with an image suffix, skipping hidden ones and the output
-    folder. Returns ``(photos, missing)`` where ``missing`` lists inputs that do not exist.
-    """
-    seen, paths, missing = set(), [], []
-    out = output.resolve() if output is not None else None
-
-    def add(path: Path) -> None:
-        resolved = path.resolve()
-        if resolved not in seen:
-            seen.add(resolved)
-            paths.append(path.absolute())
-
-    for item in inputs:
-        item = Path(item)
-        if item.is_dir():
-            walker = item.rglob("*") if recursive else item.iterdir()
-            found = []
-            for path in walker:
-                try:
-                    rel = path.relative_to(item)
-                except ValueError:
-                    rel = Path(path.name)
-                if any(part.startswith(".") for part in rel.parts):
-                    continue
-                if out is not None and (path.resolve() == out or out in path.resolve().parents):
-                    continue
-                if _is_photo_name(path) and not path.is_dir():
-                    found.append(path)
-            for path in sorted(found, key=lambda p: str(p).lower()):
-                add(path)
-        elif item.exists() or item.is_symlink():
-            add(item)
-        else:
-            missing.append(item)
-    keys = assign_keys(paths)
-    return [Photo(path=p, key=k) for p, k in zip(paths, keys)], missing
-
-
-def _safe(name: str) -> str:
-    cleaned = "".join(c if (c.isalnum() or c in "-_.+@ ") else "_" for c in name).strip(" .")
-    return cleaned or "photo"
-
-
-def assign_keys(paths: Sequence[Path]) -> list:
-    """Unique, file-system-safe output names: the stem, then stem_ext, then parent_stem_ext, then a number."""
-    keys: list = []
-    used: set = set()
-    stems = [_safe(p.stem) for p in paths]
-    counts: dict = {}
-    for stem in stems:
-        counts[stem.lower()] = counts.get(stem.lower(), 0) + 1
-    for path, stem in zip(paths, stems):
-        candidates = [stem] if counts[stem.lower()] == 1 else []
-        ext = path.suffix.lower().lstrip(".")
-        candidates += [f"{stem}_{ext}" if ext else stem, _safe(f"{path.parent.name}_{stem}_{ext}")]
-        key = next((c for c in candidates if c.lower() not in used), None)
-        n = 2
-        while key is None:
-            candidate = f"{candidates[-1]}-{n}"
-            key = candidate if candidate.lower() not in used else None
-            n += 1
-        used.add(key.lower())
-        keys.append(key)
-    return keys
+LOCK = ".faceforge-batch.lock"  # the batch's own files start with "." and photos' output names never do
 
 
 # ----------------------------------------------------------------------------------------------
@@ -226,3 +141,34 @@ def commit(staging: Path, final: Path, *, overwrite: bool, manifest: dict) -> li
         shutil.rmtree(staging, ignore_errors=True)
         manifest = merged
     return [final / name for name in manifest.get("files", [])]
+
+
+class OutputLock:
+    """One batch per output folder: a second one would delete the first's staging folders as stale and
+    write the same summary. An advisory lock on ``OUTPUT/.faceforge-batch.lock`` (``flock``; on Windows
+    ``msvcrt.locking``), released by the system when the process ends, however it ends; the children of
+    ``--workers`` write under their parent's lock."""
+
+    def __init__(self, handle):
+        self._handle = handle
+
+    @classmethod
+    def take(cls, output: Path) -> "OutputLock | None":
+        """The lock, or None when another batch holds it. OSError when the folder cannot be written."""
+        handle = open(output / LOCK, "a+b")
+        try:
+            if os.name == "nt":
+                import msvcrt
+
+                msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+            else:
+                import fcntl
+
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            return None
+        return cls(handle)
+
+    def release(self) -> None:
+        self._handle.close()

@@ -2,6 +2,7 @@
 the progress line with elapsed time and ETA (``Progress``), and the batch's own error codes."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -80,11 +81,19 @@ class Summary:
             "photos": [asdict(r) for r in self.reports],
         }
 
-    def write(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.as_dict(), indent=2), encoding="utf-8")
-        os.replace(tmp, self.path)
+    def write(self) -> str | None:
+        """Write the file; on failure (a full disk, an unwritable folder) keep the last good file, remove
+        the partial one and return why: losing an update of the summary must not cost the run."""
+        tmp = self.path.with_name(f".{self.path.name}.tmp")  # dotted: never a photo's output name
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(self.as_dict(), indent=2), encoding="utf-8")
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            return exc.strerror or str(exc)
+        return None
 
 
 def format_duration(seconds: float | None) -> str:

@@ -18,7 +18,8 @@ from ..wire.errors import ErrorCode, Exit, ProtocolError
 from . import workers
 from .blender import blender_chatter_to_stderr
 from .cli import Options, missing_modules, parse_args, script_argv, setup_hint
-from .outputs import discover, clean_stale_staging, decide, photo_dir
+from .inputs import discover, shown
+from .outputs import OutputLock, clean_stale_staging, decide, photo_dir
 from .report import ERR_EXISTS, ERR_UNREADABLE, PhotoReport, Progress, Summary, format_duration
 
 
@@ -58,12 +59,16 @@ class Batch:
         self.todo: list = []          # photos to send, in order
         self.decisions: dict = {}     # photo key -> outputs.Decision
         self.reports: dict = {}       # photo key -> PhotoReport of the photos in ``todo``
+        self.lock: OutputLock | None = None  # held on the output folder from planning to the end
+        self.summary_failed = False           # an update of summary.json failed (said once)
 
     def run(self) -> int:
         try:
             self.plan()
         except Stop as stop:
             say(f"error: {stop.text}")
+            if self.lock is not None:
+                self.lock.release()
             return stop.status
         exit_code = Exit.OK
         try:
@@ -88,23 +93,32 @@ class Batch:
         opts = self.opts
         if opts.shard is not None:  # a child of --workers: the parent planned these photos
             self.todo, self.decisions = workers.read_shard(opts.shard)
-            self.reports = {p.key: PhotoReport(photo=str(p.path), key=p.key) for p in self.todo}
+            self.reports = {p.key: PhotoReport(photo=shown(p.path), key=p.key) for p in self.todo}
             self.progress = Progress(len(self.todo))
             return
         try:
-            photos, missing = discover(opts.inputs, output=opts.output, recursive=opts.recursive)
+            photos, refused = discover(opts.inputs, output=opts.output, recursive=opts.recursive,
+                                       reserved=opts.reserved_names())
         except OSError as exc:
-            raise Stop(Exit.BAD_INPUT, f"cannot read {exc.filename}: {exc.strerror or exc}") from None
-        if not photos and not missing:
-            raise Stop(Exit.USAGE, f"no photos found in {', '.join(map(str, opts.inputs))}")
-        opts.output.mkdir(parents=True, exist_ok=True)
-        clean_stale_staging(opts.output)
-        self.progress = Progress(len(photos) + len(missing))
-        for path in missing:
-            self.record(PhotoReport(photo=str(path), key="").fail(ERR_UNREADABLE, f"{path} does not exist"), str(path))
+            raise Stop(Exit.BAD_INPUT, f"cannot read {shown(exc.filename)}: {exc.strerror or exc}") from None
+        if not photos and not refused:
+            raise Stop(Exit.USAGE, f"no photos found in {', '.join(shown(path) for path in opts.inputs)}")
+        try:
+            opts.output.mkdir(parents=True, exist_ok=True)
+            self.lock = OutputLock.take(opts.output)
+        except OSError as exc:
+            raise Stop(Exit.USAGE, f"cannot write to {shown(opts.output)}: {exc.strerror or exc}") from None
+        if self.lock is None:
+            raise Stop(Exit.USAGE, f"another batch is writing to {shown(opts.output)}: wait for it to finish, or "
+                                   "give this one another --output")
+        clean_stale_staging(opts.output)  # only ours: no other batch can be writing here now
+        self.progress = Progress(len(photos) + len(refused))
+        for path, reason in refused:
+            self.record(PhotoReport(photo=shown(path), key="").fail(ERR_UNREADABLE, f"{shown(path)} {reason}"),
+                        shown(path.name))
         for photo in photos:
             decision = decide(opts.output, photo, opts.formats, opts.overwrite)
-            report = PhotoReport(photo=str(photo.path), key=photo.key)
+            report = PhotoReport(photo=shown(photo.path), key=photo.key)
             if decision.action == "skip":
                 self.record(_skipped(report, decision, photo_dir(opts.output, photo)), photo.name, processed=False)
             elif decision.action == "conflict":
@@ -130,7 +144,16 @@ class Batch:
         else:
             detail = f"{report.error_code}: {report.error}"
         say(self.progress.line(name, report.status, detail, processed=processed))
-        self.summary.write()
+        self._write_summary()
+
+    def _write_summary(self) -> bool:
+        """Update summary.json; a failure is said once (to stderr) and the run goes on."""
+        problem = self.summary.write()
+        if problem is not None and not self.summary_failed:
+            print(f"warning: cannot update {shown(self.opts.summary_path)} ({problem}); the run goes on, each "
+                  "photo's own folder and manifest record what was done", file=sys.stderr, flush=True)
+        self.summary_failed = self.summary_failed or problem is not None
+        return problem is None
 
     # -- process -------------------------------------------------------------------------------
     def process(self) -> int:
@@ -178,7 +201,7 @@ class Batch:
     def _record_child(self, report: PhotoReport) -> None:
         if report.key in self.reports:
             self.reports[report.key] = report
-        self.record(report, Path(report.photo).name)
+        self.record(report, shown(Path(report.photo).name))
 
     def _child_facts(self, facts: dict) -> None:
         run = self.summary.run
@@ -241,13 +264,19 @@ class Batch:
             return int(Exit.FAILED if exit_code == Exit.OK and failed else exit_code)
         summary.finished = exit_code != Exit.INTERRUPTED
         summary.run["elapsed_s"] = round(time.monotonic() - self.started, 3)
-        summary.write()
+        written = self._write_summary()
+        if self.lock is not None:
+            self.lock.release()
         counts = summary.counts()
         pending = f", {counts['pending']} not done" if counts.get("pending") else ""
         say(f"done: {counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed{pending} "
-            f"in {format_duration(time.monotonic() - self.started)}; summary {self.opts.summary_path}")
+            f"in {format_duration(time.monotonic() - self.started)}; summary {shown(self.opts.summary_path)}")
         if exit_code == Exit.OK and counts["failed"]:
             exit_code = Exit.FAILED
+        if not written:
+            say(f"error: the summary {shown(self.opts.summary_path)} could not be written; the photos' folders "
+                "and manifests are the record of this run")
+            exit_code = exit_code or Exit.FAILED
         return int(exit_code)
 
 

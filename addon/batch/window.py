@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..wire.errors import ErrorCode, ProtocolError
-from .outputs import Photo
+from .inputs import Photo, read_photo
 from .report import ERR_SERVER_GONE, ERR_UNREADABLE
 
 
@@ -41,7 +41,7 @@ class Window:
     """
 
     def __init__(self, client, photos: Sequence[Photo], params: dict, *, jobs: int, timeout: float,
-                 read: Callable[[Path], bytes] = lambda p: p.read_bytes(),
+                 read: Callable[[Path], bytes] = read_photo,
                  alive: Callable[[], bool] = lambda: True, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep,
                  on_progress: Callable[[Photo, dict], None] | None = None,
@@ -98,7 +98,7 @@ class Window:
             try:
                 self._send(photo)
             except OSError as exc:
-                failures.append((photo, None, (ERR_UNREADABLE, f"cannot read {photo.path}: {exc.strerror or exc}")))
+                failures.append((photo, None, (ERR_UNREADABLE, f"cannot read {photo.name}: {exc.strerror or exc}")))
             except ProtocolError as exc:  # unreachable, or a request the client refuses to encode
                 failures.append((photo, None, (exc.code, exc.message)))
                 if exc.code == ErrorCode.UNREACHABLE:

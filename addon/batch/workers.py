@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..wire.errors import Exit
-from .outputs import Decision, Photo
+from .inputs import Photo
+from .outputs import Decision
 from .report import PhotoReport
 
 REPORT_PREFIX = "FACEFORGE-PHOTO "

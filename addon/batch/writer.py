@@ -12,7 +12,8 @@ from typing import Callable
 from .. import meshdata
 from ..wire.errors import ErrorCode
 from .cli import Options
-from .outputs import Decision, Photo, commit, make_staging, output_names, photo_dir, texture_name
+from .inputs import Photo, shown
+from .outputs import Decision, commit, make_staging, output_names, photo_dir, texture_name
 from .report import ERR_BUILD, ERR_EXPORT, PhotoReport
 
 
@@ -49,7 +50,7 @@ def write_photo(run: RunContext, photo: Photo, message, decision: Decision, repo
     try:
         objects = _build(run, photo, reconstruction, report)
         files = _write_files(run, photo, reconstruction, objects, staging, list(decision.missing_formats), report)
-        manifest = {"status": "ok", "photo": str(photo.path), "key": photo.key, "formats": list(decision.missing_formats),
+        manifest = {"status": "ok", "photo": shown(photo.path), "key": photo.key, "formats": list(decision.missing_formats),
                     "files": files, "faces": report.faces, "vertices": report.vertices,
                     "face_details": report.face_details, "request": run.opts.request, "build": run.opts.build,
                     "blender": ".".join(map(str, run.blender.version)),
@@ -82,10 +83,11 @@ def _build(run: RunContext, photo: Photo, reconstruction, report: PhotoReport) -
 
     started = time.perf_counter()
     run.blender.reset()
-    metadata = meshdata.reconstruction_metadata(reconstruction.meta, run.info, str(photo.path), run.opts.request,
+    source = shown(photo.path)  # Blender's names and properties must be valid UTF-8: a non-UTF-8 name is escaped
+    metadata = meshdata.reconstruction_metadata(reconstruction.meta, run.info, source, run.opts.request,
                                                 batch=True, server_address=run.address)
     try:
-        objects = scene.build_reconstruction(reconstruction, photo=str(photo.path), settings=run.settings,
+        objects = scene.build_reconstruction(reconstruction, photo=source, settings=run.settings,
                                              metadata=metadata)
     except Exception as exc:
         raise _Stage(ERR_BUILD, f"building the objects failed: {exc.__class__.__name__}: {exc}") from exc
