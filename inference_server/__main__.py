@@ -59,6 +59,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-unread-mb", type=limits.bounded(float, 1, 65536), default=128, metavar="MB",
                        help="reply bytes held for one client connection that does not read them; work whose "
                             "reply would pass it gets 'busy' (default %(default)g, at least --max-reply-mb)")
+    serve.add_argument("--max-connections", type=limits.bounded(int, 1, 100_000), default=256,
+                       help="open client connections; at the limit one idle for 30 s makes room, else the new one "
+                            "is closed (default %(default)s)")
+    serve.add_argument("--max-connections-per-peer", type=limits.bounded(int, 1, 100_000), default=64,
+                       help="open connections from one IP address; more are closed (default %(default)s)")
     serve.add_argument("--max-message-mb", type=limits.bounded(float, 0.1, 4096), default=256,
                        help="largest accepted request, MB")
     remote = serve.add_argument_group("remote use (CURVE authentication and encryption)")
@@ -111,7 +116,9 @@ def _serve(args) -> int:
         config = ServerConfig(bind=args.bind, max_queue=args.max_queue, limits=limits.from_args(args), keys=keys,
                               max_message_bytes=int(args.max_message_mb * 1024 * 1024), insecure=args.insecure,
                               workers=args.workers, worker_grace_seconds=args.worker_grace_seconds,
-                              max_unread_bytes=int(args.max_unread_mb * 1024 * 1024))
+                              max_unread_bytes=int(args.max_unread_mb * 1024 * 1024),
+                              max_connections=args.max_connections,
+                              max_connections_per_peer=args.max_connections_per_peer)
         defaults = ReconstructionConfig(**options.given(args, serve_options()))
         InferenceServer.validate(config, defaults)
     except ValueError as exc:  # bad key files, defaults over the limits, a reachable address without keys

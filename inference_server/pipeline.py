@@ -30,6 +30,11 @@ from .detection import Detection, FaceDetector
 from .face_geometry import FACE_WIDTH_M, FaceGeometry
 from .image_loading import exif_focal_px, load_rgb
 
+
+class UnusableHeadModel(ProtocolError):
+    """The installed head model fails its checks at load (``no_model``: installing it again mends it)."""
+
+
 # (stage, text, fraction of the request done, face number from 1, faces): may raise ProtocolError(cancelled).
 Reporter = Callable[[str, str, float, int, int], None]
 # A face's stages in order, per geometry: where the progress bar stands when each begins.
@@ -128,8 +133,8 @@ class FacePipeline:
             try:
                 model = HeadModel.load(head_model)
             except ModelFileError as exc:
-                raise ProtocolError(ErrorCode.NO_MODEL, f"the installed head model is unusable ({exc}): install it "
-                                                        "again (`python -m inference_server model fetch`)") from None
+                raise UnusableHeadModel(ErrorCode.NO_MODEL, f"the installed head model is unusable ({exc}): install "
+                                                            "it again (`python -m inference_server model fetch`)") from None
             self.head = HeadReconstructor(model, device, cues=load_cues(model, device))
 
     def info(self) -> dict:

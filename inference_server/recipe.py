@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from addon.wire.errors import ErrorCode, Exit, ProtocolError
+from addon.wire.errors import Exit, ProtocolError
 
 from .config import ReconstructionConfig
 from .workers import WorkerFailed
@@ -33,7 +33,7 @@ class PipelineRecipe:
 
         from .depth import CheckpointError, find_checkpoint
         from .depth.backend import DepthSettings
-        from .pipeline import FacePipeline, resolve_device
+        from .pipeline import FacePipeline, UnusableHeadModel, resolve_device
 
         try:
             device = resolve_device(self.device)
@@ -51,9 +51,9 @@ class PipelineRecipe:
         depth = DepthSettings(model=depth_model, threads=threads or DepthSettings.threads)
         try:
             return FacePipeline(device, self.defaults, self.head_model, depth)
-        except ProtocolError as exc:  # an unusable installed head model, or the operator's depth checkpoint
-            if exc.code == ErrorCode.NO_MODEL:
-                raise WorkerFailed(exc.message, Exit.SETUP) from None
+        except UnusableHeadModel as exc:
+            raise WorkerFailed(exc.message, Exit.SETUP) from None
+        except ProtocolError as exc:  # only the operator's checkpoint loads at start: it exists but is unusable
             if not depth_model:
                 raise
             raise WorkerFailed(f"--depth-model: {exc.message}", Exit.BAD_INPUT) from None

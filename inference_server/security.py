@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import zmq
@@ -45,7 +47,8 @@ def is_loopback(address: str) -> bool:
 class ServerKeys:
     public: bytes
     secret: bytes
-    allowed: frozenset  # Z85 public keys of accepted clients
+    allowed: frozenset  # Z85 public keys of accepted clients, as read at start
+    folder: str = ""    # where they are: re-read while the server runs (``ZapHandler.refresh``)
 
     @classmethod
     def load(cls, secret_file: str, client_keys_dir: str) -> "ServerKeys":
@@ -54,7 +57,7 @@ class ServerKeys:
         allowed = security.load_public_folder(client_keys_dir)
         if not allowed:
             raise security.KeyFileError(f"{client_keys_dir} holds no client public keys (*.key): no client could connect")
-        return cls(public, secret, frozenset(allowed))
+        return cls(public, secret, frozenset(allowed), str(client_keys_dir))
 
     def apply(self, socket: zmq.Socket) -> None:
         socket.curve_server = True
@@ -75,15 +78,43 @@ def check_bind(address: str, keys: ServerKeys | None, insecure: bool) -> str | N
 
 
 class ZapHandler:
-    """Answers ZeroMQ's authentication requests: CURVE clients whose public key is allowed pass."""
+    """Answers ZeroMQ's authentication requests: CURVE clients whose public key is allowed pass.
 
-    def __init__(self, context: zmq.Context, allowed: frozenset):
+    The allowed keys are the ``*.key`` files of the folder as it is now: it is re-read whenever its
+    listing or a file in it changed, checked at every handshake (a key added is accepted at once) and
+    every second by the server (``refresh``), which closes the open connections of a key removed."""
+
+    def __init__(self, context: zmq.Context, keys: ServerKeys):
         self.socket = context.socket(zmq.REP)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.bind(ZAP_ENDPOINT)
-        self._allowed = allowed
+        self.allowed = set(keys.allowed)
+        self._folder = keys.folder
+        self._signature = _signature(self._folder) if self._folder else None
         self._refused: set[bytes] = set()
         self._log = RateLimitedLog(log, rate=1.0, burst=10)
+
+    def refresh(self) -> set[bytes]:
+        """Re-read the key folder if it changed; the keys that were allowed and no longer are."""
+        if not self._folder:
+            return set()
+        signature = _signature(self._folder)
+        if signature == self._signature:
+            return set()
+        self._signature = signature
+        now = set()
+        for path in sorted(Path(self._folder).glob("*.key")):
+            try:
+                now.add(security.load_public(path))
+            except security.KeyFileError as exc:
+                self._log.warning("client key ignored: %s", protocol.clip(str(exc), 200))
+        revoked, added = self.allowed - now, now - self.allowed
+        self.allowed = now
+        if revoked or added:
+            log.info("client keys re-read from %s: %d added, %d removed, %d allowed", self._folder, len(added),
+                     len(revoked), len(now))
+        self._refused -= added
+        return revoked
 
     def handle(self) -> None:
         """Answer one pending request (the poller said one is there)."""
@@ -91,9 +122,10 @@ class ZapHandler:
         if len(frames) < 6:  # only libzmq itself talks to this inproc endpoint; answer anyway
             self.socket.send_multipart([b"1.0", frames[1] if len(frames) > 1 else b"", b"400", b"bad request", b"", b""])
             return
+        self.refresh()
         version, request_id, _domain, address, _identity, mechanism = frames[:6]
         key = z85.encode(frames[6]) if mechanism == b"CURVE" and len(frames) > 6 and len(frames[6]) == 32 else b""
-        if key and key in self._allowed:
+        if key and key in self.allowed:
             self.socket.send_multipart([version, request_id, b"200", b"OK", key, b""])
             return
         if key not in self._refused and len(self._refused) < _REMEMBERED_REFUSALS:
@@ -102,3 +134,12 @@ class ZapHandler:
                               f"public key {key.decode()} is not in the allowed client keys" if key
                               else f"mechanism {protocol.clip(mechanism)} is not CURVE")
         self.socket.send_multipart([version, request_id, b"400", b"unknown key", b"", b""])
+
+
+def _signature(folder: str) -> tuple:
+    """What changes when a key file is added, removed or rewritten (names, sizes, modification times)."""
+    try:
+        return tuple(sorted((entry.name, entry.stat().st_size, entry.stat().st_mtime_ns)
+                            for entry in os.scandir(folder) if entry.name.endswith(".key")))
+    except OSError:
+        return ()

@@ -38,6 +38,7 @@ from addon.wire.protocol import ErrorCode, ProtocolError, clip
 from . import __version__
 from .config import ReconstructionConfig, ServerConfig
 from .log_limits import RateLimitedLog, log_internal_error
+from .connections import ConnectionGuard, descriptor_budget
 from .limits import MB, face_reply_bytes
 from .security import ZapHandler, check_bind, is_loopback
 from .unread import UnreadReplies
@@ -69,6 +70,8 @@ class InferenceServer:
         self._active: dict[tuple, Job] = {}  # queued or running, by (client identity, request id)
         self._waiting: collections.deque[Job] = collections.deque()
         self._router_socket: zmq.Socket | None = None  # the clients' socket, while serving
+        self._guard: ConnectionGuard | None = None      # its connections, counted and capped, while serving
+        self._zap: ZapHandler | None = None              # CURVE key checks, with --client-keys
         self._pool = WorkerPool([], self._deliver, config.worker_grace_seconds)
         self._numbers = itertools.count()
         self._context = zmq.Context()
@@ -99,8 +102,11 @@ class InferenceServer:
 
     def serve_forever(self, on_ready: Callable[[str, dict], None] | None = None) -> None:
         """Raises RuntimeError when the models fail to load (``WorkerFailed``) or the address cannot be bound."""
-        zap = ZapHandler(self._context, self.config.keys.allowed) if self.config.keys else None
+        zap = self._zap = ZapHandler(self._context, self.config.keys) if self.config.keys else None
         router = self._router_socket = self._router()
+        allowed = descriptor_budget(self.config.max_connections)
+        self._guard = ConnectionGuard(router, allowed, min(allowed, self.config.max_connections_per_peer),
+                                      self.config.connection_idle_seconds)
         folder = tempfile.mkdtemp(prefix="faceforge-workers-")  # 0700: the worker processes' sockets
         try:
             router.bind(self.config.bind)
@@ -115,6 +121,7 @@ class InferenceServer:
             for job in self._active.values():  # nobody will read the replies of what is still queued
                 job.cancelled = True
             self._pool.stop(time.monotonic() + STOP_SECONDS)
+            self._guard.close()
             for socket in (router, zap and zap.socket):
                 if socket is not None:
                     socket.close(linger=0)
@@ -140,11 +147,13 @@ class InferenceServer:
         while not self._stop.is_set():
             poller = zmq.Poller()
             self._pool.register(poller)
-            for socket in (router, zap and zap.socket):
+            for socket in (router, zap and zap.socket, self._guard.monitor):
                 if socket is not None:
                     poller.register(socket, zmq.POLLIN)
             events = dict(poller.poll(100))
             try:
+                if self._guard.monitor in events:
+                    self._guard.handle()
                 if zap is not None and zap.socket in events:
                     zap.handle()
                 self._pool.handle(events)
@@ -194,6 +203,12 @@ class InferenceServer:
 
     def _handle(self, router, frames) -> None:
         identity, body = frames[0].bytes, frames[1:]
+        key = self._guard.seen(frames[-1])
+        if self._zap is not None and key not in self._zap.allowed:  # its key was removed from --client-keys
+            self._rejections.warning("a message from revoked client key %s: its connection is closed",
+                                     clip(key.decode(errors="replace")))
+            self._guard.drop(frames[-1])
+            return
         try:
             reply = self._answer(identity, body)
         except ProtocolError as err:
@@ -315,6 +330,11 @@ class InferenceServer:
             return
         self._next_probe = now + PROBE_INTERVAL
         self._unread.prune()
+        revoked = self._zap.refresh() if self._zap is not None else set()
+        if revoked:
+            closed = self._guard.drop_keys(revoked)
+            log.warning("%d client key(s) removed from %s: %d open connection(s) of them closed", len(revoked),
+                        self.config.keys.folder, closed)
         for ahead, job in enumerate(self._waiting):
             if now - job.queued_at >= PROBE_INTERVAL and not job.cancelled:
                 report = protocol.encode_progress(job.message.id, "queued", f"waiting, {ahead} queued ahead", 0.0)
@@ -325,6 +345,10 @@ class InferenceServer:
         info = dict(self._pool.info, protocol=protocol.PROTOCOL, protocol_version=protocol.VERSION,
                     server_version=__version__, queued=len(self._waiting), defaults=options.as_dict(self.defaults),
                     limits=dict(self.limits.as_dict(), max_pixels=self.defaults.max_pixels,
-                                max_message_bytes=self.config.max_message_bytes, max_queue=self.config.max_queue),
-                    worker_count=self.config.workers, workers=self._pool.describe())
+                                max_message_bytes=self.config.max_message_bytes, max_queue=self.config.max_queue,
+                                max_unread_bytes=self.config.max_unread_bytes,
+                                max_connections=self.config.max_connections,
+                                max_connections_per_peer=self.config.max_connections_per_peer),
+                    worker_count=self.config.workers, workers=self._pool.describe(),
+                    connections=self._guard.describe() if self._guard else {})
         return {key: info[key] for key in REMOTE_INFO_KEYS if key in info} if remote else info

@@ -3,7 +3,7 @@
 The scheduler's behaviour (time limits, vanished clients, internal errors) does not depend on what
 the models compute, only on when the pipeline reaches its stage boundaries; a pipeline that sleeps
 between them makes those tests take a second instead of a model load. Run as a script it serves
-until killed (``python -m tests.server_doubles ADDRESS SECONDS_PER_STAGE [REPLY_MB MAX_UNREAD_MB]``): the
+until killed (``python -m tests.server_doubles ADDRESS SECONDS_PER_STAGE [NAME=VALUE ...]``, ``main``): the
 process a test kills or measures.
 """
 from __future__ import annotations
@@ -70,11 +70,18 @@ def running(pipeline: StagedPipeline | Callable[[], StagedPipeline], config: Ser
         thread.join(10)
 
 
-if __name__ == "__main__":
-    address, seconds = sys.argv[1], float(sys.argv[2])
-    reply_mb, unread_mb = (float(value) for value in (sys.argv[3:5] or (0, 128)))
+def main(argv: list) -> None:
+    """``ADDRESS SECONDS_PER_STAGE [reply_mb=N] [max_unread_mb=N] [NAME=VALUE of ServerConfig's numbers]``."""
+    address, seconds, *settings = argv
+    settings = dict(setting.split("=", 1) for setting in settings)
+    reply_mb, unread_mb = float(settings.pop("reply_mb", 0)), float(settings.pop("max_unread_mb", 128))
     config = ServerConfig(bind=address, max_unread_bytes=int(unread_mb * MB),
-                          limits=RequestLimits(reply_bytes=int(min(unread_mb, 64) * MB)))
+                          limits=RequestLimits(reply_bytes=int(min(unread_mb, 64) * MB)),
+                          **{name: type(getattr(ServerConfig, name))(value) for name, value in settings.items()})
     print("serving", flush=True)
-    InferenceServer(config, lambda: StagedPipeline(seconds, reply_bytes=int(reply_mb * MB))).serve_forever(
+    InferenceServer(config, lambda: StagedPipeline(float(seconds), reply_bytes=int(reply_mb * MB))).serve_forever(
         on_ready=lambda *_: print("ready", flush=True))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

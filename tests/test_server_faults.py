@@ -160,7 +160,8 @@ def test_a_client_that_never_reads_its_replies_pins_at_most_the_unread_bound(tmp
     disconnected: 12 replies of 20 MB grew it by 240 MB. Bounded at 60 MB per connection, the server holds
     at most that: it refuses further work with ``busy``, and serves a reading client all the while."""
     address = free_address()
-    server = subprocess.Popen([sys.executable, "-m", "tests.server_doubles", address, "0", "20", "60"], cwd=REPO,
+    server = subprocess.Popen([sys.executable, "-m", "tests.server_doubles", address, "0", "reply_mb=20",
+                               "max_unread_mb=60"], cwd=REPO,
                               stdout=subprocess.PIPE, stderr=(tmp_path / "server.log").open("w"), text=True)
     context = zmq.Context()
     try:
