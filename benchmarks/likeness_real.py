@@ -64,13 +64,14 @@ def main() -> None:
     from inference_server.head.correspondence import LandmarkTable
     from inference_server.head.fit import ShapeBasis, fit_head
     from inference_server.head.model import HeadModel
+    from inference_server.head.symmetry import mirror_of
 
     torch.set_num_threads(2)
     model = HeadModel.load(shared_model_path())
     basis = ShapeBasis(model, LandmarkTable.load(), torch.device("cpu"))
     predictor = CuesPredictor.load(args.cues or checkpoint.find(), model)
     reader = LandmarkReader()
-    mirror = model.mirror.index
+    mirror = mirror_of(model).index
     heads: dict[str, dict[tuple[str, str], np.ndarray]] = {"landmarks": {}, "cues": {}}
     for person, rgb in photos().items():
         for name, image in variants(rgb).items():

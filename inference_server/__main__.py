@@ -60,8 +60,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="reply bytes held for one client connection that does not read them; work whose "
                             "reply would pass it gets 'busy' (default %(default)g, at least --max-reply-mb)")
     serve.add_argument("--max-connections", type=limits.bounded(int, 1, 100_000), default=256,
-                       help="open client connections; at the limit one idle for 30 s makes room, else the new one "
-                            "is closed (default %(default)s)")
+                       help="open client connections; at the limit a peer address holding two more than the new "
+                            "one's gives up its connection idle longest, else the new one is closed (default %(default)s)")
     serve.add_argument("--max-connections-per-peer", type=limits.bounded(int, 1, 100_000), default=64,
                        help="open connections from one IP address; more are closed (default %(default)s)")
     serve.add_argument("--max-message-mb", type=limits.bounded(float, 0.1, 4096), default=256,

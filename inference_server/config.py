@@ -46,8 +46,7 @@ class ServerConfig:
     worker_grace_seconds: float = 10.0           # past a request's deadline or time limit: its worker is hung
     limits: RequestLimits = RequestLimits()      # ceilings per request
     max_unread_bytes: int = 128 * MB             # replies held for one connection that has not read them
-    max_connections: int = 256                   # open client connections (the idle longest make room)
+    max_connections: int = 256                   # open client connections (heavy peers' idle ones make room)
     max_connections_per_peer: int = 64           # open connections from one IP address
-    connection_idle_seconds: float = 30.0        # at max_connections, one silent this long makes room
     keys: ServerKeys | None = None               # CURVE: required for a bind address other machines can reach
     insecure: bool = False                       # serve a non-loopback address without keys anyway

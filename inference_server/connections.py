@@ -6,8 +6,9 @@ I/O thread). So the server raises its soft descriptor limit to the hard one at s
 connection cap well below it (``descriptor_budget``), and watches connections through a ZeroMQ
 socket monitor: a connection beyond the cap per peer address (``--max-connections-per-peer``) is
 dropped as soon as it is accepted; at the server's cap (``--max-connections``) a peer holding at
-least two more connections than the newcomer's gives up the one idle longest (no message for
-``idle_seconds``, 30 by default), or, none being idle, the newcomer is dropped. A client refused this way sees its connection closed (its requests time out:
+least two more connections than the newcomer's gives up its connection idle longest (its last
+message longest ago), else the newcomer is dropped: peers end with fair shares, and a flood from
+some addresses never locks out a client from another. A client refused this way sees its connection closed (its requests time out:
 ``unreachable``); a client evicted while idle reconnects by itself on its next request.
 
 Dropping a connection shuts its socket down (borrowing libzmq's descriptor, never closing it): libzmq
@@ -17,6 +18,7 @@ and key (``ZMQ_SRCFD``, the ``User-Id`` property) tie open connections to the ke
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import socket
@@ -66,12 +68,12 @@ class Connection:
 class ConnectionGuard:
     """Counts the ROUTER's connections from its monitor events and enforces the caps."""
 
-    def __init__(self, router: zmq.Socket, max_total: int, max_per_peer: int, idle_seconds: float):
+    def __init__(self, router: zmq.Socket, max_total: int, max_per_peer: int):
         self.max_total = max_total
         self.max_per_peer = max_per_peer
-        self.idle_seconds = idle_seconds
         self.monitor = router.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
         self._open: dict[int, Connection] = {}  # by libzmq's descriptor
+        self._per_peer: collections.Counter = collections.Counter()  # open connections by peer address
         self.refused = 0
         self.evicted = 0
         self._log = RateLimitedLog(log, rate=1.0, burst=5)
@@ -84,7 +86,7 @@ class ConnectionGuard:
             if event["event"] == zmq.EVENT_ACCEPTED:
                 self._accepted(descriptor)
             elif event["event"] == zmq.EVENT_DISCONNECTED:
-                self._open.pop(descriptor, None)
+                self._forget(descriptor)
 
     def seen(self, frame: zmq.Frame) -> bytes:
         """A message arrived on a connection: it is not idle. Returns the key it authenticated with."""
@@ -105,14 +107,14 @@ class ConnectionGuard:
             descriptor = frame.get(zmq.SRCFD)
         except zmq.ZMQError:
             return
-        if self._open.pop(descriptor, None) is not None:
+        if self._forget(descriptor):
             _shut(descriptor)
 
     def drop_keys(self, keys: set) -> int:
         """Close every open connection that authenticated with one of ``keys``; how many."""
         doomed = [descriptor for descriptor, connection in self._open.items() if connection.key in keys]
         for descriptor in doomed:
-            del self._open[descriptor]
+            self._forget(descriptor)
             _shut(descriptor)
         return len(doomed)
 
@@ -128,33 +130,43 @@ class ConnectionGuard:
         if peer is None:  # gone already (or the number was reused): nothing to count
             return
         now = time.monotonic()
-        same_peer = sum(1 for connection in self._open.values() if connection.peer == peer)
+        same_peer = self._per_peer[peer]
         if same_peer >= self.max_per_peer:
             self._refuse(descriptor, peer, f"{same_peer} connections from it are open (limit {self.max_per_peer} "
                                            "per peer address, --max-connections-per-peer)")
             return
         if len(self._open) >= self.max_total:
-            victim = self._room_for(peer, same_peer, now)
+            victim = self._room_for(peer, same_peer)
             if victim is None:
                 self._refuse(descriptor, peer, f"{len(self._open)} connections are open (limit {self.max_total}, "
-                                               "--max-connections) and none of a peer holding more is idle")
+                                               "--max-connections), none from a peer holding more")
                 return
-            idle = self._open.pop(victim)
+            idle = self._open[victim]
+            self._forget(victim)
             _shut(victim)
             self.evicted += 1
-            self._log.info("closed a connection from %s idle for %.0f s to make room for %s (limit %d connections)",
+            self._log.info("closed a connection from %s, idle for %.0f s, to make room for %s (limit %d connections)",
                            idle.peer, now - idle.last_seen, peer, self.max_total)
         self._open[descriptor] = Connection(peer, now, now)
+        self._per_peer[peer] += 1
 
-    def _room_for(self, peer: str, held: int, now: float) -> int | None:
-        """At the cap: the connection to close for a newcomer from ``peer`` (which holds ``held``), the idle
-        longest of a peer holding at least two more; None when there is none (the newcomer is refused).
-        So no peer gains by reconnecting, and a peer with fewer connections is never locked out by idle ones."""
-        counts: dict[str, int] = {}
-        for connection in self._open.values():
-            counts[connection.peer] = counts.get(connection.peer, 0) + 1
+    def _forget(self, descriptor: int) -> bool:
+        connection = self._open.pop(descriptor, None)
+        if connection is None:
+            return False
+        self._per_peer[connection.peer] -= 1
+        if not self._per_peer[connection.peer]:
+            del self._per_peer[connection.peer]
+        return True
+
+    def _room_for(self, peer: str, held: int) -> int | None:
+        """At the cap: the connection to close for a newcomer from ``peer`` (which holds ``held``): the one
+        idle longest among those of peers holding at least two more; None when no peer does (the newcomer is
+        refused). So a peer never gains by reconnecting, and one holding fewer is never locked out."""
+        if max(self._per_peer.values(), default=0) < held + 2:  # the common case under a flood: at once
+            return None
         candidates = [(connection.last_seen, descriptor) for descriptor, connection in self._open.items()
-                      if counts[connection.peer] >= held + 2 and now - connection.last_seen >= self.idle_seconds]
+                      if self._per_peer[connection.peer] >= held + 2]
         return min(candidates)[1] if candidates else None
 
     def _refuse(self, descriptor: int, peer: str, why: str) -> None:

@@ -8,7 +8,9 @@ the queue is full. The workers (``workers.py``: one thread, or N processes with 
 and a share of the torch threads) push progress messages and encoded replies back to the I/O
 thread, which alone talks to clients, because ZeroMQ sockets must not be shared between threads.
 A worker process that dies costs only the request it was running (``worker_lost``) and is
-restarted; a hung one is answered for and replaced (``worker_pool.py``).
+restarted; a hung one is answered for and replaced (``worker_pool.py``). What one client can pin is
+bounded: the reply bytes held for a connection that does not read (``unread.py``), the connections
+per server and per peer address, and a revoked CURVE key's open connections (``connections.py``).
 
 Nothing a client sends can end the loop: protocol violations get a structured error reply, any
 other exception an ``internal`` reply carrying only an error id (the traceback is in the log under
@@ -105,8 +107,7 @@ class InferenceServer:
         zap = self._zap = ZapHandler(self._context, self.config.keys) if self.config.keys else None
         router = self._router_socket = self._router()
         allowed = descriptor_budget(self.config.max_connections)
-        self._guard = ConnectionGuard(router, allowed, min(allowed, self.config.max_connections_per_peer),
-                                      self.config.connection_idle_seconds)
+        self._guard = ConnectionGuard(router, allowed, min(allowed, self.config.max_connections_per_peer))
         folder = tempfile.mkdtemp(prefix="faceforge-workers-")  # 0700: the worker processes' sockets
         try:
             router.bind(self.config.bind)

@@ -12,6 +12,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from inference_server.head import sh as spherical
+from inference_server.head.atlas import atlas_of
 from inference_server.head.camera import Camera, head_rotation
 from inference_server.head.model import HeadModel
 from inference_server.head.raster import project, vertex_normals, vertex_visibility
@@ -113,7 +114,7 @@ def make_scene(model: HeadModel, *, yaw: float = 0.0, size: int = 512, texture_s
           spherical.directional([0.3, -0.4, -1.0], (0.8, 0.78, 0.75), (0.35, 0.36, 0.38)))
     albedo = skin_texture(model, texture_size, seed)
     image, _ = render(torch.as_tensor(truth), faces, camera, torch.as_tensor(sh, dtype=torch.float32),
-                      texture=torch.as_tensor(albedo), corner_uv=torch.as_tensor(model.atlas.corner_uv[drawn]),
+                      texture=torch.as_tensor(albedo), corner_uv=torch.as_tensor(atlas_of(model).corner_uv[drawn]),
                       background=BACKGROUND)
     image = image.numpy() + np.random.default_rng(seed + 1).normal(0, noise, image.shape)
     return Scene(linear_to_srgb(image), camera, plain, truth, displacement, sh.astype(np.float32), albedo)
@@ -124,7 +125,7 @@ def texture_at_vertices(model: HeadModel, texture: np.ndarray, vertex_ids: np.nd
     corner_of = np.full(model.vertex_count, -1, np.int64)
     corner_of[model.faces.ravel()[::-1]] = np.arange(model.faces.size)[::-1]
     corner = corner_of[vertex_ids]
-    uv = model.atlas.corner_uv.reshape(-1, 2)[corner]
+    uv = atlas_of(model).corner_uv.reshape(-1, 2)[corner]
     xy = atlas_xy(uv, texture.shape[0]) - 0.5
     return np.stack([ndimage.map_coordinates(texture[..., c].astype(np.float64), [xy[:, 1], xy[:, 0]], order=1)
                      for c in range(texture.shape[2])], 1)

@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inference_server.head.atlas import MARGIN, REGION_INDEX, REGIONS
+from inference_server.head.atlas import MARGIN, REGION_INDEX, REGIONS, atlas_of
 from inference_server.head.model import HeadModel
+from inference_server.head.sampling import sample_bilinear
+from inference_server.head.symmetry import mirror_of
 from inference_server.head.texels import interpolate, texel_map
-from inference_server.head.texture import DEFAULT_COLOURS, sample_bilinear, unwrap, vertex_fill
+from inference_server.head.texture import DEFAULT_COLOURS, unwrap, vertex_fill
 from tests import ict_fixtures as ict
 
 SIZE = 1024
@@ -113,9 +115,9 @@ def _save(name: str, image: np.ndarray) -> Path:
 
 
 def test_atlas_packs_every_chart_into_one_unit_square_without_overlap(model):
-    atlas = model.atlas
+    atlas = atlas_of(model)
     assert atlas.uv.min() >= 0 and atlas.uv.max() <= 1 and atlas.face_uv.shape == model.faces.shape
-    assert atlas is model.atlas, "computed once per model"
+    assert atlas is atlas_of(model), "computed once per model"
     for i, region in enumerate(REGIONS):  # each chart stays inside its own box
         uv = atlas.corner_uv[atlas.face_region == i].reshape(-1, 2)
         assert len(uv), region.name
@@ -144,7 +146,7 @@ def test_atlas_packs_every_chart_into_one_unit_square_without_overlap(model):
 
 
 def test_mirror_map_pairs_left_and_right(model):
-    mirror = model.mirror
+    mirror = mirror_of(model)
     assert mirror.matched.mean() > 0.999
     flipped = model.vertices[mirror.index] * [-1, 1, 1]
     assert np.abs(flipped - model.vertices)[mirror.matched].max() < 1e-4
@@ -182,7 +184,7 @@ def test_unwrap_recovers_a_known_texture_and_mirrors_the_hidden_side(model, turn
     colour = texture.reshape(-1, 3)[texels.texel].astype(float)
     alpha = coverage.reshape(-1)[texels.texel]
     assert np.isfinite(coverage).all() and coverage.min() >= 0 and coverage.max() <= 1
-    face = model.atlas.face_region[texels.face] == REGION_INDEX["face"]
+    face = atlas_of(model).face_region[texels.face] == REGION_INDEX["face"]
     error = np.abs(colour - truth).mean(axis=1)
     seen = face & (alpha > 0.99)
     assert seen.sum() > 0.25 * face.sum() and error[seen].mean() < 6, (seen.sum(), error[seen].mean())
@@ -206,7 +208,7 @@ def test_unwrap_of_a_real_photo_fills_the_unseen_head_with_skin(model):
     print(f"texture written to {_save('head_astronaut_texture.png', texture)}")
     texels = texel_map(model, SIZE)
     alpha, colour = coverage.reshape(-1)[texels.texel], texture.reshape(-1, 3)[texels.texel].astype(float)
-    region = model.atlas.face_region[texels.face]
+    region = atlas_of(model).face_region[texels.face]
     x, y = model.vertices[:, 0], model.vertices[:, 1]
     chin, brow = y[model.landmarks68[8]], y[model.landmarks68[17:27]].max()
     front = model.face_mask & (np.abs(x) < 0.04) & (y > chin) & (y < brow)

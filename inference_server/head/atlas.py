@@ -30,6 +30,7 @@ eye blend shells of both eyes share their texels, as upstream; every other chart
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -81,7 +82,18 @@ class Atlas:
         return self.uv[self.face_uv]
 
 
-def build_atlas(model: "HeadModel") -> Atlas:
+def atlas_of(model: "HeadModel") -> Atlas:
+    """The model's UVs repacked into one [0, 1] texture, computed once per model (kept while it lives)."""
+    atlas = _ATLASES.get(model)
+    if atlas is None:
+        atlas = _ATLASES[model] = _build_atlas(model)
+    return atlas
+
+
+_ATLASES: "weakref.WeakKeyDictionary[HeadModel, Atlas]" = weakref.WeakKeyDictionary()
+
+
+def _build_atlas(model: "HeadModel") -> Atlas:
     """Repack the model's upstream UVs into the single-image layout above (deterministic)."""
     corner_uv = model.uv[model.face_uv]
     tile = np.floor(corner_uv[..., 0].mean(axis=1)).astype(np.int64)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -129,17 +128,3 @@ class HeadModel:
         if exp_weights is not None:
             out += np.tensordot(np.asarray(exp_weights, np.float32), self.exp_deltas[:len(exp_weights)].astype(np.float32), 1)
         return out
-
-    @cached_property
-    def atlas(self):
-        """The UVs repacked into one [0, 1] texture (``atlas.Atlas``), computed once per model."""
-        from .atlas import build_atlas
-
-        return build_atlas(self)
-
-    @cached_property
-    def mirror(self):
-        """Left/right vertex correspondence of the neutral head (``symmetry.Mirror``), computed once."""
-        from .symmetry import find_mirror
-
-        return find_mirror(self)

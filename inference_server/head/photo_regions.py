@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from ..landmarks import FACE_OVAL, native_stderr_muted
-from .texture import sample_bilinear
+from .sampling import sample_bilinear
 
 BROW_TOPS = (105, 66, 107, 334, 296, 336)       # FaceMesh: the upper edge of both brows
 CHEEK_PATCHES = ((50, 101, 118, 117, 123, 187, 205), (280, 330, 347, 346, 352, 411, 425))  # below the eyes

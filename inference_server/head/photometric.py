@@ -48,7 +48,9 @@ from .shading import (View, linear_to_srgb, make_view, pixel_normals, rasterize_
                       srgb_to_linear)
 from .skin import core_mask, skin_mask
 from .texels import interpolate, texel_map
-from .texture import sample_bilinear, unwrap
+from .sampling import sample_bilinear
+from .symmetry import mirror_of
+from .texture import unwrap
 
 if TYPE_CHECKING:
     from .photo_regions import PhotoWeight
@@ -279,11 +281,12 @@ def _mirror_agreement(model: HeadModel, photo_linear: np.ndarray, delit_linear: 
         return np.maximum(sample_bilinear(luminance, xy.astype(np.float32))[:, 0], 1e-4)
 
     own, photo = at_vertices(delit_linear), at_vertices(photo_linear)
-    partner = model.mirror.index
+    mirror = mirror_of(model)
+    partner = mirror.index
     apart = np.abs(np.log(own / own[partner]))
     low, high = np.log(config.mirror_ratio)
     trust = np.clip((high - apart) / (high - low), 0.0, 1.0)
-    darker = model.mirror.matched & (weight > 0) & (weight[partner] > 0) & (photo < photo[partner])
+    darker = mirror.matched & (weight > 0) & (weight[partner] > 0) & (photo < photo[partner])
     return np.where(darker, trust, 1.0)
 
 

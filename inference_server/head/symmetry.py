@@ -8,6 +8,7 @@ sheets, which position alone cannot tell apart.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -33,7 +34,18 @@ class Mirror:
         return values[self.index]
 
 
-def find_mirror(model: "HeadModel") -> Mirror:
+def mirror_of(model: "HeadModel") -> Mirror:
+    """Left/right vertex correspondence of the model's neutral head, computed once per model."""
+    mirror = _MIRRORS.get(model)
+    if mirror is None:
+        mirror = _MIRRORS[model] = _find_mirror(model)
+    return mirror
+
+
+_MIRRORS: "weakref.WeakKeyDictionary[HeadModel, Mirror]" = weakref.WeakKeyDictionary()
+
+
+def _find_mirror(model: "HeadModel") -> Mirror:
     vertices = model.vertices.astype(np.float64)
     ring = _ring_centres(vertices, model.faces, model.face_poly)
     features = np.hstack([vertices, ring])

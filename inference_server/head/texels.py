@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage, sparse
 
-from .atlas import REGION_INDEX, REGIONS
+from .atlas import REGION_INDEX, REGIONS, atlas_of
+from .symmetry import mirror_of
 
 if TYPE_CHECKING:
     from .model import HeadModel
@@ -58,7 +59,7 @@ def atlas_xy(uv: np.ndarray, size: int) -> np.ndarray:
 
 @lru_cache(maxsize=4)
 def texel_map(model: "HeadModel", size: int) -> TexelMap:
-    corner_xy = atlas_xy(model.atlas.corner_uv.astype(np.float64), size)
+    corner_xy = atlas_xy(atlas_of(model).corner_uv.astype(np.float64), size)
     texel, face, bary = rasterise(corner_xy, size)
     covered = np.zeros(size * size, bool)
     covered[texel] = True
@@ -114,7 +115,7 @@ def _mirror_xy(model: "HeadModel", face: np.ndarray, bary: np.ndarray, size: int
     """Image position of each texel's mirror image: the same barycentrics in the mirrored vertices,
     placed with the mirror region's UVs. NaN where a corner has no mirror, or the mirrored UV
     triangle is not the original's mirror (it straddles a seam)."""
-    atlas, mirror = model.atlas, model.mirror
+    atlas, mirror = atlas_of(model), mirror_of(model)
     region_uv = np.full((len(REGIONS), model.vertex_count, 2), np.nan, np.float64)
     region_uv[np.repeat(atlas.face_region, 3), model.faces.ravel()] = atlas.corner_uv.reshape(-1, 2)
     mirror_region = np.array([REGION_INDEX[r.mirror] for r in REGIONS])[atlas.face_region]

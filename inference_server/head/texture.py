@@ -20,6 +20,8 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse.linalg import cg
 
+from .sampling import sample_bilinear
+from .symmetry import mirror_of
 from .texels import interpolate, texel_map
 
 if TYPE_CHECKING:
@@ -119,19 +121,6 @@ def _photo_alpha(weight: np.ndarray, texels, config: UnwrapConfig) -> np.ndarray
     return np.minimum(alpha, soft.reshape(-1)[texels.texel] * 2)  # fade in over a few texels: no jagged edges
 
 
-def sample_bilinear(image: np.ndarray, xy: np.ndarray) -> np.ndarray:
-    """(N, channels) bilinear samples of ``image`` at pixel positions ``xy`` (x = column, pixel centres
-    at +0.5); NaN or far-outside positions give 0."""
-    n, width = len(xy), 1024
-    rows = -(-n // width)
-    maps = np.full((rows * width, 2), -1e6, np.float32)  # far outside: BORDER_CONSTANT zero
-    np.subtract(xy, 0.5, out=maps[:n], casting="unsafe")  # pixel centres at +0.5 -> OpenCV's integer grid
-    maps[~np.isfinite(maps).all(axis=1)] = -1e6
-    out = cv2.remap(image, maps.reshape(rows, width, 2), None, cv2.INTER_LINEAR,  # one two-channel map
-                    borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    return out.reshape(rows * width, -1)[:n]
-
-
 def vertex_fill(photo: np.ndarray, image_xy: np.ndarray, weight: np.ndarray, model: "HeadModel",
                 config: UnwrapConfig = UnwrapConfig()) -> np.ndarray:
     """(V, 3) float32 smooth colours: seen (and mirror-seen) vertices diffused within their colour
@@ -140,7 +129,7 @@ def vertex_fill(photo: np.ndarray, image_xy: np.ndarray, weight: np.ndarray, mod
     blurred = cv2.GaussianBlur(photo, (0, 0), config.vertex_blur_px)
     colour = sample_bilinear(blurred, image_xy.astype(np.float32))
     confidence = np.where(weight >= config.full_weight, 1.0, 0.0)
-    mirror = model.mirror
+    mirror = mirror_of(model)
     borrowed = (confidence == 0) & mirror.matched & (confidence[mirror.index] > 0)
     colour[borrowed] = colour[mirror.index[borrowed]]
     confidence[borrowed] = 0.5

@@ -12,6 +12,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from .atlas import atlas_of
 from .model import HeadModel
 
 KEPT_VERTICES = 24591  # model vertices 0 .. 24590: face, head and neck, mouth, eye sockets, gums, teeth, eyeballs
@@ -53,7 +54,8 @@ def topology(model: HeadModel) -> Topology:
             and np.array_equal(second[:, 1], model.faces[starts[quad], 2])):
         raise ValueError("the head model's quads are not split along their 0-2 diagonal")
     sizes = np.where(quad, 4, 3).astype(np.uint8)
-    atlas_corners = model.atlas.face_uv
+    atlas = atlas_of(model)
+    atlas_corners = atlas.face_uv
     vertex_rows = [model.faces[starts], np.where(quad, model.faces[np.minimum(starts + 1, len(model.faces) - 1), 2], -1)]
     uv_rows = [atlas_corners[starts], np.where(quad, atlas_corners[np.minimum(starts + 1, len(model.faces) - 1), 2], -1)]
     vertices = np.column_stack(vertex_rows)
@@ -65,4 +67,4 @@ def topology(model: HeadModel) -> Topology:
     material[(model.vertex_part[model.faces[starts]] == mouth).all(1)] = MATERIALS.index("mouth")
     return Topology(triangles=model.faces[keep].astype(np.int32), polygon_sizes=sizes,
                     polygon_vertices=vertices[used].astype(np.int32),
-                    corner_uvs=model.atlas.uv[uv_index[used]].astype(np.float32), polygon_material=material)
+                    corner_uvs=atlas.uv[uv_index[used]].astype(np.float32), polygon_material=material)
