@@ -116,7 +116,7 @@ def churn(seconds: float) -> None:
         print(f"kill/stop churn for {seconds:.0f} s: {outcomes['killed']} workers killed, {outcomes['stopped']} "
               f"stopped, {restarts} restarts; {outcomes['sent']} requests, {answered} answered "
               f"({', '.join(f'{key} {count}' for key, count in sorted(outcomes.items()) if key not in ('sent', 'killed', 'stopped'))}); "
-              f"server alive: {server.process.poll() is None}")
+              f"server alive: {server.running}")
     finally:
         server.stop()
 

@@ -7,7 +7,8 @@ process that dies (killed, crashed, or failing to load its models again) costs t
 it keeps dying before it is ready), while the other workers keep serving. A worker still holding a
 request ``grace`` seconds past its client's deadline or the time limit is hung (stopped,
 deadlocked in a library): the I/O thread answers the request itself (``timeout`` / ``too_large``),
-then kills and replaces a process worker. The thread worker (``--workers 1``) cannot be killed: its
+then kills and replaces a process worker; so is a restarted process still loading its models after
+``START_SECONDS``. The thread worker (``--workers 1``) cannot be killed: its
 request is answered, and its late reply, should it come, is dropped.
 """
 from __future__ import annotations
@@ -37,6 +38,7 @@ log = logging.getLogger("faceforge.server")
 BACKOFF = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0)  # seconds before the n-th start since it was last ready
 GRACE_SECONDS = 10.0  # a worker this late past its request's deadline or time limit is hung
 STOP_SECONDS = 5.0    # a stopping worker's time to finish its running stage before it is killed
+START_SECONDS = 300.0  # a restarted worker still loading its models after this long is hung: killed, retried
 
 
 @dataclass
@@ -84,6 +86,7 @@ class Worker:
         self.failures = 0          # deaths since it was last ready: the back-off before its next start
         self.retry_at = 0.0        # when a worker that is "down" starts again
         self.job_started = 0.0     # when it was handed its job (time.monotonic())
+        self.started_at = 0.0      # when it was last started
 
     def start(self) -> None:
         if self.state == "down":
@@ -92,7 +95,7 @@ class Worker:
         self.socket.setsockopt(zmq.LINGER, 0)
         address = self._address()
         self.socket.bind(address)
-        self.state, self.job, self.info = "starting", None, {}
+        self.state, self.job, self.info, self.started_at = "starting", None, {}, time.monotonic()
         self._launch(address)
 
     def ready(self, info: dict) -> None:
@@ -214,9 +217,10 @@ class WorkerPool:
     client; ``done`` is the job those frames end (its reply, or the error that answers it), else None."""
 
     def __init__(self, workers: list[Worker], deliver: Callable[[bytes, list, Job | None], None],
-                 grace: float = GRACE_SECONDS):
+                 grace: float = GRACE_SECONDS, start_seconds: float = START_SECONDS):
         self.workers = workers
         self.grace = grace
+        self.start_seconds = start_seconds
         self.info: dict = {}                                 # the first ready worker's (every worker loads the same)
         self.head_model: tuple[dict, dict] | None = None     # the head_model op's result and arrays
         self._deliver = deliver
@@ -270,6 +274,11 @@ class WorkerPool:
                 worker.start()
             elif worker.state == "busy" and worker.job is not None:
                 self._check_overdue(worker, now, request_seconds)
+            elif (worker.state == "starting" and isinstance(worker, ProcessWorker)
+                  and now - worker.started_at > self.start_seconds):
+                log.error("worker %d (pid %s) has been loading its models for %.0f s: hung; killing it", worker.index,
+                          worker.pid, now - worker.started_at)
+                worker.kill()  # its death is a failed start: retried after the back-off
 
     def stop(self, deadline: float) -> None:
         for worker in self.workers:

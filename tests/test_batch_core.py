@@ -202,7 +202,7 @@ def test_stale_staging_is_cleaned(tmp_path):
 
 def test_summary_written_atomically(tmp_path):
     opts = parse_args(["-i", "a", "-o", str(tmp_path / "o")])
-    summary = Summary(opts.summary_path, opts)
+    summary = Summary(opts.summary_path, opts.recorded())
     summary.add(PhotoReport(photo="a.jpg", key="a", status="ok", faces=1, vertices=10))
     summary.add(PhotoReport(photo="b.jpg", key="b").fail("no_face", "no face\nfound "))
     summary.write()

@@ -102,9 +102,9 @@ def test_a_summary_that_cannot_be_written_costs_the_update_not_the_run(tmp_path)
     from addon.batch.cli import parse_args
 
     opts = parse_args(["--input", str(tmp_path), "--output", str(tmp_path / "out")])
-    blocked = Summary(Path("/dev/full/summary.json"), opts)  # its folder is a device: every write fails
+    blocked = Summary(Path("/dev/full/summary.json"), opts.recorded())  # its folder is a device: every write fails
     assert blocked.write() == "File exists"  # the reason, not an exception
-    summary = Summary(tmp_path / "out" / "summary.json", opts)
+    summary = Summary(tmp_path / "out" / "summary.json", opts.recorded())
     assert summary.write() is None and json.loads((tmp_path / "out" / "summary.json").read_text())["counts"]
     assert not list((tmp_path / "out").glob("*.tmp")) and not list((tmp_path / "out").glob(".*.tmp"))
 

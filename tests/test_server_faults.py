@@ -182,3 +182,19 @@ def test_a_client_that_never_reads_its_replies_pins_at_most_the_unread_bound(tmp
         context.destroy(linger=0)
         server.kill()
         server.wait()
+
+
+def test_a_restarted_worker_that_hangs_while_loading_is_killed_and_retried():
+    """Stopped while loading its models, a worker never became ready and its slot was lost for good."""
+    config = ServerConfig(bind=LOCAL, workers=2)
+    with running(functools.partial(StagedPipeline, 0.0, load_seconds=1.0), config) as server:
+        server._pool.start_seconds = 2.0  # the default, 300 s, is for real model loads
+        first = pid_of(server.address, 0)
+        os.kill(first, signal.SIGKILL)
+        assert wait_for(lambda: pid_of(server.address, 0) != first and worker_list(server.address)[0]["state"]
+                        == "starting", 10)
+        loading = pid_of(server.address, 0)
+        os.kill(loading, signal.SIGSTOP)
+        assert wait_for(lambda: not alive(loading), 10)
+        assert wait_for(lambda: worker_list(server.address)[0]["state"] == "idle", 20)
+        assert worker_list(server.address)[0]["restarts"] == 2

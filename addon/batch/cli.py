@@ -52,6 +52,12 @@ class Options:
     def summary_path(self) -> Path:
         return self.summary or self.output / SUMMARY
 
+    def recorded(self) -> dict:
+        """The options as ``summary.json`` records them."""
+        return {"inputs": [str(p) for p in self.inputs], "output": str(self.output), "formats": list(self.formats),
+                "request": self.request, "build": self.build, "jobs": self.jobs, "overwrite": self.overwrite,
+                "server": self.server}
+
     def reserved_names(self) -> tuple:
         """Names in the output folder that are the batch's own, never a photo's (its summary)."""
         try:

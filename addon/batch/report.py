@@ -8,10 +8,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
-
-if TYPE_CHECKING:
-    from .cli import Options
+from typing import Callable
 
 # Error codes the batch itself reports, next to the server's and the client's (``wire.errors.ErrorCode``).
 ERR_UNREADABLE = "unreadable"
@@ -49,7 +46,8 @@ class Summary:
     """Collects per-photo reports and writes ``summary.json`` atomically (after every photo, so an
     interrupted run still leaves an accurate file)."""
 
-    def __init__(self, path: Path, options: Options, started: float | None = None):
+    def __init__(self, path: Path, options: dict, started: float | None = None):
+        """``options``: the run's options as the summary records them (``cli.Options.recorded``)."""
         self.path = path
         self.options = options
         self.started = time.time() if started is None else started
@@ -67,15 +65,12 @@ class Summary:
         return counts
 
     def as_dict(self) -> dict:
-        o = self.options
         return {
             "faceforge_batch": 1,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.started)),
             "elapsed_s": round(time.time() - self.started, 3),
             "finished": self.finished,
-            "options": {"inputs": [str(p) for p in o.inputs], "output": str(o.output),
-                        "formats": list(o.formats), "request": o.request, "build": o.build,
-                        "jobs": o.jobs, "overwrite": o.overwrite, "server": o.server},
+            "options": self.options,
             "run": self.run,
             "counts": self.counts(),
             "photos": [asdict(r) for r in self.reports],

@@ -54,7 +54,7 @@ class Batch:
         self.opts = opts
         self.argv = list(argv or [])  # the script's arguments, handed on to --workers children
         self.started = time.monotonic()
-        self.summary = Summary(opts.summary_path, opts)
+        self.summary = Summary(opts.summary_path, opts.recorded())
         self.progress: Progress | None = None
         self.todo: list = []          # photos to send, in order
         self.decisions: dict = {}     # photo key -> outputs.Decision
