@@ -121,12 +121,15 @@ class InferenceServer:
         finally:
             for job in self._active.values():  # nobody will read the replies of what is still queued
                 job.cancelled = True
-            self._pool.stop(time.monotonic() + STOP_SECONDS)
+            stopped = self._pool.stop(time.monotonic() + STOP_SECONDS)
             self._guard.close()
             for socket in (router, zap and zap.socket):
                 if socket is not None:
                     socket.close(linger=0)
-            self._context.term()
+            if stopped:
+                self._context.term()
+            else:  # term() would wait for the worker thread's socket until its stage ends: the process exits anyway
+                log.warning("the worker thread is still in a stage after %.0f s: leaving without it", STOP_SECONDS)
             shutil.rmtree(folder, ignore_errors=True)
 
     def _make_workers(self, folder: str) -> list:

@@ -37,7 +37,7 @@ log = logging.getLogger("faceforge.server")
 
 BACKOFF = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0)  # seconds before the n-th start since it was last ready
 GRACE_SECONDS = 10.0  # a worker this late past its request's deadline or time limit is hung
-STOP_SECONDS = 5.0    # a stopping worker's time to finish its running stage before it is killed
+STOP_SECONDS = 3.0    # a stopping worker's time to finish its running stage (then killed): within the add-on's 5 s
 START_SECONDS = 300.0  # a restarted worker still loading its models after this long is hung: killed, retried
 
 
@@ -127,16 +127,18 @@ class Worker:
         return {"index": self.index, "kind": self.kind, "pid": self.pid, "state": self.state,
                 "threads": self.info.get("threads"), "served": self.served, "restarts": self.restarts}
 
-    def stop(self, deadline: float) -> None:
-        """Ask the worker to stop (its running request ends at its next stage) and wait until ``deadline``."""
+    def stop(self, deadline: float) -> bool:
+        """Ask the worker to stop (its running request ends at its next stage) and wait until ``deadline``;
+        False if it is still running (a thread in a long stage: it cannot be killed)."""
         if self.socket is not None:
             with contextlib.suppress(zmq.Again):  # a dead worker reads nothing: it is killed below
                 self.socket.send(b"stop", flags=zmq.NOBLOCK)
-        self._join(deadline)
+        stopped = self._join(deadline)
         if self.socket is not None:
             self.socket.close(linger=0)
             self.socket = None
         self.state = "stopped"
+        return stopped
 
 
 class ThreadWorker(Worker):
@@ -156,8 +158,9 @@ class ThreadWorker(Worker):
                                         name="faceforge-worker", daemon=True)
         self._thread.start()
 
-    def _join(self, deadline: float) -> None:
+    def _join(self, deadline: float) -> bool:
         self._thread.join(max(0.0, deadline - time.monotonic()))
+        return not self._thread.is_alive()
 
 
 class ProcessWorker(Worker):
@@ -203,13 +206,14 @@ class ProcessWorker(Worker):
         process.start()  # raises if the factory does not pickle
         self.process = process
 
-    def _join(self, deadline: float) -> None:
+    def _join(self, deadline: float) -> bool:
         if self.process is None:
-            return
+            return True
         self.process.join(max(0.0, deadline - time.monotonic()))
         if self.process.exitcode is None:
             self.process.kill()
             self.process.join(1.0)
+        return True  # killed if need be: its socket belongs to its own context
 
 
 class WorkerPool:
@@ -280,9 +284,9 @@ class WorkerPool:
                           worker.pid, now - worker.started_at)
                 worker.kill()  # its death is a failed start: retried after the back-off
 
-    def stop(self, deadline: float) -> None:
-        for worker in self.workers:
-            worker.stop(deadline)
+    def stop(self, deadline: float) -> bool:
+        """Stop every worker by ``deadline``; False if one is still running."""
+        return all([worker.stop(deadline) for worker in self.workers])
 
     def describe(self) -> list[dict]:
         return [worker.describe() for worker in self.workers]

@@ -15,6 +15,9 @@ from addon.server_process import free_address
 
 from .conftest import start_server
 
+# Heavy late stages (mesh, detail): an early stop or cancel has a margin that survives a loaded machine.
+HEAVY_OPTIONS = {"resolution": 400, "taubin_passes": 50, "texture_size": 2048, "detail_sigma": 20.0}
+
 
 def raw_exchange(address: str, frames: list, timeout: float = 10.0) -> protocol.Message:
     """Send arbitrary frames on a bare DEALER and decode whatever comes back."""
@@ -217,15 +220,33 @@ def test_bad_option_is_refused_at_once_naming_its_range(server_address, astronau
     assert "[8, 400]" in info.value.message and time.monotonic() - started < 2.0
 
 
+@pytest.mark.parametrize("workers, busy, grace", [("1", False, 1.0), ("1", True, 5.0), ("2", True, 5.0)])
+def test_sigterm_ends_the_server_cleanly_before_the_kill(tmp_path, grace_hopper_jpg, workers, busy, grace):
+    """The add-on sends SIGTERM and SIGKILLs 5 s later: a running stage (a thread, or worker processes),
+    the sockets and the exit must fit in that. Idle, it takes well under a second: the interpreter's
+    teardown (seconds of garbage collection over the loaded models) is skipped."""
+    server = start_server(tmp_path / "server.log", "--workers", workers)
+    try:
+        running_stage = threading.Event()
+        with Client(server.address, timeout=120) as client:
+            if busy:
+                client.send("reconstruct", HEAVY_OPTIONS, {"image": grace_hopper_jpg},
+                            on_progress=lambda report: running_stage.set())
+                with pytest.raises(ProtocolError):  # CANCELLED: stops waiting once the work is under way
+                    client.receive(timeout=60, cancel=running_stage)
+            code = server.stop(timeout=grace)
+    finally:
+        server.stop()
+    assert code == 0, (code, server.log_tail())
+
+
 def test_cancelled_request_stops_early_and_frees_the_worker(server_address, grace_hopper_jpg, astronaut_png):
     with Client(server_address, timeout=120) as client:
         started = time.monotonic()
-        # Heavy late stages (mesh, detail) against an early stop: the margin survives a loaded machine.
-        heavy_options = {"resolution": 400, "taubin_passes": 50, "texture_size": 2048, "detail_sigma": 20.0}
-        client.reconstruct(grace_hopper_jpg, heavy_options)  # the full cost, for comparison
+        client.reconstruct(grace_hopper_jpg, HEAVY_OPTIONS)  # the full cost, for comparison
         full = time.monotonic() - started
         first_progress = threading.Event()
-        heavy = client.send("reconstruct", heavy_options, {"image": grace_hopper_jpg},
+        heavy = client.send("reconstruct", HEAVY_OPTIONS, {"image": grace_hopper_jpg},
                             on_progress=lambda report: first_progress.set())
         with pytest.raises(ProtocolError):  # stops waiting (CANCELLED) once the first progress report arrived
             client.receive(timeout=30, cancel=first_progress)
