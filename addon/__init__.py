@@ -4,9 +4,9 @@ One package, two installs: the extension zip (Blender 4.2+, manifest at the zip'
 legacy add-on zip (Blender 3.6-4.1, ``bl_info`` added by scripts/build_extension.py).
 
 Importable without bpy: the inference server and the batch script import ``addon.wire`` and
-``addon.server_process``; the bpy modules are imported only by ``register``/``unregister``.
+``addon.server.process``; the bpy modules are imported only by ``register``/``unregister``.
 """
-_MODULES = ("properties", "preferences", "operators", "panels")
+_MODULES = ("ui.properties", "ui.preferences", "ui.operators", "ui.panels")
 
 
 def _bpy_modules():
@@ -16,7 +16,7 @@ def _bpy_modules():
 
 
 def register() -> None:
-    from . import pyzmq_bundle
+    from .server import pyzmq_bundle
 
     pyzmq_bundle.ensure_pyzmq()  # before any module that imports zmq
     for module in _bpy_modules():

@@ -73,7 +73,7 @@ def make_photos(folder: Path, count: int) -> list:
 
 
 def start_server(threads: int):
-    from addon.server_process import LocalServer, find_python, free_address
+    from addon.server.process import LocalServer, find_python, free_address
 
     python = find_python()
     if python is None:

@@ -4,7 +4,7 @@ The reply is built from the shared ICT model (tests/head_fixtures.py: 24,591 ver
 + 548 triangles, 53 expressions) with a generated atlas of --texture pixels. Median of N runs:
   mesh         headdata buffers + scene.mesh_from_arrays (vertices, loops, polygons, UVs, materials)
   shape keys   53 keys, basis + deltas, weights set
-  object       head_scene.build_head_object: all of the above + packed images + 7 materials + modifiers
+  object       heads.build_head_object: all of the above + packed images + 7 materials + modifiers
   evaluate     first depsgraph evaluation (shape keys, smooth, subdivision, displace)
 then one run each of the exports (.blend, glb, FBX, OBJ+MTL+PNG).
 
@@ -24,7 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ and bench
 
 import bpy  # noqa: E402
 
-from addon import head_export, head_scene, headdata, scene  # noqa: E402
+from addon.data import headdata
+from addon.writers import head_export
+from addon.scene import faces, heads  # noqa: E402
 from benchmarks import bench_mesh_build  # noqa: E402
 from tests.head_fixtures import head_reply_from_model, shared_model_path  # noqa: E402
 
@@ -67,11 +69,11 @@ def main() -> None:
     def with_keys():
         obj = bpy.data.objects.new("bench", scene.mesh_from_arrays("bench", headdata.head_mesh_arrays(arrays, 7)))
         start = time.perf_counter()
-        head_scene.add_shape_keys(obj, keys)
+        heads.add_shape_keys(obj, keys)
         return (time.perf_counter() - start) * 1000
 
     keys_ms = statistics.median(with_keys() for _ in range(args.runs))
-    build = lambda: head_scene.build_head_object(face, name="head", settings=scene.BuildSettings())  # noqa: E731
+    build = lambda: heads.build_head_object(face, name="head", settings=faces.BuildSettings())  # noqa: E731
     object_ms = median_ms(build, args.runs)
     print(f"mesh {mesh_ms:.0f} ms, shape keys {keys_ms:.0f} ms, full object {object_ms:.0f} ms")
 

@@ -2,8 +2,8 @@
 
 Synthesises grid replies with the wire layout (float32 vertices in metres, int32 triangles, per-vertex
 UVs, 512x512 texture and detail, 256x256 depth) and times, median of N runs:
-  mesh    scene.build_mesh: vertices, loops, polygons, UVs, smooth shading (the foreach_set path)
-  object  scene.build_face_object: mesh + packed images + material + modifiers (what a user waits for)
+  mesh    faces.build_mesh: vertices, loops, polygons, UVs, smooth shading (the foreach_set path)
+  object  faces.build_face_object: mesh + packed images + material + modifiers (what a user waits for)
 
     .venv/bin/python benchmarks/bench_mesh_build.py [--runs 15]
 """
@@ -19,7 +19,7 @@ import numpy as np
 
 import bpy
 
-from addon import scene
+from addon.scene import faces
 
 
 def grid_reply(side: int, texture_size: int = 512, depth_size: int = 256) -> SimpleNamespace:
@@ -68,9 +68,9 @@ def main() -> None:
     for side, target in ((100, 10.0), (317, 60.0)):
         face = grid_reply(side)
         arrays = face.arrays
-        mesh_ms = median_ms(lambda: scene.build_mesh("bench", arrays["vertices"], arrays["faces"], arrays["uvs"]),
+        mesh_ms = median_ms(lambda: faces.build_mesh("bench", arrays["vertices"], arrays["faces"], arrays["uvs"]),
                             args.runs)
-        object_ms = median_ms(lambda: scene.build_face_object(face, name="bench", settings=scene.BuildSettings()),
+        object_ms = median_ms(lambda: faces.build_face_object(face, name="bench", settings=faces.BuildSettings()),
                               args.runs)
         verdict = "ok" if mesh_ms <= target else "OVER TARGET"
         print(f"{len(arrays['vertices']):>7} vertices {len(arrays['faces']):>7} triangles: "

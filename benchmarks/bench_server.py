@@ -19,7 +19,7 @@ import numpy as np
 import zmq
 from PIL import Image
 
-from addon.server_process import LocalServer, free_address
+from addon.server.process import LocalServer, free_address
 from addon.wire import protocol
 from addon.wire.client import Client, Reconstruction
 

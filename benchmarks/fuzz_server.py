@@ -15,7 +15,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from addon.server_process import LocalServer, free_address  # noqa: E402
+from addon.server.process import LocalServer, free_address  # noqa: E402
 from tests import fuzz_messages as fuzz  # noqa: E402
 from tests.conftest import grace_hopper_path  # noqa: E402
 

@@ -24,7 +24,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from addon.server_process import LocalServer, free_address  # noqa: E402
+from addon.server.process import LocalServer, free_address  # noqa: E402
 from tests.conftest import _png, grace_hopper_path  # noqa: E402
 from tests.fuzz_messages import CHEAP, small_photos  # noqa: E402
 from tests.load_clients import run_load  # noqa: E402

@@ -10,13 +10,13 @@ times through the batch's own code (``addon.batch.writer.write_photo``, a fresh 
 each time), with a timer (time.perf_counter) wrapped around every step:
 
   reset       Blender.reset: the previous photo's datablocks removed
-  mesh        scene.mesh_from_arrays: vertices, loops, polygons, UVs
-  images      scene.face_images (+ the head's lit texture): PNG bytes encoded once and packed
-  materials   scene.skin_material (one per face, seven per head)
-  shape keys  head_scene.add_shape_keys (53 per head)
-  modifiers   scene.add_modifiers: the stack is set up, not yet evaluated
+  mesh        faces.mesh_from_arrays: vertices, loops, polygons, UVs
+  images      faces.face_images (+ the head's lit texture): PNG bytes encoded once and packed
+  materials   faces.skin_material (one per face, seven per head)
+  shape keys  heads.add_shape_keys (53 per head)
+  modifiers   faces.add_modifiers: the stack is set up, not yet evaluated
   metadata    meshdata.idprop_value: the faceforge custom property
-  build rest  the rest of scene.build_reconstruction (objects, linking, pose)
+  build rest  the rest of build.build_reconstruction (objects, linking, pose)
   .blend      Blender.save_blend, with the first depsgraph evaluation (modifiers, shape keys) that
               Blender's operators run before they start
   textures    the PNGs the other formats point at (the packed bytes, written)
@@ -74,7 +74,7 @@ def load_frames(path: Path) -> list:
 # Parent: replies from real servers, then the child Blender
 
 def fetch_reply(mode: str, folder: Path, photo: bytes) -> Path:
-    from addon.server_process import LocalServer, find_python, free_address
+    from addon.server.process import LocalServer, find_python, free_address
     from addon.wire import protocol
     from addon.wire.client import Client
 
@@ -162,17 +162,18 @@ class Timers:
 
 def install_timers() -> Timers:
     """Wrap every step of the batch's writer (and each exporter, per format) in a timer."""
-    from addon import head_scene, meshdata, scene
     from addon.batch import blender as batch_blender, writer
+    from addon.data import meshdata
+    from addon.scene import build, faces, heads
 
     timers = Timers()
     for owner, name, step in [
-            (batch_blender.Blender, "reset", "reset"), (scene, "mesh_from_arrays", "mesh"),
-            (scene, "face_images", "images"), (scene, "texture_image", "images"), (scene, "skin_material", "materials"),
-            (head_scene, "add_shape_keys", "shape keys"), (scene, "add_modifiers", "modifiers"),
-            (meshdata, "idprop_value", "metadata"), (scene, "build_reconstruction", "build"),
+            (batch_blender.Blender, "reset", "reset"), (faces, "mesh_from_arrays", "mesh"),
+            (faces, "face_images", "images"), (faces, "texture_image", "images"), (faces, "skin_material", "materials"),
+            (heads, "add_shape_keys", "shape keys"), (faces, "add_modifiers", "modifiers"),
+            (meshdata, "idprop_value", "metadata"), (build, "build_reconstruction", "build"),
             (batch_blender.Blender, "save_blend", ".blend"), (writer, "_write_textures", "textures"),
-            (scene, "select_only", "evaluate"),
+            (faces, "select_only", "evaluate"),
             (batch_blender.Blender, "export", "export"), (writer, "commit", "commit")]:
         if hasattr(owner, name):
             timers.wrap(owner, name, step)
@@ -222,7 +223,7 @@ def child(args) -> int:
     sys.path.insert(0, str(ROOT))
     import bpy
 
-    from addon import meshdata
+    from addon.data import meshdata
     from addon.batch import blender as batch_blender, cli, writer
     from addon.wire import protocol
 

@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 import zmq  # noqa: E402
 
-from addon.server_process import LocalServer, free_address  # noqa: E402
+from addon.server.process import LocalServer, free_address  # noqa: E402
 from addon.wire.client import Client  # noqa: E402
 from tests.conftest import grace_hopper_path  # noqa: E402
 from tests.fuzz_messages import CHEAP, small_photos  # noqa: E402

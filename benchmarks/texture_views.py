@@ -30,10 +30,10 @@ def render_views(face, size: int) -> np.ndarray:
     import bpy
     from PIL import Image
 
-    from addon import head_scene, scene
+    from addon.scene import faces, heads
 
     bpy.ops.wm.read_factory_settings(use_empty=True)
-    obj = head_scene.build_head_object(face, name="head", settings=scene.BuildSettings(smooth_iterations=0,
+    obj = heads.build_head_object(face, name="head", settings=faces.BuildSettings(smooth_iterations=0,
                                                                                         subdivision_levels=0,
                                                                                         detail_strength=0.0))
     obj.matrix_world = np.eye(4).tolist()  # canonical: the face toward -Y

@@ -28,7 +28,7 @@ from typing import Callable
 
 import zmq
 
-from addon.server_process import die_with_parent
+from addon.server.process import die_with_parent
 from addon.wire import protocol
 from addon.wire.errors import Exit
 from addon.wire.protocol import ErrorCode, ProtocolError, clip

@@ -6,7 +6,7 @@ One manifest, blender_manifest.toml at the repository root, describes both:
   plus the pyzmq wheels the manifest declares (Blender installs them);
 - the legacy add-on (Blender 3.6-4.1, Preferences > Add-ons > Install): addon/ as ``faceforge/``,
   ``bl_info`` derived from the manifest, and the same wheels for Python 3.10 and 3.11 unpacked into
-  ``faceforge/_pyzmq/`` (used only when Blender's Python has no pyzmq: addon/pyzmq_bundle.py).
+  ``faceforge/_pyzmq/`` (used only when Blender's Python has no pyzmq: addon/server/pyzmq_bundle.py).
 
 Wheels come from the cache (build/wheels) or are fetched with
 ``pip download --only-binary=:all: --no-deps --python-version X.Y --platform TAG pyzmq==VERSION``.
@@ -33,7 +33,7 @@ LEGACY_PACKAGE = "faceforge"         # the legacy add-on's module name (the exte
 LEGACY_BLENDER_MIN = (3, 6, 0)
 LEGACY_PYTHONS = ("cp310", "cp311")  # Blender 3.6 and 4.0 bundle Python 3.10, 4.1 bundles 3.11
 
-_SPEC = importlib.util.spec_from_file_location("pyzmq_bundle", ADDON / "pyzmq_bundle.py")
+_SPEC = importlib.util.spec_from_file_location("pyzmq_bundle", ADDON / "server" / "pyzmq_bundle.py")
 pyzmq_bundle = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(pyzmq_bundle)
 

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # Blender's Python knows nothing of this checkout
 
 from addon.batch.cli import script_argv  # noqa: E402
-from addon.photo import png_bytes  # noqa: E402
+from addon.data.photo import png_bytes  # noqa: E402
 
 VIEWS = {"front": 0.0, "45": 45.0, "profile": 90.0}  # degrees around Z, from the face's front (-Y)
 
@@ -87,7 +87,7 @@ def _stage(scene, centre, radius):
     import bpy
     from mathutils import Vector
 
-    from addon.scene import node_tree
+    from addon.scene.faces import node_tree
 
     camera_data = bpy.data.cameras.new("PreviewCamera")
     camera_data.lens = 85
@@ -146,7 +146,7 @@ def _engine(scene, args) -> str:
 def _clay():
     import bpy
 
-    from addon.scene import node_tree
+    from addon.scene.faces import node_tree
 
     clay = bpy.data.materials.new("PreviewClay")
     bsdf = next(n for n in node_tree(clay).nodes if n.type == "BSDF_PRINCIPLED")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from addon import glb
+from addon.writers import glb
 from addon.batch import cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,7 +80,7 @@ def start_until_ready(command: list, timeout: float = 300) -> tuple:
 def interrupt(process, lines: list, output: Path, timeout: float) -> dict:
     """Ctrl-C a batch started by ``start_until_ready``: it exits 130, its summary says it was
     interrupted and unfinished, and the server it started is gone. Returns the summary."""
-    from addon.server_process import tcp_in_use
+    from addon.server.process import tcp_in_use
     from addon.wire.errors import Exit
 
     try:

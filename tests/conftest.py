@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from addon.server_process import LocalServer, free_address
+from addon.server.process import LocalServer, free_address
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from addon.server_process import free_port
+from addon.server.process import free_port
 from tests.addon_fixtures import astronaut_reply, bpy_module, pixels_of, rgb_pixels  # noqa: F401 (fixtures)
 from tests.photo_fixtures import photo_folder, two_faces_folder  # noqa: F401 (fixtures)
 
@@ -24,7 +24,7 @@ from tests.photo_fixtures import photo_folder, two_faces_folder  # noqa: F401 (f
 def faceforge(bpy_module, server_address):
     """The add-on registered by hand (package ``addon``), talking to the test server."""
     import addon
-    from addon import operators, preferences
+    from addon.ui import operators, preferences
 
     addon.register()
     preferences.DEFAULTS.server_address = server_address
@@ -42,11 +42,11 @@ def bpy(bpy_module, faceforge):
 
 
 def _build(bpy, reply, **settings):
-    from addon import scene
+    from addon.scene import faces
 
     info, reconstruction = reply
-    return scene.build_face_object(
-        reconstruction.faces[0], name="astronaut", settings=scene.BuildSettings(**settings), location=(1.0, 2.0, 3.0),
+    return faces.build_face_object(
+        reconstruction.faces[0], name="astronaut", settings=faces.BuildSettings(**settings), location=(1.0, 2.0, 3.0),
         metadata={"source_photo": "/photos/astronaut.png", "server_version": info["server_version"],
                   "timings_ms": reconstruction.meta["timings_ms"]})
 
@@ -109,9 +109,9 @@ def test_material_textures_and_packed_images(bpy, astronaut_reply):
     np.testing.assert_allclose(pixels_of(depth)[::-1, :, 0], arrays["depth"], atol=0.5 / 65535 + 1e-7)  # 16 bits
     assert detail.packed_file.data[:8] == depth.packed_file.data[:8] == b"\x89PNG\r\n\x1a\n"
 
-    from addon import scene
+    from addon.scene import faces
 
-    beyond = scene.map_image("beyond", np.array([[-0.25, 0.5], [1.0, 1.75]], np.float32))  # no PNG holds these
+    beyond = faces.map_image("beyond", np.array([[-0.25, 0.5], [1.0, 1.75]], np.float32))  # no PNG holds these
     assert beyond.is_float and beyond.packed_file is not None and beyond.packed_file.data[:4] == b"v/1\x01"  # EXR
     np.testing.assert_allclose(pixels_of(beyond)[::-1, :, 0], [[-0.25, 0.5], [1.0, 1.75]], atol=1e-6)
 
@@ -173,7 +173,8 @@ def test_glb_of_the_evaluated_face_reads_back_like_blenders_own_export(bpy, astr
     """The batch writes face .glb files itself (``addon.glb``): Blender's importer must find the
     mesh the viewport shows, posed, with the texture's own bytes, and Blender's exporter must agree
     on the vertex and triangle counts and the bounds."""
-    from addon import glb, scene, surfaces
+    from addon.writers import glb, surfaces
+    from addon.scene import faces
 
     obj = _build(bpy, astronaut_reply)
     obj.rotation_mode = "XYZ"
@@ -188,7 +189,7 @@ def test_glb_of_the_evaluated_face_reads_back_like_blenders_own_export(bpy, astr
     ours, binary = glb.read_glb(tmp_path / "ours.glb")
     image = ours["bufferViews"][ours["images"][0]["bufferView"]]
     assert binary[image["byteOffset"]:image["byteOffset"] + image["byteLength"]] == \
-        scene.png_of(scene.texture_of(obj))
+        faces.png_of(faces.texture_of(obj))
 
     obj.select_set(True)
     bpy.ops.export_scene.gltf(filepath=str(tmp_path / "blender.glb"), export_format="GLB", use_selection=True,
@@ -214,11 +215,11 @@ def test_glb_of_the_evaluated_face_reads_back_like_blenders_own_export(bpy, astr
     assert len(points) == len(expected)
     assert cKDTree(expected).query(points)[0].max() < 2e-6 and cKDTree(points).query(expected)[0].max() < 2e-6
     texture = imported.active_material.node_tree.nodes["Image Texture"].image
-    np.testing.assert_allclose(pixels_of(texture), pixels_of(scene.texture_of(obj)), atol=1e-6)
+    np.testing.assert_allclose(pixels_of(texture), pixels_of(faces.texture_of(obj)), atol=1e-6)
 
 
 def test_glb_surfaces_keep_each_polygons_material(bpy, astronaut_reply):
-    from addon import surfaces
+    from addon.writers import surfaces
 
     obj = _build(bpy, astronaut_reply, subdivision_levels=0)
     obj.data.materials.append(bpy.data.materials.new("second"))
@@ -270,8 +271,8 @@ def test_all_faces_one_object_each(bpy, faceforge, two_faces_folder):
     assert bpy.ops.faceforge.reconstruct() == {"FINISHED"}
     faces = sorted((o for o in bpy.data.objects if o.name.startswith("pair.face")), key=lambda o: o.location.x)
     assert [o.name for o in faces] == ["pair.face0", "pair.face1"]
-    # Side by side, FACE_GAP_M apart (scene.build_reconstruction places the batch's faces the same way).
-    from addon.scene import FACE_GAP_M
+    # Side by side, FACE_GAP_M apart (build.build_reconstruction places the batch's faces the same way).
+    from addon.scene.build import FACE_GAP_M
 
     spans = [(obj.location.x + min(v.co.x for v in obj.data.vertices),
               obj.location.x + max(v.co.x for v in obj.data.vertices)) for obj in faces]
@@ -281,7 +282,7 @@ def test_all_faces_one_object_each(bpy, faceforge, two_faces_folder):
 
 def _finish(bpy, faceforge, photo_path, **prefs):
     """Submit through the panel's own path and run the main-thread step; never raises."""
-    from addon import preferences
+    from addon.ui import preferences
 
     saved = {name: getattr(preferences.DEFAULTS, name) for name in prefs}
     for name, value in prefs.items():
@@ -324,9 +325,9 @@ def test_operator_reports_errors_through_blender(bpy, faceforge, photo_folder):
 
 
 def test_start_server_finds_its_python_like_the_batch(bpy, faceforge, monkeypatch, tmp_path):
-    """An empty Python preference means ``server_process.find_python``'s order; nothing found is one
+    """An empty Python preference means ``server.process.find_python``'s order; nothing found is one
     clear message, not a server started with a Python that cannot load torch."""
-    from addon import preferences
+    from addon.ui import preferences
 
     monkeypatch.setattr(preferences.DEFAULTS, "server_address", f"tcp://127.0.0.1:{free_port()}")
     monkeypatch.setenv("FACEFORGE_PYTHON", "/nonexistent/python")
@@ -355,10 +356,10 @@ import numpy as np
 import bpy
 sys.path.insert(0, sys.argv[-3])
 from types import SimpleNamespace
-from addon import scene
+from addon.scene import faces
 data = np.load(sys.argv[-2])
 face = SimpleNamespace(index=0, meta={"vertex_count": int(len(data["vertices"]))}, arrays={k: data[k] for k in data.files})
-obj = scene.build_face_object(face, name="astronaut", settings=scene.BuildSettings(), location=(0.0, 0.0, 1.0),
+obj = faces.build_face_object(face, name="astronaut", settings=faces.BuildSettings(), location=(0.0, 0.0, 1.0),
                               metadata={"source_photo": "astronaut.png"})
 uv = np.empty(len(obj.data.loops) * 2, np.float32)
 obj.data.uv_layers[0].data.foreach_get("uv", uv)

@@ -67,7 +67,7 @@ def test_zip_holds_the_addon_and_declared_wheels_only(extension_zip):
         names = archive.namelist()
         manifest = tomllib.loads(archive.read("blender_manifest.toml").decode())
     assert names[0] == "blender_manifest.toml"  # at the root, beside the add-on's files
-    assert "__init__.py" in names and "wire/protocol.py" in names and "scene.py" in names
+    assert "__init__.py" in names and "wire/protocol.py" in names and "scene/faces.py" in names
     assert not [n for n in names if "inference_server" in n or "__pycache__" in n or n.endswith(".pyc")]
     assert not [n for n in names if n.startswith(("tests/", "scripts/"))]
     wheels = sorted(n for n in names if n.endswith(".whl"))
@@ -111,7 +111,7 @@ def test_legacy_zip_is_the_same_package_with_bl_info(legacy_zip, extension_zip):
 BUNDLED_IMPORT = """
 import sys
 sys.path.insert(0, sys.argv[1])
-from faceforge import pyzmq_bundle
+from faceforge.server import pyzmq_bundle
 try:
     pyzmq_bundle.ensure_pyzmq()
 except ImportError as exc:

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from addon import jobs, session
-from addon.server_process import free_port
+from addon.server import jobs, session
+from addon.server.process import free_port
 from addon.wire import protocol
 from addon.wire.protocol import ErrorCode, ProtocolError
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from addon import meshdata, photo
+from addon.data import meshdata, photo
 from tests.addon_fixtures import rgb_pixels
 
 

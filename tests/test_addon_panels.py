@@ -51,7 +51,7 @@ class CheckedLayout:
 @pytest.fixture(scope="module")
 def ui(bpy_module):
     import addon
-    from addon import operators, panels, preferences
+    from addon.ui import operators, panels, preferences
 
     addon.register()
     try:
@@ -176,7 +176,7 @@ def test_preferences_draw(ui):
 
 def _running_job(gate: threading.Event):
     """A running job that ignores cancellation until ``gate`` opens: a server slow to acknowledge."""
-    from addon.jobs import Worker
+    from addon.server.jobs import Worker
 
     job = Worker("panel-test").submit(lambda job: gate.wait(10), address="", status="Reconstructing on the server")
     for _ in range(500):

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from addon import server_process
-from addon.server_process import LocalServer, free_port
+from addon.server import process as server_process
+from addon.server.process import LocalServer, free_port
 from addon.wire import protocol
 from addon.wire.client import Client
 

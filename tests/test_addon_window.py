@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from addon.server_process import free_address
+from addon.server.process import free_address
 from tests.addon_fixtures import build_extension, built_zip
 from tests.photo_fixtures import photo_folder  # noqa: F401 (fixture)
 

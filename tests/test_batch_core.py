@@ -16,7 +16,7 @@ from addon.batch.outputs import STAGING_PREFIX, clean_stale_staging, commit, dec
 from addon.batch.report import ERR_SERVER_GONE, ERR_UNREADABLE, PhotoReport, Progress, Summary, format_duration
 from addon.batch.run import main as run_batch_main
 from addon.batch.window import Window
-from addon.server_process import can_import_torch
+from addon.server.process import can_import_torch
 from addon.wire.errors import ErrorCode, Exit, ProtocolError
 from tests.batch_fixtures import BATCH
 

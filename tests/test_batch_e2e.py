@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 from addon.batch import outputs
-from addon.server_process import free_address, tcp_in_use
+from addon.server.process import free_address, tcp_in_use
 from addon.wire.errors import Exit
 from tests.batch_fixtures import (BLENDER, blender_command, by_key, glb_summary, inspect_blend,  # noqa: F401
                                   load_summary, needs_blender, needs_bpy, ply_header, python_command, run_batch,

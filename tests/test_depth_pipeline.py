@@ -184,7 +184,7 @@ def test_the_panel_asks_for_the_network(depth_server, tmp_path, grace_hopper_jpg
     import bpy
 
     import addon
-    from addon import operators, preferences
+    from addon.ui import operators, preferences
 
     photo = tmp_path / "grace_hopper.jpg"
     photo.write_bytes(grace_hopper_jpg)

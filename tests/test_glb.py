@@ -9,8 +9,8 @@ import struct
 import numpy as np
 import pytest
 
-from addon import glb
-from addon.photo import png_bytes
+from addon.writers import glb
+from addon.data.photo import png_bytes
 
 
 def _patch(side: int = 5) -> glb.Surface:

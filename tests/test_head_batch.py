@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from addon import glb
+from addon.writers import glb
 from addon.wire.errors import Exit
 from tests.batch_fixtures import blender_command, by_key, inspect_blend, load_summary, needs_blender, run_batch
 from tests.photo_fixtures import one_photo_folder  # noqa: F401 (fixture)

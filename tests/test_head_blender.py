@@ -41,9 +41,9 @@ def bpy(bpy_module):
 
 
 def _build(head_reply, **settings):
-    from addon import head_scene, scene
+    from addon.scene import faces, heads
 
-    return head_scene.build_head_object(head_reply, name="head", settings=scene.BuildSettings(**settings),
+    return heads.build_head_object(head_reply, name="head", settings=faces.BuildSettings(**settings),
                                         metadata={"source_photo": "/photos/head.png"})
 
 
@@ -113,7 +113,7 @@ def test_a_material_per_part_reading_one_packed_atlas(bpy, head_reply):
 
 
 def test_expressions_are_shape_keys_and_zero_leaves_the_neutral_head(bpy, head_reply):
-    from addon import head_scene
+    from addon.scene import heads
 
     obj = _build(head_reply)
     arrays, names = head_reply.arrays, head_reply.meta["expressions"]
@@ -125,10 +125,10 @@ def test_expressions_are_shape_keys_and_zero_leaves_the_neutral_head(bpy, head_r
     np.testing.assert_allclose(fitted, expected, atol=1e-6)
     assert np.abs(fitted - arrays["vertices"]).max() > 0.005  # the open jaw moved the chin by millimetres
 
-    head_scene.show_neutral(obj, True)  # the panel's "neutral expression": weights kept, keys muted
+    heads.show_neutral(obj, True)  # the panel's "neutral expression": weights kept, keys muted
     np.testing.assert_allclose(_shape_key_mix(bpy, obj), arrays["vertices"], atol=1e-7)
     assert blocks["jawOpen"].value == pytest.approx(WEIGHTS["jawOpen"])
-    head_scene.show_neutral(obj, False)
+    heads.show_neutral(obj, False)
     for key in blocks[1:]:
         key.value = 0.0
     np.testing.assert_allclose(_shape_key_mix(bpy, obj), arrays["vertices"], atol=1e-7)
@@ -147,16 +147,16 @@ def test_pose_is_the_object_transform_and_the_stack_is_face_mode_s(bpy, head_rep
 
 
 def test_bad_reply_raises_and_leaves_the_file_untouched(bpy, head_reply):
-    from addon import head_scene, scene
+    from addon.scene import faces, heads
 
     arrays = dict(head_reply.arrays, polygon_vertices=head_reply.arrays["polygon_vertices"] + 1)
     bad = type(head_reply)(index=0, meta=head_reply.meta, arrays=arrays)
     with pytest.raises(ValueError, match="polygon_vertices"):
-        head_scene.build_head_object(bad, name="bad", settings=scene.BuildSettings())
+        heads.build_head_object(bad, name="bad", settings=faces.BuildSettings())
     lighting = np.full_like(head_reply.arrays["vertex_irradiance"], np.nan)
     bad = type(head_reply)(index=0, meta=head_reply.meta, arrays=dict(head_reply.arrays, vertex_irradiance=lighting))
     with pytest.raises(ValueError, match="vertex_irradiance"):
-        head_scene.build_head_object(bad, name="bad", settings=scene.BuildSettings())
+        heads.build_head_object(bad, name="bad", settings=faces.BuildSettings())
     assert not bpy.data.objects and not bpy.data.meshes and not bpy.data.images
 
 
@@ -191,7 +191,7 @@ def test_glb_has_a_morph_target_per_expression_like_blenders_own_export(bpy, hea
     """The batch writes a head's glb itself (``glb`` + ``surfaces.with_shape_keys``): the neutral
     mesh, a morph target per expression with the fitted weights, the pose as the node transform;
     Blender's exporter agrees on all of it and its importer gets the shape keys back."""
-    from addon import glb, surfaces
+    from addon.writers import glb, surfaces
 
     obj = _build(head_reply)
     glb.write_glb(tmp_path / "head.glb", surfaces.with_shape_keys([obj]))
@@ -239,7 +239,7 @@ def test_glb_has_a_morph_target_per_expression_like_blenders_own_export(bpy, hea
 
 
 def test_fbx_blendshapes_import_back_as_shape_keys(bpy, head_reply, tmp_path):
-    from addon import head_export
+    from addon.writers import head_export
 
     obj = _build(head_reply)
     head_export.export_fbx([obj], tmp_path / "head.fbx")
@@ -256,7 +256,7 @@ def test_fbx_blendshapes_import_back_as_shape_keys(bpy, head_reply, tmp_path):
 
 
 def test_obj_is_the_posed_head_with_its_texture(bpy, head_reply, tmp_path):
-    from addon import head_export
+    from addon.writers import head_export
 
     obj = _build(head_reply, subdivision_levels=0, smooth_iterations=0)
     written = head_export.export_obj([obj], tmp_path / "head.obj")
@@ -278,16 +278,17 @@ import bpy
 sys.path.insert(0, sys.argv[-3])
 from pathlib import Path
 from types import SimpleNamespace
-from addon import glb, head_export, head_scene, scene, surfaces
+from addon.writers import glb, head_export, surfaces
+from addon.scene import faces, heads
 data, out = np.load(sys.argv[-2]), Path(sys.argv[-1])
 face = SimpleNamespace(index=0, meta=json.loads((out / "meta.json").read_text()), arrays={k: data[k] for k in data.files})
-obj = head_scene.build_head_object(face, name="head", settings=scene.BuildSettings(), metadata={})
+obj = heads.build_head_object(face, name="head", settings=faces.BuildSettings(), metadata={})
 mesh = obj.data
 result = {"version": list(bpy.app.version), "quads": sum(p.loop_total == 4 for p in mesh.polygons),
           "keys": [k.name for k in mesh.shape_keys.key_blocks], "materials": len(obj.material_slots),
           "smooth": all(p.use_smooth for p in mesh.polygons), "matrix": [list(r) for r in obj.matrix_world],
           "modifiers": [m.type for m in obj.modifiers]}
-irradiance = mesh.color_attributes[head_scene.IRRADIANCE_ATTRIBUTE]
+irradiance = mesh.color_attributes[heads.IRRADIANCE_ATTRIBUTE]
 result["irradiance"] = [irradiance.domain, irradiance.data_type, list(irradiance.data[-1].color)]
 glb.write_glb(out / "head.glb", surfaces.with_shape_keys([obj]))
 head_export.export_obj([obj], out / "head.obj")

@@ -1,10 +1,10 @@
-"""Plain unit tests of the bpy-free head buffers (addon.headdata) and of the model-built test reply."""
+"""Plain unit tests of the bpy-free head buffers (addon.data.headdata) and of the model-built test reply."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from addon import headdata
+from addon.data import headdata
 from tests.head_fixtures import KEPT_VERTICES, head_reply_from_model, model_path, pose_matrix  # noqa: F401
 
 

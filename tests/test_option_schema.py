@@ -84,7 +84,7 @@ def test_config_and_panel_property_follow_a_changed_option(changed_resolution):
         config().with_params({"resolution": 130})
     if importlib.util.find_spec("bpy") is None:
         pytest.skip("bpy is not installed: the panel property is not checked")
-    from addon.properties import option_property
+    from addon.ui.properties import option_property
 
     keywords = option_property(changed_resolution).keywords
     assert (keywords["default"], keywords["min"], keywords["max"], keywords["soft_max"]) == (64, 16, 120, 100)

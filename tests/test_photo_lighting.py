@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from addon import lighting
+from addon.data import lighting
 from inference_server.head import sh as server_sh
 from tests.addon_fixtures import bpy_module  # noqa: F401 (fixture)
 from tests.head_fixtures import head_reply_from_model, model_path  # noqa: F401 (fixture)
@@ -52,12 +52,12 @@ def test_replies_without_usable_lighting_give_none(meta):
 def test_a_sphere_rendered_in_the_photo_world_is_lit_like_the_fit(bpy_module, tmp_path):
     """Cycles, a white diffuse sphere, an orthographic camera looking along +Y: every pixel's value is
     the irradiance factor at its normal, which must match the fitted lighting's."""
-    from addon import head_scene
+    from addon.scene import heads
 
     bpy = bpy_module
     bpy.ops.wm.read_homefile(use_empty=True)
     scene = bpy.context.scene
-    scene.world = head_scene.photo_world("photo", SIDE_LIGHT)
+    scene.world = heads.photo_world("photo", SIDE_LIGHT)
     bpy.ops.mesh.primitive_uv_sphere_add(segments=64, ring_count=32, radius=1.0)
     bpy.ops.object.shade_smooth()
     material = bpy.data.materials.new("white")
@@ -91,7 +91,8 @@ def test_a_sphere_rendered_in_the_photo_world_is_lit_like_the_fit(bpy_module, tm
 
 
 def test_a_refined_head_lights_the_scene_only_when_asked(bpy_module, model_path):
-    from addon import scene
+    from addon.data.meshdata import BuildSettings
+    from addon.scene.build import build_reconstruction
     from addon.wire.client import Reconstruction
 
     bpy = bpy_module
@@ -101,8 +102,7 @@ def test_a_refined_head_lights_the_scene_only_when_asked(bpy_module, model_path)
     for asked in (False, True):
         bpy.ops.wm.read_homefile(use_empty=True)
         before = bpy.context.scene.world
-        scene.build_reconstruction(reply, photo="/photos/lit.png", settings=scene.BuildSettings(photo_lighting=asked),
-                                   metadata={})
+        build_reconstruction(reply, photo="/photos/lit.png", settings=BuildSettings(photo_lighting=asked), metadata={})
         world = bpy.context.scene.world
         assert (world is not before) == asked
     assert world.name == "lit_lighting"

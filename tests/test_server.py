@@ -11,7 +11,7 @@ from addon.wire import protocol
 from addon.wire.client import Client, Reconstruction
 from addon.wire.protocol import ErrorCode, ProtocolError
 
-from addon.server_process import free_address
+from addon.server.process import free_address
 
 from .conftest import start_server
 

@@ -16,7 +16,7 @@ import pytest
 import zmq
 import zmq.auth
 
-from addon.server_process import free_address
+from addon.server.process import free_address
 from addon.wire import protocol, security
 from addon.wire.client import Client
 from addon.wire.protocol import ErrorCode, ProtocolError

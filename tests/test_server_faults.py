@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from addon.server_process import free_address
+from addon.server.process import free_address
 from addon.wire import protocol
 from addon.wire.client import Client
 from addon.wire.protocol import ErrorCode, ProtocolError

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from addon.server_process import free_port
+from addon.server.process import free_port
 from addon.wire import security
 from addon.wire.client import Client
 from addon.wire.protocol import ErrorCode, ProtocolError
@@ -205,7 +205,7 @@ def test_a_reachable_address_needs_keys_or_an_explicit_insecure(tmp_path):
 
 def test_the_panel_session_and_the_batch_use_the_key_files(curve_server, keys, tmp_path, one_photo_folder):
     """The add-on's preferences (key file paths) and the batch's --server-key/--client-key reach the server."""
-    from addon import session as session_module
+    from addon.server import session as session_module
     from tests.batch_fixtures import _has_bpy, load_summary, python_command, run_batch
 
     address = f"tcp://127.0.0.1:{curve_server[0]}"

@@ -182,7 +182,7 @@ def enable_addon() -> tuple:
         preferences = bpy.context.preferences.addons[package].preferences
     for key, value in CONFIG["preferences"].items():
         setattr(preferences, key, value)
-    return (sys.modules[f"{package}.operators"], sys.modules[f"{package}.panels"],
+    return (sys.modules[f"{package}.ui.operators"], sys.modules[f"{package}.ui.panels"],
             sys.modules[f"{package}.wire.client"])
 
 

@@ -1,6 +1,6 @@
 """The Blender side of the headless batch: an empty scene per photo, the .blend saved, and
 version-guarded exporters for glb / obj / ply / stl. Objects are built by the add-on itself
-(``addon.scene.build_reconstruction``, see ``writer``). ``bpy`` is imported lazily so ``--help``
+(``addon.scene.build.build_reconstruction``, see ``writer``). ``bpy`` is imported lazily so ``--help``
 works anywhere."""
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ class Blender:
     def use_texture_files(self, objects, textures: dict) -> None:
         """Point each material's image node at the PNG written next to the exports (after the
         .blend was saved with packed images), so OBJ's MTL names the file and glTF embeds it."""
-        from .. import scene
+        from ..scene import faces
 
         for obj in objects:
             path = textures.get(obj.name)
@@ -84,7 +84,7 @@ class Blender:
                 continue
             image = self.bpy.data.images.load(str(path), check_existing=False)
             image.name = path.stem
-            for node in list(scene.image_nodes(obj)):
+            for node in list(faces.image_nodes(obj)):
                 node.image = image
 
     def exporter(self, fmt: str):
@@ -116,10 +116,10 @@ class Blender:
                      dict(use_selection=True, use_mesh_modifiers=True, global_scale=STL_SCALE, ascii=False,
                           batch_mode="OFF"))],
         }[fmt]
-        from .. import scene
+        from ..scene import faces
 
         for idname, addon, kwargs in candidates:
-            op = scene.find_operator(idname, addon)
+            op = faces.find_operator(idname, addon)
             if op is not None:
                 self.exporters[fmt] = (idname, op, kwargs)
                 return self.exporters[fmt]
@@ -129,20 +129,20 @@ class Blender:
     def export(self, fmt: str, path: Path, objects) -> None:
         heads = any(obj.data.shape_keys is not None for obj in objects)
         if fmt == "glb":  # written by ``glb`` (it says why not Blender's exporter)
-            from .. import glb, surfaces
+            from ..writers import glb, surfaces
 
             # Heads: the unmodified mesh under its morph targets; faces: the evaluated mesh.
             glb.write_glb(path, surfaces.with_shape_keys(objects) if heads else surfaces.evaluated(objects))
             return
         if fmt in ("fbx", "obj") and heads:  # blendshapes need the unmodified mesh (head_export says why)
-            from .. import head_export
+            from ..writers import head_export
 
             getattr(head_export, f"export_{fmt}")(objects, path)
             return
         idname, op, kwargs = self.exporter(fmt)
-        from .. import scene
+        from ..scene import faces
 
-        scene.select_only(objects)
+        faces.select_only(objects)
         extra = []
         if fmt == "stl":  # printable: a closed shell, thickened backwards (the face looks toward -Y)
             for obj in objects:

@@ -210,7 +210,7 @@ class Batch:
         run["max_in_flight"] = max(run.get("max_in_flight") or 0, facts.get("max_in_flight") or 0)
 
     def _photos_through(self, client, server, address: str, info: dict):
-        from ..meshdata import BuildSettings
+        from ..data.meshdata import BuildSettings
         from .blender import Blender
         from .window import Window
         from .writer import RunContext, write_photo
@@ -315,7 +315,7 @@ def _server(opts: Options, run_info: dict, todo: int = 1):
 
 
 def _start_server(opts: Options, todo: int):
-    from ..server_process import LocalServer, find_home, find_python, free_address
+    from ..server.process import LocalServer, find_home, find_python, free_address
 
     python = find_python(opts.python)
     if python is None:
@@ -358,7 +358,7 @@ def _server_info(address: str, timeout: float, keys=None) -> dict:
 def _external_alive(address: str, every_s: float = 5.0):
     """For --server: whether something still listens at a tcp:// address (checked at most every
     ``every_s``), so a server that dies mid-run fails the batch at once instead of after --timeout."""
-    from ..server_process import tcp_in_use
+    from ..server.process import tcp_in_use
 
     if not address.startswith("tcp://"):
         return lambda: True

@@ -154,7 +154,7 @@ class Children:
     ``(index, None, None)`` once per child that exited."""
 
     def __init__(self, commands: Sequence[list], cwd: str | None = None):
-        from ..server_process import die_with_parent  # imports pyzmq: only once the batch runs
+        from ..server.process import die_with_parent  # imports pyzmq: only once the batch runs
 
         self.processes = []
         self.events_queue: queue.Queue = queue.Queue()

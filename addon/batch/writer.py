@@ -1,5 +1,5 @@
 """One photo's reply -> objects -> files: the objects come from the add-on's own builder
-(``addon.scene.build_reconstruction``, so names, placement and metadata match the panel's), the
+(``addon.scene.build.build_reconstruction``, so names, placement and metadata match the panel's), the
 files are written into a staging folder and moved into place when all of them exist."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .. import meshdata
+from ..data import meshdata
 from ..wire.errors import ErrorCode
 from .cli import Options
 from .inputs import Photo, shown
@@ -79,7 +79,7 @@ def _describe(report: PhotoReport, reconstruction) -> None:
 
 
 def _build(run: RunContext, photo: Photo, reconstruction, report: PhotoReport) -> list:
-    from .. import scene
+    from ..scene.build import build_reconstruction
 
     started = time.perf_counter()
     run.blender.reset()
@@ -87,8 +87,7 @@ def _build(run: RunContext, photo: Photo, reconstruction, report: PhotoReport) -
     metadata = meshdata.reconstruction_metadata(reconstruction.meta, run.info, source, run.opts.request,
                                                 batch=True, server_address=run.address)
     try:
-        objects = scene.build_reconstruction(reconstruction, photo=source, settings=run.settings,
-                                             metadata=metadata)
+        objects = build_reconstruction(reconstruction, photo=source, settings=run.settings, metadata=metadata)
     except Exception as exc:
         raise _Stage(ERR_BUILD, f"building the objects failed: {exc.__class__.__name__}: {exc}") from exc
     report.timings_s["build"] = round(time.perf_counter() - started, 4)
@@ -127,13 +126,13 @@ def _write_files(run: RunContext, photo: Photo, reconstruction, objects: list, s
 
 
 def _write_textures(run: RunContext, key: str, reconstruction, objects: list, staging: Path) -> list:
-    from .. import scene
+    from ..scene import faces
 
     textures, names = {}, []
-    faces = sorted(reconstruction.faces, key=lambda f: f.index)  # the order build_reconstruction made objects in
-    for obj, face in zip(objects, faces):
+    replies = sorted(reconstruction.faces, key=lambda f: f.index)  # the order build_reconstruction made objects in
+    for obj, face in zip(objects, replies):
         name = texture_name(key, face.index)
-        (staging / name).write_bytes(scene.png_of(scene.texture_of(obj)))  # the packed PNG: encoded once
+        (staging / name).write_bytes(faces.png_of(faces.texture_of(obj)))  # the packed PNG: encoded once
         textures[obj.name] = staging / name
         names.append(name)
     run.blender.use_texture_files(objects, textures)

@@ -4,16 +4,17 @@ from types import SimpleNamespace
 import bpy
 from bpy.props import EnumProperty, FloatProperty, StringProperty
 
-from . import server_process
-from .wire.client import DEFAULT_ADDRESS
+from ..server.process import find_home
+from ..wire.client import DEFAULT_ADDRESS
 
 _DEVICES = (("auto", "Auto", "CUDA when the server's torch sees a GPU, else CPU"),
             ("cpu", "CPU", "Always the CPU"),
             ("cuda", "CUDA", "The first CUDA GPU (fails to start without one)"))
+ADDON_PACKAGE = __package__.rpartition(".")[0]  # Blender keys preferences by the add-on's package: ui/'s parent
 
 
 class FACEFORGE_AP_preferences(bpy.types.AddonPreferences):
-    bl_idname = __package__
+    bl_idname = ADDON_PACKAGE
 
     server_address: StringProperty(name="Server Address", default=DEFAULT_ADDRESS,
                                     description="ZeroMQ address of the FaceForge inference server")
@@ -29,7 +30,7 @@ class FACEFORGE_AP_preferences(bpy.types.AddonPreferences):
                                 description="Interpreter with the server's dependencies (torch...). Empty: "
                                             "$FACEFORGE_PYTHON, else the server directory's .venv, else "
                                             "Blender's own Python if it has torch")
-    server_home: StringProperty(name="Server Directory", subtype="DIR_PATH", default=server_process.find_home(),
+    server_home: StringProperty(name="Server Directory", subtype="DIR_PATH", default=find_home(),
                                 description="Directory containing the inference_server package (the FaceForge "
                                             "checkout). Default: $FACEFORGE_HOME, else the add-on's own checkout")
     device: EnumProperty(name="Device", items=_DEVICES, default="auto", description="Device of a local server")
@@ -53,7 +54,7 @@ class FACEFORGE_AP_preferences(bpy.types.AddonPreferences):
 
 def get(context) -> "FACEFORGE_AP_preferences | SimpleNamespace":
     """The preferences, or ``DEFAULTS`` when the package runs without being enabled as an add-on (tests, scripts)."""
-    addon = context.preferences.addons.get(__package__)
+    addon = context.preferences.addons.get(ADDON_PACKAGE)
     return addon.preferences if addon is not None else DEFAULTS
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import bpy
 import numpy as np
 
-from . import head_scene, scene
+from ..scene import faces, heads
 from .glb import Look, Surface, Targets, split_by_uv
 
 
@@ -72,7 +72,7 @@ def _triangles(mesh) -> tuple:
 
 
 def _input(node, names: tuple, default: float) -> float:
-    socket = scene.bsdf_input(node, names) if node is not None else None
+    socket = faces.bsdf_input(node, names) if node is not None else None
     return float(socket.default_value) if socket is not None else default
 
 
@@ -85,13 +85,13 @@ def _looks(obj) -> list:
             bsdf = next((n for n in material.node_tree.nodes if n.type == "BSDF_PRINCIPLED"), None)
         looks.append(Look(material.name if material is not None else obj.name,
                           roughness=_input(bsdf, ("Roughness",), 0.5),
-                          specular=_input(bsdf, scene.SPECULAR_INPUTS, 0.5),
+                          specular=_input(bsdf, faces.SPECULAR_INPUTS, 0.5),
                           double_sided=material is None or not material.use_backface_culling))
     return looks or [Look(obj.name)]
 
 
 def _key_positions(key, count: int) -> np.ndarray:
-    return _read(head_scene.key_points(key), "co", np.float32, count, 3)
+    return _read(heads.key_points(key), "co", np.float32, count, 3)
 
 
 def _targets(mesh, source: np.ndarray) -> tuple:
@@ -119,10 +119,10 @@ def _surface(obj, mesh, matrix, *, morphs: bool = False) -> Surface:
         positions, targets = _targets(mesh, source)
     else:
         positions, targets = _read(mesh.vertices, "co", np.float32, len(mesh.vertices), 3), None
-    image = scene.texture_of(obj)
+    image = faces.texture_of(obj)
     return Surface(name=obj.name, positions=positions[source], normals=_normals(mesh)[source], uvs=uvs,
                    triangles=vertex_of_corner[corner_loops], triangle_material=triangle_material,
-                   looks=_looks(obj), texture=scene.png_of(image), texture_name=image.name,
+                   looks=_looks(obj), texture=faces.png_of(image), texture_name=image.name,
                    matrix=np.array(matrix, np.float64), targets=targets)
 
 

@@ -1,7 +1,7 @@
 """Head-mode reply -> one Blender object: the model's topology, a material per part, the 53
 expressions as shape keys, the pose as the object's transform (Blender 3.4 through 5.0).
 
-Mesh, images, materials and the modifier stack come from ``scene`` (face mode's helpers); what is
+Mesh, images, materials and the modifier stack come from ``faces`` (face mode's helpers); what is
 new here is the per-part materials, the shape keys and the pose. Arrays are checked by the
 bpy-free ``headdata`` before any datablock is created, so a bad reply leaves the file untouched.
 """
@@ -10,8 +10,9 @@ from __future__ import annotations
 import bpy
 from mathutils import Matrix
 
-from . import headdata, lighting, meshdata, scene
-from .wire import options
+from ..data import headdata, lighting, meshdata
+from ..wire import options
+from . import faces
 
 BASIS = "Basis"
 IRRADIANCE_ATTRIBUTE = "photo_irradiance"  # the fitted lighting per vertex: albedo x this = the photo's look
@@ -49,16 +50,16 @@ def part_materials(obj: "bpy.types.Object", names, texture: "bpy.types.Image") -
     """One material slot per reply material, in the reply's order, all reading the one atlas."""
     for part in names:
         roughness, specular = PART_LOOKS.get(part, SKIN_LOOK)
-        obj.data.materials.append(scene.skin_material(f"{obj.name}_{part}", texture, roughness=roughness,
+        obj.data.materials.append(faces.skin_material(f"{obj.name}_{part}", texture, roughness=roughness,
                                                       specular=specular))
 
 
-def build_head_object(face, *, name: str, settings: scene.BuildSettings, metadata: dict | None = None,
+def build_head_object(face, *, name: str, settings: meshdata.BuildSettings, metadata: dict | None = None,
                       collection=None) -> "bpy.types.Object":
     """One head reply -> a linked object posed by ``meta["pose"]["matrix"]``, in metres.
 
     ``face`` is a ``client.FaceData`` (``index``, ``meta``, ``arrays``) whose meta has
-    ``geometry == "head"``. ``metadata`` is stored like ``scene.build_face_object`` stores it.
+    ``geometry == "head"``. ``metadata`` is stored like ``faces.build_face_object`` stores it.
     """
     arrays, meta = face.arrays, face.meta
     materials = [str(part) for part in meta["materials"]]
@@ -70,18 +71,18 @@ def build_head_object(face, *, name: str, settings: scene.BuildSettings, metadat
                   if "vertex_irradiance" in arrays else None)
     displacement = (headdata.vertex_values(arrays["vertex_displacement"], (len(arrays["vertices"]),),
                                            "vertex_displacement") if "vertex_displacement" in arrays else None)
-    obj = bpy.data.objects.new(name, scene.mesh_from_arrays(name, mesh_arrays))
-    images = scene.face_images(obj.name, arrays)
+    obj = bpy.data.objects.new(name, faces.mesh_from_arrays(name, mesh_arrays))
+    images = faces.face_images(obj.name, arrays)
     part_materials(obj, materials, images["texture"])
     add_shape_keys(obj, keys)
     obj.matrix_world = pose
-    scene.add_modifiers(obj, images["detail"], settings)
+    faces.add_modifiers(obj, images["detail"], settings)
     if irradiance is not None:  # refined: the photo's lighting, for an Attribute node to multiply in
         irradiance_attribute(obj.data, irradiance)
     if displacement is not None:  # refine full: already in the vertices; kept to mask or scale it
         obj.data.attributes.new(DISPLACEMENT_ATTRIBUTE, "FLOAT", "POINT").data.foreach_set("value", displacement)
-    obj[scene.DEPTH_PROPERTY] = images["depth"]
-    obj[scene.PROPERTY] = meshdata.idprop_value(dict(metadata or {}, face=meta, face_index=face.index,
+    obj[faces.DEPTH_PROPERTY] = images["depth"]
+    obj[faces.PROPERTY] = meshdata.idprop_value(dict(metadata or {}, face=meta, face_index=face.index,
                                                      settings=options.as_dict(settings)))
     (collection or bpy.context.scene.collection).objects.link(obj)
     return obj
@@ -99,12 +100,12 @@ def photo_world(name: str, coefficients) -> "bpy.types.World":
     Blender's default grey instead: a second-order environment is no backdrop (dark behind the
     photographer, strongly tinted where the fit's colour channels part)."""
     world = bpy.data.worlds.new(name)
-    tree = scene.node_tree(world)
+    tree = faces.node_tree(world)
     nodes, links = tree.nodes, tree.links
     light = next(node for node in nodes if node.type == "BACKGROUND")
     output = next(node for node in nodes if node.type == "OUTPUT_WORLD")
     environment = nodes.new("ShaderNodeTexEnvironment")
-    environment.image = scene.float_image(f"{name}_environment", lighting.environment(coefficients))
+    environment.image = faces.float_image(f"{name}_environment", lighting.environment(coefficients))
     links.new(environment.outputs["Color"], light.inputs["Color"])
     light.inputs["Strength"].default_value = 1.0
     backdrop = nodes.new("ShaderNodeBackground")

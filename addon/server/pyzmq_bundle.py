@@ -10,7 +10,7 @@ import platform
 import sys
 from pathlib import Path
 
-BUNDLE_DIR = Path(__file__).resolve().parent / "_pyzmq"
+BUNDLE_DIR = Path(__file__).resolve().parent.parent / "_pyzmq"  # the package root: faceforge/_pyzmq
 
 
 def _platform_key(system: str, machine: str) -> str:

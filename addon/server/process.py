@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import urlsplit
 
-from .wire.client import Client
-from .wire.protocol import ProtocolError
+from ..wire.client import Client
+from ..wire.protocol import ProtocolError
 
-_CHECKOUT = Path(__file__).resolve().parent.parent  # the repository root when running from a source checkout
+_CHECKOUT = Path(__file__).resolve().parents[2]  # the repository root when running from a source checkout
 
 
 def _venv_python(home: Path) -> Path:

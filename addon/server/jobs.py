@@ -13,8 +13,8 @@ import time
 import traceback
 from typing import Any, Callable
 
-from .wire.client import Client
-from .wire.protocol import ErrorCode, ProtocolError
+from ..wire.client import Client
+from ..wire.protocol import ErrorCode, ProtocolError
 
 _STOP = object()
 

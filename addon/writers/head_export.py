@@ -15,13 +15,13 @@ from pathlib import Path
 
 import bpy
 
-from . import scene
+from ..scene import faces
 
 
 def _run(idname: str, addon: str | None, path: Path, **kwargs) -> None:
     """Call an exporter, enabling its bundled add-on if the user turned it off. Every argument
     used here exists under the same name in 3.4, 4.2 and 5.0 (checked against their RNA)."""
-    op = scene.find_operator(idname, addon)
+    op = faces.find_operator(idname, addon)
     if op is None:
         raise RuntimeError(f"this Blender has no {idname} exporter")
     result = op(filepath=str(path), **kwargs)
@@ -38,16 +38,16 @@ def textures_as_files(objects, folder: Path, stem: str):
     swaps, written = [], []
     try:
         for obj in objects:
-            atlas = scene.texture_of(obj)
+            atlas = faces.texture_of(obj)
             on_disk = Path(bpy.path.abspath(atlas.filepath_raw)) if atlas.packed_file is None else None
             if on_disk is not None and on_disk.is_file() and on_disk.parent.resolve() == Path(folder).resolve():
                 written.append(on_disk)
                 continue
             path = folder / (f"{stem}.png" if len(objects) == 1 else f"{stem}_{obj.name}.png")
-            path.write_bytes(scene.png_of(atlas))
+            path.write_bytes(faces.png_of(atlas))
             written.append(path)
             on_disk = bpy.data.images.load(str(path), check_existing=False)
-            for node in scene.image_nodes(obj):
+            for node in faces.image_nodes(obj):
                 if node.image == atlas:
                     swaps.append((node, atlas))
                     node.image = on_disk
@@ -63,7 +63,7 @@ def textures_as_files(objects, folder: Path, stem: str):
 def export_fbx(objects, path: Path) -> None:
     """FBX with blendshapes (one per shape key) and the atlas embedded; Y up, -Z forward."""
     path = Path(path)
-    scene.select_only(objects)
+    faces.select_only(objects)
     with tempfile.TemporaryDirectory() as folder, textures_as_files(objects, Path(folder), path.stem):
         _run("export_scene.fbx", "io_scene_fbx", path, use_selection=True, object_types={"MESH"},
              use_mesh_modifiers=False, mesh_smooth_type="FACE", path_mode="COPY", embed_textures=True,
@@ -74,7 +74,7 @@ def export_obj(objects, path: Path) -> list:
     """OBJ + MTL + PNG of the posed head as the viewport shows it (expression, pose, modifiers);
     returns the files written."""
     path = Path(path)
-    scene.select_only(objects)
+    faces.select_only(objects)
     with textures_as_files(objects, path.parent, path.stem) as textures:
         _run("wm.obj_export", None, path, export_selected_objects=True, apply_modifiers=True, export_uv=True,
              export_normals=True, export_materials=True, export_triangulated_mesh=False, path_mode="STRIP",

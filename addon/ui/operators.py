@@ -14,9 +14,12 @@ from functools import partial
 import bpy
 import numpy as np
 
-from . import meshdata, photo, preferences, scene, server_process
-from .jobs import Job, user_message
-from .session import Request, Session
+from ..data import meshdata, photo
+from ..scene.build import build_reconstruction
+from ..server.jobs import Job, user_message
+from ..server.process import find_python
+from ..server.session import Request, Session
+from . import preferences
 
 SESSION = Session()   # replaced on every register(), closed on unregister()
 
@@ -89,7 +92,7 @@ def apply_finished(context, request: Request) -> tuple:
         reconstruction.meta, info, request.photo, request.options, server_address=request.address,
         round_trip_ms=round(request.job.elapsed * 1000, 1))
     try:
-        objects = scene.build_reconstruction(reconstruction, photo=request.photo, settings=request.settings,
+        objects = build_reconstruction(reconstruction, photo=request.photo, settings=request.settings,
                                              metadata=metadata, location=request.location,
                                              collection=context.collection)
     except (ValueError, KeyError) as exc:  # a malformed reply: say so
@@ -214,7 +217,7 @@ class FACEFORGE_OT_server_start(_AwaitJob, bpy.types.Operator):
 
     def start(self, context) -> Job:
         prefs = preferences.get(context)
-        python = server_process.find_python(bpy.path.abspath(prefs.python_path) if prefs.python_path else None)
+        python = find_python(bpy.path.abspath(prefs.python_path) if prefs.python_path else None)
         if python is None:
             raise ValueError("No Python with torch found: set the server's Python in the add-on preferences "
                              "or $FACEFORGE_PYTHON")

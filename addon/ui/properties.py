@@ -6,8 +6,8 @@ photo and face pickers, which are UI rather than options, are declared here.
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
 
-from .meshdata import BuildSettings
-from .wire import options
+from ..data.meshdata import BuildSettings
+from ..wire import options
 
 _PROPERTY_TYPES = {int: IntProperty, float: FloatProperty, bool: BoolProperty}
 

@@ -10,10 +10,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import photo
+from ..data import photo
+from ..wire.protocol import ErrorCode, ProtocolError
 from .jobs import Job, Worker, user_message
-from .server_process import LocalServer
-from .wire.protocol import ErrorCode, ProtocolError
+from .process import LocalServer
 
 STATUS_INTERVAL = 3.0   # seconds between server status probes
 STATUS_TIMEOUT = 2.0
@@ -27,7 +27,7 @@ class Request:
     job: Job
     photo: str                  # what the user picked: a file path or an image name; objects are named after it
     options: dict               # sent to the server
-    settings: Any               # scene.BuildSettings, applied on the main thread
+    settings: Any               # meshdata.BuildSettings, applied on the main thread
     location: tuple = (0.0, 0.0, 0.0)
     address: str = ""
 
@@ -57,7 +57,7 @@ class Session:
         Raises ``security.KeyFileError`` (a ValueError with a one-line message) for unusable files."""
         if (server_key, client_key) == self.key_paths:
             return
-        from .wire import security
+        from ..wire import security
 
         keys = security.client_keys(server_key or None, client_key or None)
         self.key_paths = (server_key, client_key)

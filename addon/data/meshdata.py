@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .wire import options
+from ..wire import options
 
 BuildSettings = options.config_class(
     "BuildSettings", options.on_side(options.BUILD),

@@ -3,7 +3,7 @@
 Why not Blender's exporter for these: the glTF add-on in Blender 3.4 finds shared vertices by
 sorting every corner as a structured numpy record, 0.3 of its 0.46 s for a subdivided face (about
 214k corners), more than the server needs to reconstruct the face. The batch already holds the
-evaluated mesh as arrays (``addon.surfaces``) and the texture as PNG bytes, so writing the file is
+evaluated mesh as arrays (``addon.writers.surfaces``) and the texture as PNG bytes, so writing the file is
 only packing those arrays. A head (the unmodified mesh, a morph target per shape key) takes 0.5 s
 in 3.4's exporter and 0.2 s here (0.1 s in 5.0), most of it reading the 53 shape keys. Tests read
 the results back with Blender's own glTF importer and compare them with its exporter's.

@@ -1,7 +1,8 @@
-"""Reply -> Blender object: mesh, material, images, modifiers (Blender 3.4 through 5.0).
+"""Face-mode reply -> Blender object: mesh, material, images, modifiers (Blender 3.4 through 5.0);
+the helpers head mode (``heads``) builds on.
 
 Used by the add-on's operator and by the headless batch script, so it depends on nothing but bpy
-and the bpy-free ``meshdata``. API differences between versions are guarded by ``bpy.app.version``.
+and the bpy-free ``data`` modules. API differences between versions are guarded by ``bpy.app.version``.
 """
 from __future__ import annotations
 
@@ -12,17 +13,16 @@ import bpy
 import numpy as np
 from mathutils import Matrix
 
-from . import meshdata
-from .meshdata import BuildSettings
-from .photo import encode_png, png_bytes
-from .wire import options
+from ..data import meshdata
+from ..data.meshdata import BuildSettings
+from ..data.photo import encode_png, png_bytes
+from ..wire import options
 
 UV_NAME = "UVMap"
 PROPERTY = "faceforge"           # object custom property holding the request's metadata
 DEPTH_PROPERTY = "faceforge_depth"  # object custom property pointing at the depth image (keeps it alive)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SPECULAR_INPUTS = ("Specular IOR Level", "Specular")  # the Principled BSDF's specular input, 4.0+ and before
-FACE_GAP_M = 0.05  # space between the faces of one photo when several come back
 
 
 def build_mesh(name: str, vertices, faces, uvs) -> "bpy.types.Mesh":
@@ -265,38 +265,3 @@ def build_face_object(face, *, name: str, settings: BuildSettings, location=(0.0
                                                settings=options.as_dict(settings)))
     (collection or bpy.context.scene.collection).objects.link(obj)
     return obj
-
-
-def build_reconstruction(reconstruction, *, photo: str, settings: BuildSettings, metadata: dict,
-                         location=(0.0, 0.0, 0.0), collection=None) -> list:
-    """The one way from a reply to the scene (panel and batch): one object per face, named after the
-    photo (``meshdata.object_name``), side by side around ``location``, each with ``metadata``.
-
-    ``reconstruction`` is a ``client.Reconstruction``; ``metadata`` comes from
-    ``meshdata.reconstruction_metadata``."""
-    faces = sorted(reconstruction.faces, key=lambda face: face.index)
-    spans = [(float(f.arrays["vertices"][:, 0].min()), float(f.arrays["vertices"][:, 0].max())) for f in faces]
-    offsets = meshdata.face_offsets([hi - lo for lo, hi in spans], FACE_GAP_M) if len(faces) > 1 else [0.0]
-    x, y, z = location
-    objects = []
-    for face, offset, (lo, hi) in zip(faces, offsets, spans):
-        shift = offset - (lo + hi) / 2 if len(faces) > 1 else 0.0
-        name = meshdata.object_name(photo, face.index, len(faces))
-        if face.meta.get("geometry") == "head":
-            from . import head_scene  # head_scene builds on this module
-
-            obj = head_scene.build_head_object(face, name=name, settings=settings, metadata=metadata,
-                                               collection=collection)
-            obj.location = (x + shift, y, z)  # posed like the photo, placed where the user asked
-            head_scene.show_neutral(obj, settings.neutral_expression)
-        else:
-            obj = build_face_object(face, name=name, settings=settings, location=(x + shift, y, z),
-                                    metadata=metadata, collection=collection)
-        objects.append(obj)
-    if settings.photo_lighting:
-        from . import head_scene, lighting
-
-        fitted = next((c for c in (lighting.photo_lighting(f.meta) for f in faces) if c is not None), None)
-        if fitted is not None:  # one world per scene: the first (largest) face's lighting
-            bpy.context.scene.world = head_scene.photo_world(f"{meshdata.object_name(photo, 0, 1)}_lighting", fitted)
-    return objects

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .wire import sh
+from ..wire import sh
 
 ENVIRONMENT_HEIGHT = 32  # second-order SH vary slowly: on 64 x 32 pixels the basis stays orthonormal to 0.2 %
 ITERATIONS = 200
