@@ -241,7 +241,7 @@ def _leave(code: int) -> None:
     """End the process once ``main`` is done: its files are closed and workers joined, so only the output is
     flushed. The interpreter's own teardown collects the loaded models' whole object graph (2.7 s after an
     idle ``serve`` here, more on a loaded machine) and does nothing a finished process needs; a SIGTERM must
-    end the server well within the add-on's 5 s before SIGKILL (a CI run once saw that SIGKILL)."""
+    end the server well within the 5 s ``LocalServer.stop`` gives it before SIGKILL (a CI run saw that SIGKILL)."""
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -37,7 +37,7 @@ log = logging.getLogger("faceforge.server")
 
 BACKOFF = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0)  # seconds before the n-th start since it was last ready
 GRACE_SECONDS = 10.0  # a worker this late past its request's deadline or time limit is hung
-STOP_SECONDS = 3.0    # a stopping worker's time to finish its running stage (then killed): within the add-on's 5 s
+STOP_SECONDS = 3.0    # a stopping worker's time to finish its running stage (then killed): within LocalServer.stop's 5 s
 START_SECONDS = 300.0  # a restarted worker still loading its models after this long is hung: killed, retried
 
 

@@ -17,7 +17,7 @@ from .process import LocalServer
 
 STATUS_INTERVAL = 3.0   # seconds between server status probes
 STATUS_TIMEOUT = 2.0
-STOP_GRACE = 10.0       # seconds a stopping server gets to exit cleanly (torch teardown is slow) before SIGKILL
+STOP_GRACE = 10.0       # seconds a stopping server gets to exit cleanly before SIGKILL (it needs at most ~3 s)
 
 
 @dataclass
