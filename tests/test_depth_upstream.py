@@ -20,7 +20,7 @@ from .depth_upstream import (FIXTURE, NETWORK_INPUTS, OUTPUT_RESIZES, OUTPUT_STR
                              photo, published_weights, summary)
 
 torch.set_num_threads(2)
-TOLERANCE = 1e-4  # fp32 on the CPU; the defects this guards against were 2e-3 .. 0.19
+TOLERANCE = 5e-4  # fp32 on the CPU, whose kernels differ by instruction set (1.4e-4 seen); defects were 2e-3 .. 0.19
 
 
 @pytest.fixture(scope="module")
