@@ -321,8 +321,9 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
+    from inference_server.head.basis import ShapeBasis
     from inference_server.head.correspondence import LandmarkTable
-    from inference_server.head.fit import HeadFitConfig, ShapeBasis
+    from inference_server.head.fit import HeadFitConfig
     from inference_server.head.model import HeadModel
 
     torch.set_num_threads(2)

@@ -62,7 +62,8 @@ def main() -> None:
     from inference_server.cues import checkpoint
     from inference_server.cues.predict import CuesPredictor
     from inference_server.head.correspondence import LandmarkTable
-    from inference_server.head.fit import ShapeBasis, fit_head
+    from inference_server.head.basis import ShapeBasis
+    from inference_server.head.fit import fit_head
     from inference_server.head.model import HeadModel
     from inference_server.head.symmetry import mirror_of
 

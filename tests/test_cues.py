@@ -146,7 +146,8 @@ def test_dense_cues_in_the_fit_recover_shape_the_landmarks_miss(model, reader):
     and the network's own cues enter the fit (it changes the head) without breaking it."""
     from inference_server.cues.predict import CuesPredictor
     from inference_server.head.correspondence import LandmarkTable
-    from inference_server.head.fit import ShapeBasis, fit_head
+    from inference_server.head.basis import ShapeBasis
+    from inference_server.head.fit import fit_head
 
     table = LandmarkTable.load()
     basis = ShapeBasis(model, table, torch.device("cpu"))

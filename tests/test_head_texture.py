@@ -19,7 +19,7 @@ from inference_server.head.model import HeadModel
 from inference_server.head.sampling import sample_bilinear
 from inference_server.head.symmetry import mirror_of
 from inference_server.head.texels import interpolate, texel_map
-from inference_server.head.texture import DEFAULT_COLOURS, unwrap, vertex_fill
+from inference_server.head.texture import DEFAULT_COLOURS, photo_vertex_colours, unwrap, vertex_fill
 from tests import ict_fixtures as ict
 
 SIZE = 1024
@@ -194,8 +194,8 @@ def test_unwrap_recovers_a_known_texture_and_mirrors_the_hidden_side(model, turn
     assert hidden_cheek.sum() > 0.15 * face.sum()
     assert error[hidden_cheek].mean() < 6, error[hidden_cheek].mean()
     # ... and that came from the mirror: the smooth fill alone is far off there.
-    fill = interpolate(texels, vertex_fill(turned_head["photo"].astype(np.float32), turned_head["image_xy"],
-                                           turned_head["weight"], model))
+    colours = photo_vertex_colours(turned_head["photo"], turned_head["image_xy"])
+    fill = interpolate(texels, vertex_fill(colours, turned_head["weight"], model))
     assert np.abs(fill - truth)[hidden_cheek].mean() > 2 * error[hidden_cheek].mean()
 
 
@@ -248,3 +248,38 @@ def test_unwrap_refuses_malformed_input(model, case):
         weight = weight[:10]
     with pytest.raises(ValueError, match="photo must be|need image_xy"):
         unwrap(photo, xy, weight, model, 256)
+
+
+def _lopsided(points: np.ndarray) -> np.ndarray:
+    """A colouring that differs left and right (the mirror cannot guess one side from the other)."""
+    x, y = points[:, 0], points[:, 1]
+    return np.stack([150 + 70 * np.sin(200 * x + 0.8), 130 + 60 * np.sin(160 * y + 1), 120 + 60 * np.tanh(80 * x)],
+                    axis=1)
+
+
+def test_two_photos_from_either_side_texture_both_cheeks_and_match_their_exposure(model):
+    """Photos 40 degrees left and right (the second darker, as another shot would be): the fused atlas
+    shows each cheek from the photo that saw it, in the first photo's exposure, where one photo alone
+    can only mirror the cheek it did not see (wrong for a lopsided face)."""
+    from inference_server.head.texture import PhotoView, unwrap_views
+
+    views = []
+    for yaw, exposure in ((40, 1.0), (-40, 0.7)):
+        photo, image_xy, weight = _photograph(model, Camera(model, yaw=yaw), lambda p: _lopsided(p) * exposure)
+        views.append(PhotoView(photo, image_xy, weight))
+    fused, coverage = unwrap_views(views, model, SIZE)
+    single, _ = unwrap(views[0].photo_rgb, views[0].image_xy, views[0].weight, model, SIZE)
+    _save("head_two_views_texture.png", fused)
+    texels = texel_map(model, SIZE)
+    points = _texel_points(model, SIZE)[0]
+    truth = _lopsided(points)
+    face = atlas_of(model).face_region[texels.face] == REGION_INDEX["face"]
+    seen = face & (coverage.reshape(-1)[texels.texel] > 0.99)
+    error = lambda texture: np.abs(texture.reshape(-1, 3)[texels.texel].astype(float) - truth).mean(axis=1)  # noqa: E731
+    for side in (points[:, 0] > 0.03, points[:, 0] < -0.03):  # each cheek, away from the midline
+        assert (seen & side).sum() > 0.15 * face.sum()
+        assert error(fused)[seen & side].mean() < 8, error(fused)[seen & side].mean()
+    hidden_in_first = face & (points[:, 0] > 0.03) & seen
+    assert error(single)[hidden_in_first].mean() > 2 * error(fused)[hidden_in_first].mean()
+    centre = seen & (np.abs(points[:, 0]) < 0.01)  # both photos see it: blended, no exposure step
+    assert error(fused)[centre].mean() < 8, error(fused)[centre].mean()

@@ -12,7 +12,7 @@ the canonical head in the model's own frame.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ import torch
 from ..landmarks import EYE_RINGS, FACE_OVAL, SURFACE_LANDMARKS
 from .camera import FRONTAL, Camera
 from .correspondence import LandmarkTable, head_yaw_deg
+from .basis import ShapeBasis
 from .model import HeadModel
 
 IRIS = np.arange(468, 478)
@@ -49,6 +50,10 @@ class HeadFitConfig:
     dense_weight: float = 1.0
     dense_depth_weight: float = 0.0
     network_identity: float = 0.0
+    # Landmarks on skin facing the camera at a cosine below the first value are dropped, above the
+    # second kept whole (a ramp between); (0, 0) turns this off.
+    facing_ramp: tuple[float, float] = (0.05, 0.35)
+    beyond_table_power: float = 4.0  # landmark weights x (40 deg / |yaw|)^this past the table's last bin
     expression_l1: float = 2.0        # multiplies sum(exp_weights): most expressions stay at zero
     expression_l2: float = 0.5        # keeps the expression block well conditioned
     focal_log_sigma: float = 0.35     # prior on log(focal / default focal) when no focal is given
@@ -77,40 +82,6 @@ class HeadFit:
     def camera(self) -> Camera:
         """The photo's camera as fitted (e.g. for ``render.depth_map`` or ``render.overlay``)."""
         return Camera(self.focal, self.principal, self.image_size)
-
-
-class ShapeBasis:
-    """The model as torch tensors on ``device``: the full head (for the result) and its rows at
-    the landmarks (for the fit). Build once per model and device, reuse for every face."""
-
-    def __init__(self, model: HeadModel, table: LandmarkTable, device: torch.device):
-        deltas = np.concatenate([model.id_deltas, model.exp_deltas])                         # (153, V, 3)
-        self.device, self.table = device, table
-        self.identity_count = model.id_deltas.shape[0]
-        self.mean = torch.from_numpy(model.vertices.astype(np.float32)).to(device)           # (V, 3)
-        self.deltas = torch.from_numpy(deltas.reshape(len(deltas), -1)).to(device).float()   # (153, 3V)
-
-    def landmarks(self, yaw_deg: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean (478, 3) and basis (478, 3, 153) of the landmark points at this yaw."""
-        ids, weights = self.table.sampling(yaw_deg)
-        index = torch.from_numpy(ids).to(self.device)
-        weights = torch.from_numpy(weights).to(self.device)
-        mean = (weights[..., None] * self.mean[index]).sum(1)                                  # (L, 3)
-        columns = (index[..., None] * 3 + torch.arange(3, device=self.device)).reshape(len(ids), -1)
-        rows = self.deltas[:, columns].reshape(-1, len(ids), ids.shape[1], 3)                 # (153, L, k, 3)
-        basis = (weights[None, ..., None] * rows).sum(2).permute(1, 2, 0)                      # (L, 3, 153)
-        return mean, basis.contiguous()
-
-    def points(self, vertex_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean (N, 3) and basis (N, 3, 153) of the given vertices."""
-        index = torch.from_numpy(np.asarray(vertex_ids, np.int64)).to(self.device)
-        columns = (index[:, None] * 3 + torch.arange(3, device=self.device)).reshape(-1)
-        rows = self.deltas[:, columns].reshape(-1, len(index), 3).permute(1, 2, 0)
-        return self.mean[index], rows.contiguous()
-
-    def vertices(self, coeffs: torch.Tensor) -> torch.Tensor:
-        """(V, 3) head for stacked identity + expression coefficients."""
-        return self.mean + (coeffs @ self.deltas).reshape(-1, 3)
 
 
 def eye_distance(landmarks_px: np.ndarray) -> float:
@@ -169,6 +140,7 @@ class _Problem:
         if cues is not None:
             centre[:basis.identity_count] = config.network_identity * cues.identity
         self.landmark_count = len(landmarks_px)
+        self.outline = np.asarray(FACE_OVAL)
         self.groups = torch.from_numpy(np.concatenate(groups)).to(device)
         self.group_count = int(self.groups.max()) + 1
         self.observed = torch.tensor(np.concatenate(observed), dtype=torch.float32, device=device)
@@ -176,6 +148,7 @@ class _Problem:
         self.observed_depth = self._centred(torch.tensor(depth, dtype=torch.float32, device=device))
         self.depth_scale = torch.tensor(np.sqrt(np.concatenate(depth_weight)), dtype=torch.float32, device=device)
         self.prior_centre = torch.from_numpy(centre).to(device)
+        self.principal_px = tuple(principal)
         self.principal = torch.tensor(principal, dtype=torch.float32, device=device)
         self.sigma = config.landmark_sigma * eye_distance(landmarks_px)
         self.static_weight = torch.from_numpy(static).to(device)
@@ -206,9 +179,26 @@ class _Problem:
         pixels = focal * camera[:, :2] / camera[:, 2:] + self.principal
         return shape_basis, rotated, camera, focal, pixels
 
-    def robust_weights(self, pixels: torch.Tensor) -> torch.Tensor:
+    def robust_weights(self, state: _State, point_basis, yaw: float) -> torch.Tensor:
+        """Per-point weights: static, Geman-McClure by the current residual, and for the landmarks the
+        surface's facing (FaceMesh guesses points on skin turned away from the camera; the oval is an
+        outline by definition and keeps its weight)."""
+        _, _, camera, _, pixels = self.project(state, point_basis)
         error = torch.linalg.norm(pixels - self.observed, dim=1) / self.sigma
-        return self.static_weight / (1 + (error / self.config.robust_scale) ** 2) ** 2
+        weights = self.static_weight / (1 + (error / self.config.robust_scale) ** 2) ** 2
+        beyond = abs(yaw) / float(self.basis.table.yaw_bins[-1])  # past the table's yaws its places drift
+        if beyond > 1.0:
+            weights = torch.cat([weights[:self.landmark_count] / beyond ** self.config.beyond_table_power,
+                                 weights[self.landmark_count:]])
+        low, high = self.config.facing_ramp
+        if high <= low:
+            return weights
+        count = self.landmark_count
+        normals = self.basis.landmark_normals(yaw) @ state.rotation.T
+        rays = camera[:count] / torch.linalg.norm(camera[:count], dim=1, keepdim=True)
+        facing = ((-(normals * rays).sum(1) - low) / (high - low)).clamp(0.0, 1.0)
+        facing[torch.from_numpy(self.outline).to(facing.device)] = 1.0
+        return torch.cat([weights[:count] * facing, weights[count:]])
 
     def linearise(self, state: _State, landmark_basis, weights: torch.Tensor, jacobian: bool = True):
         """Stacked residual vector r and Jacobian J (or None) of the objective 1/2 |r|^2 + L1 term."""
@@ -312,55 +302,117 @@ def fit_head(model: HeadModel, landmarks_px: np.ndarray, image_size: tuple[int, 
     focal length (e.g. from EXIF, in pixels) is kept fixed. Pass ``basis`` to reuse the model's
     landmark basis across faces; ``cues`` (``inference_server.cues.predict.Cues``) adds the learned
     dense observations and the regressed identity."""
-    landmarks_px = np.asarray(landmarks_px, np.float64)
-    if landmarks_px.shape != (478, 3) or not np.isfinite(landmarks_px).all():
-        raise ValueError(f"landmarks must be a finite (478, 3) array, got {landmarks_px.shape}")
+    view = View(landmarks_px, image_size, focal_px, cues)
+    return fit_views(model, [view], config, device, table, basis)[0]
+
+
+@dataclass(frozen=True)
+class View:
+    """One photo of the person: its face's landmarks (see ``fit_head``), size, known focal, cues."""
+
+    landmarks_px: np.ndarray
+    image_size: tuple[int, int]
+    focal_px: float | None = None
+    cues: object = None
+
+
+def fit_views(model: HeadModel, views: list[View], config: HeadFitConfig = HeadFitConfig(),
+              device: torch.device = torch.device("cpu"), table: LandmarkTable | None = None,
+              basis: ShapeBasis | None = None) -> list[HeadFit]:
+    """One person seen in several photos: one identity fitted to all of them jointly, and a pose,
+    focal length and expression per photo (a single photo cannot fix depth; views from other sides
+    can). The fits share ``id_coeffs``; each is posed in its own photo's camera."""
+    if not views:
+        raise ValueError("no views to fit")
     basis = basis or ShapeBasis(model, table or LandmarkTable.load(), device)
-    default = Camera.default_for(tuple(image_size), focal_px)
-    principal, prior_focal = default.principal, default.focal
-    problem = _Problem(basis, landmarks_px, principal, config, prior_focal, focal_px is not None, cues)
-    rotation, translation = _initial_pose(basis, landmarks_px, prior_focal, principal)
-    state = _State(torch.tensor(rotation, dtype=torch.float32, device=device),
-                   torch.tensor(translation, dtype=torch.float32, device=device),
-                   torch.tensor(np.log(prior_focal), dtype=torch.float32, device=device),
-                   torch.zeros(basis.deltas.shape[0], device=device))
-    state, landmark_basis = _optimise(problem, state, config)
-    return _result(problem, state, landmark_basis, image_size, principal)
+    # The identity prior is one term of the whole objective, not one per photo.
+    shared = replace(config, identity_prior=config.identity_prior / len(views))
+    problems, states = [], []
+    for view in views:
+        landmarks_px = np.asarray(view.landmarks_px, np.float64)
+        if landmarks_px.shape != (478, 3) or not np.isfinite(landmarks_px).all():
+            raise ValueError(f"landmarks must be a finite (478, 3) array, got {landmarks_px.shape}")
+        default = Camera.default_for(tuple(view.image_size), view.focal_px)
+        problems.append(_Problem(basis, landmarks_px, default.principal, shared, default.focal,
+                                 view.focal_px is not None, view.cues))
+        rotation, translation = _initial_pose(basis, landmarks_px, default.focal, default.principal)
+        states.append(_State(torch.tensor(rotation, dtype=torch.float32, device=device),
+                             torch.tensor(translation, dtype=torch.float32, device=device),
+                             torch.tensor(np.log(default.focal), dtype=torch.float32, device=device),
+                             torch.zeros(basis.deltas.shape[0], device=device)))
+    states, bases = _optimise(problems, states, config)
+    return [_result(problem, state, point_basis, view.image_size, problem.principal_px)
+            for problem, state, point_basis, view in zip(problems, states, bases, views)]
 
 
-def _optimise(problem: _Problem, state: _State, config: HeadFitConfig):
-    """Levenberg-Marquardt with reweighting; the landmarks' places follow the current yaw."""
-    params = POSE_PARAMS + state.coeffs.numel()
+class _Layout:
+    """Where each photo's parameters sit in the joint step: every photo's pose (rotation increment,
+    translation, log focal), then the one identity, then every photo's expression (last, so the
+    [0, 1] box is one slice). With one photo this is the single fit's own order."""
+
+    def __init__(self, views: int, identity: int, expression: int, device: torch.device):
+        self.views, self.identity = views, identity
+        self.size = POSE_PARAMS * views + identity + expression * views
+        self.expression = slice(POSE_PARAMS * views + identity, None)
+        shared = np.arange(POSE_PARAMS * views, POSE_PARAMS * views + identity)
+        self.index = [torch.from_numpy(np.concatenate([np.arange(POSE_PARAMS * v, POSE_PARAMS * (v + 1)), shared,
+                                                       self.expression.start + expression * v + np.arange(expression)]))
+                      .to(device) for v in range(views)]
+
+    def values(self, states: list[_State]) -> torch.Tensor:
+        """Parameter values aligned with the step vector (pose entries are increments: zero)."""
+        device = states[0].coeffs.device
+        return torch.cat([torch.zeros(POSE_PARAMS * self.views, device=device), states[0].coeffs[:self.identity]]
+                         + [state.coeffs[self.identity:] for state in states])
+
+
+def _yaws(states: list[_State]) -> list[float]:
+    return [head_yaw_deg(state.rotation.cpu().numpy(), state.translation.cpu().numpy()) for state in states]
+
+
+def _optimise(problems: list[_Problem], states: list[_State], config: HeadFitConfig):
+    """Levenberg-Marquardt with reweighting over all photos at once; the landmarks' places follow
+    each photo's current yaw."""
+    device = states[0].coeffs.device
+    layout = _Layout(len(states), problems[0].basis.identity_count,
+                     states[0].coeffs.numel() - problems[0].basis.identity_count, device)
     damping = config.damping
+    yaws = _yaws(states)
+    bases = [problem.point_basis(yaw) for problem, yaw in zip(problems, yaws)]
     for iteration in range(config.iterations):
-        yaw = head_yaw_deg(state.rotation.cpu().numpy(), state.translation.cpu().numpy())
-        landmark_basis = problem.point_basis(yaw)
-        weights = problem.robust_weights(problem.project(state, landmark_basis)[-1])
-        free = torch.ones(params, dtype=torch.bool, device=state.coeffs.device)
+        if iteration:
+            yaws = _yaws(states)
+            bases = [problem.point_basis(yaw) for problem, yaw in zip(problems, yaws)]
+        weights = [problem.robust_weights(state, point_basis, yaw)
+                   for problem, state, point_basis, yaw in zip(problems, states, bases, yaws)]
+        free = torch.ones(layout.size, dtype=torch.bool, device=device)
         if iteration < config.rigid_iterations:
-            free[POSE_PARAMS:] = False
-        if problem.focal_fixed:
-            free[6] = False
-        residual, jacobian = problem.linearise(state, landmark_basis, weights)
-        gradient = jacobian.T @ residual
-        gradient[problem.expression] += config.expression_l1
-        hessian = jacobian.T @ jacobian
-        current = problem.cost(state, landmark_basis, weights)
+            free[POSE_PARAMS * layout.views:] = False
+        for view, problem in enumerate(problems):
+            if problem.focal_fixed:
+                free[POSE_PARAMS * view + 6] = False
+        hessian = torch.zeros(layout.size, layout.size, device=device)
+        gradient = torch.zeros(layout.size, device=device)
+        for problem, state, point_basis, weight, index in zip(problems, states, bases, weights, layout.index):
+            residual, jacobian = problem.linearise(state, point_basis, weight)
+            hessian[index[:, None], index[None, :]] += jacobian.T @ jacobian
+            gradient[index] += jacobian.T @ residual
+        gradient[layout.expression] += config.expression_l1
+
+        def cost(candidates: list[_State]) -> float:
+            return sum(problem.cost(state, point_basis, weight)
+                       for problem, state, point_basis, weight in zip(problems, candidates, bases, weights))
+
+        current = cost(states)
         for _ in range(4):
             damped = hessian + damping * torch.diag(torch.diagonal(hessian).clamp(min=1e-6))
-            step = _bounded_step(damped, gradient, _values(state), free,
-                                 problem.expression)
-            candidate = state.moved(step)
-            if problem.cost(candidate, landmark_basis, weights) <= current:
-                state, damping = candidate, max(damping / 3, 1e-7)
+            step = _bounded_step(damped, gradient, layout.values(states), free, layout.expression)
+            candidates = [state.moved(step[index]) for state, index in zip(states, layout.index)]
+            if cost(candidates) <= current:
+                states, damping = candidates, max(damping / 3, 1e-7)
                 break
             damping *= 10
-    return state, landmark_basis
-
-
-def _values(state: _State) -> torch.Tensor:
-    """Parameter values aligned with the step vector (pose entries are increments: zero)."""
-    return torch.cat([torch.zeros(POSE_PARAMS, device=state.coeffs.device), state.coeffs])
+    return states, bases
 
 
 def _result(problem: _Problem, state: _State, landmark_basis, image_size, principal) -> HeadFit:

@@ -12,9 +12,9 @@ the model shares — topology, atlas UVs, expression deltas — is ``model_array
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import hashlib
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -23,8 +23,9 @@ from addon.wire.errors import ErrorCode, ProtocolError
 
 from ..detail import detail_map
 from .camera import Camera
+from .basis import ShapeBasis
 from .correspondence import LandmarkTable
-from .fit import HeadFit, HeadFitConfig, ShapeBasis, fit_head
+from .fit import HeadFit, HeadFitConfig, View, fit_head, fit_views
 from .model import HeadModel
 from .photo_landmarks import crop_to_photo
 from .photo_regions import SkinRegions
@@ -32,7 +33,7 @@ from .photometric import refine_head
 from .raster import project, rasterize, vertex_facing, vertex_normals, vertex_visibility
 from .render import FRONT_FACING, depth_map, drawn_faces
 from .sh import rotate as rotate_sh
-from .texture import unwrap
+from .texture import PhotoView, unwrap, unwrap_views
 from .topology import KEPT_VERTICES, MATERIALS, to_blender, topology
 
 VISIBILITY_MAX_SIDE = 1024   # the z-buffer for texture visibility is at most this many pixels across
@@ -43,6 +44,17 @@ CAMERA_TO_BLENDER = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]
 MODEL_TO_BLENDER = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
 
 StageReport = Callable[[str, str], None]  # (stage, text): may raise ProtocolError(cancelled)
+
+
+@dataclass(frozen=True)
+class PersonPhoto:
+    """One of several photos of a person: the photo, FaceMesh's 478 points in its face crop, the crop's
+    transform, and the focal length from its EXIF (None: fitted)."""
+
+    rgb: np.ndarray
+    points_crop: np.ndarray
+    to_crop: np.ndarray
+    focal_px: float | None = None
 
 
 class HeadReconstructor:
@@ -79,14 +91,7 @@ class HeadReconstructor:
         """Arrays (``HEAD_ARRAYS``) and meta of one face; ``points_crop`` are FaceMesh's 478 points.
         ``focal_px`` (from EXIF) is kept fixed by the fit; without it the fit estimates the focal."""
         landmarks_px = crop_to_photo(points_crop, to_crop)
-        cues = None
-        if config.shape_cues == "network":
-            if self.cues is None:
-                raise ProtocolError(ErrorCode.NO_MODEL, "shape_cues 'network' needs the cues network's weights, "
-                                    "which this server could not load (see its log; `python -m inference_server "
-                                    "model install CHECKPOINT` installs one)")
-            stage("cues", "reading the face's shape")
-            cues = self.cues(rgb, landmarks_px)
+        cues = self._cues([rgb], [landmarks_px], config, stage)[0]
         stage("fit", "fitting the head model")
         fit = fit_head(self.model, landmarks_px, rgb.shape[:2], self.fit_config, self.device, focal_px=focal_px,
                        basis=self.basis, cues=cues)
@@ -112,13 +117,65 @@ class HeadReconstructor:
             texture, coverage = unwrap(rgb, image_xy, weight, self.model, atlas_side, skin=skin)
             extra_meta = {"texture_coverage": round(float(coverage.mean()), 4)}
         detail = detail_map(texture, config.detail_sigma, [], atlas_side * 0.75)
-        stage("depth", "rendering the depth map")
-        depth, mask, _ = depth_map(fit.posed_vertices, drawn_faces(self.model), camera, config.depth_size)
-        depth = np.where(mask, depth[mask].max(initial=0.0) - depth, 0.0).astype(np.float32)
+        depth, mask = self._depth(fit, camera, config, stage)
         arrays = self.arrays(fit, landmarks_px, texture, detail, depth, mask, displacement) | extra_arrays
         meta = self.meta(fit, camera, config.shape_cues) | {"detail_unit": "luminance"} | extra_meta
         meta["camera"]["focal_source"] = "exif" if focal_px else "fitted"
         return arrays, meta
+
+    def reconstruct_views(self, photos: list[PersonPhoto], config, stage: StageReport) -> tuple[dict, dict]:
+        """One head from several photos of one person: one identity fitted to all of them (``fit_views``),
+        the texture blended from every photo that sees each texel (``unwrap_views``), posed, lit and
+        depth-mapped as the first photo shows it. Photometric refinement needs one photo's lighting, so
+        the texture here is the photos' colour as lit (``meta["refine"]`` says so)."""
+        landmarks = [crop_to_photo(photo.points_crop, photo.to_crop) for photo in photos]
+        cues = self._cues([photo.rgb for photo in photos], landmarks, config, stage)
+        stage("fit", f"fitting one head to {len(photos)} photos")
+        fits = fit_views(self.model, [View(marks, photo.rgb.shape[:2], photo.focal_px, cue)
+                                      for photo, marks, cue in zip(photos, landmarks, cues)],
+                         self.fit_config, self.device, basis=self.basis)
+        stage("texture", f"blending {len(photos)} photos onto the head")
+        views, cameras = [], []
+        for photo, marks, fit in zip(photos, landmarks, fits):
+            camera = Camera(fit.focal, fit.principal, photo.rgb.shape[:2])
+            skin = self.regions.weight(photo.rgb, marks, self.photo_positions(fit.posed_vertices, camera))
+            image_xy, weight = self.seen_from_camera(fit.posed_vertices, camera)
+            views.append(PhotoView(photo.rgb, image_xy, weight, skin))
+            cameras.append(camera)
+        atlas_side = min(MAX_ATLAS, 2 * config.texture_size)
+        texture, coverage = unwrap_views(views, self.model, atlas_side)
+        detail = detail_map(texture, config.detail_sigma, [], atlas_side * 0.75)
+        depth, mask = self._depth(fits[0], cameras[0], config, stage)
+        arrays = self.arrays(fits[0], landmarks[0], texture, detail, depth, mask)
+        meta = self.meta(fits[0], cameras[0], config.shape_cues) | {"detail_unit": "luminance"}
+        meta["camera"]["focal_source"] = "exif" if photos[0].focal_px else "fitted"
+        meta["texture_coverage"] = round(float(coverage.mean()), 4)
+        meta["refine"] = "off: several photos (the texture is their colour as lit)"
+        meta["photos"] = []
+        for number, (photo, fit, camera) in enumerate(zip(photos, fits, cameras), 1):
+            own = self.meta(fit, camera, config.shape_cues)  # each photo's pose and camera, as the head's are said
+            own["camera"]["focal_source"] = "exif" if photo.focal_px else "fitted"
+            meta["photos"].append({"photo": number, "pose": own["pose"], "camera": own["camera"],
+                                   "landmark_error_eye_pct": round(fit.residual_eye_pct, 3),
+                                   "expression_weights": [round(float(w), 4) for w in fit.exp_weights]})
+        return arrays, meta
+
+    def _cues(self, photos: list[np.ndarray], landmarks: list[np.ndarray], config, stage: StageReport) -> list:
+        """The cues network's dense cues per photo with ``shape_cues network``, else None per photo."""
+        if config.shape_cues != "network":
+            return [None] * len(photos)
+        if self.cues is None:
+            raise ProtocolError(ErrorCode.NO_MODEL, "shape_cues 'network' needs the cues network's weights, "
+                                "which this server could not load (see its log; `python -m inference_server "
+                                "model install CHECKPOINT` installs one)")
+        stage("cues", "reading the face's shape")
+        return [self.cues(rgb, marks) for rgb, marks in zip(photos, landmarks)]
+
+    def _depth(self, fit: HeadFit, camera: Camera, config, stage: StageReport) -> tuple[np.ndarray, np.ndarray]:
+        """The fitted head's depth map in the photo's camera: nearness, zero off the head."""
+        stage("depth", "rendering the depth map")
+        depth, mask, _ = depth_map(fit.posed_vertices, drawn_faces(self.model), camera, config.depth_size)
+        return np.where(mask, depth[mask].max(initial=0.0) - depth, 0.0).astype(np.float32), mask
 
     @staticmethod
     def lighting_meta(refined) -> dict:

@@ -68,22 +68,53 @@ def unwrap(photo_rgb: np.ndarray, image_xy: np.ndarray, weight: np.ndarray, mode
     (``photo_regions``): how much each photo pixel shows the head's own skin; the photo's colour
     counts only that much, per vertex (what spreads into the fill) and per texel.
     """
-    image_xy, weight = _check_inputs(photo_rgb, image_xy, weight, model)
-    if skin is not None:
-        weight = weight * skin.at(image_xy)
+    return unwrap_views([PhotoView(photo_rgb, image_xy, weight, skin)], model, size, config)
+
+
+@dataclass(frozen=True)
+class PhotoView:
+    """One photo of the head for ``unwrap_views``: the arguments of ``unwrap`` of the same names."""
+
+    photo_rgb: np.ndarray
+    image_xy: np.ndarray
+    weight: np.ndarray
+    skin: "PhotoWeight | None" = None
+
+
+def unwrap_views(views: list[PhotoView], model: "HeadModel", size: int = 1024,
+                 config: UnwrapConfig = UnwrapConfig()) -> tuple[np.ndarray, np.ndarray]:
+    """``unwrap`` for several photos of one head: each texel blends the photos that show it, weighted by
+    how squarely each sees it (so seams fade over the angle between the views), after each photo's
+    colour is matched to the first's where both see the skin; the mirror and the fill take over only
+    where no photo saw the texel."""
     texels = texel_map(model, size)
-    texel_xy = interpolate(texels, image_xy.astype(np.float32))
-    alpha = _photo_alpha(weight, texels, config)
-    if skin is not None:
-        alpha = alpha * skin.at(texel_xy)
-    photo = photo_rgb.astype(np.float32)
-    seen = sample_bilinear(photo, texel_xy)                                                 # (N, 3)
+    colours, alphas, blends, vertex_colours, vertex_weights = [], [], [], [], []
+    for view in views:
+        image_xy, weight = _check_inputs(view.photo_rgb, view.image_xy, view.weight, model)
+        if view.skin is not None:
+            weight = weight * view.skin.at(image_xy)
+        texel_xy = interpolate(texels, image_xy.astype(np.float32))
+        alpha = _photo_alpha(weight, texels, config)
+        if view.skin is not None:
+            alpha = alpha * view.skin.at(texel_xy)
+        photo = view.photo_rgb.astype(np.float32)
+        colours.append(sample_bilinear(photo, texel_xy))                                     # (N, 3)
+        alphas.append(alpha)
+        blends.append(alpha * interpolate(texels, weight[:, None])[:, 0] ** 2)
+        vertex_colours.append(photo_vertex_colours(photo, image_xy, config))
+        vertex_weights.append(weight)
+    gains = _colour_gains(colours, alphas)
+    total = np.maximum(np.sum(blends, axis=0), 1e-12)
+    seen = sum(gain * colour * (blend / total)[:, None] for gain, colour, blend in zip(gains, colours, blends))
+    alpha = np.max(alphas, axis=0)
     seen_image = np.zeros((size * size, 4), np.float32)
     seen_image[texels.texel, :3] = seen * alpha[:, None]
     seen_image[texels.texel, 3] = alpha
     mirrored = sample_bilinear(seen_image.reshape(size, size, 4), texels.mirror_xy)     # premultiplied colour, alpha
     mirror_alpha = mirrored[:, 3:]
-    fill = interpolate(texels, vertex_fill(photo, image_xy, weight, model, config))
+    best = np.argmax(vertex_weights, axis=0)                                             # per vertex: the squarest view
+    vertex_colour = np.stack([gains[v] * vertex_colours[v] for v in range(len(views))])[best, np.arange(len(best))]
+    fill = interpolate(texels, vertex_fill(vertex_colour, np.max(vertex_weights, axis=0), model, config))
     # photo where seen, else the mirror texel where that was seen, else the fill
     colour = seen_image[texels.texel, :3] + (1 - alpha[:, None]) * (mirrored[:, :3] + (1 - mirror_alpha) * fill)
     texture = np.zeros((size * size, 3), np.float32)
@@ -92,6 +123,20 @@ def unwrap(photo_rgb: np.ndarray, image_xy: np.ndarray, weight: np.ndarray, mode
     coverage[texels.texel] = alpha
     texture = texture[texels.nearest]                                           # fill gutters
     return np.clip(texture + 0.5, 0, 255).astype(np.uint8).reshape(size, size, 3), coverage.reshape(size, size)
+
+
+def _colour_gains(colours: list[np.ndarray], alphas: list[np.ndarray], min_texels: int = 200) -> list[np.ndarray]:
+    """Per photo, RGB gains onto the first photo's colours (exposure and white balance differ between
+    shots): the median ratio over texels both see well; 1 where they share too few."""
+    gains = [np.ones(3, np.float32)]
+    for colour, alpha in zip(colours[1:], alphas[1:]):
+        shared = (alpha > 0.9) & (alphas[0] > 0.9)
+        if shared.sum() < min_texels:
+            gains.append(np.ones(3, np.float32))
+            continue
+        ratio = (colours[0][shared] + 1.0) / (colour[shared] + 1.0)
+        gains.append(np.clip(np.median(ratio, axis=0), 0.5, 2.0).astype(np.float32))
+    return gains
 
 
 def _check_inputs(photo_rgb, image_xy, weight, model) -> tuple[np.ndarray, np.ndarray]:
@@ -121,13 +166,19 @@ def _photo_alpha(weight: np.ndarray, texels, config: UnwrapConfig) -> np.ndarray
     return np.minimum(alpha, soft.reshape(-1)[texels.texel] * 2)  # fade in over a few texels: no jagged edges
 
 
-def vertex_fill(photo: np.ndarray, image_xy: np.ndarray, weight: np.ndarray, model: "HeadModel",
+def photo_vertex_colours(photo: np.ndarray, image_xy: np.ndarray, config: UnwrapConfig = UnwrapConfig()) -> np.ndarray:
+    """(V, 3) float32 photo colour under each vertex, blurred a little (noise, not detail): ``vertex_fill``'s input."""
+    blurred = cv2.GaussianBlur(np.asarray(photo, np.float32), (0, 0), config.vertex_blur_px)
+    return sample_bilinear(blurred, np.asarray(image_xy, np.float32))
+
+
+def vertex_fill(colour: np.ndarray, weight: np.ndarray, model: "HeadModel",
                 config: UnwrapConfig = UnwrapConfig()) -> np.ndarray:
-    """(V, 3) float32 smooth colours: seen (and mirror-seen) vertices diffused within their colour
-    class, relaxing to the class default away from them."""
+    """(V, 3) float32 smooth colours from the seen vertices' (blurred) photo ``colour`` and their
+    ``weight``: seen (and mirror-seen) vertices diffused within their colour class, relaxing to the
+    class default away from them."""
     classes, names = _vertex_classes(model)
-    blurred = cv2.GaussianBlur(photo, (0, 0), config.vertex_blur_px)
-    colour = sample_bilinear(blurred, image_xy.astype(np.float32))
+    colour = np.array(colour, np.float32)
     confidence = np.where(weight >= config.full_weight, 1.0, 0.0)
     mirror = mirror_of(model)
     borrowed = (confidence == 0) & mirror.matched & (confidence[mirror.index] > 0)

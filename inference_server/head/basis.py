@@ -1,0 +1,59 @@
+"""The morphable head as torch tensors for the fit: the full head and its rows at the points observed."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .correspondence import LandmarkTable
+from .model import HeadModel
+
+
+class ShapeBasis:
+    """The model as torch tensors on ``device``: the full head (for the result) and its rows at
+    the landmarks (for the fit). Build once per model and device, reuse for every face."""
+
+    def __init__(self, model: HeadModel, table: LandmarkTable, device: torch.device):
+        deltas = np.concatenate([model.id_deltas, model.exp_deltas])                         # (153, V, 3)
+        self.device, self.table = device, table
+        self.identity_count = model.id_deltas.shape[0]
+        self.mean = torch.from_numpy(model.vertices.astype(np.float32)).to(device)           # (V, 3)
+        self.normals = _vertex_normals(model.vertices, model.faces)                           # (V, 3) numpy
+        self.deltas = torch.from_numpy(deltas.reshape(len(deltas), -1)).to(device).float()   # (153, 3V)
+
+    def landmarks(self, yaw_deg: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean (478, 3) and basis (478, 3, 153) of the landmark points at this yaw."""
+        ids, weights = self.table.sampling(yaw_deg)
+        index = torch.from_numpy(ids).to(self.device)
+        weights = torch.from_numpy(weights).to(self.device)
+        mean = (weights[..., None] * self.mean[index]).sum(1)                                  # (L, 3)
+        columns = (index[..., None] * 3 + torch.arange(3, device=self.device)).reshape(len(ids), -1)
+        rows = self.deltas[:, columns].reshape(-1, len(ids), ids.shape[1], 3)                 # (153, L, k, 3)
+        basis = (weights[None, ..., None] * rows).sum(2).permute(1, 2, 0)                      # (L, 3, 153)
+        return mean, basis.contiguous()
+
+    def landmark_normals(self, yaw_deg: float) -> torch.Tensor:
+        """(478, 3) unit normals of the mean head at the landmark points at this yaw (model frame)."""
+        ids, weights = self.table.sampling(yaw_deg)
+        normals = np.einsum("lk,lkd->ld", weights, self.normals[ids])
+        normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-9)
+        return torch.from_numpy(normals.astype(np.float32)).to(self.device)
+
+    def points(self, vertex_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean (N, 3) and basis (N, 3, 153) of the given vertices."""
+        index = torch.from_numpy(np.asarray(vertex_ids, np.int64)).to(self.device)
+        columns = (index[:, None] * 3 + torch.arange(3, device=self.device)).reshape(-1)
+        rows = self.deltas[:, columns].reshape(-1, len(index), 3).permute(1, 2, 0)
+        return self.mean[index], rows.contiguous()
+
+    def vertices(self, coeffs: torch.Tensor) -> torch.Tensor:
+        """(V, 3) head for stacked identity + expression coefficients."""
+        return self.mean + (coeffs @ self.deltas).reshape(-1, 3)
+
+
+def _vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    corners = vertices[faces]
+    face_normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])  # area-weighted
+    normals = np.zeros_like(vertices, dtype=np.float64)
+    for k in range(faces.shape[1]):
+        np.add.at(normals, faces[:, k], face_normals)
+    return normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
