@@ -74,8 +74,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="serve a non-loopback address without authentication or encryption")
     limits.add_arguments(serve)
     options.add_arguments(serve, serve_options(), title="request defaults (max_pixels: the most a request may ask for)")
-    recon = commands.add_parser("reconstruct", help="reconstruct the face(s) in one photo", epilog=EXIT_HELP)
-    recon.add_argument("photo", type=Path)
+    recon = commands.add_parser("reconstruct", help="reconstruct the face(s) in one photo, or one head from "
+                                "several photos of one person", epilog=EXIT_HELP)
+    recon.add_argument("photos", nargs="+", type=Path, metavar="PHOTO",
+                       help="a photo; several photos of one person (head mode) make one head fitted to all of them")
     recon.add_argument("-o", "--output", type=Path, help="OUT.obj | OUT.ply | OUT.npz (one file per face with --face all)")
     options.add_arguments(recon, request_options(), title="reconstruction options (default: the server's)")
     recon.add_argument("--server", help="use a running server at this address instead of loading models here")
@@ -172,6 +174,7 @@ def _keys(args) -> int:
 
 
 def _reconstruct(args) -> int:
+    from addon.batch.inputs import read_photo
     from addon.wire.errors import ProtocolError
 
     from . import exporters
@@ -179,16 +182,19 @@ def _reconstruct(args) -> int:
     if args.output and args.output.suffix.lower() not in exporters.SUFFIXES:
         print(f"error: unsupported output {args.output.suffix!r}; use one of {', '.join(exporters.SUFFIXES)}", file=sys.stderr)
         return Exit.USAGE
-    try:
-        data = args.photo.read_bytes()
-    except OSError as exc:
-        print(f"error: cannot read {args.photo}: {exc.strerror}", file=sys.stderr)
-        return Exit.BAD_INPUT
+    photos = []
+    for path in args.photos:
+        try:
+            photos.append(read_photo(path))  # regular files of bounded size only, never blocking on a FIFO
+        except OSError as exc:
+            print(f"error: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
+            return Exit.BAD_INPUT
+    named = args.photos[0] if len(photos) == 1 else ", ".join(map(str, args.photos))
     request = options.given(args, request_options())
     try:
-        faces, meta = (_through_server if args.server else _in_process)(args, data, request)
+        faces, meta = (_through_server if args.server else _in_process)(args, photos, request)
     except ProtocolError as err:
-        print(f"error: {args.photo}: {err.message}", file=sys.stderr)
+        print(f"error: {named}: {err.message}", file=sys.stderr)
         return exit_for(err.code)
     outputs = []
     if args.output:
@@ -200,7 +206,8 @@ def _reconstruct(args) -> int:
         except OSError as exc:
             print(f"error: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
             return Exit.FAILED
-    summary = {"photo": str(args.photo), "image_size": meta.get("image_size"), "faces_detected": meta.get("faces_detected"),
+    summary = {"photo": str(args.photos[0]), "photos": [str(path) for path in args.photos],
+               "image_size": meta.get("image_size"), "faces_detected": meta.get("faces_detected"),
                "faces": [{"index": i, "vertices": int(len(a["vertices"])),
                           "triangles": int(len(exporters.polygons(a).triangles()))} for i, a in faces],
                "timings_ms": meta.get("timings_ms"), "outputs": outputs}
@@ -214,17 +221,17 @@ def _reconstruct(args) -> int:
     return Exit.OK
 
 
-def _in_process(args, data: bytes, request: dict):
+def _in_process(args, photos: list[bytes], request: dict):
     from .pipeline import FacePipeline, resolve_device
 
     from .head.store import find_model
 
     pipeline = FacePipeline(resolve_device(args.device), head_model=find_model())
-    result = pipeline.reconstruct(data, request)
+    result = pipeline.reconstruct(photos, request)
     return [(face.index, pipeline.whole_arrays(face)) for face in result.faces], result.meta
 
 
-def _through_server(args, data: bytes, request: dict):
+def _through_server(args, photos: list[bytes], request: dict):
     from addon.wire.client import Client
     from addon.wire.errors import ErrorCode, ProtocolError
 
@@ -233,7 +240,7 @@ def _through_server(args, data: bytes, request: dict):
     except security.KeyFileError as exc:
         raise ProtocolError(ErrorCode.BAD_REQUEST, str(exc)) from None
     with Client(args.server, timeout=args.timeout, keys=keys) as client:
-        result = client.reconstruct(data, request)
+        result = client.reconstruct(photos, request)
     return [(face.index, face.arrays) for face in result.faces], result.meta
 
 

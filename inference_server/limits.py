@@ -71,6 +71,19 @@ class RequestLimits:
                             f"about {per_face / MB:.0f} MB, over this server's limit of {self.reply_bytes / MB:.0f} MB")
 
 
+def check_photo_count(count: int, config, head: bool) -> None:
+    """Several photos of one person make one head: at most ``max_photos`` of them, and only in head mode."""
+    if count > config.max_photos:
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"the request carries {count} photos; this server's limit is "
+                                                 f"{config.max_photos} (max_photos)")
+    if count > 1 and config.face == "all":
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "several photos of one person make one head: choose one face per "
+                                                   "photo (face largest or an index), not 'all'")
+    if count > 1 and not head:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{count} photos of one person make one head: that needs geometry "
+                                                   "head (auto with a head model installed), not the face mesh")
+
+
 def _costs(config, head: bool) -> dict:
     """Reply bytes per face by the option that sets them."""
     if head:

@@ -13,7 +13,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from .depth.backend import DepthNetworks, DepthSettings
 from .detection import Detection, FaceDetector
 from .face_geometry import FACE_WIDTH_M, FaceGeometry
 from .image_loading import exif_focal_px, load_rgb
+from .limits import check_photo_count
 
 
 class UnusableHeadModel(ProtocolError):
@@ -155,11 +156,18 @@ class FacePipeline:
             return face.arrays
         return {**self.head.model_arrays, **face.arrays}
 
-    def reconstruct(self, image: bytes | memoryview, params: Mapping | None = None, *,
+    def reconstruct(self, image: bytes | memoryview | Sequence, params: Mapping | None = None, *,
                     config: ReconstructionConfig | None = None, report: Reporter = _no_report) -> Result:
-        """``config`` when the caller validated the options already (the server's I/O thread), else ``params``."""
+        """``config`` when the caller validated the options already (the server's I/O thread), else ``params``.
+        ``image``: one photo's bytes, or a list of photos of one person (one head fitted to all of them)."""
         config = config or self.defaults.with_params(params or {})
         geometry = request_geometry(config, self.head is not None)
+        if not isinstance(image, (bytes, bytearray, memoryview)):
+            photos = list(image)
+            check_photo_count(len(photos), config, geometry == "head")
+            if len(photos) > 1:
+                return self._reconstruct_person(photos, config, report)
+            image = photos[0]
         if geometry == "face":
             self.depth_networks.checkpoint(config)  # an uninstalled depth model fails before any work
         timer = Timer()
@@ -187,6 +195,46 @@ class FacePipeline:
                 "skipped_faces": skipped, "timings_ms": timer.as_ms(), "config": options.as_dict(config)}
         return Result(faces=faces, meta=meta)
 
+    def _reconstruct_person(self, photos: list, config: ReconstructionConfig, report: Reporter) -> Result:
+        """Several photos of one person -> one head: each photo's chosen face located (errors name the
+        photo), then ``HeadReconstructor.reconstruct_views``."""
+        from .head.reconstruct import PersonPhoto
+
+        timer, found, count = Timer(), [], len(photos)
+        for number, image in enumerate(photos, 1):
+            report("load", f"reading photo {number}/{count}", DETECTED_AT * (number - 1) / count, 0, 0)
+            with _naming_the_photo(number, count), timer.stage("load"):
+                rgb = load_rgb(image, config.max_pixels)
+                focal = exif_focal_px(image, rgb.shape[:2])
+            report("detect", f"finding the face in photo {number}/{count}", DETECTED_AT * (number - 0.5) / count, 0, 0)
+            with _naming_the_photo(number, count):
+                with timer.stage("detect"):
+                    detections = self.detector.detect(rgb, config.detect_max_side, config.min_face_score,
+                                                      config.min_face_fraction)
+                ((index, detection),) = select_faces(detections, config.face)
+                with timer.stage("align"):
+                    to_crop = alignment.crop_transform(detection, config.texture_size, config.crop_margin)
+                    crop = alignment.warp(rgb, to_crop, config.texture_size)
+                with timer.stage("landmarks"):
+                    points = self.landmarker.locate(crop)
+                if points is None:
+                    raise ProtocolError(ErrorCode.NO_FACE, "a face was detected but its landmarks could not be "
+                                                           "located; try a sharper, more frontal photo")
+            found.append((PersonPhoto(rgb, points, to_crop, focal), index, detection, len(detections)))
+        progress = FaceProgress(timer, report, 0, 1, STAGES["head"][2:])
+        try:
+            arrays, meta = self.head.reconstruct_views([photo for photo, *_ in found], config, progress)
+        finally:
+            progress.close()
+        first, index, detection, detected = found[0]
+        meta = {"index": index, "box": detection.box.round(2).tolist(), "score": round(detection.score, 5),
+                "points5": detection.points.round(2).tolist(),
+                "crop_to_image": alignment.invert(first.to_crop).tolist(), **meta}
+        result_meta = {"image_size": [int(first.rgb.shape[1]), int(first.rgb.shape[0])], "faces_detected": detected,
+                       "skipped_faces": [], "photos": count, "timings_ms": timer.as_ms(),
+                       "config": options.as_dict(config)}
+        return Result(faces=[FaceResult(index=index, meta=meta, arrays=arrays)], meta=result_meta)
+
     def _reconstruct_face(self, rgb, detection: Detection, index: int, config: ReconstructionConfig,
                           geometry: str, progress: FaceProgress, focal: float | None = None) -> FaceResult | None:
         size = config.texture_size
@@ -205,6 +253,15 @@ class FacePipeline:
                 "points5": detection.points.round(2).tolist(),
                 "crop_to_image": alignment.invert(to_crop).tolist(), **meta}
         return FaceResult(index=index, meta=meta, arrays=arrays)
+
+
+@contextmanager
+def _naming_the_photo(number: int, count: int):
+    """A photo's own error (unreadable, no face ...) says which of the request's photos it is."""
+    try:
+        yield
+    except ProtocolError as err:
+        raise ProtocolError(err.code, f"photo {number} of {count}: {err.message}") from None
 
 
 def face_arrays(crop: np.ndarray, points: np.ndarray, to_crop: np.ndarray, config: ReconstructionConfig,

@@ -41,7 +41,7 @@ from . import __version__
 from .config import ReconstructionConfig, ServerConfig
 from .log_limits import RateLimitedLog, log_internal_error
 from .connections import ConnectionGuard, descriptor_budget
-from .limits import MB, face_reply_bytes
+from .limits import MB, check_photo_count, face_reply_bytes
 from .security import ZapHandler, check_bind, is_loopback
 from .unread import UnreadReplies
 from .worker_pool import STOP_SECONDS, Job, ProcessWorker, ThreadWorker, WorkerPool
@@ -274,12 +274,10 @@ class InferenceServer:
             return False
 
     def _enqueue(self, identity: bytes, message: protocol.Message) -> None:
-        image = message.payloads.get("image")
-        if not isinstance(image, memoryview):
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "reconstruct needs an 'image' frame of kind 'bytes' holding "
-                                                       "the photo file (JPEG, PNG, WebP, BMP or TIFF)")
+        photos = protocol.photo_frames(message.payloads)
         config = self.defaults.with_params(message.params)
         self.limits.check(config, gets_head(config, self._pool.info))
+        check_photo_count(len(photos), config, gets_head(config, self._pool.info))
         self._check_unread(identity, face_reply_bytes(config, gets_head(config, self._pool.info)))
         timeout_ms = message.header.get("timeout_ms")
         deadline = time.monotonic() + (timeout_ms / 1000 if timeout_ms else float("inf"))

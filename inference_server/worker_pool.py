@@ -62,7 +62,7 @@ class Job:
         left = self.deadline - time.monotonic()
         header = {"seq": self.seq, "id": self.message.id, "config": options.as_dict(self.config),
                   "seconds_left": None if left == float("inf") else left, "cancelled": self.cancelled}
-        return [b"job", json.dumps(header).encode(), self.message.payloads["image"]]
+        return [b"job", json.dumps(header).encode(), *protocol.photo_frames(self.message.payloads)]
 
 
 

@@ -107,7 +107,8 @@ class JobRunner:
                 return
             if kind.bytes == b"job":
                 job = self._job(json.loads(frames[0].bytes))
-                protocol.send_frames(self.socket, self._run(job, frames[1].buffer), prefix=[b"reply"])
+                protocol.send_frames(self.socket, self._run(job, [frame.buffer for frame in frames[1:]]),
+                                     prefix=[b"reply"])
             # else: a cancel for a job that already finished
 
     def _job(self, header: dict) -> RunningJob:
@@ -124,7 +125,7 @@ class JobRunner:
                 job.cancelled = True
                 self.stopping = self.stopping or kind == b"stop"
 
-    def _run(self, job: RunningJob, image: memoryview) -> list:
+    def _run(self, job: RunningJob, photos: list[memoryview]) -> list:
         def report(stage: str, text: str, fraction: float, face: int, faces: int) -> None:
             self._read_control(job)
             job.check(stage)
@@ -135,7 +136,8 @@ class JobRunner:
         try:
             job.check("load")  # a request cancelled while it waited costs nothing
             job.started = time.monotonic()
-            result = self.pipeline.reconstruct(image, config=job.config, report=report)
+            result = self.pipeline.reconstruct(photos[0] if len(photos) == 1 else photos, config=job.config,
+                                               report=report)
             payloads = {}
             for face in result.faces:
                 payloads.update(protocol.face_payloads(face.index, face.arrays))

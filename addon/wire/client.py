@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import zmq
@@ -156,11 +156,13 @@ class Client:
     def info(self, timeout: float | None = None) -> dict:
         return self.call("info", timeout=timeout).result
 
-    def reconstruct(self, image: bytes, options: Mapping | None = None, *, timeout: float | None = None,
-                    cancel: threading.Event | None = None,
+    def reconstruct(self, image: bytes | Sequence[bytes], options: Mapping | None = None, *,
+                    timeout: float | None = None, cancel: threading.Event | None = None,
                     on_progress: Callable[[dict], None] | None = None) -> "Reconstruction":
-        reply = self.call("reconstruct", dict(options or {}), {"image": image}, timeout=timeout, cancel=cancel,
-                          on_progress=on_progress)
+        """One photo's faces; or, given several photos of one person (head mode), one head fitted to all."""
+        photos = [image] if isinstance(image, (bytes, bytearray, memoryview)) else list(image)
+        reply = self.call("reconstruct", dict(options or {}), protocol.photo_payloads(photos), timeout=timeout,
+                          cancel=cancel, on_progress=on_progress)
         return self.reconstruction(reply)
 
     def reconstruction(self, reply: Message) -> "Reconstruction":

@@ -152,6 +152,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("min_face_score", float, 0.9, "detector confidence a face needs", minimum=0.5, maximum=0.999),
     Option("max_pixels", int, 40_000_000, "refuse larger photos before decoding them", side=LIMIT,
            minimum=1, maximum=200_000_000),
+    Option("max_photos", int, 6, "most photos of one person a request may carry (head mode fits one head to all)",
+           side=LIMIT, minimum=1, maximum=32),
     Option("photo_lighting", bool, False, "head mode with refine light or full: light the scene like the photo -- "
            "the fitted lighting becomes the world's environment (this replaces the scene's world)", side=BUILD,
            label="Photo Lighting", panel=True, geometry="head"),

@@ -11,7 +11,9 @@ Header keys (reply):    ``protocol``, ``version``, ``id``, ``ok``, ``result`` or
 Progress (server -> client, zero or more before a ``reconstruct`` reply, same ``id``): ``progress`` =
 ``{"stage", "text", "fraction", "face", "faces"}`` and no ``ok``.
 
-Ops: ``info``; ``reconstruct`` (frame ``image``, options in ``params``, see ``options.py``);
+Ops: ``info``; ``reconstruct`` (frame ``image``, options in ``params``, see ``options.py``; several photos
+of one person as ``image``, ``image_2``, ``image_3`` ... up to the ``max_photos`` limit: one head fitted
+to all of them, ``photo_frames``);
 ``cancel`` (``params.id`` = the request to stop; the server stops it at its next stage boundary and
 answers it with ``cancelled``); ``head_model`` (``params.fingerprint``): the arrays every head of
 the server's head model shares (``HEAD_MODEL_ARRAYS``). A head face's meta names them by
@@ -45,7 +47,8 @@ import zmq
 from .errors import ErrorCode, ProtocolError  # noqa: F401  (re-exported: one import for protocol users)
 
 PROTOCOL = "faceforge"
-VERSION = 3  # 2: progress messages, cancel op, request timeouts; 3: head_model op, per-model arrays sent once
+VERSION = 4  # 2: progress messages, cancel op, request timeouts; 3: head_model op, per-model arrays sent once;
+#              4: several photos of one person in one reconstruct request
 
 MAX_HEADER_BYTES = 64 * 1024
 MAX_JSON_DEPTH = 16       # a real header nests 4 deep (header > frames > descriptor > shape)
@@ -295,6 +298,34 @@ def _decode_payload(desc: Any, view: memoryview) -> tuple[str, Any]:
         raise ProtocolError(ErrorCode.BAD_REQUEST,
                             f"frame {clip(name)}: {view.nbytes} bytes do not match {dtype}{tuple(shape)}")
     return name, np.frombuffer(view, dtype=dtype).reshape(shape)
+
+
+def photo_payloads(photos: Sequence) -> dict:
+    """A reconstruct request's photo frames: ``image``, then ``image_2``, ``image_3`` ... (one person)."""
+    return {("image" if n == 1 else f"image_{n}"): photo for n, photo in enumerate(photos, 1)}
+
+
+def photo_frames(payloads: Mapping[str, Any]) -> list:
+    """The photos of a reconstruct request in order (``photo_payloads``' inverse); ``ProtocolError`` when
+    the first is missing, one is not raw bytes, or the numbering has a gap."""
+    photos = []
+    while True:
+        name = "image" if not photos else f"image_{len(photos) + 1}"
+        value = payloads.get(name)
+        if value is None:
+            break
+        if not isinstance(value, memoryview):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"reconstruct's {name!r} frame must be of kind 'bytes' holding "
+                                                       "the photo file (JPEG, PNG, WebP, BMP or TIFF)")
+        photos.append(value)
+    if not photos:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "reconstruct needs an 'image' frame of kind 'bytes' holding "
+                                                   "the photo file (JPEG, PNG, WebP, BMP or TIFF)")
+    strays = sorted(name for name in payloads if name.startswith("image_") and name not in photo_payloads(photos))
+    if strays:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"photo frames must be numbered image, image_2, image_3 ... without "
+                                                   f"gaps; got {clip(', '.join(strays))} after {len(photos)}")
+    return photos
 
 
 def face_payloads(index: int, arrays: Mapping[str, np.ndarray]) -> dict:
