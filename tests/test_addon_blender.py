@@ -392,3 +392,19 @@ def test_builder_on_blender_3_4(astronaut_reply, tmp_path):
     assert out["modifiers"] == ["LAPLACIANSMOOTH", "SUBSURF", "DISPLACE"]
     assert out["packed"] == ["astronaut_depth", "astronaut_detail", "astronaut_texture"]
     assert out["source"] == "astronaut.png" and (tmp_path / "face.blend").stat().st_size > 1_000_000
+
+
+def test_the_panel_makes_one_head_from_several_photos_of_one_person(bpy, faceforge, photo_folder, head_server,
+                                                                      tmp_path):
+    from PIL import Image
+
+    tilted = tmp_path / "astronaut_tilted.png"
+    Image.open(photo_folder / "astronaut.png").rotate(15, resample=Image.BICUBIC).save(tilted)
+    bpy.context.scene.faceforge.more_photos.add().path = str(tilted)
+    level, message, objects = _finish(bpy, faceforge, photo_folder / "astronaut.png",
+                                      server_address=head_server.address)
+    assert level == "INFO", message
+    (obj,) = objects
+    assert obj.name == "astronaut" and len(obj.data.shape_keys.key_blocks) == 54  # Basis + 53 expressions
+    photos = obj["faceforge"]["face"]["photos"]
+    assert [photo["photo"] for photo in photos] == [1, 2]

@@ -63,11 +63,15 @@ class Session:
         self.key_paths = (server_key, client_key)
         self.requests.keys = self.probes.keys = keys
 
-    def submit_reconstruction(self, source: str | Callable[[], bytes], *, photo_label: str, options: dict, settings: Any, location: tuple, address: str, timeout: float) -> Request:
-        """Queue one request; ``source`` is a file path or a callable producing the photo's bytes (run off-thread)."""
+    def submit_reconstruction(self, source: str | Callable[[], bytes], *, photo_label: str, options: dict, settings: Any,
+                              location: tuple, address: str, timeout: float, more_photos: tuple = ()) -> Request:
+        """Queue one request; ``source`` is a file path or a callable producing the photo's bytes (run off-thread);
+        ``more_photos``: paths of other photos of the same person (one head fitted to all)."""
         def run(job: Job):
-            job.status = "Reading photo"
+            job.status = "Reading photo" if not more_photos else f"Reading {1 + len(more_photos)} photos"
             data = photo.read_photo(source) if isinstance(source, str) else source()
+            if more_photos:
+                data = [data, *(photo.read_photo(path) for path in more_photos)]
             if job.cancelled:
                 raise ProtocolError(ErrorCode.CANCELLED, "request cancelled")
             job.status = "Contacting the server"

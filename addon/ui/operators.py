@@ -78,7 +78,7 @@ def submit(context) -> Request:
     return SESSION.submit_reconstruction(
         source, photo_label=label, options=props.server_options(),
         settings=props.build_settings(), location=tuple(context.scene.cursor.location),
-        address=prefs.server_address, timeout=prefs.request_timeout)
+        address=prefs.server_address, timeout=prefs.request_timeout, more_photos=tuple(props.more_photo_paths()))
 
 
 def apply_finished(context, request: Request) -> tuple:
@@ -269,7 +269,49 @@ def _tick() -> float:
     return 0.25 if SESSION.status_job is not None or SESSION.busy or SESSION.server_job is not None else 1.0
 
 
-classes = (FACEFORGE_OT_reconstruct, FACEFORGE_OT_cancel, FACEFORGE_OT_server_start, FACEFORGE_OT_server_stop)
+class FACEFORGE_OT_photo_add(bpy.types.Operator):
+    """Add other photos of the same person: head mode fits one head to all of them"""
+
+    bl_idname = "faceforge.photo_add"
+    bl_label = "Add Photos"
+    bl_options = {"REGISTER", "INTERNAL"}
+
+    directory: bpy.props.StringProperty(subtype="DIR_PATH", options={"HIDDEN", "SKIP_SAVE"})
+    files: bpy.props.CollectionProperty(type=bpy.types.OperatorFileListElement, options={"HIDDEN", "SKIP_SAVE"})
+    filter_image: bpy.props.BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
+
+    def invoke(self, context, event):
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+    def execute(self, context):
+        props = context.scene.faceforge
+        for entry in self.files:
+            if entry.name:
+                props.more_photos.add().path = os.path.join(self.directory, entry.name)
+        props.more_photos_index = max(0, len(props.more_photos) - 1)
+        refresh_sidebar()
+        return {"FINISHED"}
+
+
+class FACEFORGE_OT_photo_remove(bpy.types.Operator):
+    """Remove the selected photo from the list"""
+
+    bl_idname = "faceforge.photo_remove"
+    bl_label = "Remove Photo"
+    bl_options = {"REGISTER", "INTERNAL"}
+
+    def execute(self, context):
+        props = context.scene.faceforge
+        if 0 <= props.more_photos_index < len(props.more_photos):
+            props.more_photos.remove(props.more_photos_index)
+            props.more_photos_index = min(props.more_photos_index, max(0, len(props.more_photos) - 1))
+        refresh_sidebar()
+        return {"FINISHED"}
+
+
+classes = (FACEFORGE_OT_reconstruct, FACEFORGE_OT_cancel, FACEFORGE_OT_server_start, FACEFORGE_OT_server_stop,
+           FACEFORGE_OT_photo_add, FACEFORGE_OT_photo_remove)
 _register_classes, _unregister_classes = bpy.utils.register_classes_factory(classes)
 
 

@@ -61,6 +61,7 @@ class FACEFORGE_PT_main(_FaceForgePanel, bpy.types.Panel):
             layout.prop(props, "photo_path", text="")
         else:
             layout.template_ID(props, "photo_image", open="image.open")
+        _more_photos(layout, props)
         row = layout.row(align=True)
         row.prop(props, "face", expand=True)
         if props.face == "INDEX":
@@ -83,10 +84,32 @@ class FACEFORGE_PT_main(_FaceForgePanel, bpy.types.Panel):
             progress_bar(layout, factor, text, _chars_per_line(context))
             layout.operator("faceforge.cancel", icon="CANCEL")
         else:
-            layout.operator("faceforge.reconstruct", icon="USER")
+            photos = 1 + len(props.more_photos)
+            layout.operator("faceforge.reconstruct", icon="USER",
+                            text=f"Reconstruct Head from {photos} Photos" if photos > 1 else "Reconstruct Face")
         level, message = session.message
         if message:
             _wrapped(layout.box(), message, _ICONS.get(level, "INFO"), _chars_per_line(context))
+
+
+class FACEFORGE_UL_photos(bpy.types.UIList):
+    """The other photos of the same person, one file field each."""
+
+    def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index=0):
+        layout.prop(item, "path", text="", emboss=False, icon="FILE_IMAGE")
+
+
+def _more_photos(layout, props) -> None:
+    """Other photos of the same person: a list once there is one, else just the button that adds them."""
+    if not props.more_photos:
+        layout.operator("faceforge.photo_add", text="Add Photos of the Same Person", icon="ADD")
+        return
+    layout.label(text=f"Same person: {1 + len(props.more_photos)} photos, one head", icon="USER")
+    row = layout.row()
+    row.template_list("FACEFORGE_UL_photos", "", props, "more_photos", props, "more_photos_index", rows=2)
+    buttons = row.column(align=True)
+    buttons.operator("faceforge.photo_add", text="", icon="ADD")
+    buttons.operator("faceforge.photo_remove", text="", icon="REMOVE")
 
 
 class FACEFORGE_PT_server(_FaceForgePanel, bpy.types.Panel):
@@ -120,5 +143,5 @@ class FACEFORGE_PT_server(_FaceForgePanel, bpy.types.Panel):
                 box.label(text=line[-120:])
 
 
-classes = (FACEFORGE_PT_main, FACEFORGE_PT_server)
+classes = (FACEFORGE_UL_photos, FACEFORGE_PT_main, FACEFORGE_PT_server)
 register, unregister = bpy.utils.register_classes_factory(classes)

@@ -4,7 +4,8 @@ The option properties are derived from ``addon.wire.options`` (name, default, ra
 photo and face pickers, which are UI rather than options, are declared here.
 """
 import bpy
-from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
+from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty,
+                       StringProperty)
 
 from ..data.meshdata import BuildSettings
 from ..wire import options
@@ -56,6 +57,13 @@ def _wire_value(option: options.Option, value):
 _FACE = options.BY_NAME["face"]
 
 
+class FACEFORGE_PG_photo(bpy.types.PropertyGroup):
+    """Another photo of the same person: head mode fits one head to the photo and all of these."""
+
+    __annotations__ = {"path": StringProperty(name="Photo File", subtype="FILE_PATH",
+                                              description="Another photo of the same person (another angle helps)")}
+
+
 class FACEFORGE_PG_settings(bpy.types.PropertyGroup):
     __annotations__ = {
         "photo_source": EnumProperty(
@@ -75,8 +83,15 @@ class FACEFORGE_PG_settings(bpy.types.PropertyGroup):
             default=_FACE.default.upper()),
         "face_index": IntProperty(name="Face Index", description="0 = largest face, 1 = next largest, ...",
                                   default=0, min=0, max=options.MAX_FACE_INDEX),
+        "more_photos": CollectionProperty(type=FACEFORGE_PG_photo, name="More Photos",
+                                          description="Other photos of the same person: one head fitted to all"),
+        "more_photos_index": IntProperty(name="Active Photo", default=0, min=0),
         **{option.name: option_property(option) for option in PANEL_OPTIONS},
     }
+
+    def more_photo_paths(self) -> list[str]:
+        """The other photos of the same person, as absolute paths (empty rows left out)."""
+        return [bpy.path.abspath(photo.path) for photo in self.more_photos if photo.path]
 
     def build_settings(self) -> BuildSettings:
         return BuildSettings(**{o.name: getattr(self, o.name) for o in PANEL_OPTIONS if o.side == options.BUILD})
@@ -89,7 +104,7 @@ class FACEFORGE_PG_settings(bpy.types.PropertyGroup):
         return {"face": face, **chosen}
 
 
-classes = (FACEFORGE_PG_settings,)
+classes = (FACEFORGE_PG_photo, FACEFORGE_PG_settings)
 _register_classes, _unregister_classes = bpy.utils.register_classes_factory(classes)
 
 
