@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from ..landmarks import EYE_RINGS, FACE_OVAL, SURFACE_LANDMARKS
+from .basis import ShapeBasis
 from .camera import FRONTAL, Camera
 from .correspondence import LandmarkTable, head_yaw_deg
-from .basis import ShapeBasis
 from .model import HeadModel
 
 IRIS = np.arange(468, 478)
@@ -140,7 +140,7 @@ class _Problem:
         if cues is not None:
             centre[:basis.identity_count] = config.network_identity * cues.identity
         self.landmark_count = len(landmarks_px)
-        self.outline = np.asarray(FACE_OVAL)
+        self.outline = torch.as_tensor(FACE_OVAL, device=device)  # keeps its weight whatever its facing
         self.groups = torch.from_numpy(np.concatenate(groups)).to(device)
         self.group_count = int(self.groups.max()) + 1
         self.observed = torch.tensor(np.concatenate(observed), dtype=torch.float32, device=device)
@@ -197,7 +197,7 @@ class _Problem:
         normals = self.basis.landmark_normals(yaw) @ state.rotation.T
         rays = camera[:count] / torch.linalg.norm(camera[:count], dim=1, keepdim=True)
         facing = ((-(normals * rays).sum(1) - low) / (high - low)).clamp(0.0, 1.0)
-        facing[torch.from_numpy(self.outline).to(facing.device)] = 1.0
+        facing[self.outline] = 1.0
         return torch.cat([weights[:count] * facing, weights[count:]])
 
     def linearise(self, state: _State, landmark_basis, weights: torch.Tensor, jacobian: bool = True):
