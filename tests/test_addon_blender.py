@@ -400,9 +400,13 @@ def test_the_panel_makes_one_head_from_several_photos_of_one_person(bpy, facefor
 
     tilted = tmp_path / "astronaut_tilted.png"
     Image.open(photo_folder / "astronaut.png").rotate(15, resample=Image.BICUBIC).save(tilted)
-    bpy.context.scene.faceforge.more_photos.add().path = str(tilted)
-    level, message, objects = _finish(bpy, faceforge, photo_folder / "astronaut.png",
-                                      server_address=head_server.address)
+    more_photos = bpy.context.scene.faceforge.more_photos
+    more_photos.add().path = str(tilted)
+    try:
+        level, message, objects = _finish(bpy, faceforge, photo_folder / "astronaut.png",
+                                          server_address=head_server.address)
+    finally:
+        more_photos.clear()  # the scene outlives this test: later panel tests expect one photo
     assert level == "INFO", message
     (obj,) = objects
     assert obj.name == "astronaut" and len(obj.data.shape_keys.key_blocks) == 54  # Basis + 53 expressions
