@@ -19,6 +19,10 @@ class ShapeBasis:
         self.mean = torch.from_numpy(model.vertices.astype(np.float32)).to(device)           # (V, 3)
         self.normals = _vertex_normals(model.vertices, model.faces)                           # (V, 3) numpy
         self.deltas = torch.from_numpy(deltas.reshape(len(deltas), -1)).to(device).float()   # (153, 3V)
+        names = list(model.exp_names)
+        # (left, right) expression indices of each mirrored pair: eyeBlink_L / eyeBlink_R ...
+        self.expression_pairs = [(i, names.index(name[:-2] + "_R")) for i, name in enumerate(names)
+                                 if name.endswith("_L") and name[:-2] + "_R" in names]
 
     def landmarks(self, yaw_deg: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean (478, 3) and basis (478, 3, 153) of the landmark points at this yaw."""

@@ -56,6 +56,9 @@ class HeadFitConfig:
     beyond_table_power: float = 4.0  # landmark weights x (40 deg / |yaw|)^this past the table's last bin
     expression_l1: float = 2.0        # multiplies sum(exp_weights): most expressions stay at zero
     expression_l2: float = 0.5        # keeps the expression block well conditioned
+    # Multiplies sum (w_L - w_R)^2 over mirrored expression pairs: a side the camera sees badly (a
+    # turned head's far eye) follows the side it sees. Off for photos; a video's frames use it.
+    expression_symmetry: float = 0.0
     focal_log_sigma: float = 0.35     # prior on log(focal / default focal) when no focal is given
     iterations: int = 8
     rigid_iterations: int = 3         # first steps move only pose and focal (mean shape)
@@ -239,7 +242,16 @@ class _Problem:
         focal_row = torch.zeros(1, params, device=device)
         focal_row[0, 6] = 1.0 / cfg.focal_log_sigma
         focal_residual = ((state.log_focal - self.log_prior_focal) / cfg.focal_log_sigma).reshape(1)
-        return [residual, focal_residual], [jacobian, focal_row]
+        rows, jacobians = [residual, focal_residual], [jacobian, focal_row]
+        if cfg.expression_symmetry > 0 and self.basis.expression_pairs:
+            left, right = (torch.tensor(side, device=device) + n_id for side in zip(*self.basis.expression_pairs))
+            weight = float(np.sqrt(cfg.expression_symmetry))
+            rows.append(weight * (state.coeffs[left] - state.coeffs[right]))
+            pair_rows = torch.zeros(len(left), params, device=device)
+            pair_rows[torch.arange(len(left)), POSE_PARAMS + left] = weight
+            pair_rows[torch.arange(len(left)), POSE_PARAMS + right] = -weight
+            jacobians.append(pair_rows)
+        return rows, jacobians
 
     def cost(self, state: _State, landmark_basis, weights: torch.Tensor) -> float:
         residual, _ = self.linearise(state, landmark_basis, weights, jacobian=False)
@@ -270,7 +282,7 @@ def _bounded_step(hessian: torch.Tensor, gradient: torch.Tensor, values: torch.T
     return step.float()
 
 
-def _initial_pose(basis: ShapeBasis, landmarks_px: np.ndarray, focal: float, principal) -> tuple[np.ndarray, np.ndarray]:
+def rigid_pose(basis: ShapeBasis, landmarks_px: np.ndarray, focal: float, principal) -> tuple[np.ndarray, np.ndarray]:
     """Rigid pose of the mean head from the inner (non-oval) landmarks by PnP; frontal at a
     face-sized distance if PnP fails."""
     import cv2
@@ -308,25 +320,31 @@ def fit_head(model: HeadModel, landmarks_px: np.ndarray, image_size: tuple[int, 
 
 @dataclass(frozen=True)
 class View:
-    """One photo of the person: its face's landmarks (see ``fit_head``), size, known focal, cues."""
+    """One photo of the person: its face's landmarks (see ``fit_head``), size, known focal, cues, and
+    optionally a starting pose (camera-from-model rotation, translation), e.g. the previous video frame's."""
 
     landmarks_px: np.ndarray
     image_size: tuple[int, int]
     focal_px: float | None = None
     cues: object = None
+    start_pose: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def fit_views(model: HeadModel, views: list[View], config: HeadFitConfig = HeadFitConfig(),
               device: torch.device = torch.device("cpu"), table: LandmarkTable | None = None,
-              basis: ShapeBasis | None = None) -> list[HeadFit]:
+              basis: ShapeBasis | None = None, identity: np.ndarray | None = None) -> list[HeadFit]:
     """One person seen in several photos: one identity fitted to all of them jointly, and a pose,
     focal length and expression per photo (a single photo cannot fix depth; views from other sides
-    can). The fits share ``id_coeffs``; each is posed in its own photo's camera."""
+    can). The fits share ``id_coeffs``; each is posed in its own photo's camera. A given ``identity``
+    is kept fixed (a video's frames once the person is known): only pose, focal and expression move."""
     if not views:
         raise ValueError("no views to fit")
     basis = basis or ShapeBasis(model, table or LandmarkTable.load(), device)
     # The identity prior is one term of the whole objective, not one per photo.
     shared = replace(config, identity_prior=config.identity_prior / len(views))
+    start = torch.zeros(basis.deltas.shape[0], device=device)
+    if identity is not None:
+        start[:basis.identity_count] = torch.as_tensor(np.asarray(identity, np.float32), device=device)
     problems, states = [], []
     for view in views:
         landmarks_px = np.asarray(view.landmarks_px, np.float64)
@@ -335,12 +353,12 @@ def fit_views(model: HeadModel, views: list[View], config: HeadFitConfig = HeadF
         default = Camera.default_for(tuple(view.image_size), view.focal_px)
         problems.append(_Problem(basis, landmarks_px, default.principal, shared, default.focal,
                                  view.focal_px is not None, view.cues))
-        rotation, translation = _initial_pose(basis, landmarks_px, default.focal, default.principal)
+        rotation, translation = view.start_pose or rigid_pose(basis, landmarks_px, default.focal, default.principal)
         states.append(_State(torch.tensor(rotation, dtype=torch.float32, device=device),
                              torch.tensor(translation, dtype=torch.float32, device=device),
                              torch.tensor(np.log(default.focal), dtype=torch.float32, device=device),
-                             torch.zeros(basis.deltas.shape[0], device=device)))
-    states, bases = _optimise(problems, states, config)
+                             start.clone()))
+    states, bases = _optimise(problems, states, config, identity_fixed=identity is not None)
     return [_result(problem, state, point_basis, view.image_size, problem.principal_px)
             for problem, state, point_basis, view in zip(problems, states, bases, views)]
 
@@ -370,7 +388,7 @@ def _yaws(states: list[_State]) -> list[float]:
     return [head_yaw_deg(state.rotation.cpu().numpy(), state.translation.cpu().numpy()) for state in states]
 
 
-def _optimise(problems: list[_Problem], states: list[_State], config: HeadFitConfig):
+def _optimise(problems: list[_Problem], states: list[_State], config: HeadFitConfig, identity_fixed: bool = False):
     """Levenberg-Marquardt with reweighting over all photos at once; the landmarks' places follow
     each photo's current yaw."""
     device = states[0].coeffs.device
@@ -388,6 +406,8 @@ def _optimise(problems: list[_Problem], states: list[_State], config: HeadFitCon
         free = torch.ones(layout.size, dtype=torch.bool, device=device)
         if iteration < config.rigid_iterations:
             free[POSE_PARAMS * layout.views:] = False
+        if identity_fixed:
+            free[POSE_PARAMS * layout.views:layout.expression.start] = False
         for view, problem in enumerate(problems):
             if problem.focal_fixed:
                 free[POSE_PARAMS * view + 6] = False

@@ -123,17 +123,20 @@ class HeadReconstructor:
         meta["camera"]["focal_source"] = "exif" if focal_px else "fitted"
         return arrays, meta
 
-    def reconstruct_views(self, photos: list[PersonPhoto], config, stage: StageReport) -> tuple[dict, dict]:
-        """One head from several photos of one person: one identity fitted to all of them (``fit_views``),
-        the texture blended from every photo that sees each texel (``unwrap_views``), posed, lit and
-        depth-mapped as the first photo shows it. Photometric refinement needs one photo's lighting, so
-        the texture here is the photos' colour as lit (``meta["refine"]`` says so)."""
+    def reconstruct_views(self, photos: list[PersonPhoto], config, stage: StageReport,
+                          fits: list[HeadFit] | None = None) -> tuple[dict, dict]:
+        """One head from several photos of one person: one identity fitted to all of them (``fit_views``;
+        or ``fits`` made already, one per photo), the texture blended from every photo that sees each
+        texel (``unwrap_views``), posed, lit and depth-mapped as the first photo shows it. Photometric
+        refinement needs one photo's lighting, so the texture here is the photos' colour as lit
+        (``meta["refine"]`` says so)."""
         landmarks = [crop_to_photo(photo.points_crop, photo.to_crop) for photo in photos]
-        cues = self._cues([photo.rgb for photo in photos], landmarks, config, stage)
-        stage("fit", f"fitting one head to {len(photos)} photos")
-        fits = fit_views(self.model, [View(marks, photo.rgb.shape[:2], photo.focal_px, cue)
-                                      for photo, marks, cue in zip(photos, landmarks, cues)],
-                         self.fit_config, self.device, basis=self.basis)
+        if fits is None:
+            cues = self._cues([photo.rgb for photo in photos], landmarks, config, stage)
+            stage("fit", f"fitting one head to {len(photos)} photos")
+            fits = fit_views(self.model, [View(marks, photo.rgb.shape[:2], photo.focal_px, cue)
+                                          for photo, marks, cue in zip(photos, landmarks, cues)],
+                             self.fit_config, self.device, basis=self.basis)
         stage("texture", f"blending {len(photos)} photos onto the head")
         views, cameras = [], []
         for photo, marks, fit in zip(photos, landmarks, fits):

@@ -1,0 +1,163 @@
+"""A video of one person -> one head and its performance: the decoder, the temporal smoothing, the ARKit
+CSV layout, and a rendered video with known expression curves and head motion run through the CLI."""
+import csv
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from addon.wire.errors import ErrorCode, Exit, ProtocolError
+from inference_server.head.camera import head_angles_deg, head_rotation, rotation_angle_deg
+from inference_server.video.arkit import ARKIT_SHAPES, COLUMNS, arkit_weights, model_name, timecode
+from inference_server.video.performance import VideoFitConfig, smooth_track
+from inference_server.video.reader import VideoReader, parse_range, write_mp4
+
+from .ict_fixtures import ICT_NPZ
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bars(count: int, size=(96, 128)) -> list[np.ndarray]:
+    """Frames whose grey level tells their number (survives MPEG-4 compression)."""
+    return [np.full(size + (3,), 8 + 24 * index, np.uint8) for index in range(count)]
+
+
+def test_the_reader_streams_frames_with_their_times_and_range(tmp_path):
+    path = tmp_path / "bars.mp4"
+    write_mp4(path, _bars(10), fps=25.0)
+    with VideoReader(path, max_pixels=1_000_000) as reader:
+        assert (reader.info.width, reader.info.height, reader.info.fps) == (128, 96, 25.0)
+        frames = list(reader.frames())
+    assert [frame.index for frame in frames] == list(range(10))
+    assert np.allclose([frame.time_s for frame in frames], np.arange(10) / 25.0, atol=1e-3)
+    levels = [int(frame.rgb.mean()) for frame in frames]
+    assert all(abs(level - (8 + 24 * i)) <= 4 for i, level in enumerate(levels)), levels
+    with VideoReader(path, max_pixels=1_000_000) as reader:
+        assert [frame.index for frame in reader.frames(3, 6)] == [3, 4, 5]
+
+
+def test_unreadable_or_oversize_videos_are_refused_clearly(tmp_path):
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video at all\n" * 50)
+    truncated = tmp_path / "cut.mp4"
+    write_mp4(tmp_path / "whole.mp4", _bars(5), fps=25.0)
+    truncated.write_bytes((tmp_path / "whole.mp4").read_bytes()[:200])
+    for path in (text, truncated, tmp_path / "missing.mp4"):
+        with pytest.raises(ProtocolError) as caught:
+            with VideoReader(path, max_pixels=1_000_000) as reader:
+                list(reader.frames())
+        assert caught.value.code == ErrorCode.BAD_IMAGE and path.name in caught.value.message
+    with pytest.raises(ProtocolError) as caught:
+        VideoReader(tmp_path / "whole.mp4", max_pixels=10_000)
+    assert caught.value.code == ErrorCode.TOO_LARGE and "128x96" in caught.value.message
+
+
+def test_frame_ranges_parse_or_say_how_to_write_them():
+    assert parse_range(None) == (0, None) and parse_range("10:") == (10, None) and parse_range(":30") == (0, 30)
+    assert parse_range("5:9") == (5, 9)
+    for bad in ("a:b", "9:5", "-1:4", "3:3"):
+        with pytest.raises(ValueError, match="START"):
+            parse_range(bad)
+
+
+def test_smoothing_bridges_short_gaps_keeps_long_ones_and_adds_no_lag():
+    times = np.arange(60) / 30.0
+    ramp = np.linspace(0, 59, 60)[:, None, None] * np.ones((1, 478, 3))
+    landmarks = ramp.copy()
+    landmarks[10:13] = np.nan          # 0.1 s: bridged
+    landmarks[30:50] = np.nan          # 0.67 s: stays a gap
+    smoothed, tracked = smooth_track(landmarks, times, VideoFitConfig(smooth_s=0.066, max_gap_s=0.5))
+    assert tracked[10:13].all() and not tracked[30:50].any() and tracked[:30].all() and tracked[50:].all()
+    assert np.isnan(smoothed[30:50]).all()
+    # A centred filter leaves a straight line where it is (a causal one would trail it by its delay).
+    assert np.abs(smoothed[9:21, 0, 0] - ramp[9:21, 0, 0]).max() < 1e-6
+    noisy = ramp + np.random.default_rng(0).normal(0, 1.0, ramp.shape)
+    smoothed, _ = smooth_track(noisy, times, VideoFitConfig(smooth_s=0.066))
+    assert np.abs(smoothed[5:55] - ramp[5:55]).std() < 0.7 * np.abs(noisy[5:55] - ramp[5:55]).std()
+
+
+def test_head_angles_invert_head_rotation():
+    for angles in [(10.0, 20.0, -5.0), (-60.0, 5.0, 12.0), (35.0, -15.0, 3.0)]:
+        assert np.allclose(head_angles_deg(head_rotation(*angles)), angles, atol=1e-9)
+
+
+def test_arkit_layout_maps_every_model_expression():
+    assert len(ARKIT_SHAPES) == 52 and COLUMNS[:2] == ("Timecode", "BlendShapeCount") and len(COLUMNS) == 63
+    assert COLUMNS[2] == "EyeBlinkLeft" and COLUMNS[2 + 17] == "JawOpen" and COLUMNS[-9] == "HeadYaw"
+    assert model_name("MouthSmileLeft") == "mouthSmile_L" and model_name("JawLeft") == "jawLeft"
+    names = [str(name) for name in np.load(ICT_NPZ)["exp_names"]] if ICT_NPZ.exists() else None
+    if names is None:
+        pytest.skip(f"no ICT-FaceKit model at {ICT_NPZ}")
+    weights = np.eye(len(names), dtype=np.float32)
+    mapped = arkit_weights(names, weights)
+    assert (mapped.sum(1) > 0).all(), "every one of the model's 53 expressions reaches a column"
+    assert np.allclose(mapped[:, ARKIT_SHAPES.index("TongueOut")], 0)
+    inner = ARKIT_SHAPES.index("BrowInnerUp")
+    assert mapped[names.index("browInnerUp_L"), inner] == 0.5 and mapped[names.index("browInnerUp_R"), inner] == 0.5
+    assert timecode(61.5, 30.0) == "00:01:01:15.000" and timecode(0.01, 30.0) == "00:00:00:00.300"
+
+
+@pytest.fixture(scope="module")
+def performed_video(tmp_path_factory):
+    """2 s at 15 fps of a known head: the jaw opens and closes, both eyes blink once, the head turns
+    +-15 deg (the project's rasteriser, written by OpenCV's MPEG-4 encoder)."""
+    if not ICT_NPZ.exists():
+        pytest.skip(f"no ICT-FaceKit model at {ICT_NPZ}")
+    from benchmarks.head_fit_eval import make_subject, render_subject
+    from inference_server.head.model import HeadModel
+
+    model = HeadModel.load(ICT_NPZ)
+    times = np.arange(30) / 15.0
+    weights = np.zeros((len(times), len(model.exp_names)), np.float32)
+    weights[:, model.exp_names.index("jawOpen")] = 0.5 * np.sin(np.pi * times / 2) ** 2
+    for side in ("eyeBlink_L", "eyeBlink_R"):
+        weights[:, model.exp_names.index(side)] = np.exp(-0.5 * ((times - 1.4) / 0.1) ** 2)
+    angles = np.stack([15 * np.sin(np.pi * times), 4 * np.sin(2 * np.pi * times / 2), np.zeros_like(times)], 1)
+    subject = make_subject(model, 3, False)
+    frames = (render_subject(model, replace(subject, exp_weights=w, pose=tuple(map(float, a))))
+              for w, a in zip(weights, angles))
+    path = tmp_path_factory.mktemp("video") / "performed.mp4"
+    write_mp4(path, frames, fps=15.0)
+    return path, model.exp_names, weights, angles
+
+
+def _cli(*args, data_dir=None, timeout=600):
+    environ = dict(os.environ, **({"FACEFORGE_DATA": str(data_dir)} if data_dir else {}))
+    return subprocess.run([sys.executable, "-m", "inference_server", "video", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout, env=environ)
+
+
+def test_the_cli_recovers_a_known_performance(performed_video, head_data_dir, tmp_path):
+    path, names, weights, angles = performed_video
+    done = _cli(path, "-o", tmp_path / "head.npz", "--csv", tmp_path / "take.csv", "--json", data_dir=head_data_dir)
+    assert done.returncode == Exit.OK, done.stderr
+    arrays = np.load(tmp_path / "head.npz")
+    assert arrays["vertices"].shape == (24591, 3) and arrays["anim_weights"].shape == (30, 53)
+    assert arrays["anim_tracked"].all() and np.array_equal(arrays["anim_frame"], np.arange(30))
+    jaw = arrays["anim_weights"][:, names.index("jawOpen")]
+    assert np.corrcoef(jaw, weights[:, names.index("jawOpen")])[0, 1] > 0.85
+    blinks = arrays["anim_weights"][:, names.index("eyeBlink_L")] + arrays["anim_weights"][:, names.index("eyeBlink_R")]
+    assert np.argmax(blinks) in range(19, 24), "the blink is found where it happens (frame 21), not later"
+    errors = [rotation_angle_deg(head_rotation(*a), r) for a, r in zip(angles, arrays["anim_rotation"])]
+    assert np.mean(errors) < 5.0, errors
+    with open(tmp_path / "take.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert tuple(rows[0]) == COLUMNS and len(rows) == 31
+    assert rows[1][0] == "00:00:00:00.000" and rows[2][0] == "00:00:00:01.000" and rows[1][1] == "61"
+    jaw_column = [float(row[COLUMNS.index("JawOpen")]) for row in rows[1:]]
+    assert np.allclose(jaw_column, jaw, atol=1e-5)
+    yaw = np.degrees([float(row[COLUMNS.index("HeadYaw")]) for row in rows[1:]])
+    assert np.corrcoef(yaw, angles[:, 0])[0, 1] > 0.95
+
+
+def test_the_cli_refuses_bad_videos_before_loading_models(tmp_path, head_data_dir):
+    (tmp_path / "junk.mp4").write_bytes(os.urandom(4096))
+    done = _cli(tmp_path / "junk.mp4", "-o", tmp_path / "x.npz", data_dir=head_data_dir, timeout=120)
+    assert done.returncode == Exit.BAD_INPUT and "junk.mp4" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "x.npz").exists()
+    done = _cli(tmp_path / "junk.mp4", "--frames", "9:2", data_dir=head_data_dir, timeout=120)
+    assert done.returncode == Exit.USAGE and "frame range" in done.stderr
