@@ -29,6 +29,8 @@ _FIXED_BYTES_PER_FACE = 64 * 1024  # landmarks, metadata
 _HEAD_MESH_BYTES = 640 * 1024
 _HEAD_ATLAS_BYTES_PER_PIXEL = 3 + 2  # RGB albedo + float16 detail map
 _HEAD_ATLAS_MAX = 2048
+# A video's performance per frame: 53 weights, a 3x3 rotation and a translation (float32), frame, time, flag.
+_ANIM_BYTES_PER_FRAME = 4 * (53 + 9 + 3) + 4 + 8 + 1
 
 
 @dataclass(frozen=True)
@@ -95,9 +97,21 @@ def _costs(config, head: bool) -> dict:
             "depth_size": _DEPTH_BYTES_PER_PIXEL * config.depth_size ** 2}
 
 
-def face_reply_bytes(config, head: bool = False) -> int:
-    """Upper estimate of one face's arrays in a reply (``head``: head geometry)."""
-    return sum(_costs(config, head).values()) + _FIXED_BYTES_PER_FACE
+def face_reply_bytes(config, head: bool = False, video: bool = False) -> int:
+    """Upper estimate of one face's arrays in a reply (``head``: head geometry; ``video``: with its
+    performance, a row per frame up to ``max_video_frames``)."""
+    performance = _ANIM_BYTES_PER_FRAME * config.max_video_frames if video else 0
+    return sum(_costs(config, head).values()) + _FIXED_BYTES_PER_FACE + performance
+
+
+def check_video(config, head: bool) -> None:
+    """What a video request needs before any work: head geometry, one face."""
+    if not head:
+        raise ProtocolError(ErrorCode.NO_MODEL if config.geometry != "face" else ErrorCode.BAD_REQUEST,
+                            "a video makes a head, which needs geometry head and the head model installed "
+                            "(`python -m inference_server model fetch`)")
+    if config.face == "all":
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "a video follows one face: choose face 'largest' or a number")
 
 
 def bounded(kind: type, low: float, high: float):

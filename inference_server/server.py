@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import collections
 import itertools
-import json
 import logging
 import shutil
 import tempfile
@@ -41,7 +40,7 @@ from . import __version__
 from .config import ReconstructionConfig, ServerConfig
 from .log_limits import RateLimitedLog, log_internal_error
 from .connections import ConnectionGuard, descriptor_budget
-from .limits import MB, check_photo_count, face_reply_bytes
+from .limits import MB, check_photo_count, check_video, face_reply_bytes
 from .security import ZapHandler, check_bind, is_loopback
 from .unread import UnreadReplies
 from .worker_pool import STOP_SECONDS, Job, ProcessWorker, ThreadWorker, WorkerPool
@@ -274,11 +273,15 @@ class InferenceServer:
             return False
 
     def _enqueue(self, identity: bytes, message: protocol.Message) -> None:
-        photos = protocol.photo_frames(message.payloads)
+        kind, media = protocol.request_media(message.payloads)
         config = self.defaults.with_params(message.params)
-        self.limits.check(config, gets_head(config, self._pool.info))
-        check_photo_count(len(photos), config, gets_head(config, self._pool.info))
-        self._check_unread(identity, face_reply_bytes(config, gets_head(config, self._pool.info)))
+        head = gets_head(config, self._pool.info)
+        self.limits.check(config, head)
+        if kind == "video":
+            check_video(config, head)
+        else:
+            check_photo_count(len(media), config, head)
+        self._check_unread(identity, face_reply_bytes(config, head, kind == "video"))
         timeout_ms = message.header.get("timeout_ms")
         deadline = time.monotonic() + (timeout_ms / 1000 if timeout_ms else float("inf"))
         job = Job(identity, message, config, deadline, next(self._numbers))
@@ -294,7 +297,7 @@ class InferenceServer:
         """Refuse work (``busy``) whose reply would take a client's unread bytes over the bound: what it has
         not read yet, plus the replies of its requests that are queued or running."""
         unread = self._unread.of(identity)
-        coming = sum(face_reply_bytes(job.config, gets_head(job.config, self._pool.info))
+        coming = sum(face_reply_bytes(job.config, gets_head(job.config, self._pool.info), job.is_video)
                      for job in self._active.values() if job.identity == identity)
         if unread + coming + reply_bytes > self._unread.limit:
             raise ProtocolError(ErrorCode.BUSY, f"this connection has {unread / MB:.1f} MB of replies unread and "

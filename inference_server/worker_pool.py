@@ -60,9 +60,15 @@ class Job:
     def frames(self) -> list:
         """The job message for its worker (the deadline as seconds left: clocks are per process)."""
         left = self.deadline - time.monotonic()
+        kind, media = protocol.request_media(self.message.payloads)
         header = {"seq": self.seq, "id": self.message.id, "config": options.as_dict(self.config),
-                  "seconds_left": None if left == float("inf") else left, "cancelled": self.cancelled}
-        return [b"job", json.dumps(header).encode(), *protocol.photo_frames(self.message.payloads)]
+                  "seconds_left": None if left == float("inf") else left, "cancelled": self.cancelled,
+                  "video": kind == "video"}
+        return [b"job", json.dumps(header).encode(), *media]
+
+    @property
+    def is_video(self) -> bool:
+        return "video" in self.message.payloads
 
 
 

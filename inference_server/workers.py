@@ -73,6 +73,7 @@ class RunningJob:
     deadline: float
     max_seconds: float
     cancelled: bool = False
+    video: bool = False               # the frame is a video file's bytes, not a photo
     started: float | None = None
 
     def check(self, stage: str) -> None:
@@ -115,7 +116,7 @@ class JobRunner:
         left = header["seconds_left"]
         return RunningJob(header["seq"], header["id"], ReconstructionConfig(**header["config"]),
                           time.monotonic() + (float("inf") if left is None else left), self.limits.request_seconds,
-                          cancelled=header["cancelled"])
+                          cancelled=header["cancelled"], video=header.get("video", False))
 
     def _read_control(self, job: RunningJob) -> None:
         """Cancels (or a stop) that arrived while ``job`` ran: read at its stage boundaries."""
@@ -136,8 +137,13 @@ class JobRunner:
         try:
             job.check("load")  # a request cancelled while it waited costs nothing
             job.started = time.monotonic()
-            result = self.pipeline.reconstruct(photos[0] if len(photos) == 1 else photos, config=job.config,
-                                               report=report)
+            if job.video:
+                from .video.capture import capture_video_bytes  # torch-side: the I/O thread imports this module
+
+                result, _ = capture_video_bytes(self.pipeline, photos[0], job.config, report)
+            else:
+                result = self.pipeline.reconstruct(photos[0] if len(photos) == 1 else photos, config=job.config,
+                                                   report=report)
             payloads = {}
             for face in result.faces:
                 payloads.update(protocol.face_payloads(face.index, face.arrays))

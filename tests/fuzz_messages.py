@@ -146,6 +146,8 @@ def frame_spec_family(rng, n, photos) -> Case:
 def _bad_values(option: options.Option) -> list:
     if option.kind is bool:
         return [1, 0, "true", None, [], {}]
+    if option.name == "video_frames":  # START:STOP, either side may be empty
+        return ["a:b", "9:5", "-1:4", "3:3", "1:2:3", "\u00b2:", "../x", 5, None, ["0:1"], True]
     if option.kind is str and not option.choices:  # a free name (depth_model): wrong types, paths, junk
         return ["../x", "/etc/passwd", "a/b", "-1", "\u00b2", "9" * 1000, 5, None, ["x"], True]
     if option.kind is str:

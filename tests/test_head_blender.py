@@ -297,6 +297,16 @@ bpy.ops.wm.save_as_mainfile(filepath=str(out / "head.blend"))
 bpy.ops.wm.read_homefile(use_empty=True)
 bpy.ops.import_scene.fbx(filepath=str(out / "head.fbx"))
 result["fbx_keys"] = [k.name for o in bpy.data.objects if o.type == "MESH" for k in o.data.shape_keys.key_blocks]
+from addon.scene import animation, build
+anim = np.load(out / "anim.npz")
+bpy.context.scene.render.fps, bpy.context.scene.render.fps_base = 30, 1.0
+video = SimpleNamespace(index=0, meta=face.meta, arrays={**face.arrays, **{k: anim[k] for k in anim.files}})
+(animated,) = build.build_reconstruction(SimpleNamespace(faces=[video]), photo="clip.mp4",
+                                         settings=faces.BuildSettings(), metadata={})
+curve = animation.fcurve(animated.data.shape_keys, 'key_blocks["jawOpen"].value', 0)
+result["keyed"] = [round(point.co[0]) for point in curve.keyframe_points]
+bpy.context.scene.frame_set(13)
+result["jaw13"] = animated.data.shape_keys.key_blocks["jawOpen"].value
 print("RESULT " + json.dumps(result))
 """
 
@@ -320,6 +330,8 @@ def test_head_on_older_blenders(head_reply, tmp_path, blender):
             pytest.skip(f"no bpy 4.2 interpreter at {BPY42_PYTHON} (created by ./run test)")
         command = [str(BPY42_PYTHON), str(script)]
     np.savez(tmp_path / "head.npz", **head_reply.arrays)
+    performance = _performance(head_reply.meta["expressions"])
+    np.savez(tmp_path / "anim.npz", **performance)
     (tmp_path / "meta.json").write_text(json.dumps(head_reply.meta))
     result = subprocess.run([*command, "--", str(REPO), str(tmp_path / "head.npz"), str(tmp_path)],
                             capture_output=True, text=True, timeout=300)
@@ -339,3 +351,91 @@ def test_head_on_older_blenders(head_reply, tmp_path, blender):
     assert gltf["meshes"][0]["extras"]["targetNames"] == names[1:]
     assert all(len(p["targets"]) == 53 for p in gltf["meshes"][0]["primitives"])
     assert {p.name for p in tmp_path.iterdir()} >= {"head.obj", "head.mtl", "head.png", "head.blend"}
+    assert out["keyed"] == [frame for frame in range(1, 40) if not 15 < frame < 21]  # a video's head: keys per scene frame
+    assert out["jaw13"] == pytest.approx(performance["anim_weights"][6, names.index("jawOpen") - 1], abs=1e-4)
+
+
+def _performance(names, video_fps=15.0, count=20, gap=(8, 10)):
+    """A video's anim_* arrays: jawOpen ramps up, the head turns 0 -> 38 deg and moves 1 cm a second
+    away; frames ``gap`` lost (untracked)."""
+    from inference_server.head.camera import head_rotation
+
+    times = np.arange(count) / video_fps
+    weights = np.zeros((count, len(names)), np.float32)
+    weights[:, names.index("jawOpen")] = np.linspace(0, 0.95, count)
+    tracked = np.ones(count, np.uint8)
+    tracked[gap[0]:gap[1]] = 0
+    rotation = np.stack([head_rotation(2.0 * n, 3.0, 0.0) for n in range(count)]).astype(np.float32)
+    translation = np.stack([(0.0, 0.0, 1.6 + 0.01 * t) for t in times]).astype(np.float32)
+    return {"anim_frame": np.arange(count, dtype=np.int32), "anim_time": times, "anim_tracked": tracked,
+            "anim_weights": weights, "anim_rotation": rotation, "anim_translation": translation}
+
+
+def test_a_video_head_is_keyed_at_the_scene_frames(bpy, head_reply, tmp_path):
+    """A 15 fps performance in a 30 fps scene: keys on every scene frame the tracked video covers (none
+    inside the lost stretch), values interpolated between video frames, the pose as the object's
+    rotation, the motion relative to where the head was placed; kept by .blend, Blender's glTF
+    exporter (morph-weight and rotation channels) and the FBX exporter's re-import."""
+    from types import SimpleNamespace
+
+    from addon.data.meshdata import BuildSettings
+    from addon.scene.build import build_reconstruction
+    from addon.wire.axes import CAMERA_TO_BLENDER, MODEL_TO_BLENDER
+    from addon.writers import head_export
+
+    names = head_reply.meta["expressions"]
+    performance = _performance(names)
+    face = SimpleNamespace(index=0, meta=head_reply.meta, arrays={**head_reply.arrays, **performance})
+    bpy.context.scene.render.fps, bpy.context.scene.render.fps_base = 30, 1.0
+    (obj,) = build_reconstruction(SimpleNamespace(faces=[face]), photo="clip.mp4", settings=BuildSettings(),
+                                  metadata={}, location=(0.5, 0.0, 0.0))
+    key, scene = obj.data.shape_keys, bpy.context.scene
+    # Video frame n is at scene frame 1 + 2n; frames 8 and 9 were lost, so scene frames 16..20 lie in
+    # a stretch with no tracked frame on one side and get no key.
+    expected = [frame for frame in range(1, 40) if not 15 < frame < 21]
+    assert scene.frame_end >= 39
+    # The values at the scene's frames: the video's where they meet, halfway between them in between.
+    for frame in (1, 2, 13, 39):
+        scene.frame_set(frame)
+        video = (frame - 1) / 2
+        jaw = np.interp(video, np.arange(20), performance["anim_weights"][:, names.index("jawOpen")])
+        assert key.key_blocks["jawOpen"].value == pytest.approx(jaw, abs=1e-4), frame
+        rotation = CAMERA_TO_BLENDER @ performance["anim_rotation"][int(video)] @ MODEL_TO_BLENDER.T
+        if frame % 2 == 1:
+            np.testing.assert_allclose(np.array(obj.matrix_world)[:3, :3], rotation, atol=1e-4)
+            assert obj.location.y == pytest.approx(0.01 * video / 15.0, abs=1e-5)
+            assert obj.location.x == pytest.approx(0.5, abs=1e-6)
+    action = key.animation_data.action
+    jaw_keys = _keyed_frames(key, 'key_blocks["jawOpen"].value')
+    assert jaw_keys == expected and _keyed_frames(obj, "rotation_quaternion", 0) == expected
+    assert action is not None and obj.rotation_mode == "QUATERNION"
+
+    name = obj.name
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "take.blend"))
+    bpy.ops.wm.open_mainfile(filepath=str(tmp_path / "take.blend"))
+    reopened = bpy.data.objects[name]
+    assert _keyed_frames(reopened.data.shape_keys, 'key_blocks["jawOpen"].value') == expected
+
+    reopened.select_set(True)
+    bpy.ops.export_scene.gltf(filepath=str(tmp_path / "take.glb"), export_format="GLB", use_selection=True,
+                              export_animations=True, export_morph=True, export_morph_normal=False)
+    channels = {channel["target"]["path"] for animation in _glb_json(tmp_path / "take.glb").get("animations", [])
+                for channel in animation["channels"]}
+    assert {"weights", "rotation", "translation"} <= channels
+    head_export.export_fbx([reopened], tmp_path / "take.fbx")
+    bpy.ops.wm.read_homefile(use_empty=True)
+    bpy.ops.import_scene.fbx(filepath=str(tmp_path / "take.fbx"))
+    (imported,) = [o for o in bpy.data.objects if o.type == "MESH"]
+    assert imported.data.shape_keys.animation_data is not None
+    seen = []
+    for frame in range(0, 46):  # the importer places the take on its own frame grid
+        bpy.context.scene.frame_set(frame)
+        seen.append(imported.data.shape_keys.key_blocks["jawOpen"].value)
+    assert min(seen) == pytest.approx(0.0, abs=0.01) and max(seen) == pytest.approx(0.95, abs=0.01)
+
+
+def _keyed_frames(id_data, data_path: str, index: int = 0) -> list:
+    """Frames keyed on ``data_path[index]`` in ``id_data``'s action, in any Blender's layout."""
+    from addon.scene.animation import fcurve
+
+    return [round(point.co[0]) for point in fcurve(id_data, data_path, index).keyframe_points]

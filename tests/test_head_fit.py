@@ -158,7 +158,7 @@ def _face_distance_mm(model, a: np.ndarray, b: np.ndarray) -> float:
 
 @needs_model
 def test_real_photos_fitted_landmarks_land_on_mediapipes(photo_fits):
-    from inference_server.head.fit import eye_distance
+    from inference_server.head.objective import eye_distance
 
     for name, (landmarks, fit) in photo_fits.items():
         error = np.linalg.norm(fit.landmarks_fitted_px - landmarks[:, :2], axis=1) / eye_distance(landmarks)

@@ -14,7 +14,8 @@ from addon.wire.errors import ErrorCode, Exit, ProtocolError
 from inference_server.head.camera import head_angles_deg, head_rotation, rotation_angle_deg
 from inference_server.video.arkit import ARKIT_SHAPES, COLUMNS, arkit_weights, model_name, timecode
 from inference_server.video.performance import VideoFitConfig, smooth_track
-from inference_server.video.reader import VideoReader, parse_range, write_mp4
+from addon.wire.options import frame_range
+from inference_server.video.reader import VideoReader, write_mp4
 
 from .ict_fixtures import ICT_NPZ
 
@@ -57,11 +58,11 @@ def test_unreadable_or_oversize_videos_are_refused_clearly(tmp_path):
 
 
 def test_frame_ranges_parse_or_say_how_to_write_them():
-    assert parse_range(None) == (0, None) and parse_range("10:") == (10, None) and parse_range(":30") == (0, 30)
-    assert parse_range("5:9") == (5, 9)
+    assert frame_range("") == (0, None) and frame_range("10:") == (10, None) and frame_range(":30") == (0, 30)
+    assert frame_range("5:9") == (5, 9)
     for bad in ("a:b", "9:5", "-1:4", "3:3"):
         with pytest.raises(ValueError, match="START"):
-            parse_range(bad)
+            frame_range(bad)
 
 
 def test_smoothing_bridges_short_gaps_keeps_long_ones_and_adds_no_lag():
@@ -159,5 +160,48 @@ def test_the_cli_refuses_bad_videos_before_loading_models(tmp_path, head_data_di
     done = _cli(tmp_path / "junk.mp4", "-o", tmp_path / "x.npz", data_dir=head_data_dir, timeout=120)
     assert done.returncode == Exit.BAD_INPUT and "junk.mp4" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "x.npz").exists()
-    done = _cli(tmp_path / "junk.mp4", "--frames", "9:2", data_dir=head_data_dir, timeout=120)
-    assert done.returncode == Exit.USAGE and "frame range" in done.stderr
+    done = _cli(tmp_path / "junk.mp4", "--video-frames", "9:2", data_dir=head_data_dir, timeout=120)
+    assert done.returncode == Exit.USAGE and "frame range" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_server_takes_a_video_and_answers_its_performance(performed_video, head_server):
+    from addon.wire.client import Client
+
+    path, names, weights, _ = performed_video
+    video, reports = path.read_bytes(), []
+    with Client(head_server.address, timeout=300) as client:
+        reply = client.reconstruct_video(video, {"video_frames": "5:25"}, on_progress=reports.append)
+        (face,) = reply.faces
+        assert face.meta["geometry"] == "head" and face.meta["video"]["frames"] == 20
+        assert np.array_equal(face.arrays["anim_frame"], np.arange(5, 25)) and face.arrays["anim_weights"].shape == (20, 53)
+        assert face.arrays["vertices"].shape == (24591, 3) and "expression_deltas" in face.arrays
+        jaw = face.arrays["anim_weights"][:, names.index("jawOpen")]
+        assert np.corrcoef(jaw, weights[5:25, names.index("jawOpen")])[0, 1] > 0.8
+        stages = [report["stage"] for report in reports]
+        assert "track" in stages and "animate" in stages and stages.index("track") < stages.index("animate")
+        fractions = [report["fraction"] for report in reports]
+        assert fractions == sorted(fractions) and fractions[-1] > 0.9
+        refusals = {"over the frame limit": (video, {"max_video_frames": 10}, ErrorCode.TOO_LARGE),
+                    "not a video": (b"\x00" * 5000, {}, ErrorCode.BAD_IMAGE),
+                    "empty": (b"", {}, ErrorCode.BAD_IMAGE),
+                    "face mode": (video, {"geometry": "face"}, ErrorCode.BAD_REQUEST),
+                    "every face": (video, {"face": "all"}, ErrorCode.BAD_REQUEST),
+                    "bad range": (video, {"video_frames": "20:10"}, ErrorCode.BAD_REQUEST)}
+        for why, (data, params, code) in refusals.items():
+            with pytest.raises(ProtocolError) as caught:
+                client.reconstruct_video(data, params)
+            assert caught.value.code == code, (why, caught.value)
+        with pytest.raises(ProtocolError, match="photos or one video"):
+            client.call("reconstruct", {}, {"video": video, "image": video})
+        assert client.info()["server_version"]  # still serving
+
+
+def test_the_cli_sends_a_video_to_a_server(performed_video, head_server, tmp_path):
+    path, names, _, _ = performed_video
+    done = _cli(path, "--server", head_server.address, "--video-frames", "0:12", "-o", tmp_path / "head.obj",
+                "--csv", tmp_path / "take.csv")
+    assert done.returncode == Exit.OK, done.stderr
+    assert (tmp_path / "head.obj").stat().st_size > 1_000_000 and (tmp_path / "head_texture.png").exists()
+    with open(tmp_path / "take.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert tuple(rows[0]) == COLUMNS and len(rows) == 13 and "12 frames, 12 with the face" in done.stdout

@@ -1,12 +1,12 @@
 """The one way from a reply to the scene, for the panel and the batch: face-mode and head-mode
-objects side by side, and the photo's fitted lighting as the world."""
+objects side by side, a video's head animated, and the photo's fitted lighting as the world."""
 from __future__ import annotations
 
 import bpy
 
-from ..data import lighting, meshdata
+from ..data import animation as performance, lighting, meshdata
 from ..data.meshdata import BuildSettings
-from . import faces, heads
+from . import animation, faces, heads
 
 FACE_GAP_M = 0.05  # space between the faces of one photo when several come back
 
@@ -27,10 +27,13 @@ def build_reconstruction(reconstruction, *, photo: str, settings: BuildSettings,
         shift = offset - (lo + hi) / 2 if len(replies) > 1 else 0.0
         name = meshdata.object_name(photo, face.index, len(replies))
         if face.meta.get("geometry") == "head":
+            keys = performance_keys(face)  # checked before anything is made
             obj = heads.build_head_object(face, name=name, settings=settings, metadata=metadata,
                                           collection=collection)
             obj.location = (x + shift, y, z)  # posed like the photo, placed where the user asked
             heads.show_neutral(obj, settings.neutral_expression)
+            if keys is not None:
+                animation.animate_head(obj, keys, [str(n) for n in face.meta["expressions"]])
         else:
             obj = faces.build_face_object(face, name=name, settings=settings, location=(x + shift, y, z),
                                           metadata=metadata, collection=collection)
@@ -40,3 +43,12 @@ def build_reconstruction(reconstruction, *, photo: str, settings: BuildSettings,
         if fitted is not None:  # one world per scene: the first (largest) face's lighting
             bpy.context.scene.world = heads.photo_world(f"{meshdata.object_name(photo, 0, 1)}_lighting", fitted)
     return objects
+
+
+def performance_keys(face):
+    """A video's head: its keys at the scene's frame rate from the scene's first frame; else None."""
+    if not performance.has_performance(face.arrays):
+        return None
+    scene = bpy.context.scene
+    return performance.performance_keys(face.arrays, len(face.meta["expressions"]),
+                                        scene.render.fps / scene.render.fps_base, scene.frame_start)

@@ -165,6 +165,15 @@ class Client:
                           cancel=cancel, on_progress=on_progress)
         return self.reconstruction(reply)
 
+    def reconstruct_video(self, video: bytes, options: Mapping | None = None, *, timeout: float | None = None,
+                          cancel: threading.Event | None = None,
+                          on_progress: Callable[[dict], None] | None = None) -> "Reconstruction":
+        """A video file of one person (head mode): one head, with its performance as the ``anim_*`` arrays
+        (``protocol.HEAD_VIDEO_ARRAYS``); ``video_frames`` in ``options`` picks the frames."""
+        reply = self.call("reconstruct", dict(options or {}), {"video": video}, timeout=timeout, cancel=cancel,
+                          on_progress=on_progress)
+        return self.reconstruction(reply)
+
     def reconstruction(self, reply: Message) -> "Reconstruction":
         """A ``reconstruct`` reply parsed, its heads joined with their model's shared arrays."""
         return Reconstruction.from_message(reply, self.model_arrays)

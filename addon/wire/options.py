@@ -105,6 +105,30 @@ def _installed_name(value: str) -> str | None:
             "CHECKPOINT`, or start the server with `serve --depth-model PATH`")
 
 
+def frame_range(text: str) -> tuple[int, int | None]:
+    """A video's 'START:STOP' frame numbers (0-based, STOP excluded; either may be empty) -> (start, stop);
+    ``ValueError`` saying how to write one."""
+    if not text:
+        return 0, None
+    start, sep, stop = text.partition(":")
+    try:
+        first = int(start) if start.strip() else 0
+        last = int(stop) if sep and stop.strip() else None
+    except ValueError:
+        raise ValueError(f"frame range {text[:40]!r}: use START:STOP frame numbers, e.g. 0:300") from None
+    if first < 0 or (last is not None and last <= first):
+        raise ValueError(f"frame range {text[:40]!r}: START must be >= 0 and STOP after it")
+    return first, last
+
+
+def _frame_range_problem(value: str) -> str | None:
+    try:
+        frame_range(value)
+    except ValueError as exc:
+        return f"is not a frame range ({exc})"
+    return None
+
+
 OPTIONS: tuple[Option, ...] = (
     Option("face", str, "largest", "which face: largest, all, or an index by size (0 = largest)",
            choices=("largest", "all"), check=_face_index),
@@ -154,6 +178,10 @@ OPTIONS: tuple[Option, ...] = (
            minimum=1, maximum=200_000_000),
     Option("max_photos", int, 6, "most photos of one person a request may carry (head mode fits one head to all)",
            side=LIMIT, minimum=1, maximum=32),
+    Option("max_video_frames", int, 900, "most frames of a video a request may use (900: 30 s at 30 fps; "
+           "a video's request also has the server's time limit per request)", side=LIMIT, minimum=1, maximum=1_000_000),
+    Option("video_frames", str, "", "a video's frames to use: START:STOP (0-based, STOP excluded; empty = all, "
+           "up to max_video_frames)", check=_frame_range_problem),
     Option("photo_lighting", bool, False, "head mode with refine light or full: light the scene like the photo -- "
            "the fitted lighting becomes the world's environment (this replaces the scene's world)", side=BUILD,
            label="Photo Lighting", panel=True, geometry="head"),

@@ -13,7 +13,8 @@ Progress (server -> client, zero or more before a ``reconstruct`` reply, same ``
 
 Ops: ``info``; ``reconstruct`` (frame ``image``, options in ``params``, see ``options.py``; several photos
 of one person as ``image``, ``image_2``, ``image_3`` ... up to the ``max_photos`` limit: one head fitted
-to all of them, ``photo_frames``);
+to all of them, ``photo_frames``; or one video file as ``video``: one head and its performance, the
+``anim_*`` arrays of ``HEAD_VIDEO_ARRAYS``, ``video_frame``);
 ``cancel`` (``params.id`` = the request to stop; the server stops it at its next stage boundary and
 answers it with ``cancelled``); ``head_model`` (``params.fingerprint``): the arrays every head of
 the server's head model shares (``HEAD_MODEL_ARRAYS``). A head face's meta names them by
@@ -328,6 +329,26 @@ def photo_frames(payloads: Mapping[str, Any]) -> list:
     return photos
 
 
+def video_frame(payloads: Mapping[str, Any]) -> memoryview | None:
+    """A reconstruct request's ``video`` frame (a video file's bytes: one head and its per-frame performance),
+    or None when it carries photos; ``ProtocolError`` when it is not raw bytes or comes with photos."""
+    value = payloads.get("video")
+    if value is None:
+        return None
+    if not isinstance(value, memoryview):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "reconstruct's 'video' frame must be of kind 'bytes' holding the "
+                                                   "video file (MP4, MOV, MKV, WebM or AVI)")
+    if any(name == "image" or name.startswith("image_") for name in payloads):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "a reconstruct request carries photos or one video, not both")
+    return value
+
+
+def request_media(payloads: Mapping[str, Any]) -> tuple[str, list]:
+    """("video", [the video]) or ("photos", [photo, ...]) of a reconstruct request, checked."""
+    video = video_frame(payloads)
+    return ("video", [video]) if video is not None else ("photos", photo_frames(payloads))
+
+
 def face_payloads(index: int, arrays: Mapping[str, np.ndarray]) -> dict:
     """Name arrays of face ``index`` as they travel: ``"face<index>/<name>"``."""
     return {f"face{index}/{name}": value for name, value in arrays.items()}
@@ -382,6 +403,15 @@ HEAD_FACE_ARRAYS = {
 # linear RGB irradiance of the fitted lighting at each vertex: albedo x irradiance = the photo's look);
 # with ``refine full``, ``vertex_displacement`` (float32, (V,) metres along the normals: the shape from
 # shading, already added to ``vertices``, so every export carries it).
+# A head made from a video (``meta["video"]`` present) also carries its performance, one row per frame read:
+HEAD_VIDEO_ARRAYS = {
+    "anim_frame": ("int32", "(T,) the video's frame number of each row"),
+    "anim_time": ("float64", "(T,) seconds from the video's start"),
+    "anim_tracked": ("uint8", "(T,) 1 where the face was followed (or a short loss bridged); 0 rows hold no pose"),
+    "anim_weights": ("float32", "(T, E) expression weights in [0, 1]; names in meta['expressions']"),
+    "anim_rotation": ("float32", "(T, 3, 3) camera-from-model rotation, OpenCV camera axes (x right, y down, z ahead)"),
+    "anim_translation": ("float32", "(T, 3) metres, the same camera axes"),
+}
 HEAD_ARRAYS = HEAD_MODEL_ARRAYS | HEAD_FACE_ARRAYS  # what a head face holds once its model arrays are joined
 
 

@@ -60,14 +60,25 @@ def textures_as_files(objects, folder: Path, stem: str):
             bpy.data.images.remove(image)
 
 
+def _animated(objects) -> bool:
+    """Whether any object (a video's head) or its shape keys carry keyframes."""
+    keys = (getattr(obj.data, "shape_keys", None) for obj in objects)
+    return any(obj.animation_data and obj.animation_data.action for obj in objects) or any(
+        key is not None and key.animation_data and key.animation_data.action for key in keys)
+
+
 def export_fbx(objects, path: Path) -> None:
-    """FBX with blendshapes (one per shape key) and the atlas embedded; Y up, -Z forward."""
+    """FBX with blendshapes (one per shape key) and the atlas embedded; Y up, -Z forward. A video's head
+    carries its animation: blendshape weights and transform, baked on every scene frame as keyed."""
     path = Path(path)
     faces.select_only(objects)
+    animated = _animated(objects)
     with tempfile.TemporaryDirectory() as folder, textures_as_files(objects, Path(folder), path.stem):
         _run("export_scene.fbx", "io_scene_fbx", path, use_selection=True, object_types={"MESH"},
              use_mesh_modifiers=False, mesh_smooth_type="FACE", path_mode="COPY", embed_textures=True,
-             bake_anim=False, add_leaf_bones=False, use_custom_props=False, axis_forward="-Z", axis_up="Y")
+             bake_anim=animated, bake_anim_use_all_actions=False, bake_anim_use_nla_strips=False,
+             bake_anim_simplify_factor=0.0, add_leaf_bones=False, use_custom_props=False,
+             axis_forward="-Z", axis_up="Y")
 
 
 def export_obj(objects, path: Path) -> list:

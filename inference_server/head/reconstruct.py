@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from addon.wire.errors import ErrorCode, ProtocolError
+from addon.wire.axes import CAMERA_TO_BLENDER, MODEL_TO_BLENDER
 
 from ..detail import detail_map
 from .camera import Camera
@@ -39,9 +40,6 @@ from .topology import KEPT_VERTICES, MATERIALS, to_blender, topology
 VISIBILITY_MAX_SIDE = 1024   # the z-buffer for texture visibility is at most this many pixels across
 VISIBILITY_EPS_M = 0.004     # a vertex this close behind the z-buffer still counts as seen
 MAX_ATLAS = 2048
-# OpenCV camera axes (x right, y down, z forward) -> a Blender world where the camera looks along +Y.
-CAMERA_TO_BLENDER = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
-MODEL_TO_BLENDER = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
 
 StageReport = Callable[[str, str], None]  # (stage, text): may raise ProtocolError(cancelled)
 

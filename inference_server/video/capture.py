@@ -8,6 +8,7 @@ with that identity. Memory grows with the frame count by the landmarks only, nev
 """
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,39 +17,46 @@ import numpy as np
 from addon.wire.errors import ErrorCode, ProtocolError
 
 from addon.wire import options as schema
+from addon.wire.options import frame_range
 
+from .. import alignment
 from ..head.camera import Camera
+from ..limits import check_video
 from ..head.reconstruct import PersonPhoto
 from ..pipeline import DETECTED_AT, STAGES, FaceProgress, FaceResult, Result, Timer
-from .performance import KeyFrames, Performance, Track, VideoFitConfig, fit_frames, fit_identity, frame_yaw
+from .performance import KeyFrames, Track, VideoFitConfig, fit_frames, fit_identity, frame_yaw
 from .reader import VideoReader
 from .track import FaceTracker
 
 TRACK_SHARE = 0.6   # of the progress bar: reading and tracking; the rest is fitting
 
 
-def capture_video(pipeline, path: str | Path, params: dict | None = None, frame_range: tuple[int, int | None] = (0, None),
-                  report=None, config: VideoFitConfig = VideoFitConfig()):
-    """(Result with one head face whose arrays include the ``anim_*`` arrays, Performance). ``report``
-    is the pipeline's ``Reporter`` (stage, text, fraction, face, faces); it may raise to cancel."""
+def capture_video(pipeline, path: str | Path, params: dict | None = None, *, config=None, report=None,
+                  fit: VideoFitConfig = VideoFitConfig(), name: str | None = None):
+    """(Result with one head face whose arrays include the ``anim_*`` arrays, Performance). ``config``
+    when the caller validated the options already, else ``params``; ``video_frames`` picks the frames,
+    at most ``max_video_frames`` of them. ``report`` is the pipeline's ``Reporter`` (stage, text,
+    fraction, face, faces); it may raise to cancel. ``name`` is the video's name in errors."""
     report = report or (lambda *args: None)
     head = pipeline.head
-    if head is None:
-        raise ProtocolError(ErrorCode.NO_MODEL, "a video makes a head, which needs the head model "
-                                                "(`python -m inference_server model fetch`)")
-    options = pipeline.defaults.with_params(params or {})
-    if options.face == "all":
-        raise ProtocolError(ErrorCode.BAD_REQUEST, "a video follows one face: choose face 'largest' or a number")
+    options = config or pipeline.defaults.with_params(params or {})
+    check_video(options, head is not None)
+    start, stop = frame_range(options.video_frames)
     timer, started = Timer(), time.perf_counter()
-    start, stop = frame_range
-    with VideoReader(path, options.max_pixels) as reader:
+    with VideoReader(path, options.max_pixels, name) as reader:
         info = reader.info
+        known = [count for count in (stop, info.frame_count) if count]  # the header's count may be missing
+        wanted = min(known) - start if known else 0
+        if wanted > options.max_video_frames:
+            raise ProtocolError(ErrorCode.TOO_LARGE, f"{reader.name}: {wanted} frames to read; this server's limit "
+                                                     f"is {options.max_video_frames} (max_video_frames): choose fewer "
+                                                     "with video_frames START:STOP")
+        stop = start + options.max_video_frames if stop is None else min(stop, start + options.max_video_frames)
         size = (info.height, info.width)
         camera = Camera.default_for(size, None)
         tracker = FaceTracker(pipeline.detector, pipeline.landmarker, options,
                               0 if options.face == "largest" else int(options.face))
-        expected = max((min(stop, info.frame_count) if stop is not None and info.frame_count else
-                        stop or info.frame_count) - start, 1)
+        expected = max(min(known + [stop]) - start, 1)
         track, keys = Track(), KeyFrames()
         with timer.stage("track"):
             for frame in reader.frames(start, stop):
@@ -61,7 +69,7 @@ def capture_video(pipeline, path: str | Path, params: dict | None = None, frame_
                     keys.offer(frame.index, frame.rgb, located, frame_yaw(head.basis, located.landmarks_px, camera))
     if not track.time_s:
         raise ProtocolError(ErrorCode.BAD_IMAGE, f"{reader.name}: no frames could be read in that range")
-    chosen = keys.chosen(config.min_key_sharpness)
+    chosen = keys.chosen(fit.min_key_sharpness)
     if not chosen:
         raise ProtocolError(ErrorCode.NO_FACE, f"{reader.name}: no face found in any of its {len(track.time_s)} frames")
     progress = FaceProgress(timer, lambda stage, text, fraction, face, faces:
@@ -72,6 +80,8 @@ def capture_video(pipeline, path: str | Path, params: dict | None = None, frame_
         fits = fit_identity(head.model, head.basis, chosen, size, head.fit_config, head.device)
         photos = [PersonPhoto(key.rgb, key.located.points_crop, key.located.to_crop) for key in chosen]
         arrays, meta = head.reconstruct_views(photos, options, progress, fits=fits)
+    except ValueError as exc:  # a fit that cannot start (degenerate landmarks)
+        raise ProtocolError(ErrorCode.NO_FACE, f"{reader.name}: the face could not be fitted ({exc})") from None
     finally:
         progress.close()
     focal = float(np.median([fit.focal for fit in fits]))
@@ -82,10 +92,11 @@ def capture_video(pipeline, path: str | Path, params: dict | None = None, frame_
 
     with timer.stage("animate"):
         performance = fit_frames(head.model, head.basis, track, fits[0].id_coeffs, focal, size, head.fit_config,
-                                 config, head.device, frame_progress)
+                                 fit, head.device, frame_progress)
     performance.key_frames = [key.index for key in chosen]
     if reader.fps_guessed or not performance.fps:
         performance.fps = info.fps
+    meta = {"index": 0, "crop_to_image": alignment.invert(chosen[0].located.to_crop).tolist(), **meta}
     meta["refine"] = "off: video (the texture is the key frames' colour as lit)"
     meta["video"] = {"frames": len(track.time_s), "tracked": int(performance.tracked.sum()),
                      "detections": track.detections, "fps": round(performance.fps, 3),
@@ -98,3 +109,18 @@ def capture_video(pipeline, path: str | Path, params: dict | None = None, frame_
     return Result(faces=[FaceResult(index=0, meta=meta, arrays=arrays | performance.as_arrays())],
                   meta=result_meta), performance
 
+
+
+def capture_video_bytes(pipeline, data: bytes | memoryview, config, report=None):
+    """``capture_video`` on a video file's bytes (a request's ``video`` frame): the decoder reads files,
+    so the bytes go to a private temporary file for the length of the request."""
+    if len(data) == 0:
+        raise ProtocolError(ErrorCode.BAD_IMAGE, "the video is empty (0 bytes)")
+    with tempfile.TemporaryDirectory(prefix="faceforge-video-") as folder:
+        path = Path(folder) / "request-video"
+        try:
+            path.write_bytes(data)
+        except OSError as exc:
+            raise ProtocolError(ErrorCode.INTERNAL, f"the server cannot store the video to read it "
+                                                    f"({exc.strerror or exc})") from None
+        return capture_video(pipeline, path, config=config, report=report, name="the video")

@@ -40,31 +40,17 @@ class Frame:
     rgb: np.ndarray       # (H, W, 3) uint8
 
 
-def parse_range(text: str | None) -> tuple[int, int | None]:
-    """'START:STOP' frame numbers (0-based, STOP excluded; either may be empty) -> (start, stop)."""
-    if not text:
-        return 0, None
-    start, sep, stop = text.partition(":")
-    try:
-        first = int(start) if start.strip() else 0
-        last = int(stop) if sep and stop.strip() else None
-    except ValueError:
-        raise ValueError(f"frame range {text!r}: use START:STOP frame numbers, e.g. 0:300") from None
-    if first < 0 or (last is not None and last <= first):
-        raise ValueError(f"frame range {text!r}: START must be >= 0 and STOP after it")
-    return first, last
-
-
 class VideoReader:
     """Open a video file; ``frames()`` yields its frames in order within ``frame_range``."""
 
-    def __init__(self, path: str | Path, max_pixels: int):
+    def __init__(self, path: str | Path, max_pixels: int, name: str | None = None):
         path = Path(path)
+        self.name = name or path.name
         if not path.is_file():
-            raise ProtocolError(ErrorCode.BAD_IMAGE, f"{path}: no such video file")
+            raise ProtocolError(ErrorCode.BAD_IMAGE, f"{self.name}: no such video file")
         self._capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
         if not self._capture.isOpened():
-            raise ProtocolError(ErrorCode.BAD_IMAGE, f"{path.name}: not a video this decoder can read "
+            raise ProtocolError(ErrorCode.BAD_IMAGE, f"{self.name}: not a video this decoder can read "
                                                      "(MP4, MOV, MKV, WebM or AVI expected)")
         self._capture.set(cv2.CAP_PROP_ORIENTATION_AUTO, 1)
         width, height = (int(self._capture.get(p)) for p in (cv2.CAP_PROP_FRAME_WIDTH, cv2.CAP_PROP_FRAME_HEIGHT))
@@ -72,10 +58,10 @@ class VideoReader:
         count = max(int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0), 0)
         if width <= 0 or height <= 0:
             self.close()
-            raise ProtocolError(ErrorCode.BAD_IMAGE, f"{path.name}: the video has no picture stream")
+            raise ProtocolError(ErrorCode.BAD_IMAGE, f"{self.name}: the video has no picture stream")
         if width * height > max_pixels:
             self.close()
-            raise ProtocolError(ErrorCode.TOO_LARGE, f"{path.name}: frames are {width}x{height}; the limit is "
+            raise ProtocolError(ErrorCode.TOO_LARGE, f"{self.name}: frames are {width}x{height}; the limit is "
                                                      f"{max_pixels:,} pixels (max_pixels)")
         if not (MIN_FPS <= fps <= MAX_FPS and math.isfinite(fps)):
             fps = 30.0  # an unreadable rate: times fall back to the common one, and the summary says so
@@ -84,7 +70,6 @@ class VideoReader:
             self.fps_guessed = False
         self.info = VideoInfo(width, height, fps, count)
         self.max_pixels = max_pixels
-        self.name = path.name
 
     def close(self) -> None:
         self._capture.release()
