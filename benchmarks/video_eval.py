@@ -113,6 +113,35 @@ def multiview_surface(model, table, basis, subject: Subject) -> float:
     return shape_errors(model, table, model.shape(fit.id_coeffs), subject.canonical(model))["surface_mm"]
 
 
+def frame_strip(model, video: Path, performance, result, path: Path, count: int = 6) -> None:
+    """A JPEG: the video's frames (top) over the recovered head driven by the recovered expressions and
+    pose, rendered as clay in the video's camera (bottom), at ``count`` evenly spread frames."""
+    import torch
+    from PIL import Image
+
+    from inference_server.head import render
+    from inference_server.head.camera import Camera
+    from inference_server.video.reader import VideoReader
+
+    identity = np.asarray(result.faces[0].meta["identity"], np.float32)
+    picks = set(np.linspace(0, len(performance.time_s) - 1, count).round().astype(int).tolist())
+    faces = torch.from_numpy(render.drawn_faces(model)).long()
+    clay = torch.full((model.vertex_count, 3), 0.72)
+    tiles = []
+    with VideoReader(video, 10 ** 8) as reader:
+        for frame in reader.frames():
+            if frame.index not in picks:
+                continue
+            height, width = frame.rgb.shape[:2]
+            camera = Camera(performance.focal_px, (width / 2, height / 2), (height, width))
+            shape = model.shape(identity, performance.weights[frame.index])
+            posed = shape @ performance.rotation[frame.index].T + performance.translation[frame.index]
+            head, _ = render.render_shaded(torch.from_numpy(posed.astype(np.float32)), faces, clay, camera)
+            box = (slice(int(0.2 * height), int(0.8 * height)), slice(int(0.22 * width), int(0.78 * width)))
+            tiles.append(np.concatenate([frame.rgb[box], head[box]], 0))
+    Image.fromarray(np.concatenate(tiles, 1)).save(path, quality=88)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=4.0)
@@ -121,6 +150,7 @@ def main() -> None:
     parser.add_argument("--yaw", type=float, default=25.0, help="the head's yaw swing, +- degrees")
     parser.add_argument("--beyond", action="store_true", help="add shape the model cannot represent")
     parser.add_argument("--keep", type=Path, help="keep the rendered MP4 here")
+    parser.add_argument("--strip", type=Path, help="write a frame strip (video over the driven head) here")
     args = parser.parse_args()
     import torch
 
@@ -162,6 +192,9 @@ def main() -> None:
     print(f"identity surface error: video {row['surface_mm']:.2f} mm, three photos (0/35/70 deg) "
           f"{row['multiview_mm']:.2f} mm, unfitted mean head {row['mean_head_mm']:.2f} mm")
     print(f"key frames: {performance.key_frames}")
+    if args.strip:
+        frame_strip(model, video, performance, result, args.strip)
+        print(f"wrote {args.strip}")
 
 
 if __name__ == "__main__":
