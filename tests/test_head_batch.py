@@ -8,6 +8,7 @@ from addon.writers import glb
 from addon.wire.errors import Exit
 from tests.batch_fixtures import blender_command, by_key, inspect_blend, load_summary, needs_blender, run_batch
 from tests.photo_fixtures import one_photo_folder  # noqa: F401 (fixture)
+from tests.video_fixtures import performed_video  # noqa: F401 (fixture)
 
 
 @needs_blender
@@ -38,3 +39,33 @@ def test_blender_batch_builds_and_exports_a_full_head(one_photo_folder, tmp_path
     manifest = json.loads((folder / "faceforge.json").read_text())
     assert textures == {f"{entry['key']}_face0.png"} <= set(manifest["files"])
     assert sorted(p.name for p in folder.glob("*.png")) == [f"{entry['key']}_face0.png"]
+
+
+@needs_blender
+def test_blender_batch_turns_a_video_into_an_animated_head(performed_video, tmp_path, head_data_dir):
+    """A video among the inputs: one head, keyed in the .blend, animated in the .glb (morph weights,
+    rotation, translation) and the .fbx, and its performance as a Live Link Face .csv."""
+    import csv
+    import shutil
+
+    from addon.data.arkit import COLUMNS
+
+    path, names, _, _ = performed_video
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(path, folder / "take.mp4")
+    output = tmp_path / "out"
+    result = run_batch(blender_command("--input", str(folder), "--output", str(output), "--formats", "blend,glb,fbx",
+                                       "--device", "cpu"), env={"FACEFORGE_DATA": str(head_data_dir)})
+    assert result.returncode == Exit.OK
+    (entry,) = by_key(load_summary(output)).values()
+    assert entry["status"] == "ok" and entry["vertices"] == 24591
+    out = output / entry["key"]
+    document, _ = glb.read_glb(out / f"{entry['key']}.glb")
+    (animation,) = document["animations"]
+    assert {c["target"]["path"] for c in animation["channels"]} == {"weights", "rotation", "translation"}
+    with open(out / f"{entry['key']}.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert tuple(rows[0]) == COLUMNS and len(rows) == 31
+    assert (out / f"{entry['key']}.fbx").stat().st_size > 1_000_000
+    assert f"{entry['key']}.csv" in json.loads((out / "faceforge.json").read_text())["files"]

@@ -422,6 +422,19 @@ def test_a_video_head_is_keyed_at_the_scene_frames(bpy, head_reply, tmp_path):
     channels = {channel["target"]["path"] for animation in _glb_json(tmp_path / "take.glb").get("animations", [])
                 for channel in animation["channels"]}
     assert {"weights", "rotation", "translation"} <= channels
+    from addon.writers import glb, surfaces
+
+    glb.write_glb(tmp_path / "ours.glb", surfaces.with_shape_keys([reopened]))  # the batch's own writer
+    ours, _ = glb.read_glb(tmp_path / "ours.glb")
+    (animation,) = ours["animations"]
+    assert {c["target"]["path"] for c in animation["channels"]} == {"weights", "rotation", "translation"}
+    times = ours["accessors"][animation["samplers"][0]["input"]]
+    assert times["count"] == len(expected) and times["max"] == [pytest.approx(38 / 30)]
+    assert ours["accessors"][animation["samplers"][0]["output"]]["count"] == len(expected) * 53
+    bpy.ops.object.select_all(action="DESELECT")
+    bpy.ops.import_scene.gltf(filepath=str(tmp_path / "ours.glb"))
+    (imported,) = bpy.context.selected_objects
+    assert imported.data.shape_keys.animation_data is not None and imported.animation_data is not None
     head_export.export_fbx([reopened], tmp_path / "take.fbx")
     bpy.ops.wm.read_homefile(use_empty=True)
     bpy.ops.import_scene.fbx(filepath=str(tmp_path / "take.fbx"))

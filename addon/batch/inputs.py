@@ -1,5 +1,5 @@
-"""Photos in (bpy-free): which folder entries are photos, their output names, how they are read, and
-how their names are shown.
+"""Photos in (bpy-free): which folder entries are photos (or videos of one person: one animated head
+each), their output names, how they are read, and how their names are shown.
 
 A folder may hold anything: FIFOs and devices (a read would block or never end), links that loop
 or point nowhere, files of gigabytes, names that are not UTF-8 or hold a newline. Only regular files
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi")
 MAX_PHOTO_BYTES = 256 * 1024 * 1024  # the server's default --max-message-mb: a larger photo could not be sent
 
 
@@ -29,6 +30,11 @@ class Photo:
         """The file name, escaped for one line of output (``shown``)."""
         return shown(self.path.name)
 
+    @property
+    def is_video(self) -> bool:
+        """A video file (by its suffix): sent as a request's ``video`` frame, not as a photo."""
+        return self.path.suffix.lower() in VIDEO_SUFFIXES
+
 
 def shown(text: str) -> str:
     """``text`` on one printable line: control characters and undecodable bytes (surrogate escapes of a
@@ -37,7 +43,7 @@ def shown(text: str) -> str:
 
 
 def _is_photo_name(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    return path.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES and not path.name.startswith(".")
 
 
 def why_not_a_photo(path: Path, max_bytes: int = MAX_PHOTO_BYTES) -> str | None:

@@ -68,7 +68,8 @@ class Window:
     def _send(self, photo: Photo) -> None:
         data = self.read(photo.path)
         report = (lambda progress: self.on_progress(photo, progress)) if self.on_progress else None
-        request_id = self.client.send("reconstruct", self.params, {"image": data}, on_progress=report)
+        media = {"video" if photo.is_video else "image": data}
+        request_id = self.client.send("reconstruct", self.params, media, on_progress=report)
         if not self.in_flight:
             self.last_progress = self.clock()
         self.attempts[photo.key] = self.attempts.get(photo.key, 0) + 1

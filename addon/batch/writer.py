@@ -1,6 +1,7 @@
 """One photo's reply -> objects -> files: the objects come from the add-on's own builder
 (``addon.scene.build.build_reconstruction``, so names, placement and metadata match the panel's), the
-files are written into a staging folder and moved into place when all of them exist."""
+files are written into a staging folder and moved into place when all of them exist. A video's head is
+animated in every format that carries animation (.blend, .glb, .fbx) and adds a Live Link Face .csv."""
 from __future__ import annotations
 
 import shutil
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..data import meshdata
+from ..data.animation import has_performance
+from ..data.arkit import write_csv
 from ..wire.errors import ErrorCode
 from .cli import Options
 from .inputs import Photo, shown
@@ -117,6 +120,11 @@ def _write_files(run: RunContext, photo: Photo, reconstruction, objects: list, s
             run.blender.export(fmt, staging / f"{photo.key}.{fmt}", objects)
             files += output_names(photo.key, [fmt])
             timings[fmt] = round(time.perf_counter() - started, 4)
+        for face in reconstruction.faces:  # a video's head: its performance as facial-capture tools read it
+            if has_performance(face.arrays):
+                step = "the .csv"
+                write_csv(staging / f"{photo.key}.csv", face.arrays, face.meta["video"]["fps"], face.meta["expressions"])
+                files.append(f"{photo.key}.csv")
     except Exception as exc:
         raise _Stage(ERR_EXPORT, f"writing {step} failed: {exc.__class__.__name__}: {exc}") from exc
     missing = [name for name in files if not (staging / name).exists()]

@@ -1,7 +1,21 @@
 """The axes of a head's ``pose.matrix`` and of a video's Blender keys, for both ends (numpy only): OpenCV's
 camera axes (x right, y down, z ahead) -> Blender's camera view (the camera at the origin looking along
-+Y, Z up), and the head model's axes -> Blender's."""
++Y, Z up), the head model's axes -> Blender's, and head angles (yaw, pitch, roll) of a pose."""
+import math
+
 import numpy as np
+
+FRONTAL = np.diag([1.0, -1.0, -1.0])  # camera-from-model rotation of a head facing the camera upright
 
 CAMERA_TO_BLENDER = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
 MODEL_TO_BLENDER = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+
+
+def head_angles_deg(rotation: np.ndarray) -> tuple[float, float, float]:
+    """(yaw, pitch, roll) in degrees of a camera-from-model rotation, the inverse of the server's
+    ``head.camera.head_rotation``: FRONTAL @ roll @ pitch @ yaw (yaw: nose toward image right, pitch:
+    chin up, roll: in the image plane)."""
+    m = FRONTAL.T @ np.asarray(rotation, np.float64)
+    pitch = math.asin(float(np.clip(-m[2, 1], -1.0, 1.0)))
+    return (math.degrees(math.atan2(-m[2, 0], m[2, 2])), math.degrees(pitch),
+            math.degrees(math.atan2(m[0, 1], m[1, 1])))

@@ -50,6 +50,16 @@ class Targets:
 
 
 @dataclass
+class Animation:
+    """A video's performance on one node: key times and, per key, the morph-target weights (in the
+    targets' order) and the node's transform, as Blender object matrices (Blender axes)."""
+
+    times: np.ndarray              # (F,) seconds from the first key
+    weights: np.ndarray            # (F, K)
+    matrices: np.ndarray           # (F, 4, 4)
+
+
+@dataclass
 class Surface:
     """One object as the file carries it: one vertex per (mesh vertex, UV) pair, so every vertex
     has one position, normal and UV; in the object's own frame (Blender axes, metres), placed in
@@ -66,6 +76,7 @@ class Surface:
     texture_name: str              # the image's name in the file
     matrix: np.ndarray = field(default_factory=lambda: np.eye(4))  # (4, 4) object -> world, Blender axes
     targets: Targets | None = None
+    animation: Animation | None = None
 
 
 def split_by_uv(corner_vertex: np.ndarray, uvs: np.ndarray, vertex_count: int) -> tuple:
@@ -220,6 +231,25 @@ def _add_surface(document: dict, buffer: _Buffer, surface: Surface) -> None:
     document["nodes"].append({"name": surface.name, "mesh": len(document["meshes"]) - 1,
                               **node_transform(surface.matrix)})
     document["scenes"][0]["nodes"].append(len(document["nodes"]) - 1)
+    if surface.animation is not None and len(surface.animation.times):
+        _add_animation(document, buffer, surface.name, len(document["nodes"]) - 1, surface.animation)
+
+
+def _add_animation(document: dict, buffer: _Buffer, name: str, node: int, animation: Animation) -> None:
+    """One glTF animation: linear samplers over the key times for the morph weights, the rotation and
+    the translation of ``node`` (what Blender's importer turns back into shape-key and object keys)."""
+    times = np.asarray(animation.times, np.float32)
+    moments = buffer.accessor(times, "SCALAR", bounds=([float(times.min())], [float(times.max())]))
+    transforms = [node_transform(matrix) for matrix in animation.matrices]
+    outputs = {"weights": (np.asarray(animation.weights, np.float32).ravel(), "SCALAR"),
+               "rotation": (np.array([t["rotation"] for t in transforms], np.float32), "VEC4"),
+               "translation": (np.array([t.get("translation", [0.0, 0.0, 0.0]) for t in transforms], np.float32),
+                               "VEC3")}
+    samplers, channels = [], []
+    for path, (values, kind) in outputs.items():
+        samplers.append({"input": moments, "output": buffer.accessor(values, kind), "interpolation": "LINEAR"})
+        channels.append({"sampler": len(samplers) - 1, "target": {"node": node, "path": path}})
+    document.setdefault("animations", []).append({"name": name, "samplers": samplers, "channels": channels})
 
 
 def write_glb(path: Path, surfaces: list) -> None:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import bpy
 import numpy as np
+from mathutils import Quaternion
 
-from ..scene import faces, heads
-from .glb import Look, Surface, Targets, split_by_uv
+from ..scene import animation, faces, heads
+from .glb import Animation, Look, Surface, Targets, split_by_uv
 
 
 def _read(collection, attribute: str, dtype, count: int, width: int = 1) -> np.ndarray:
@@ -139,5 +140,44 @@ def evaluated(objects) -> list:
 def with_shape_keys(objects) -> list:
     """Each mesh object as its data holds it -- the basis shape, no modifiers -- with one morph target
     per shape key (weights: the keys' values) and the object's transform. Heads are written this way:
-    a morph target must have the vertex count of its mesh, which the modifiers would change."""
-    return [_surface(obj, obj.data, obj.matrix_world, morphs=obj.data.shape_keys is not None) for obj in objects]
+    a morph target must have the vertex count of its mesh, which the modifiers would change. A video's
+    head also carries its keys as an animation."""
+    surfaces = []
+    for obj in objects:
+        surface = _surface(obj, obj.data, obj.matrix_world, morphs=obj.data.shape_keys is not None)
+        if surface.targets is not None:
+            surface.animation = _animation(obj, surface.targets.names)
+        surfaces.append(surface)
+    return surfaces
+
+
+def _animation(obj, names) -> Animation | None:
+    """The object's keys (``scene.animation``) sampled at its keyed frames; None when it has none."""
+    if obj.animation_data is None or obj.animation_data.action is None:
+        return None
+    try:
+        rotation = [animation.fcurve(obj, "rotation_quaternion", axis) for axis in range(4)]
+        location = [animation.fcurve(obj, "location", axis) for axis in range(3)]
+    except StopIteration:
+        return None
+    frames = [point.co[0] for point in rotation[0].keyframe_points]
+    keys = obj.data.shape_keys
+    weights = np.empty((len(frames), len(names)), np.float32)
+    for column, name in enumerate(names):
+        block = keys.key_blocks[name]
+        try:
+            curve = animation.fcurve(keys, block.path_from_id("value"), 0)
+            weights[:, column] = [curve.evaluate(frame) for frame in frames]
+        except (StopIteration, AttributeError):
+            weights[:, column] = block.value
+    scale = np.diag([*obj.scale, 1.0])
+    matrices = np.empty((len(frames), 4, 4))
+    for row, frame in enumerate(frames):
+        w, x, y, z = (curve.evaluate(frame) for curve in rotation)
+        matrix = np.eye(4)
+        matrix[:3, :3] = np.array(Quaternion((w, x, y, z)).normalized().to_matrix())
+        matrix[:3, 3] = [curve.evaluate(frame) for curve in location]
+        matrices[row] = matrix @ scale
+    scene = bpy.context.scene
+    times = (np.asarray(frames) - frames[0]) / (scene.render.fps / scene.render.fps_base)
+    return Animation(times, weights, matrices)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-FRONTAL = np.diag([1.0, -1.0, -1.0])
+from addon.wire.axes import FRONTAL
 
 
 @dataclass(frozen=True)
@@ -40,14 +40,6 @@ def head_rotation(yaw_deg: float = 0.0, pitch_deg: float = 0.0, roll_deg: float 
     pitch = np.array([[1, 0, 0], [0, math.cos(p), math.sin(p)], [0, -math.sin(p), math.cos(p)]])
     roll = np.array([[math.cos(r), math.sin(r), 0], [-math.sin(r), math.cos(r), 0], [0, 0, 1]])
     return FRONTAL @ roll @ pitch @ yaw
-
-
-def head_angles_deg(rotation: np.ndarray) -> tuple[float, float, float]:
-    """(yaw, pitch, roll) in degrees of a camera-from-model rotation: the inverse of ``head_rotation``."""
-    m = FRONTAL.T @ np.asarray(rotation, np.float64)
-    pitch = math.asin(float(np.clip(-m[2, 1], -1.0, 1.0)))
-    return (math.degrees(math.atan2(-m[2, 0], m[2, 2])), math.degrees(pitch),
-            math.degrees(math.atan2(m[0, 1], m[1, 1])))
 
 
 def rotation_angle_deg(a: np.ndarray, b: np.ndarray) -> float:

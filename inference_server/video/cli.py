@@ -26,13 +26,13 @@ def add_video_command(commands, request_options: tuple) -> None:
 
 
 def run_video_command(args) -> int:
+    from addon.data.arkit import write_csv
+
     from .. import exporters
     from ..head.store import find_model
     from ..pipeline import FacePipeline, resolve_device
-    from .arkit import write_csv
     from ..config import ReconstructionConfig
     from .capture import capture_video
-    from .performance import Performance
     from .reader import VideoReader
 
     if args.output and args.output.suffix.lower() not in exporters.SUFFIXES:
@@ -61,7 +61,7 @@ def run_video_command(args) -> int:
             outputs += [str(path) for path in exporters.write(args.output, arrays)]
         if args.csv:
             args.csv.parent.mkdir(parents=True, exist_ok=True)
-            write_csv(args.csv, Performance.from_arrays(arrays, meta["video"]["fps"]), meta["expressions"])
+            write_csv(args.csv, arrays, meta["video"]["fps"], meta["expressions"])
             outputs.append(str(args.csv))
     except OSError as exc:
         print(f"error: cannot write the output: {exc.strerror or exc}", file=sys.stderr)

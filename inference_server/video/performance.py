@@ -130,14 +130,6 @@ class Performance:
     image_size: tuple[int, int]
     key_frames: list[int]
 
-    @classmethod
-    def from_arrays(cls, arrays: dict, fps: float) -> "Performance":
-        """The performance a reply's ``anim_*`` arrays carry (``protocol.HEAD_VIDEO_ARRAYS``)."""
-        return cls(np.asarray(arrays["anim_frame"]), np.asarray(arrays["anim_time"], np.float64),
-                   np.asarray(arrays["anim_tracked"]).astype(bool), np.asarray(arrays["anim_weights"]),
-                   np.asarray(arrays["anim_rotation"], np.float64), np.asarray(arrays["anim_translation"], np.float64),
-                   fps, 0.0, (0, 0), [])
-
     def as_arrays(self) -> dict:
         return {"anim_frame": self.frame_index.astype(np.int32), "anim_time": self.time_s.astype(np.float64),
                 "anim_tracked": self.tracked.astype(np.uint8), "anim_weights": self.weights.astype(np.float32),

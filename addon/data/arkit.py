@@ -5,7 +5,8 @@ The head model's 53 expressions are ARKit's 52 less ``tongueOut`` (which it does
 ARKit's split in halves: ``browInnerUp`` and ``cheekPuff`` are written as the mean of their ``_L`` and
 ``_R`` halves, ``TongueOut`` as 0. ``_L``/``_R`` are the subject's left/right, as ARKit's Left/Right.
 Head angles are radians (yaw: nose toward image right, i.e. the subject's left; pitch: chin up;
-roll: in the image plane, as ``camera.head_rotation``); the eye angles are not estimated and are 0.
+roll: in the image plane, as ``axes.head_angles_deg``); the eye angles are not estimated and are 0.
+Numpy only: the CLI and the batch (inside Blender) both write it.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..head.camera import head_angles_deg
+from ..wire.axes import head_angles_deg
 
 ARKIT_SHAPES = (
     "EyeBlinkLeft", "EyeLookDownLeft", "EyeLookInLeft", "EyeLookOutLeft", "EyeLookUpLeft", "EyeSquintLeft",
@@ -65,17 +66,20 @@ def timecode(seconds: float, fps: float) -> str:
     return f"{hours:02d}:{rest // 60:02d}:{rest % 60:02d}:{int(frames):02d}.{int(1000 * (frames % 1)):03d}"
 
 
-def write_csv(path: str | Path, performance, exp_names: list[str]) -> int:
-    """One row per tracked frame (untracked frames are left out: their times say where the gaps are);
-    returns the number of rows."""
-    shapes = arkit_weights(exp_names, performance.weights)
+def write_csv(path: str | Path, arrays, fps: float, exp_names: list[str]) -> int:
+    """A head reply's performance (its ``anim_*`` arrays) as one row per tracked frame (untracked frames
+    are left out: their times say where the gaps are); returns the number of rows."""
+    tracked = np.asarray(arrays["anim_tracked"]).astype(bool)
+    times = np.asarray(arrays["anim_time"], np.float64)
+    rotations = np.asarray(arrays["anim_rotation"], np.float64)
+    shapes = arkit_weights(exp_names, np.asarray(arrays["anim_weights"], np.float64))
     rows = 0
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(COLUMNS)
-        for frame in np.nonzero(performance.tracked)[0]:
-            angles = np.radians(head_angles_deg(performance.rotation[frame]))
-            writer.writerow([timecode(performance.time_s[frame], performance.fps), len(ARKIT_SHAPES) + len(ANGLES)]
+        for frame in np.nonzero(tracked)[0]:
+            angles = np.radians(head_angles_deg(rotations[frame]))
+            writer.writerow([timecode(times[frame], fps), len(ARKIT_SHAPES) + len(ANGLES)]
                             + [f"{value:.6f}" for value in shapes[frame]] + [f"{value:.6f}" for value in angles]
                             + ["0.000000"] * 6)
             rows += 1
