@@ -67,13 +67,29 @@ def _animated(objects) -> bool:
         key is not None and key.animation_data and key.animation_data.action for key in keys)
 
 
+@contextlib.contextmanager
+def _modifiers_off(objects):
+    """Modifiers hidden while the FBX exporter bakes an animation: it writes the unmodified mesh anyway
+    (``use_mesh_modifiers=False``) but evaluates the scene at every frame, and the subdivided, displaced
+    head made that most of a second per frame."""
+    shown = [(modifier, modifier.show_viewport) for obj in objects for modifier in obj.modifiers]
+    for modifier, _ in shown:
+        modifier.show_viewport = False
+    try:
+        yield
+    finally:
+        for modifier, visible in shown:
+            modifier.show_viewport = visible
+
+
 def export_fbx(objects, path: Path) -> None:
     """FBX with blendshapes (one per shape key) and the atlas embedded; Y up, -Z forward. A video's head
     carries its animation: blendshape weights and transform, baked on every scene frame as keyed."""
     path = Path(path)
     faces.select_only(objects)
     animated = _animated(objects)
-    with tempfile.TemporaryDirectory() as folder, textures_as_files(objects, Path(folder), path.stem):
+    with tempfile.TemporaryDirectory() as folder, textures_as_files(objects, Path(folder), path.stem), \
+            _modifiers_off(objects if animated else []):
         _run("export_scene.fbx", "io_scene_fbx", path, use_selection=True, object_types={"MESH"},
              use_mesh_modifiers=False, mesh_smooth_type="FACE", path_mode="COPY", embed_textures=True,
              bake_anim=animated, bake_anim_use_all_actions=False, bake_anim_use_nla_strips=False,
