@@ -18,6 +18,7 @@ import pytest
 from addon.server.process import free_port
 from tests.addon_fixtures import astronaut_reply, bpy_module, pixels_of, rgb_pixels  # noqa: F401 (fixtures)
 from tests.photo_fixtures import photo_folder, two_faces_folder  # noqa: F401 (fixtures)
+from tests.video_fixtures import performed_video  # noqa: F401 (fixture)
 
 
 @pytest.fixture(scope="module")
@@ -412,3 +413,33 @@ def test_the_panel_makes_one_head_from_several_photos_of_one_person(bpy, facefor
     assert obj.name == "astronaut" and len(obj.data.shape_keys.key_blocks) == 54  # Basis + 53 expressions
     photos = obj["faceforge"]["face"]["photos"]
     assert [photo["photo"] for photo in photos] == [1, 2]
+
+
+def test_the_panel_makes_an_animated_head_from_a_video(bpy, faceforge, performed_video, head_server):
+    """Photo source Video: the session reads the file off the main thread and sends it as one request;
+    the head comes back keyed at the scene's frame rate (a 15 fps video in a 30 fps scene)."""
+    from addon.scene.animation import fcurve
+    from addon.ui import preferences
+
+    path, names, weights, _ = performed_video
+    props, scene = bpy.context.scene.faceforge, bpy.context.scene
+    saved = preferences.DEFAULTS.server_address
+    scene.render.fps, scene.render.fps_base = 30, 1.0
+    props.photo_source, props.video_path = "VIDEO", str(path)
+    preferences.DEFAULTS.server_address = head_server.address
+    try:
+        request = faceforge.submit(bpy.context)
+        concurrent.futures.wait([request.job.future], 300)
+        level, message, objects = faceforge.apply_finished(bpy.context, request)
+    finally:
+        props.photo_source, props.video_path = "FILE", ""  # the scene outlives this test
+        preferences.DEFAULTS.server_address = saved
+    assert level == "INFO" and "animated head" in message and "30 of 30 frames" in message, message
+    (obj,) = objects
+    assert obj.name == "performed" and len(obj.data.shape_keys.key_blocks) == 54
+    jaw = fcurve(obj.data.shape_keys, 'key_blocks["jawOpen"].value', 0)
+    frames = [round(point.co[0]) for point in jaw.keyframe_points]
+    assert frames == list(range(scene.frame_start, scene.frame_start + 59))  # 29 video steps x 2 scene frames + 1
+    values = [point.co[1] for point in jaw.keyframe_points][::2]
+    assert np.corrcoef(values, weights[:, names.index("jawOpen")])[0, 1] > 0.85
+    assert obj.rotation_mode == "QUATERNION" and obj.animation_data.action is not None

@@ -105,6 +105,24 @@ def test_more_photos_of_the_same_person_are_listed_added_and_removed(ui, tmp_pat
         props.photo_path = ""
 
 
+def test_a_video_source_shows_its_file_and_no_photo_list(ui, tmp_path):
+    props = ui.bpy.context.scene.faceforge
+    props.photo_source, props.video_path = "VIDEO", str(tmp_path / "take.mp4")
+    props.more_photos.add().path = str(tmp_path / "left.png")  # kept for photos, not offered with a video
+    try:
+        calls = _draw(ui, ui.panels.FACEFORGE_PT_main)
+        assert [named["property"] for name, named in calls if name == "prop"][:2] == ["photo_source", "video_path"]
+        assert not [named for name, named in calls if name == "template_list"]
+        assert [named["operator"] for name, named in calls if name == "operator"] == ["faceforge.reconstruct"]
+        assert "Reconstruct Animated Head" in _texts(calls)
+        props.video_path = ""
+        with pytest.raises(ValueError, match="Choose a video file first"):
+            ui.operators.submit(ui.bpy.context)
+    finally:
+        props.more_photos.clear()
+        props.photo_source, props.video_path = "FILE", ""
+
+
 @contextlib.contextmanager
 def _request_in_flight(session):
     """A reconstruction the panel shows as running: its photo bytes wait until the test ends."""

@@ -64,11 +64,14 @@ class Session:
         self.requests.keys = self.probes.keys = keys
 
     def submit_reconstruction(self, source: str | Callable[[], bytes], *, photo_label: str, options: dict, settings: Any,
-                              location: tuple, address: str, timeout: float, more_photos: tuple = ()) -> Request:
+                              location: tuple, address: str, timeout: float, more_photos: tuple = (),
+                              video: bool = False) -> Request:
         """Queue one request; ``source`` is a file path or a callable producing the photo's bytes (run off-thread);
-        ``more_photos``: paths of other photos of the same person (one head fitted to all)."""
+        ``more_photos``: paths of other photos of the same person (one head fitted to all); ``video``: ``source``
+        is a video file (one animated head)."""
         def run(job: Job):
-            job.status = "Reading photo" if not more_photos else f"Reading {1 + len(more_photos)} photos"
+            job.status = ("Reading the video" if video else "Reading photo" if not more_photos
+                          else f"Reading {1 + len(more_photos)} photos")
             data = photo.read_photo(source) if isinstance(source, str) else source()
             if more_photos:
                 data = [data, *(photo.read_photo(path) for path in more_photos)]
@@ -77,8 +80,8 @@ class Session:
             job.status = "Contacting the server"
             info = job.client.info(timeout=min(timeout, STATUS_TIMEOUT * 5))  # version for the metadata, fails fast
             job.status = "Waiting for the server"
-            return info, job.client.reconstruct(data, options, timeout=timeout, cancel=job.cancel_event,
-                                                on_progress=job.report)
+            send = job.client.reconstruct_video if video else job.client.reconstruct
+            return info, send(data, options, timeout=timeout, cancel=job.cancel_event, on_progress=job.report)
 
         job = self.requests.submit(run, address=address, status="Queued")
         self.request = Request(job, photo_label, dict(options), settings, tuple(location), address)

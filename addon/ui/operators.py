@@ -66,7 +66,12 @@ def submit(context) -> Request:
     """Snapshot the panel and queue the request. ValueError carries a message for the user."""
     props = context.scene.faceforge
     prefs = preferences.get(context)
-    if props.photo_source == "FILE":
+    video = props.photo_source == "VIDEO"
+    if video:
+        if not props.video_path:
+            raise ValueError("Choose a video file first")
+        source = label = bpy.path.abspath(props.video_path)
+    elif props.photo_source == "FILE":
         if not props.photo_path:
             raise ValueError("Choose a photo file first")
         source = label = bpy.path.abspath(props.photo_path)
@@ -78,7 +83,8 @@ def submit(context) -> Request:
     return SESSION.submit_reconstruction(
         source, photo_label=label, options=props.server_options(),
         settings=props.build_settings(), location=tuple(context.scene.cursor.location),
-        address=prefs.server_address, timeout=prefs.request_timeout, more_photos=tuple(props.more_photo_paths()))
+        address=prefs.server_address, timeout=prefs.request_timeout,
+        more_photos=() if video else tuple(props.more_photo_paths()), video=video)
 
 
 def apply_finished(context, request: Request) -> tuple:
@@ -100,6 +106,11 @@ def apply_finished(context, request: Request) -> tuple:
         return "ERROR", f"The server's reply could not be turned into a mesh: {exc}", []
     _select(context, objects)
     vertices = sum(len(obj.data.vertices) for obj in objects)
+    video = reconstruction.faces[0].meta.get("video") if reconstruction.faces else None
+    if video:
+        return "INFO", (f"Reconstructed an animated head from {os.path.basename(request.photo)}: "
+                        f"{video['tracked']} of {video['frames']} frames followed, keyed at the scene's frame "
+                        f"rate, in {request.job.elapsed:.1f} s"), objects
     return "INFO", (f"Reconstructed {len(objects)} face{'s' * (len(objects) != 1)} from "
                     f"{os.path.basename(request.photo)} ({vertices} vertices) in {request.job.elapsed:.1f} s"), objects
 

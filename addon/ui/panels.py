@@ -59,9 +59,12 @@ class FACEFORGE_PT_main(_FaceForgePanel, bpy.types.Panel):
         layout.row().prop(props, "photo_source", expand=True)
         if props.photo_source == "FILE":
             layout.prop(props, "photo_path", text="")
-        else:
+        elif props.photo_source == "IMAGE":
             layout.template_ID(props, "photo_image", open="image.open")
-        _more_photos(layout, props)
+        else:
+            layout.prop(props, "video_path", text="")
+        if props.photo_source != "VIDEO":
+            _more_photos(layout, props)
         row = layout.row(align=True)
         row.prop(props, "face", expand=True)
         if props.face == "INDEX":
@@ -85,8 +88,9 @@ class FACEFORGE_PT_main(_FaceForgePanel, bpy.types.Panel):
             layout.operator("faceforge.cancel", icon="CANCEL")
         else:
             photos = 1 + len(props.more_photos)
+            text = (f"Reconstruct Head from {photos} Photos" if photos > 1 else "Reconstruct Face")
             layout.operator("faceforge.reconstruct", icon="USER",
-                            text=f"Reconstruct Head from {photos} Photos" if photos > 1 else "Reconstruct Face")
+                            text="Reconstruct Animated Head" if props.photo_source == "VIDEO" else text)
         level, message = session.message
         if message:
             _wrapped(layout.box(), message, _ICONS.get(level, "INFO"), _chars_per_line(context))

@@ -69,8 +69,13 @@ class FACEFORGE_PG_settings(bpy.types.PropertyGroup):
         "photo_source": EnumProperty(
             name="Photo", description="Where the photo comes from",
             items=(("FILE", "File", "A photo on disk", "FILE_IMAGE", 0),
-                   ("IMAGE", "Image", "An image already loaded in Blender", "IMAGE_DATA", 1)),
+                   ("IMAGE", "Image", "An image already loaded in Blender", "IMAGE_DATA", 1),
+                   ("VIDEO", "Video", "A video of one person: one head, animated like the video (head mode)",
+                    "FILE_MOVIE", 2)),
             default="FILE"),
+        "video_path": StringProperty(name="Video File", subtype="FILE_PATH",
+                                     description="A video of one person (MP4, MOV, MKV, WebM, AVI): one head, its "
+                                                 "expressions and head motion keyed at the scene's frame rate"),
         "photo_path": StringProperty(name="Photo File", description="Photo with a face (JPEG, PNG, WebP, BMP, TIFF)",
                                      subtype="FILE_PATH"),
         "photo_image": PointerProperty(name="Image", type=bpy.types.Image,
