@@ -197,7 +197,8 @@ class FacePipeline:
 
     def _reconstruct_person(self, photos: list, config: ReconstructionConfig, report: Reporter) -> Result:
         """Several photos of one person -> one head: each photo's chosen face located (errors name the
-        photo), then ``HeadReconstructor.reconstruct_views``."""
+        photo), copies of another photo left out (``head.copies``), then ``HeadReconstructor.reconstruct_views``."""
+        from .head.copies import face_signature, find_copies
         from .head.reconstruct import PersonPhoto
 
         timer, found, count = Timer(), [], len(photos)
@@ -221,11 +222,24 @@ class FacePipeline:
                     raise ProtocolError(ErrorCode.NO_FACE, "a face was detected but its landmarks could not be "
                                                            "located; try a sharper, more frontal photo")
             found.append((PersonPhoto(rgb, points, to_crop, focal), index, detection, len(detections)))
+        # A copy of another photo (cropped, rotated, re-encoded, mirrored) adds no view: left out, and said.
+        copies = find_copies([face_signature(photo.rgb, photo.to_crop, config.texture_size) for photo, *_ in found])
+        kept = [n for n in range(count) if n not in {copy.photo for copy in copies}]
         progress = FaceProgress(timer, report, 0, 1, STAGES["head"][2:])
         try:
-            arrays, meta = self.head.reconstruct_views([photo for photo, *_ in found], config, progress)
+            if len(kept) == 1:  # one distinct photo: the single-photo head, refinement and all
+                photo = found[0][0]
+                arrays, meta = self.head.reconstruct(photo.rgb, photo.points_crop, photo.to_crop, config, progress,
+                                                     focal_px=photo.focal_px)
+            else:
+                arrays, meta = self.head.reconstruct_views([found[n][0] for n in kept], config, progress)
+                for entry, number in zip(meta["photos"], kept):
+                    entry["photo"] = number + 1
         finally:
             progress.close()
+        if copies:
+            meta["copies"] = [{"photo": copy.photo + 1, "copy_of": copy.of + 1, "mirrored": copy.mirrored,
+                               "similarity": copy.similarity} for copy in copies]
         first, index, detection, detected = found[0]
         meta = {"index": index, "box": detection.box.round(2).tolist(), "score": round(detection.score, 5),
                 "points5": detection.points.round(2).tolist(),

@@ -395,22 +395,28 @@ def test_builder_on_blender_3_4(astronaut_reply, tmp_path):
     assert out["source"] == "astronaut.png" and (tmp_path / "face.blend").stat().st_size > 1_000_000
 
 
-def test_the_panel_makes_one_head_from_several_photos_of_one_person(bpy, faceforge, photo_folder, head_server,
-                                                                      tmp_path):
+def test_the_panel_makes_one_head_from_several_photos_of_one_person(bpy, faceforge, head_server, tmp_path):
+    from dataclasses import replace
+
     from PIL import Image
 
-    tilted = tmp_path / "astronaut_tilted.png"
-    Image.open(photo_folder / "astronaut.png").rotate(15, resample=Image.BICUBIC).save(tilted)
+    from benchmarks.head_fit_eval import make_subject, render_subject
+    from inference_server.head.model import HeadModel
+    from tests.ict_fixtures import ICT_NPZ
+
+    model = HeadModel.load(ICT_NPZ)
+    subject = make_subject(model, 3, False)
+    for name, yaw in (("front", 0.0), ("turned", 30.0)):  # two views of one rendered head
+        Image.fromarray(render_subject(model, replace(subject, pose=(yaw, 4.0, -3.0)))).save(tmp_path / f"{name}.png")
     more_photos = bpy.context.scene.faceforge.more_photos
-    more_photos.add().path = str(tilted)
+    more_photos.add().path = str(tmp_path / "turned.png")
     try:
-        level, message, objects = _finish(bpy, faceforge, photo_folder / "astronaut.png",
-                                          server_address=head_server.address)
+        level, message, objects = _finish(bpy, faceforge, tmp_path / "front.png", server_address=head_server.address)
     finally:
         more_photos.clear()  # the scene outlives this test: later panel tests expect one photo
     assert level == "INFO", message
     (obj,) = objects
-    assert obj.name == "astronaut" and len(obj.data.shape_keys.key_blocks) == 54  # Basis + 53 expressions
+    assert obj.name == "front" and len(obj.data.shape_keys.key_blocks) == 54  # Basis + 53 expressions
     photos = obj["faceforge"]["face"]["photos"]
     assert [photo["photo"] for photo in photos] == [1, 2]
 
