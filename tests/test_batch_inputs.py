@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from addon.batch import outputs
-from addon.batch.inputs import MAX_PHOTO_BYTES, assign_keys, discover, read_photo, shown
+from addon.batch.inputs import MAX_PHOTO_BYTES, assign_keys, discover, discover_people, read_photo, shown
 from addon.batch.report import Summary
 from addon.wire.errors import Exit
 from tests.batch_fixtures import load_summary, needs_bpy, python_command, run_batch
@@ -166,3 +166,20 @@ def test_a_batch_whose_summary_cannot_be_written_still_does_every_photo(tmp_path
     assert result.stderr.count("warning: cannot update /dev/full/summary.json") == 1
     assert "error: the summary /dev/full/summary.json could not be written" in result.stdout
     assert outputs.read_manifest(tmp_path / "out" / "a")["status"] == "ok"
+
+
+def test_same_person_makes_each_sub_folder_one_person(tmp_path):
+    """--same-person: a sub-folder's photos (not its videos, not its own sub-folders) are one person,
+    loose photos one each; the output folder inside an input is left alone; a person is keyed by its folder."""
+    root = tmp_path / "in"
+    for name in ("alice/front.jpg", "alice/left.png", "alice/clip.mp4", "alice/deeper/x.jpg", "bob/only.jpg",
+                 "carol.jpg", ".hidden/a.jpg", "empty/notes.txt", "out/old/old.jpg"):
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    os.mkfifo(root / "alice" / "pipe.jpg")
+    people, refused = discover_people([root], output=root / "out")
+    assert [(p.key, [m.name for m in p.members]) for p in people] == [
+        ("alice", ["front.jpg", "left.png"]), ("bob", ["only.jpg"]), ("carol", [])]
+    assert people[0].path == (root / "alice").absolute() and not people[2].is_video
+    assert [(path.name, "FIFO" in why) for path, why in refused] == [("pipe.jpg", True)]

@@ -69,3 +69,36 @@ def test_blender_batch_turns_a_video_into_an_animated_head(performed_video, tmp_
     assert tuple(rows[0]) == COLUMNS and len(rows) == 31
     assert (out / f"{entry['key']}.fbx").stat().st_size > 1_000_000
     assert f"{entry['key']}.csv" in json.loads((out / "faceforge.json").read_text())["files"]
+
+
+@needs_blender
+def test_blender_batch_same_person_fits_one_head_per_folder(tmp_path, head_data_dir, astronaut_png):
+    """--same-person: a folder holding two views of one rendered head gives one head fitted to both; a
+    photo loose beside it gives its own head."""
+    from dataclasses import replace
+
+    from PIL import Image
+
+    from benchmarks.head_fit_eval import make_subject, render_subject
+    from inference_server.head.model import HeadModel
+    from tests.ict_fixtures import ICT_NPZ
+
+    model = HeadModel.load(ICT_NPZ)
+    subject = make_subject(model, 3, False)
+    person = tmp_path / "in" / "renderhead"
+    person.mkdir(parents=True)
+    for name, yaw in (("a_front.png", 0.0), ("b_turned.png", 30.0)):
+        Image.fromarray(render_subject(model, replace(subject, pose=(yaw, 4.0, -3.0)))).save(person / name)
+    (tmp_path / "in" / "astronaut.png").write_bytes(astronaut_png)
+    output = tmp_path / "out"
+    result = run_batch(blender_command("--input", str(tmp_path / "in"), "--output", str(output), "--same-person",
+                                       "--formats", "blend", "--device", "cpu"),
+                       env={"FACEFORGE_DATA": str(head_data_dir)})
+    assert result.returncode == Exit.OK
+    entries = by_key(load_summary(output))
+    assert sorted(entries) == ["astronaut", "renderhead"] and all(e["status"] == "ok" for e in entries.values())
+    assert entries["renderhead"]["photo"].endswith("renderhead")
+    assert [face["photos"] for face in entries["renderhead"]["face_details"]] == [2]  # one head from both views
+    assert "photos" not in entries["astronaut"]["face_details"][0]
+    (head,) = inspect_blend(output / "renderhead" / "renderhead.blend")["objects"]
+    assert head["vertices"] == 24591 and head["name"] == "renderhead"

@@ -41,6 +41,7 @@ class Options:
     workers: int = 1
     shard: Path | None = None  # a child of ``--workers``: the photos the parent gave it (workers.read_shard)
     recursive: bool = False
+    same_person: bool = False  # each sub-folder of an input folder is one person: one head from its photos
     timeout: float = 300.0
     server_timeout: float = 180.0
     device: str = "auto"
@@ -56,7 +57,7 @@ class Options:
         """The options as ``summary.json`` records them."""
         return {"inputs": [str(p) for p in self.inputs], "output": str(self.output), "formats": list(self.formats),
                 "request": self.request, "build": self.build, "jobs": self.jobs, "overwrite": self.overwrite,
-                "server": self.server}
+                "server": self.server, "same_person": self.same_person}
 
     def reserved_names(self) -> tuple:
         """Names in the output folder that are the batch's own, never a photo's (its summary)."""
@@ -120,7 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Blender processes sharing the photos and one server (default: one per two CPU "
                              "cores, 1 to 8)")
     parser.add_argument("--shard", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--recursive", "-r", action="store_true", help="also look for photos in sub-folders")
+    inputs = parser.add_mutually_exclusive_group()
+    inputs.add_argument("--recursive", "-r", action="store_true", help="also look for photos in sub-folders")
+    inputs.add_argument("--same-person", action="store_true",
+                        help="each sub-folder of an input folder is one person: one head fitted to all its photos "
+                             "(head mode; at most the server's max_photos per person); loose photos stay one each")
     parser.add_argument("--timeout", type=float, default=300.0,
                         help="seconds a request may take once the server gets to it (default 300)")
     parser.add_argument("--server-timeout", type=float, default=180.0,

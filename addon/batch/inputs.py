@@ -22,8 +22,9 @@ MAX_PHOTO_BYTES = 256 * 1024 * 1024  # the server's default --max-message-mb: a 
 
 @dataclass
 class Photo:
-    path: Path        # as found (absolute)
+    path: Path        # as found (absolute); with ``members``, the person's folder
     key: str          # unique output name within the run
+    members: tuple = ()  # --same-person: the photos of one person (one head fitted to all), in name order
 
     @property
     def name(self) -> str:
@@ -109,6 +110,36 @@ def discover(inputs: Iterable[Path], *, output: Path | None = None, recursive: b
             add(item)
     keys = assign_keys(paths, reserved)
     return [Photo(path=p, key=k) for p, k in zip(paths, keys)], refused
+
+
+def discover_people(inputs: Iterable[Path], *, output: Path | None = None,
+                    reserved: Sequence[str] = ()) -> tuple[list, list]:
+    """``--same-person``: every sub-folder of an input folder is one person, whose photos (not videos)
+    make one head; photos loose in an input folder, and files named explicitly, are one person each.
+    Returns ``(people, refused)`` as ``discover`` does; a person's key is its folder's name."""
+    out = os.path.realpath(output) if output is not None else None
+    singles, people, refused = [], [], []
+    for item in map(Path, inputs):
+        if not item.is_dir():
+            singles.append(item)
+            continue
+        found, bad = discover([item], output=output)
+        singles += [photo.path for photo in found]
+        refused += bad
+        folders = sorted((entry for entry in item.iterdir() if entry.is_dir() and not entry.name.startswith(".")
+                          and os.path.realpath(entry) != out), key=lambda p: str(p).lower())
+        for folder in folders:
+            members, bad = discover([folder], output=output)
+            refused += bad
+            members = tuple(photo.path for photo in members if not photo.is_video)
+            if members:
+                people.append((folder.absolute(), members))
+    alone, bad = discover(singles, output=output)
+    refused += bad
+    paths = [path for path, _ in people] + [photo.path for photo in alone]
+    keys = assign_keys(paths, reserved)
+    return ([Photo(path, key, members) for (path, members), key in zip(people, keys)]
+            + [Photo(photo.path, key) for photo, key in zip(alone, keys[len(people):])]), refused
 
 
 def _entries(folder: Path, output: str | None, recursive: bool) -> list:

@@ -18,7 +18,7 @@ from ..wire.errors import ErrorCode, Exit, ProtocolError
 from . import workers
 from .blender import blender_chatter_to_stderr
 from .cli import Options, missing_modules, parse_args, script_argv, setup_hint
-from .inputs import discover, shown
+from .inputs import discover, discover_people, shown
 from .outputs import OutputLock, clean_stale_staging, decide, photo_dir
 from .report import ERR_EXISTS, ERR_UNREADABLE, PhotoReport, Progress, Summary, format_duration
 
@@ -97,8 +97,11 @@ class Batch:
             self.progress = Progress(len(self.todo))
             return
         try:
-            photos, refused = discover(opts.inputs, output=opts.output, recursive=opts.recursive,
-                                       reserved=opts.reserved_names())
+            if opts.same_person:
+                photos, refused = discover_people(opts.inputs, output=opts.output, reserved=opts.reserved_names())
+            else:
+                photos, refused = discover(opts.inputs, output=opts.output, recursive=opts.recursive,
+                                           reserved=opts.reserved_names())
         except OSError as exc:
             raise Stop(Exit.BAD_INPUT, f"cannot read {shown(exc.filename)}: {exc.strerror or exc}") from None
         if not photos and not refused:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ..wire import protocol
 from ..wire.errors import ErrorCode, ProtocolError
 from .inputs import Photo, read_photo
 from .report import ERR_SERVER_GONE, ERR_UNREADABLE
@@ -66,9 +67,11 @@ class Window:
         self.aborted: tuple | None = None  # (code, text) once the server is unreachable/gone
 
     def _send(self, photo: Photo) -> None:
-        data = self.read(photo.path)
         report = (lambda progress: self.on_progress(photo, progress)) if self.on_progress else None
-        media = {"video" if photo.is_video else "image": data}
+        if photo.members:  # --same-person: one request carrying every photo of the person
+            media = protocol.photo_payloads([self.read(path) for path in photo.members])
+        else:
+            media = {"video" if photo.is_video else "image": self.read(photo.path)}
         request_id = self.client.send("reconstruct", self.params, media, on_progress=report)
         if not self.in_flight:
             self.last_progress = self.clock()

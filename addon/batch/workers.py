@@ -86,15 +86,15 @@ def deal(photos: Sequence[Photo], count: int) -> list:
 
 
 def write_shard(path: Path, photos: Sequence[Photo], decisions: dict) -> None:
-    entries = [{"path": str(p.path), "key": p.key, "formats": list(decisions[p.key].missing_formats),
-                "reason": decisions[p.key].reason} for p in photos]
+    entries = [{"path": str(p.path), "key": p.key, "members": [str(m) for m in p.members],
+                "formats": list(decisions[p.key].missing_formats), "reason": decisions[p.key].reason} for p in photos]
     path.write_text(json.dumps(entries), encoding="utf-8")
 
 
 def read_shard(path: Path) -> tuple:
     """``(photos, decisions)`` of a shard file written by the parent."""
     entries = json.loads(Path(path).read_text(encoding="utf-8"))
-    photos = [Photo(path=Path(e["path"]), key=e["key"]) for e in entries]
+    photos = [Photo(path=Path(e["path"]), key=e["key"], members=tuple(map(Path, e["members"]))) for e in entries]
     decisions = {e["key"]: Decision("run", e["reason"], missing_formats=tuple(e["formats"])) for e in entries}
     return photos, decisions
 

@@ -77,7 +77,10 @@ def _describe(report: PhotoReport, reconstruction) -> None:
     report.triangles = sum(meshdata.triangle_count(f.arrays) for f in faces)
     report.face_details = [{"index": f.index, "vertices": int(len(f.arrays["vertices"])),
                             "triangles": meshdata.triangle_count(f.arrays), "geometry": f.meta.get("geometry", "face"),
-                            **{k: f.meta[k] for k in ("score", "box", "depth_backend") if k in f.meta}} for f in faces]
+                            **{k: f.meta[k] for k in ("score", "box", "depth_backend", "copies") if k in f.meta},
+                            **({"photos": len(f.meta["photos"])} if "photos" in f.meta else {}),
+                            **({"video_frames": f.meta["video"]["frames"]} if "video" in f.meta else {})}
+                           for f in faces]
     report.server_timings_ms = dict(reconstruction.meta.get("timings_ms") or {})
 
 
