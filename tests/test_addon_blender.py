@@ -449,3 +449,7 @@ def test_the_panel_makes_an_animated_head_from_a_video(bpy, faceforge, performed
     values = [point.co[1] for point in jaw.keyframe_points][::2]
     assert np.corrcoef(values, weights[:, names.index("jawOpen")])[0, 1] > 0.85
     assert obj.rotation_mode == "QUATERNION" and obj.animation_data.action is not None
+    camera = bpy.data.objects["performed_camera"]  # the video's camera, the video as its background
+    (background,) = camera.data.background_images
+    assert background.source == "MOVIE_CLIP" and background.clip.frame_duration == 30
+    assert (scene.render.resolution_x, scene.render.resolution_y) == (640, 640)

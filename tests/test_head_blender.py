@@ -385,10 +385,11 @@ def test_a_video_head_is_keyed_at_the_scene_frames(bpy, head_reply, tmp_path):
 
     names = head_reply.meta["expressions"]
     performance = _performance(names)
-    face = SimpleNamespace(index=0, meta=head_reply.meta, arrays={**head_reply.arrays, **performance})
+    meta = {**head_reply.meta, "video": {"focal_px": 900.0, "frames": 20, "tracked": 18, "fps": 15.0}}
+    face = SimpleNamespace(index=0, meta=meta, arrays={**head_reply.arrays, **performance})
     bpy.context.scene.render.fps, bpy.context.scene.render.fps_base = 30, 1.0
-    (obj,) = build_reconstruction(SimpleNamespace(faces=[face]), photo="clip.mp4", settings=BuildSettings(),
-                                  metadata={}, location=(0.5, 0.0, 0.0))
+    (obj,) = build_reconstruction(SimpleNamespace(faces=[face], meta={"image_size": [640, 480]}), photo="clip.mp4",
+                                  settings=BuildSettings(), metadata={}, location=(0.5, 0.0, 0.0))
     key, scene = obj.data.shape_keys, bpy.context.scene
     # Video frame n is at scene frame 1 + 2n; frames 8 and 9 were lost, so scene frames 16..20 lie in
     # a stretch with no tracked frame on one side and get no key.
@@ -405,6 +406,20 @@ def test_a_video_head_is_keyed_at_the_scene_frames(bpy, head_reply, tmp_path):
             np.testing.assert_allclose(np.array(obj.matrix_world)[:3, :3], rotation, atol=1e-4)
             assert obj.location.y == pytest.approx(0.01 * video / 15.0, abs=1e-5)
             assert obj.location.x == pytest.approx(0.5, abs=1e-6)
+    # The video's camera sees the head where the video did: a vertex projects to the pixel of the fit.
+    from bpy_extras.object_utils import world_to_camera_view
+    from mathutils import Vector
+
+    camera = bpy.data.objects["clip_camera"]
+    assert camera.data.lens == pytest.approx(900.0 * 36 / 640) and scene.render.resolution_x == 640
+    vertex = np.asarray(obj.data.vertices[1234].co)  # the basis: object space, Blender axes
+    for frame in (1, 13, 39):
+        scene.frame_set(frame)
+        seen = world_to_camera_view(scene, camera, obj.matrix_world @ Vector(vertex))
+        n = (frame - 1) // 2
+        posed = performance["anim_rotation"][n] @ (MODEL_TO_BLENDER.T @ vertex) + performance["anim_translation"][n]
+        pixel = 900.0 * posed[:2] / posed[2] + (320, 240)
+        assert (seen.x * 640, (1 - seen.y) * 480) == pytest.approx(tuple(pixel), abs=0.05), frame
     action = key.animation_data.action
     jaw_keys = _keyed_frames(key, 'key_blocks["jawOpen"].value')
     assert jaw_keys == expected and _keyed_frames(obj, "rotation_quaternion", 0) == expected

@@ -9,7 +9,7 @@ arrays come from a server.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 import numpy as np
@@ -25,6 +25,7 @@ class Keys:
     weights: np.ndarray       # (N, E) shape-key values
     quaternions: np.ndarray   # (N, 4) w, x, y, z: the object's rotation
     locations: np.ndarray     # (N, 3) metres: the object's location relative to the first key's
+    origin: np.ndarray = field(default_factory=lambda: np.zeros(3))  # the first key's location in the video's camera
 
 
 def has_performance(arrays: Mapping) -> bool:
@@ -77,7 +78,14 @@ def performance_keys(arrays: Mapping, expression_count: int, scene_fps: float, f
     moved = (1 - share) * locations[before] + share * locations[after]
     frames = first_frame + np.round((scene_times - start) * scene_fps)
     return Keys(frames, (1 - share) * weights[before] + share * weights[after], _continuous(blended),
-                moved - moved[0])
+                moved - moved[0], moved[0])
+
+
+def video_lens_mm(focal_px: float, width_px: int, sensor_mm: float = 36.0) -> float:
+    """A Blender camera's focal length (mm, horizontal sensor fit) for a focal length in pixels."""
+    if not (focal_px > 0 and width_px > 0):
+        raise ValueError(f"focal length {focal_px} px and width {width_px} px must be positive")
+    return float(focal_px * sensor_mm / width_px)
 
 
 def _quaternions(rotations: np.ndarray) -> np.ndarray:

@@ -7,9 +7,12 @@ video is thousands of keys per curve, far too slow to insert one by one.
 """
 from __future__ import annotations
 
+import math
+import os
+
 import bpy
 
-from ..data.animation import Keys
+from ..data.animation import Keys, video_lens_mm
 
 LINEAR = 1  # FCurveKeyframePoint.interpolation's enum index of 'LINEAR' (CONSTANT 0, LINEAR 1, BEZIER 2)
 
@@ -57,3 +60,31 @@ def animate_head(obj: "bpy.types.Object", keys: Keys, names) -> None:
     scene = bpy.context.scene
     scene.frame_start = min(scene.frame_start, int(keys.frames[0]))
     scene.frame_end = max(scene.frame_end, int(keys.frames[-1]))
+
+
+def video_camera(name: str, keys: Keys, head_location, focal_px: float, size: tuple, video_path: str,
+                 collection=None) -> "bpy.types.Object":
+    """A camera where the video's was, relative to the head as built (at ``head_location`` on the first key),
+    with the video's focal length and, when ``video_path`` is a file, the video as its background from the
+    scene's first frame. The render resolution becomes the video's, so the background and the head line up;
+    the camera becomes the scene's when it has none."""
+    width, height = (int(v) for v in size)
+    scene = bpy.context.scene
+    data = bpy.data.cameras.new(name)
+    data.sensor_fit, data.sensor_width = "HORIZONTAL", 36.0
+    data.lens = video_lens_mm(focal_px, width)
+    camera = bpy.data.objects.new(name, data)
+    camera.rotation_euler = (math.pi / 2, 0.0, 0.0)  # looking along +Y, Z up: the pose's camera view
+    camera.location = tuple(float(h - o) for h, o in zip(head_location, keys.origin))
+    if video_path and os.path.isfile(video_path):
+        clip = bpy.data.movieclips.load(video_path)
+        clip.frame_start = scene.frame_start
+        background = data.background_images.new()
+        background.source, background.clip = "MOVIE_CLIP", clip
+        background.alpha = 1.0
+        data.show_background_images = True
+    scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = width, height, 100
+    (collection or scene.collection).objects.link(camera)
+    if scene.camera is None:
+        scene.camera = camera
+    return camera

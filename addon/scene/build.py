@@ -14,7 +14,8 @@ FACE_GAP_M = 0.05  # space between the faces of one photo when several come back
 def build_reconstruction(reconstruction, *, photo: str, settings: BuildSettings, metadata: dict,
                          location=(0.0, 0.0, 0.0), collection=None) -> list:
     """The one way from a reply to the scene (panel and batch): one object per face, named after the
-    photo (``meshdata.object_name``), side by side around ``location``, each with ``metadata``.
+    photo (``meshdata.object_name``), side by side around ``location``, each with ``metadata``; a
+    video's head is keyed and (``video_camera``) gets a camera like the video's. Returns the face objects.
 
     ``reconstruction`` is a ``client.Reconstruction``; ``metadata`` comes from
     ``meshdata.reconstruction_metadata``."""
@@ -33,7 +34,11 @@ def build_reconstruction(reconstruction, *, photo: str, settings: BuildSettings,
             obj.location = (x + shift, y, z)  # posed like the photo, placed where the user asked
             heads.show_neutral(obj, settings.neutral_expression)
             if keys is not None:
+                base = tuple(obj.location)
                 animation.animate_head(obj, keys, [str(n) for n in face.meta["expressions"]])
+                if settings.video_camera and "video" in face.meta:  # beside the heads, not among them
+                    animation.video_camera(f"{name}_camera", keys, base, face.meta["video"]["focal_px"],
+                                           reconstruction.meta["image_size"], photo, collection)
         else:
             obj = faces.build_face_object(face, name=name, settings=settings, location=(x + shift, y, z),
                                           metadata=metadata, collection=collection)

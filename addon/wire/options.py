@@ -185,6 +185,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("photo_lighting", bool, False, "head mode with refine light or full: light the scene like the photo -- "
            "the fitted lighting becomes the world's environment (this replaces the scene's world)", side=BUILD,
            label="Photo Lighting", panel=True, geometry="head"),
+    Option("video_camera", bool, True, "a video's head: add a camera like the video's, the video as its "
+           "background, to check the fit frame by frame (sets the render resolution to the video's)", side=BUILD,
+           label="Video Camera", panel=True, geometry="head"),
     Option("neutral_expression", bool, False, "head mode: build the head with every expression shape key at 0 "
            "(the fitted weights stay in the metadata)", side=BUILD, label="Neutral Expression", panel=True,
            geometry="head"),
