@@ -409,7 +409,7 @@ def test_the_panel_makes_one_head_from_several_photos_of_one_person(bpy, facefor
     for name, yaw in (("front", 0.0), ("turned", 30.0)):  # two views of one rendered head
         Image.fromarray(render_subject(model, replace(subject, pose=(yaw, 4.0, -3.0)))).save(tmp_path / f"{name}.png")
     more_photos = bpy.context.scene.faceforge.more_photos
-    more_photos.add().path = str(tmp_path / "turned.png")
+    more_photos.add().image = bpy.data.images.load(str(tmp_path / "turned.png"))  # a Blender image as a view
     try:
         level, message, objects = _finish(bpy, faceforge, tmp_path / "front.png", server_address=head_server.address)
     finally:

@@ -73,7 +73,7 @@ def _texts(calls):
 def test_idle_panel(ui):
     calls = _draw(ui, ui.panels.FACEFORGE_PT_main)
     operators = [named["operator"] for name, named in calls if name == "operator"]
-    assert operators == ["faceforge.photo_add", "faceforge.reconstruct"]
+    assert operators == ["faceforge.photo_add", "faceforge.photo_add_image", "faceforge.reconstruct"]
     props = {named["property"] for name, named in calls if name == "prop"}
     assert {"photo_source", "photo_path", "face", "resolution", "smooth_iterations", "smooth_factor",
             "subdivision_levels", "detail_strength"} <= props
@@ -91,7 +91,8 @@ def test_more_photos_of_the_same_person_are_listed_added_and_removed(ui, tmp_pat
         lists = [named for name, named in calls if name == "template_list"]
         assert len(lists) == 1 and lists[0]["listtype_name"] == "FACEFORGE_UL_photos"
         operators = [named["operator"] for name, named in calls if name == "operator"]
-        assert operators == ["faceforge.photo_add", "faceforge.photo_remove", "faceforge.reconstruct"]
+        assert operators == ["faceforge.photo_add", "faceforge.photo_add_image", "faceforge.photo_remove",
+                             "faceforge.reconstruct"]
         assert "Reconstruct Head from 3 Photos" in _texts(calls)
         row = []
         ui.panels.FACEFORGE_UL_photos.draw_item(None, bpy.context, CheckedLayout(bpy, row), props,
@@ -100,6 +101,17 @@ def test_more_photos_of_the_same_person_are_listed_added_and_removed(ui, tmp_pat
         props.more_photos_index = 0
         assert bpy.ops.faceforge.photo_remove() == {"FINISHED"}
         assert props.more_photo_paths() == [str(tmp_path / "right.png")]
+        # An image loaded in Blender joins the list as itself; the request sends its bytes after the files'.
+        image = bpy.data.images.new("painted", 8, 8)
+        assert bpy.ops.faceforge.photo_add_image(image="painted") == {"FINISHED"}
+        assert props.more_photos[-1].image == image and props.more_photo_paths() == [str(tmp_path / "right.png")]
+        sources = ui.operators._more_photo_sources(props)
+        assert sources[0] == str(tmp_path / "right.png") and sources[1]()[:8] == b"\x89PNG\r\n\x1a\n"
+        row = []
+        ui.panels.FACEFORGE_UL_photos.draw_item(None, bpy.context, CheckedLayout(bpy, row), props,
+                                                props.more_photos[-1], 0, props, "more_photos_index")
+        assert row[0][1]["property"] == "image"
+        bpy.data.images.remove(image)
     finally:
         props.more_photos.clear()
         props.photo_path = ""
@@ -143,7 +155,8 @@ def test_busy_panel_shows_progress_and_cancel(ui):
         calls = _draw(ui, ui.panels.FACEFORGE_PT_main)
         progress = [named for name, named in calls if name == "progress"]
         assert len(progress) == 1 and 0 <= progress[0]["factor"] <= 0.95
-        assert [named["operator"] for name, named in calls if name == "operator"] == ["faceforge.photo_add", "faceforge.cancel"]
+        assert [named["operator"] for name, named in calls if name == "operator"] == ["faceforge.photo_add", "faceforge.photo_add_image",
+                                                                                      "faceforge.cancel"]
         assert "face_index" in {named.get("property") for _, named in calls}
         assert any(name == "template_ID" for name, _ in calls)
 
@@ -239,7 +252,8 @@ def test_progress_falls_back_to_text_before_blender_4(ui, monkeypatch):
         assert "progress" not in [name for name, _ in calls]
         labels = [named["text"] for name, named in calls if name == "label" and named.get("icon") == "TIME"]
         assert labels and labels[0].startswith("0% · ") and labels[0].endswith("(0 s)")
-        assert [named["operator"] for name, named in calls if name == "operator"] == ["faceforge.photo_add", "faceforge.cancel"]
+        assert [named["operator"] for name, named in calls if name == "operator"] == ["faceforge.photo_add", "faceforge.photo_add_image",
+                                                                                      "faceforge.cancel"]
 
 
 def test_cancelling_then_cancelled(ui):

@@ -67,14 +67,15 @@ class Session:
                               location: tuple, address: str, timeout: float, more_photos: tuple = (),
                               video: bool = False) -> Request:
         """Queue one request; ``source`` is a file path or a callable producing the photo's bytes (run off-thread);
-        ``more_photos``: paths of other photos of the same person (one head fitted to all); ``video``: ``source``
+        ``more_photos``: other photos of the same person (one head fitted to all), paths or bytes makers as
+        ``source``; ``video``: ``source``
         is a video file (one animated head)."""
         def run(job: Job):
             job.status = ("Reading the video" if video else "Reading photo" if not more_photos
                           else f"Reading {1 + len(more_photos)} photos")
             data = photo.read_photo(source) if isinstance(source, str) else source()
             if more_photos:
-                data = [data, *(photo.read_photo(path) for path in more_photos)]
+                data = [data, *(photo.read_photo(more) if isinstance(more, str) else more() for more in more_photos)]
             if job.cancelled:
                 raise ProtocolError(ErrorCode.CANCELLED, "request cancelled")
             job.status = "Contacting the server"

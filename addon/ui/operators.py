@@ -84,7 +84,13 @@ def submit(context) -> Request:
         source, photo_label=label, options=props.server_options(),
         settings=props.build_settings(), location=tuple(context.scene.cursor.location),
         address=prefs.server_address, timeout=prefs.request_timeout,
-        more_photos=() if video else tuple(props.more_photo_paths()), video=video)
+        more_photos=() if video else _more_photo_sources(props), video=video)
+
+
+def _more_photo_sources(props) -> tuple:
+    """The other photos of the same person, in the list's order: a file's path, or an image's bytes maker."""
+    return tuple(_image_source(row.image) if row.image is not None else bpy.path.abspath(row.path)
+                 for row in props.more_photos if row.image is not None or row.path)
 
 
 def apply_finished(context, request: Request) -> tuple:
@@ -305,6 +311,41 @@ class FACEFORGE_OT_photo_add(bpy.types.Operator):
         return {"FINISHED"}
 
 
+_IMAGE_ITEMS: list = []  # Blender keeps only pointers to an enum callback's strings: they must outlive the call
+
+
+def _loaded_images(self, context) -> list:
+    _IMAGE_ITEMS[:] = [(image.name, image.name, "") for image in bpy.data.images
+                       if image.type in ("IMAGE", "UV_TEST") and image.source in ("FILE", "GENERATED")]
+    return _IMAGE_ITEMS or [("", "(no images loaded)", "")]
+
+
+class FACEFORGE_OT_photo_add_image(bpy.types.Operator):
+    """Add an image loaded in Blender as another photo of the same person"""
+
+    bl_idname = "faceforge.photo_add_image"
+    bl_label = "Add Loaded Image"
+    bl_options = {"REGISTER", "INTERNAL"}
+    bl_property = "image"
+
+    image: bpy.props.EnumProperty(name="Image", items=_loaded_images, options={"SKIP_SAVE"})
+
+    def invoke(self, context, event):
+        context.window_manager.invoke_search_popup(self)
+        return {"RUNNING_MODAL"}
+
+    def execute(self, context):
+        image = bpy.data.images.get(self.image)
+        if image is None:
+            self.report({"WARNING"}, "No image chosen")
+            return {"CANCELLED"}
+        props = context.scene.faceforge
+        props.more_photos.add().image = image
+        props.more_photos_index = len(props.more_photos) - 1
+        refresh_sidebar()
+        return {"FINISHED"}
+
+
 class FACEFORGE_OT_photo_remove(bpy.types.Operator):
     """Remove the selected photo from the list"""
 
@@ -322,7 +363,7 @@ class FACEFORGE_OT_photo_remove(bpy.types.Operator):
 
 
 classes = (FACEFORGE_OT_reconstruct, FACEFORGE_OT_cancel, FACEFORGE_OT_server_start, FACEFORGE_OT_server_stop,
-           FACEFORGE_OT_photo_add, FACEFORGE_OT_photo_remove)
+           FACEFORGE_OT_photo_add, FACEFORGE_OT_photo_add_image, FACEFORGE_OT_photo_remove)
 _register_classes, _unregister_classes = bpy.utils.register_classes_factory(classes)
 
 

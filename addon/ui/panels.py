@@ -100,19 +100,26 @@ class FACEFORGE_UL_photos(bpy.types.UIList):
     """The other photos of the same person, one file field each."""
 
     def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index=0):
-        layout.prop(item, "path", text="", emboss=False, icon="FILE_IMAGE")
+        if item.image is not None:
+            layout.prop(item, "image", text="", emboss=False, icon="IMAGE_DATA")
+        else:
+            layout.prop(item, "path", text="", emboss=False, icon="FILE_IMAGE")
 
 
 def _more_photos(layout, props) -> None:
-    """Other photos of the same person: a list once there is one, else just the button that adds them."""
+    """Other photos of the same person: a list once there is one, else just the buttons that add them
+    (files, or images loaded in Blender)."""
     if not props.more_photos:
-        layout.operator("faceforge.photo_add", text="Add Photos of the Same Person", icon="ADD")
+        row = layout.row(align=True)
+        row.operator("faceforge.photo_add", text="Add Photos of the Same Person", icon="ADD")
+        row.operator("faceforge.photo_add_image", text="", icon="IMAGE_DATA")
         return
     layout.label(text=f"Same person: {1 + len(props.more_photos)} photos, one head", icon="USER")
     row = layout.row()
     row.template_list("FACEFORGE_UL_photos", "", props, "more_photos", props, "more_photos_index", rows=2)
     buttons = row.column(align=True)
     buttons.operator("faceforge.photo_add", text="", icon="ADD")
+    buttons.operator("faceforge.photo_add_image", text="", icon="IMAGE_DATA")
     buttons.operator("faceforge.photo_remove", text="", icon="REMOVE")
 
 

@@ -62,7 +62,9 @@ class FACEFORGE_PG_photo(bpy.types.PropertyGroup):
     """Another photo of the same person: head mode fits one head to the photo and all of these."""
 
     __annotations__ = {"path": StringProperty(name="Photo File", subtype="FILE_PATH",
-                                              description="Another photo of the same person (another angle helps)")}
+                                              description="Another photo of the same person (another angle helps)"),
+                       "image": PointerProperty(name="Image", type=bpy.types.Image,
+                                                description="Another photo of the same person, loaded in Blender")}
 
 
 class FACEFORGE_PG_settings(bpy.types.PropertyGroup):
@@ -96,8 +98,8 @@ class FACEFORGE_PG_settings(bpy.types.PropertyGroup):
     }
 
     def more_photo_paths(self) -> list[str]:
-        """The other photos of the same person, as absolute paths (empty rows left out)."""
-        return [bpy.path.abspath(photo.path) for photo in self.more_photos if photo.path]
+        """The other photos of the same person that are files, as absolute paths (empty rows left out)."""
+        return [bpy.path.abspath(photo.path) for photo in self.more_photos if photo.path and photo.image is None]
 
     def build_settings(self) -> BuildSettings:
         return BuildSettings(**{o.name: getattr(self, o.name) for o in PANEL_OPTIONS if o.side == options.BUILD})
