@@ -1,10 +1,11 @@
 """A video of one person -> one textured head and its performance (per-frame expression weights and
 head pose), with the loaded pipeline's models.
 
-Two passes, and only the second is per frame: reading tracks the face through every frame (keeping
-each frame's landmarks, a few kilobytes, and one picture per yaw band for the key frames); then the
-identity is fitted to the key frames, the head built and textured from them, and every frame fitted
-with that identity. Memory grows with the frame count by the landmarks only, never by pictures.
+Reading tracks the face through every frame, keeping each frame's landmarks (a few kilobytes) and one
+picture per yaw band (the key frames). Then the identity is fitted to the key frames' landmarks, every
+frame is fitted with it, the identity is fitted again to each yaw band's calmest frame (the first
+pass's weakest expressions) and every frame once more; the head is textured from the key frames.
+Memory grows with the frame count by the landmarks only, never by pictures.
 """
 from __future__ import annotations
 
@@ -24,11 +25,12 @@ from ..head.camera import Camera
 from ..limits import check_video
 from ..head.reconstruct import PersonPhoto
 from ..pipeline import DETECTED_AT, STAGES, FaceProgress, FaceResult, Result, Timer
-from .performance import KeyFrames, Track, VideoFitConfig, fit_frames, fit_identity, frame_yaw
+from ..head.fit import View, fit_views
+from .performance import KeyFrames, Track, VideoFitConfig, fit_frames, fit_identity, frame_yaw, restful_frames
 from .reader import VideoReader
 from .track import FaceTracker
 
-TRACK_SHARE = 0.6   # of the progress bar: reading and tracking; the rest is fitting
+TRACK_SHARE = 0.6   # of the progress bar: reading and tracking; then two passes over the frames, then the head
 
 
 def capture_video(pipeline, path: str | Path, params: dict | None = None, *, config=None, report=None,
@@ -72,27 +74,37 @@ def capture_video(pipeline, path: str | Path, params: dict | None = None, *, con
     chosen = keys.chosen(fit.min_key_sharpness)
     if not chosen:
         raise ProtocolError(ErrorCode.NO_FACE, f"{reader.name}: no face found in any of its {len(track.time_s)} frames")
-    progress = FaceProgress(timer, lambda stage, text, fraction, face, faces:
-                            report(stage, text, TRACK_SHARE + 0.2 * (fraction - DETECTED_AT) / (1 - DETECTED_AT), 0, 0),
-                            0, 1, STAGES["head"][3:])
     try:
-        progress("fit", f"fitting the head to {len(chosen)} key frames")
-        fits = fit_identity(head.model, head.basis, chosen, size, head.fit_config, head.device)
-        photos = [PersonPhoto(key.rgb, key.located.points_crop, key.located.to_crop) for key in chosen]
-        arrays, meta = head.reconstruct_views(photos, options, progress, fits=fits)
+        with timer.stage("fit"):
+            first = fit_identity(head.model, head.basis, [key.located.landmarks_px for key in chosen], size,
+                                 head.fit_config, head.device)
+        focal = float(np.median([fitted.focal for fitted in first]))
+
+        def frame_progress(share: float, done: int, total: int, text: str) -> None:
+            report("animate", f"{text}: frame {done + 1} of {total}", share + 0.15 * done / max(total, 1), 0, 0)
+
+        with timer.stage("animate"):
+            performance = fit_frames(head.model, head.basis, track, first[0].id_coeffs, focal, size, head.fit_config,
+                                     fit, head.device, lambda d, t: frame_progress(TRACK_SHARE, d, t, "first pass"))
+            rest = restful_frames(performance)
+            identity = fit_identity(head.model, head.basis, [performance.landmarks[n] for n in rest], size,
+                                    head.fit_config, head.device, focal)[0].id_coeffs
+            performance = fit_frames(head.model, head.basis, track, identity, focal, size, head.fit_config, fit,
+                                     head.device, lambda d, t: frame_progress(TRACK_SHARE + 0.15, d, t,
+                                                                              "expressions and pose"))
+        progress = FaceProgress(timer, lambda stage, text, fraction, face, faces:
+                                report(stage, text, 0.9 + 0.1 * (fraction - DETECTED_AT) / (1 - DETECTED_AT), 0, 0),
+                                0, 1, STAGES["head"][3:])
+        try:
+            progress("fit", f"posing the head in {len(chosen)} key frames")
+            fits = fit_views(head.model, [View(key.located.landmarks_px, size, focal) for key in chosen],
+                             head.fit_config, head.device, basis=head.basis, identity=identity)
+            photos = [PersonPhoto(key.rgb, key.located.points_crop, key.located.to_crop) for key in chosen]
+            arrays, meta = head.reconstruct_views(photos, options, progress, fits=fits)
+        finally:
+            progress.close()
     except ValueError as exc:  # a fit that cannot start (degenerate landmarks)
         raise ProtocolError(ErrorCode.NO_FACE, f"{reader.name}: the face could not be fitted ({exc})") from None
-    finally:
-        progress.close()
-    focal = float(np.median([fit.focal for fit in fits]))
-
-    def frame_progress(done: int, total: int) -> None:
-        report("animate", f"expressions and pose: frame {done + 1} of {total}",
-               TRACK_SHARE + 0.2 + 0.2 * done / max(total, 1), 0, 0)
-
-    with timer.stage("animate"):
-        performance = fit_frames(head.model, head.basis, track, fits[0].id_coeffs, focal, size, head.fit_config,
-                                 fit, head.device, frame_progress)
     performance.key_frames = [key.index for key in chosen]
     if reader.fps_guessed or not performance.fps:
         performance.fps = info.fps
@@ -101,7 +113,8 @@ def capture_video(pipeline, path: str | Path, params: dict | None = None, *, con
     meta["video"] = {"frames": len(track.time_s), "tracked": int(performance.tracked.sum()),
                      "detections": track.detections, "fps": round(performance.fps, 3),
                      "fps_guessed": reader.fps_guessed, "first_frame": int(track.frame_index[0]),
-                     "key_frames": performance.key_frames, "focal_px": round(focal, 2)}
+                     "key_frames": performance.key_frames, "identity_frames": [int(track.frame_index[n]) for n in rest],
+                     "focal_px": round(focal, 2)}
     elapsed = time.perf_counter() - started
     result_meta = {"image_size": [info.width, info.height], "faces_detected": 1, "skipped_faces": [], "photos": 0,
                    "timings_ms": timer.as_ms(), "frames_per_s": round(len(track.time_s) / elapsed, 2),

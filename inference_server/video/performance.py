@@ -129,6 +129,7 @@ class Performance:
     focal_px: float
     image_size: tuple[int, int]
     key_frames: list[int]
+    landmarks: np.ndarray | None = None  # (F, 478, 3) the smoothed landmarks the frames were fitted to
 
     def as_arrays(self) -> dict:
         return {"anim_frame": self.frame_index.astype(np.int32), "anim_time": self.time_s.astype(np.float64),
@@ -136,11 +137,25 @@ class Performance:
                 "anim_rotation": self.rotation.astype(np.float32), "anim_translation": self.translation.astype(np.float32)}
 
 
-def fit_identity(model: HeadModel, basis: ShapeBasis, keys: list[KeyFrame], image_size, fit_config: HeadFitConfig,
-                 device: torch.device) -> list[HeadFit]:
-    """The person's one identity from the key frames, jointly (each with its own pose and expression)."""
-    views = [View(key.located.landmarks_px, image_size) for key in keys]
+def fit_identity(model: HeadModel, basis: ShapeBasis, landmarks: list[np.ndarray], image_size, fit_config: HeadFitConfig,
+                 device: torch.device, focal_px: float | None = None) -> list[HeadFit]:
+    """The person's one identity from some frames' landmarks, jointly (each frame with its own pose and
+    expression; one known focal length, or each its own)."""
+    views = [View(np.asarray(marks, np.float64), image_size, focal_px) for marks in landmarks]
     return fit_views(model, views, fit_config, device, basis=basis)
+
+
+def restful_frames(performance: "Performance") -> list[int]:
+    """Per yaw band, the tracked frame whose expressions are weakest: the frames the identity is fitted
+    to again. Frames with raised brows or an open jaw teach the identity that face, and every other frame
+    would then need negative expressions, which the weights' [0, 1] box forbids."""
+    chosen = {}
+    for frame in np.nonzero(performance.tracked)[0]:
+        band = int(np.searchsorted(YAW_EDGES, head_yaw_deg(performance.rotation[frame], performance.translation[frame])))
+        effort = float(performance.weights[frame].sum())
+        if band not in chosen or effort < chosen[band][0]:
+            chosen[band] = (effort, int(frame))
+    return sorted(frame for _, frame in chosen.values())
 
 
 def fit_frames(model: HeadModel, basis: ShapeBasis, track: Track, identity: np.ndarray, focal_px: float,
@@ -171,4 +186,4 @@ def fit_frames(model: HeadModel, basis: ShapeBasis, track: Track, identity: np.n
         pose = (fit.rotation, fit.translation)
     step = np.median(np.diff(times)) if count > 1 else 0.0
     return Performance(np.asarray(track.frame_index), times, tracked, weights, rotation, translation,
-                       float(1 / step) if step > 0 else 0.0, focal_px, tuple(image_size), [])
+                       float(1 / step) if step > 0 else 0.0, focal_px, tuple(image_size), [], landmarks)
