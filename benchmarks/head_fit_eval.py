@@ -48,6 +48,20 @@ def shared_model_path() -> Path:
     return ICT_MODEL
 
 
+def evaluation_model():
+    """(model, landmark table) from the shared npz, torch on 2 threads; exits with a message without it."""
+    import torch
+
+    from inference_server.head.correspondence import LandmarkTable
+    from inference_server.head.model import HeadModel
+
+    torch.set_num_threads(2)
+    path = shared_model_path()
+    if not path.exists():
+        sys.exit(f"error: no ICT-FaceKit model at {path}")
+    return HeadModel.load(path), LandmarkTable.load()
+
+
 @dataclass(frozen=True)
 class Subject:
     id_coeffs: np.ndarray
@@ -322,15 +336,9 @@ def main() -> None:
     import torch
 
     from inference_server.head.basis import ShapeBasis
-    from inference_server.head.correspondence import LandmarkTable
     from inference_server.head.fit import HeadFitConfig
-    from inference_server.head.model import HeadModel
 
-    torch.set_num_threads(2)
-    path = shared_model_path()
-    if not path.exists():
-        sys.exit(f"error: no ICT-FaceKit model at {path}")
-    model, table = HeadModel.load(path), LandmarkTable.load()
+    model, table = evaluation_model()
     config = HeadFitConfig()
     for item in args.set:
         field, value = item.split("=", 1)

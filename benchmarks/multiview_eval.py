@@ -25,8 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.head_fit_eval import (CAMERA_SIZE, LandmarkReader, cycles_renders, make_subject,  # noqa: E402
-                                      render_subject, shape_errors, shared_model_path)
+from benchmarks.head_fit_eval import (CAMERA_SIZE, LandmarkReader, cycles_renders, evaluation_model,  # noqa: E402
+                                      make_subject, render_subject, shape_errors)
 
 
 def sittings(model, count: int, yaws: list[float]) -> list[tuple[int, str, list]]:
@@ -100,14 +100,8 @@ def main() -> None:
     import torch
 
     from inference_server.head.basis import ShapeBasis
-    from inference_server.head.correspondence import LandmarkTable
-    from inference_server.head.model import HeadModel
 
-    torch.set_num_threads(2)
-    path = shared_model_path()
-    if not path.exists():
-        sys.exit(f"error: no ICT-FaceKit model at {path}")
-    model, table = HeadModel.load(path), LandmarkTable.load()
+    model, table = evaluation_model()
     yaws = [float(y) for y in args.yaws.split(",")]
     rows = run(model, table, ShapeBasis(model, table, torch.device("cpu")), LandmarkReader(),
                sittings(model, args.subjects, yaws), args.renderer)

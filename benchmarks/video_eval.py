@@ -32,8 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.head_fit_eval import (CAMERA_SIZE, Subject, make_subject, render_subject,  # noqa: E402
-                                      shape_errors, shared_model_path)
+from benchmarks.head_fit_eval import (CAMERA_SIZE, Subject, evaluation_model, make_subject,  # noqa: E402
+                                      render_subject, shape_errors, shared_model_path)
 
 MOVING = ("jawOpen", "mouthSmile_L", "mouthSmile_R", "eyeBlink_L", "eyeBlink_R", "browInnerUp_L", "browInnerUp_R")
 
@@ -154,17 +154,11 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from inference_server.head.correspondence import LandmarkTable
-    from inference_server.head.model import HeadModel
     from inference_server.pipeline import FacePipeline
     from inference_server.video.capture import capture_video
     from inference_server.video.reader import write_mp4
 
-    torch.set_num_threads(2)
-    path = shared_model_path()
-    if not path.exists():
-        sys.exit(f"error: no ICT-FaceKit model at {path}")
-    model, table = HeadModel.load(path), LandmarkTable.load()
+    model, table = evaluation_model()
     subject = make_subject(model, args.seed, args.beyond)
     subject = replace(subject, exp_weights=np.zeros_like(subject.exp_weights))  # the identity at rest is the truth
     times = np.arange(int(args.seconds * args.fps)) / args.fps
@@ -175,7 +169,7 @@ def main() -> None:
     started = time.perf_counter()
     write_mp4(video, render_video(model, subject, weights, angles), args.fps)
     print(f"rendered {len(times)} frames in {time.perf_counter() - started:.1f} s -> {video}", flush=True)
-    pipeline = FacePipeline(torch.device("cpu"), head_model=path)
+    pipeline = FacePipeline(torch.device("cpu"), head_model=shared_model_path())
     started = time.perf_counter()
     result, performance = capture_video(pipeline, video)
     seconds = time.perf_counter() - started
