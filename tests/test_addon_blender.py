@@ -136,7 +136,8 @@ def test_modifier_stack_and_metadata(bpy, astronaut_reply):
     assert meta["server_version"] == info["server_version"]
     assert set(meta["timings_ms"]) == set(reconstruction.meta["timings_ms"])
     assert meta["settings"] == {"smooth_iterations": 7, "smooth_factor": pytest.approx(0.3), "neutral_expression": 0,
-                                "photo_lighting": 0, "subdivision_levels": 2, "detail_strength": pytest.approx(0.004)}
+                                "photo_lighting": 0, "video_camera": 1, "subdivision_levels": 2,
+                                "detail_strength": pytest.approx(0.004)}
     assert meta["face"]["vertex_count"] == len(obj.data.vertices)
     assert meta["face_index"] == 0 and len(meta["face"]["box"]) == 4
 

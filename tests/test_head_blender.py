@@ -307,6 +307,15 @@ curve = animation.fcurve(animated.data.shape_keys, 'key_blocks["jawOpen"].value'
 result["keyed"] = [round(point.co[0]) for point in curve.keyframe_points]
 bpy.context.scene.frame_set(13)
 result["jaw13"] = animated.data.shape_keys.key_blocks["jawOpen"].value
+head_export.export_fbx([animated], out / "take.fbx")
+bpy.ops.wm.read_homefile(use_empty=True)
+bpy.ops.import_scene.fbx(filepath=str(out / "take.fbx"))
+(back,) = [o for o in bpy.data.objects if o.type == "MESH"]
+seen = []
+for frame in range(0, 46):
+    bpy.context.scene.frame_set(frame)
+    seen.append(back.data.shape_keys.key_blocks["jawOpen"].value)
+result["fbx_jaw"] = [min(seen), max(seen)]
 print("RESULT " + json.dumps(result))
 """
 
@@ -353,6 +362,7 @@ def test_head_on_older_blenders(head_reply, tmp_path, blender):
     assert {p.name for p in tmp_path.iterdir()} >= {"head.obj", "head.mtl", "head.png", "head.blend"}
     assert out["keyed"] == [frame for frame in range(1, 40) if not 15 < frame < 21]  # a video's head: keys per scene frame
     assert out["jaw13"] == pytest.approx(performance["anim_weights"][6, names.index("jawOpen") - 1], abs=1e-4)
+    assert out["fbx_jaw"] == [pytest.approx(0.0, abs=0.01), pytest.approx(0.95, abs=0.01)]  # the FBX keeps the keys
 
 
 def _performance(names, video_fps=15.0, count=20, gap=(8, 10)):
