@@ -14,7 +14,7 @@ from typing import Mapping
 
 import numpy as np
 
-from ..wire.axes import CAMERA_TO_BLENDER, MODEL_TO_BLENDER
+from ..wire.axes import CAMERA_TO_BLENDER, MODEL_TO_BLENDER, quaternion
 from .headdata import RIGID_TOLERANCE
 
 
@@ -89,24 +89,8 @@ def video_lens_mm(focal_px: float, width_px: int, sensor_mm: float = 36.0) -> fl
 
 
 def _quaternions(rotations: np.ndarray) -> np.ndarray:
-    """(N, 3, 3) rotations -> (N, 4) unit quaternions w, x, y, z (Shepperd's method, per matrix)."""
-    out = np.zeros((len(rotations), 4))
-    for n, m in enumerate(rotations):
-        trace = np.trace(m)
-        if trace > 0:
-            s = 2 * np.sqrt(trace + 1)
-            out[n] = (s / 4, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s)
-        else:
-            i = int(np.argmax(np.diag(m)))
-            j, k = (i + 1) % 3, (i + 2) % 3
-            s = 2 * np.sqrt(1 + m[i, i] - m[j, j] - m[k, k])
-            q = np.zeros(4)
-            q[0] = (m[k, j] - m[j, k]) / s
-            q[1 + i] = s / 4
-            q[1 + j] = (m[j, i] + m[i, j]) / s
-            q[1 + k] = (m[k, i] + m[i, k]) / s
-            out[n] = q
-    return out / np.linalg.norm(out, axis=1, keepdims=True)
+    """(N, 3, 3) rotations -> (N, 4) unit quaternions w, x, y, z (Blender's order; ``quaternion`` gives x, y, z, w)."""
+    return np.array([np.roll(quaternion(m), 1) for m in rotations]).reshape(-1, 4)
 
 
 def _continuous(quaternions: np.ndarray) -> np.ndarray:

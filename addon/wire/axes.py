@@ -19,3 +19,23 @@ def head_angles_deg(rotation: np.ndarray) -> tuple[float, float, float]:
     pitch = math.asin(float(np.clip(-m[2, 1], -1.0, 1.0)))
     return (math.degrees(math.atan2(-m[2, 0], m[2, 2])), math.degrees(pitch),
             math.degrees(math.atan2(m[0, 1], m[1, 1])))
+
+
+def quaternion(m: np.ndarray) -> list:
+    """A rotation matrix as glTF's unit quaternion ``[x, y, z, w]``, computed from its largest
+    component so that the others stay exact."""
+    trace = m[0, 0] + m[1, 1] + m[2, 2]
+    if trace > 0:
+        s = 2 * np.sqrt(1 + trace)
+        q = [(m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s, s / 4]
+    elif m[0, 0] >= m[1, 1] and m[0, 0] >= m[2, 2]:
+        s = 2 * np.sqrt(1 + m[0, 0] - m[1, 1] - m[2, 2])
+        q = [s / 4, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s, (m[2, 1] - m[1, 2]) / s]
+    elif m[1, 1] >= m[2, 2]:
+        s = 2 * np.sqrt(1 + m[1, 1] - m[0, 0] - m[2, 2])
+        q = [(m[0, 1] + m[1, 0]) / s, s / 4, (m[1, 2] + m[2, 1]) / s, (m[0, 2] - m[2, 0]) / s]
+    else:
+        s = 2 * np.sqrt(1 + m[2, 2] - m[0, 0] - m[1, 1])
+        q = [(m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, s / 4, (m[1, 0] - m[0, 1]) / s]
+    q = np.array(q)
+    return (q / np.linalg.norm(q)).tolist()

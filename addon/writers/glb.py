@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..wire.axes import quaternion
+
 GENERATOR = "FaceForge"
 Y_UP = np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1]], np.float64)  # Blender -> glTF axes
 FLOAT, UINT16, UINT32 = 5126, 5123, 5125
@@ -91,26 +93,6 @@ def split_by_uv(corner_vertex: np.ndarray, uvs: np.ndarray, vertex_count: int) -
     keys = np.ascontiguousarray(np.column_stack([corner_vertex.astype(np.uint32), uvs.view(np.uint32)]))
     _, first, inverse = np.unique(keys.view(np.dtype((np.void, 12))).ravel(), return_index=True, return_inverse=True)
     return inverse.ravel(), corner_vertex[first], uvs[first]
-
-
-def quaternion(m: np.ndarray) -> list:
-    """A rotation matrix as glTF's unit quaternion ``[x, y, z, w]``, computed from its largest
-    component so that the others stay exact."""
-    trace = m[0, 0] + m[1, 1] + m[2, 2]
-    if trace > 0:
-        s = 2 * np.sqrt(1 + trace)
-        q = [(m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s, s / 4]
-    elif m[0, 0] >= m[1, 1] and m[0, 0] >= m[2, 2]:
-        s = 2 * np.sqrt(1 + m[0, 0] - m[1, 1] - m[2, 2])
-        q = [s / 4, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s, (m[2, 1] - m[1, 2]) / s]
-    elif m[1, 1] >= m[2, 2]:
-        s = 2 * np.sqrt(1 + m[1, 1] - m[0, 0] - m[2, 2])
-        q = [(m[0, 1] + m[1, 0]) / s, s / 4, (m[1, 2] + m[2, 1]) / s, (m[0, 2] - m[2, 0]) / s]
-    else:
-        s = 2 * np.sqrt(1 + m[2, 2] - m[0, 0] - m[1, 1])
-        q = [(m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, s / 4, (m[1, 0] - m[0, 1]) / s]
-    q = np.array(q)
-    return (q / np.linalg.norm(q)).tolist()
 
 
 def node_transform(matrix: np.ndarray) -> dict:
