@@ -1,5 +1,6 @@
 """Command line: ``serve`` runs the ZeroMQ server; ``reconstruct`` turns one photo into mesh files;
 ``video`` turns a video of one person into a head and its per-frame performance;
+``web`` serves a page to upload a photo and look at its head;
 ``keys generate`` writes a CURVE key pair for remote use; ``model`` installs models; ``train`` makes
 the cues network (training data, training, evaluation).
 
@@ -23,6 +24,7 @@ from . import limits
 from .cues.cli import add_train_commands, run_train_command
 from .model_cli import add_model_commands, run_model_command
 from .video.cli import add_video_command, run_video_command
+from .web.cli import add_web_command, run_web_command
 
 
 def request_options() -> tuple:
@@ -92,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     keys.add_argument("folder", type=Path, help="where NAME.key (public) and NAME.key_secret (private) are written")
     keys.add_argument("--name", default="faceforge", help="file name stem (default %(default)s)")
     add_video_command(commands, request_options())
+    add_web_command(commands)
     add_model_commands(commands)
     add_train_commands(commands)
     return parser
@@ -107,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
     try:
-        return {"serve": _serve, "reconstruct": _reconstruct, "keys": _keys, "video": run_video_command}[args.command](args)
+        return {"serve": _serve, "reconstruct": _reconstruct, "keys": _keys, "video": run_video_command,
+                "web": run_web_command}[args.command](args)
     except KeyboardInterrupt:
         return Exit.INTERRUPTED
 
