@@ -153,7 +153,7 @@ class WebApp:
         for upload in files:
             data = upload.file.read()
             try:
-                photos.append((self._image_suffix(data), data))
+                photos.append((await asyncio.to_thread(self._image_suffix, data), data))
             except ProtocolError as err:
                 status = 413 if err.code == ErrorCode.TOO_LARGE else 400
                 return json_error(status, f"{upload.filename or 'the file'}: {err.message}", err.code)
@@ -172,15 +172,19 @@ class WebApp:
         return web.json_response(job.view(), status=202)
 
     def _image_suffix(self, data: bytes) -> str:
-        """The file's suffix by its content, if it is an image the server reads and within the pixel limit
-        (only the header is read here; the server decodes it)."""
+        """The file's suffix by its content, if it is an image the server reads, within the pixel limit (by
+        its header) and whole (decoded here, off the event loop: a damaged photo is the upload's 400)."""
         try:
             with Image.open(io.BytesIO(data)) as image:
                 kind, (width, height) = image.format, image.size
+                if kind in IMAGE_FORMATS and width * height <= self.config.max_pixels:
+                    image.load()
         except Image.DecompressionBombError:
             raise ProtocolError(ErrorCode.TOO_LARGE, "the image has too many pixels") from None
-        except Exception:
-            raise ProtocolError(ErrorCode.BAD_IMAGE, "not an image this server reads (JPEG, PNG, WebP, BMP, TIFF)") from None
+        except Exception as exc:
+            damaged = "truncated" in str(exc) or "broken" in str(exc)
+            raise ProtocolError(ErrorCode.BAD_IMAGE, "the image is damaged (cut short or corrupt)" if damaged else
+                                "not an image this server reads (JPEG, PNG, WebP, BMP, TIFF)") from None
         if kind not in IMAGE_FORMATS:
             raise ProtocolError(ErrorCode.BAD_IMAGE, f"{kind} images are not read here (JPEG, PNG, WebP, BMP, TIFF)")
         if width * height > self.config.max_pixels:
