@@ -49,6 +49,30 @@ def test_failed_jobs_answer_with_the_uploads_own_status(tmp_path):
         assert job.result_status() == status
 
 
+def test_the_fitted_lighting_turns_into_gltf_axes_exactly():
+    from addon.wire import sh
+    from inference_server.web.builder import lighting_y_up
+
+    coefficients = np.random.default_rng(3).normal(size=(9, 3))
+    converted = np.asarray(lighting_y_up({"lighting": {"frame": "blender world", "sh": coefficients.tolist()}}))
+    blender = np.random.default_rng(4).normal(size=(50, 3))
+    blender /= np.linalg.norm(blender, axis=1, keepdims=True)
+    gltf = np.stack([blender[:, 0], blender[:, 2], -blender[:, 1]], 1)  # Blender (x, y, z) -> glTF (x, z, -y)
+    np.testing.assert_allclose(sh.radiance_basis(gltf) @ converted, sh.radiance_basis(blender) @ coefficients, atol=1e-5)
+    assert lighting_y_up({}) is None and lighting_y_up({"lighting": {"frame": "camera", "sh": coefficients.tolist()}}) is None
+
+
+def test_depth_png_keeps_heights_to_10_micrometres(tmp_path):
+    from inference_server.web.builder import depth_png
+
+    depth = np.array([[0.0, 0.0123456], [0.1, 0.3]], np.float32)
+    mask = np.array([[False, True], [True, True]])
+    depth_png(tmp_path / "d.png", depth, mask)
+    values = np.asarray(Image.open(tmp_path / "d.png"))
+    assert values.dtype == np.uint16 and values[0, 0] == 0
+    np.testing.assert_allclose(values[mask] / 100_000, depth[mask], atol=1e-5)
+
+
 def test_addresses_and_names():
     assert parse_bind("0.0.0.0:80") == ("0.0.0.0", 80) and parse_bind("[::1]:8080") == ("::1", 8080)
     with pytest.raises(ValueError):
@@ -111,6 +135,21 @@ def read_glb_bytes(data: bytes):
         path = Path(folder) / "head.glb"
         path.write_bytes(data)
         return read_glb(path)
+
+
+def test_face_mode_gives_a_face_without_sliders_and_its_depth(web_page, astronaut_png):
+    browser = Browser(web_page.base)
+    status, view = browser.upload([("astronaut.png", astronaut_png)], geometry="face")
+    assert status == 202
+    view = browser.wait(view["id"])
+    assert view["state"] == "done", view
+    face = view["result"]["faces"][0]
+    assert face["geometry"] == "face" and face["expressions"] == [] and face["lighting"] is None
+    status, _, data = browser.request("GET", f"api/jobs/{view['id']}/files/astronaut.glb")
+    document, _ = read_glb_bytes(data)
+    assert status == 200 and not any("targets" in p for m in document["meshes"] for p in m["primitives"])
+    status, _, png = browser.request("GET", f"api/jobs/{view['id']}/files/astronaut_face0_depth.png")
+    assert status == 200 and np.asarray(Image.open(io.BytesIO(png))).max() > 0
 
 
 def test_results_are_private_to_their_session(astronaut_head, web_page):

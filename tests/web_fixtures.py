@@ -24,11 +24,13 @@ WEB_ARGS = ("--max-pixels", "300000", "--max-upload-mb", "2", "--keep-minutes", 
 
 
 class WebProcess:
-    def __init__(self, server: str, log_dir: Path, *extra: str, bind: str = "127.0.0.1:0"):
+    """``server`` None: the page starts an inference server of its own (its $FACEFORGE_DATA from ``env``)."""
+
+    def __init__(self, server: str | None, log_dir: Path, *extra: str, bind: str = "127.0.0.1:0", env: dict | None = None):
         self.log_path = log_dir / "web.log"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "inference_server", "web", "--bind", bind, "--server", server,
-             "--results", str(log_dir / "results"), *extra],
+            [sys.executable, "-m", "inference_server", "web", "--bind", bind, *(["--server", server] if server else []),
+             "--results", str(log_dir / "results"), *extra], env=env,
             cwd=str(REPO), stdout=subprocess.PIPE, stderr=open(self.log_path, "wb"), text=True)  # noqa: SIM115
         lines: queue.Queue = queue.Queue()
         threading.Thread(target=lambda: [lines.put(line) for line in self.process.stdout], daemon=True).start()

@@ -41,7 +41,7 @@ def emit(**line) -> None:
 def depth_png(path: Path, depth: np.ndarray, mask: np.ndarray) -> None:
     """A face's depth map as a 16-bit greyscale PNG: height in front of the deepest face point, 0 outside
     the mask; the scale is written into the file's text (``faceforge:depth``) too."""
-    values = np.where(mask, np.clip(np.asarray(depth, np.float64) * DEPTH_UNITS_PER_METRE, 1, 65535), 0)
+    values = np.where(mask, np.clip(np.rint(np.asarray(depth, np.float64) * DEPTH_UNITS_PER_METRE), 1, 65535), 0)
     info = PngImagePlugin.PngInfo()
     info.add_text("faceforge:depth", f"height in metres = value / {DEPTH_UNITS_PER_METRE}; 0 = no face")
     Image.fromarray(values.astype(np.uint16)).save(path, pnginfo=info)

@@ -13,7 +13,7 @@ const POLL_MS = 300;
 
 // ---- the view ---------------------------------------------------------------------------------
 const canvas = $('canvas');
-const renderer = new THREE.WebGLRenderer({ canvas, antialias: true });
+const renderer = new THREE.WebGLRenderer({ canvas, antialias: false });
 renderer.setPixelRatio(window.devicePixelRatio);
 const scene = new THREE.Scene();
 scene.background = new THREE.Color(0xeceef1);
@@ -26,8 +26,9 @@ key.position.set(1, 1.5, 2);
 studio.add(key);
 scene.add(studio);
 const probe = new THREE.LightProbe();
-const stats = { frames: 0, lastRenderMs: 0, loaded: false };  // read by the browser test
+const stats = { frames: 0, lastRenderMs: 0 };  // read by the browser test and benchmark
 window.faceforge = stats;
+const setState = (state) => { document.body.dataset.state = state; };  // ready | working | loaded | error
 
 let head = null;            // the loaded glTF scene
 let meshes = [];            // meshes with morph targets
@@ -88,7 +89,7 @@ async function showHead(url, face) {
   $('tools').hidden = false; $('hint').hidden = true;
   const v = face ? `${face.vertices.toLocaleString()} vertices` : '';
   $('facts').textContent = v;
-  stats.loaded = true;
+  setState('loaded');
   requestRender();
 }
 
@@ -103,11 +104,11 @@ function setClay(on) {
   requestRender();
 }
 
-function setLighting(sh) {  // sh: 9 x [r, g, b] radiance SH in glTF's frame, or null for the studio lights
+function setLighting(sh) {  // sh: 9 x [r, g, b] radiance SH in glTF's frame (refine light/full), or null: studio lights
   const button = $('lighting');
   button.hidden = !sh;
   button.onclick = () => usePhotoLight(!button.classList.contains('on'), sh);
-  usePhotoLight(false, sh);
+  usePhotoLight(Boolean(sh), sh);  // the fit's own lighting first: the head lit as the photo was
 }
 function usePhotoLight(on, sh) {
   $('lighting').classList.toggle('on', on);
@@ -170,7 +171,10 @@ function setMode(mode) {
 
 // ---- jobs -------------------------------------------------------------------------------------
 let job = null;
-function showError(text) { $('error').textContent = text; $('error').hidden = !text; }
+function showError(text) {
+  $('error').textContent = text; $('error').hidden = !text;
+  if (text) setState('error');
+}
 async function json(response) {
   try { return await response.json(); } catch { return { error: { message: `${response.status} ${response.statusText}` } }; }
 }
@@ -182,7 +186,7 @@ async function upload(event) {
   for (const file of files) form.append('photo', file);
   form.append('geometry', $('geometry').value);
   form.append('refine', $('refine').value);
-  showError(''); $('go').disabled = true;
+  showError(''); $('go').disabled = true; setState('working');
   const response = await fetch('api/jobs', { method: 'POST', body: form });
   const body = await json(response);
   if (!response.ok) { showError(body.error.message); $('go').disabled = false; return; }
@@ -252,4 +256,4 @@ $('filter').addEventListener('input', () => {
   const text = $('filter').value.toLowerCase();
   for (const label of $('sliders').children) label.hidden = !label.textContent.toLowerCase().includes(text);
 });
-start();
+start().then(() => { if (document.body.dataset.state !== 'error') setState('ready'); });
