@@ -73,6 +73,16 @@ def test_depth_png_keeps_heights_to_10_micrometres(tmp_path):
     np.testing.assert_allclose(values[mask] / 100_000, depth[mask], atol=1e-5)
 
 
+def test_the_page_takes_no_more_than_the_server_allows(tmp_path):
+    from inference_server.web.app import WebConfig, within_server_limits
+
+    config = WebConfig(results=tmp_path, max_upload_mb=40, max_photos=6, max_pixels=40_000_000)
+    info = {"limits": {"max_pixels": 4_000_000, "max_message_bytes": 8 * 2**20}, "defaults": {"max_photos": 3}}
+    lowered = within_server_limits(config, info)
+    assert (lowered.max_pixels, lowered.max_photos, lowered.max_upload_mb) == (4_000_000, 3, 8)
+    assert within_server_limits(config, {}) == config
+
+
 def test_addresses_and_names():
     assert parse_bind("0.0.0.0:80") == ("0.0.0.0", 80) and parse_bind("[::1]:8080") == ("::1", 8080)
     with pytest.raises(ValueError):

@@ -17,7 +17,7 @@ import io
 import logging
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from aiohttp import web
@@ -50,6 +50,16 @@ class WebConfig:
     per_session: int = 2          # reconstructions one browser session may have waiting or running
 
 
+def within_server_limits(config: WebConfig, info: dict) -> WebConfig:
+    """The page's limits lowered to the inference server's own ceilings (its ``info``): an upload the
+    page takes is never one the server refuses for its size."""
+    limits, defaults = info.get("limits") or {}, info.get("defaults") or {}
+    message_mb = limits.get("max_message_bytes", float("inf")) / 2**20
+    return replace(config, max_pixels=min(config.max_pixels, limits.get("max_pixels", config.max_pixels)),
+                   max_photos=min(config.max_photos, defaults.get("max_photos", config.max_photos)),
+                   max_upload_mb=min(config.max_upload_mb, message_mb))
+
+
 def _csp(html: str) -> str:
     """No inline script runs but the page's import map (allowed by its hash); everything from this origin.
     ``blob:``: glTF textures are decoded from blob URLs."""
@@ -71,7 +81,7 @@ def json_error(status: int, message: str, code: str = "") -> web.Response:
 
 class WebApp:
     def __init__(self, config: WebConfig, builder: BuilderProcess):
-        self.config = config
+        self.config = within_server_limits(config, builder.info.get("info", {}))
         self.store = JobStore(config.results, keep_s=config.keep_s, per_owner=config.per_session)
         self.builder = builder
         builder.on_line = self.on_line
@@ -125,7 +135,7 @@ class WebApp:
     async def info(self, request: web.Request) -> web.Response:
         server = self.builder.info.get("info", {})
         return web.json_response({
-            "max_upload_mb": self.config.max_upload_mb, "max_photos": self.config.max_photos,
+            "max_upload_mb": round(self.config.max_upload_mb, 1), "max_photos": self.config.max_photos,
             "max_pixels": self.config.max_pixels, "keep_minutes": round(self.config.keep_s / 60, 1),
             "options": {name: {"choices": list(options.BY_NAME[name].choices), "default": options.BY_NAME[name].default,
                                "help": options.BY_NAME[name].help} for name in PAGE_OPTIONS},
