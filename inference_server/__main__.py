@@ -37,8 +37,8 @@ def serve_options() -> tuple:
     return tuple(option for option in request_options() if option.name != "depth_model")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m inference_server", description=__doc__, epilog=EXIT_HELP)
+def _parser(prog: str = "python -m inference_server") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__, epilog=EXIT_HELP)
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the inference server", epilog=EXIT_HELP)
     serve.add_argument("--bind", default="tcp://127.0.0.1:5555",
@@ -82,7 +82,8 @@ def _parser() -> argparse.ArgumentParser:
                                 "several photos of one person", epilog=EXIT_HELP)
     recon.add_argument("photos", nargs="+", type=Path, metavar="PHOTO",
                        help="a photo; several photos of one person (head mode) make one head fitted to all of them")
-    recon.add_argument("-o", "--output", type=Path, help="OUT.obj | OUT.ply | OUT.npz (one file per face with --face all)")
+    recon.add_argument("-o", "--output", type=Path, help="OUT.obj | OUT.ply | OUT.glb | OUT.npz (one file per face with --face all; "
+                       "a head's glb carries its expressions as morph targets)")
     options.add_arguments(recon, request_options(), title="reconstruction options (default: the server's)")
     recon.add_argument("--server", help="use a running server at this address instead of loading models here")
     recon.add_argument("--device", default="auto", help="device for in-process reconstruction")
@@ -100,8 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m inference_server") -> int:
+    args = _parser(prog).parse_args(argv)
     if args.command == "model":
         return run_model_command(args)
     if args.command == "train":
@@ -207,16 +208,16 @@ def _reconstruct(args) -> int:
     if args.output:
         try:
             args.output.parent.mkdir(parents=True, exist_ok=True)
-            for index, arrays in faces:
+            for index, arrays, face_meta in faces:
                 target = args.output if len(faces) == 1 else args.output.with_name(f"{args.output.stem}_face{index}{args.output.suffix}")
-                outputs += [str(p) for p in exporters.write(target, arrays)]
+                outputs += [str(p) for p in exporters.write(target, arrays, face_meta)]
         except OSError as exc:
             print(f"error: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
             return Exit.FAILED
     summary = {"photo": str(args.photos[0]), "photos": [str(path) for path in args.photos],
                "image_size": meta.get("image_size"), "faces_detected": meta.get("faces_detected"),
                "faces": [{"index": i, "vertices": int(len(a["vertices"])),
-                          "triangles": int(len(exporters.polygons(a).triangles()))} for i, a in faces],
+                          "triangles": int(len(exporters.polygons(a).triangles()))} for i, a, _ in faces],
                "timings_ms": meta.get("timings_ms"), "outputs": outputs}
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -235,7 +236,7 @@ def _in_process(args, photos: list[bytes], request: dict):
 
     pipeline = FacePipeline(resolve_device(args.device), head_model=find_model())
     result = pipeline.reconstruct(photos, request)
-    return [(face.index, pipeline.whole_arrays(face)) for face in result.faces], result.meta
+    return [(face.index, pipeline.whole_arrays(face), face.meta) for face in result.faces], result.meta
 
 
 def _through_server(args, photos: list[bytes], request: dict):
@@ -248,7 +249,7 @@ def _through_server(args, photos: list[bytes], request: dict):
         raise ProtocolError(ErrorCode.BAD_REQUEST, str(exc)) from None
     with Client(args.server, timeout=args.timeout, keys=keys) as client:
         result = client.reconstruct(photos, request)
-    return [(face.index, face.arrays) for face in result.faces], result.meta
+    return [(face.index, face.arrays, face.meta) for face in result.faces], result.meta
 
 
 def _leave(code: int) -> None:
@@ -263,6 +264,11 @@ def _leave(code: int) -> None:
         except (OSError, ValueError):  # a closed pipe: nothing more can reach it
             pass
     os._exit(code)
+
+
+def console() -> None:
+    """The ``faceforge`` command an installed distribution puts on PATH (``pyproject.toml``)."""
+    _leave(main(prog="faceforge"))
 
 
 if __name__ == "__main__":

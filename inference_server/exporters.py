@@ -1,18 +1,23 @@
-"""Mesh files without Blender: OBJ (+ MTL + PNG texture), binary PLY with UVs and colours, NPZ.
+"""Mesh files without Blender: OBJ (+ MTL + PNG texture), binary PLY with UVs and colours, binary
+glTF, NPZ.
 
 OBJ and PLY are written Y-up (their usual convention; Blender's importers turn them back to Z-up);
 the NPZ keeps every array exactly as the protocol carries it. A head is written with its fitted
 expression applied (OBJ keeps its quads); its pose stays out of the file, as in Blender's object data.
+A head's glb is its neutral shape with the 53 expressions as named morph targets at their fitted
+weights (the add-on's glb writer, ``addon.writers.glb``, fed from the reply instead of Blender objects);
+either geometry's glb is the server's mesh, without the add-on's smoothing, subdivision and detail.
 """
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-SUFFIXES = (".obj", ".ply", ".npz")
+SUFFIXES = (".obj", ".ply", ".glb", ".npz")
 
 
 @dataclass
@@ -106,15 +111,67 @@ def write_ply(path: Path, arrays: dict) -> list[Path]:
     return [Path(path)]
 
 
+def vertex_normals(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+    """Area-weighted unit normals of a triangle mesh (counter-clockwise triangles face outward)."""
+    corners = vertices[triangles]
+    cross = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+    normals = np.zeros_like(vertices, dtype=np.float64)
+    for k in range(3):
+        np.add.at(normals, triangles[:, k], cross)
+    length = np.linalg.norm(normals, axis=1, keepdims=True)
+    return (normals / np.where(length > 0, length, 1)).astype(np.float32)
+
+
+def glb_surface(arrays: dict, meta: dict | None = None, name: str = "face"):
+    """One reply face as ``addon.writers.glb.Surface``: a vertex per (vertex, UV) pair, triangles, a material
+    per head part (``meta["materials"]``), and for a head its expressions as morph targets."""
+    from addon.writers.glb import Look, Surface, Targets, split_by_uv
+
+    meta = meta or {}
+    mesh = polygons(arrays)
+    head = "polygon_sizes" in arrays
+    vertices = np.asarray(arrays["vertices"], np.float32)  # a head's neutral shape: the expressions are targets
+    starts = np.concatenate([[0], np.cumsum(mesh.sizes)[:-1]])
+    quads = starts[mesh.sizes == 4]
+    corner_triangles = np.concatenate([np.stack([starts, starts + 1, starts + 2], 1),
+                                       np.stack([quads, quads + 2, quads + 3], 1)])  # as Polygons.triangles
+    polygon_of_triangle = np.concatenate([np.arange(len(starts)), np.nonzero(mesh.sizes == 4)[0]])
+    new_vertex, source, uvs = split_by_uv(mesh.corners.astype(np.int64), mesh.uvs[mesh.corner_uv], len(vertices))
+    triangles = new_vertex[corner_triangles]
+    if head:
+        material = np.asarray(arrays["polygon_material"], np.int64)[polygon_of_triangle]
+        looks = [Look(str(part)) for part in meta.get("materials") or range(int(material.max()) + 1)]
+        names = [str(n) for n in meta.get("expressions") or range(len(arrays["expression_deltas"]))]
+        targets = Targets(names, np.asarray(arrays["expression_deltas"], np.float32)[:, source],
+                          [float(w) for w in arrays["expression_weights"]])
+    else:
+        material, looks, targets = np.zeros(len(triangles), np.int64), [Look(name)], None
+    png = io.BytesIO()
+    Image.fromarray(np.asarray(arrays["texture"])).save(png, "PNG")
+    return Surface(name=name, positions=vertices[source], normals=vertex_normals(vertices, mesh.triangles())[source],
+                   uvs=uvs, triangles=triangles, triangle_material=material, looks=looks, texture=png.getvalue(),
+                   texture_name=f"{name}_texture.png", targets=targets)
+
+
+def write_glb(path: Path, arrays: dict, meta: dict | None = None) -> list[Path]:
+    from addon.writers.glb import write_glb as write_surfaces
+
+    write_surfaces(Path(path), [glb_surface(arrays, meta, Path(path).stem)])
+    return [Path(path)]
+
+
 def write_npz(path: Path, arrays: dict) -> list[Path]:
     np.savez_compressed(path, **{k: np.asarray(v) for k, v in arrays.items()})
     return [Path(path)]
 
 
-def write(path: Path, arrays: dict) -> list[Path]:
-    """Write by suffix; returns every file written."""
-    writers = {".obj": write_obj, ".ply": write_ply, ".npz": write_npz}
+def write(path: Path, arrays: dict, meta: dict | None = None) -> list[Path]:
+    """Write by suffix; returns every file written. ``meta``: the face's reply metadata (a head's
+    expression and material names, for the glb)."""
     suffix = Path(path).suffix.lower()
+    if suffix == ".glb":
+        return write_glb(Path(path), arrays, meta)
+    writers = {".obj": write_obj, ".ply": write_ply, ".npz": write_npz}
     if suffix not in writers:
         raise ValueError(f"unsupported output {suffix!r}; use one of {', '.join(SUFFIXES)}")
     return writers[suffix](Path(path), arrays)

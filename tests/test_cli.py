@@ -88,3 +88,39 @@ def test_missing_file_unreachable_server_and_bad_suffix(tmp_path, photos):
     assert run.returncode == 5 and "running" in run.stderr and "Traceback" not in run.stderr
     run = cli("reconstruct", photos["astronaut"], "-o", tmp_path / "x.fbx")
     assert run.returncode == 2 and "unsupported output" in run.stderr
+
+
+def test_reconstruct_writes_a_glb_a_head_with_its_expressions_as_morph_targets(photos, tmp_path, head_server,
+                                                                                  server_address):
+    from addon.writers.glb import read_glb
+
+    from .test_glb import _vectors
+
+    run = cli("reconstruct", photos["astronaut"], "-o", tmp_path / "head.glb", "--server", head_server.address,
+              "--geometry", "head")
+    assert run.returncode == 0, run.stderr
+    assert cli("reconstruct", photos["astronaut"], "-o", tmp_path / "head.npz", "--server", head_server.address,
+               "--geometry", "head").returncode == 0
+    reply = np.load(tmp_path / "head.npz")
+    document, binary = read_glb(tmp_path / "head.glb")
+    (mesh,) = document["meshes"]
+    names = mesh["extras"]["targetNames"]
+    assert len(names) == 53 and "jawOpen" in names and len(mesh["primitives"]) > 1  # a material per head part
+    np.testing.assert_allclose(mesh["weights"], reply["expression_weights"], atol=1e-6)
+    attributes = mesh["primitives"][0]["attributes"]
+    y_up = _vectors(document, binary, attributes["POSITION"])
+    positions = np.stack([y_up[:, 0], -y_up[:, 2], y_up[:, 1]], 1)  # back to Blender axes
+    assert len(positions) >= len(reply["vertices"])  # a vertex per (vertex, UV) pair
+    np.testing.assert_allclose(positions.min(0), reply["vertices"].min(0), atol=1e-5)  # the neutral head
+    np.testing.assert_allclose(positions.max(0), reply["vertices"].max(0), atol=1e-5)
+    jaw = _vectors(document, binary, mesh["primitives"][0]["targets"][names.index("jawOpen")]["POSITION"])
+    assert np.isclose(np.abs(jaw).max(), np.abs(reply["expression_deltas"]).max(axis=(1, 2))[names.index("jawOpen")],
+                      atol=1e-5)
+    normals = _vectors(document, binary, attributes["NORMAL"])
+    for axis, sign in ((2, 1), (1, 1), (2, -1)):  # the nose tip faces forward (+Z), the crown up, the back of the head back
+        extreme = np.argmax(sign * y_up[:, axis])
+        assert sign * normals[extreme, axis] > 0.7, (axis, sign, normals[extreme])
+    run = cli("reconstruct", photos["astronaut"], "-o", tmp_path / "face.glb", "--server", server_address)
+    assert run.returncode == 0, run.stderr
+    document, _ = read_glb(tmp_path / "face.glb")
+    assert "targets" not in document["meshes"][0]["primitives"][0] and document["images"][0]["mimeType"] == "image/png"

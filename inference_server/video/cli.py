@@ -15,7 +15,7 @@ def add_video_command(commands, request_options: tuple) -> None:
                                 "video of one person", epilog=EXIT_HELP)
     video.add_argument("video", type=Path, metavar="VIDEO", help="MP4, MOV, MKV, WebM or AVI")
     video.add_argument("-o", "--output", type=Path,
-                       help="the head: OUT.obj | OUT.ply | OUT.npz (the npz also holds the per-frame anim_* arrays)")
+                       help="the head: OUT.obj | OUT.ply | OUT.glb | OUT.npz (the npz also holds the per-frame anim_* arrays)")
     video.add_argument("--csv", type=Path, help="per-frame ARKit blend shapes and head angles (Live Link Face's CSV layout)")
     options.add_arguments(video, request_options, title="reconstruction options")
     video.add_argument("--server", help="send the video to a running server at this address instead of loading models here")
@@ -58,7 +58,7 @@ def run_video_command(args) -> int:
     try:
         if args.output:
             args.output.parent.mkdir(parents=True, exist_ok=True)
-            outputs += [str(path) for path in exporters.write(args.output, arrays)]
+            outputs += [str(path) for path in exporters.write(args.output, arrays, meta)]
         if args.csv:
             args.csv.parent.mkdir(parents=True, exist_ok=True)
             write_csv(args.csv, arrays, meta["video"]["fps"], meta["expressions"])
