@@ -251,3 +251,24 @@ def test_a_non_loopback_page_needs_its_token(head_server, tmp_path):
         assert status == 401
     finally:
         assert web.stop() == 0
+
+
+def test_an_inference_server_that_goes_away_fails_the_job_in_seconds(tmp_path, astronaut_png):
+    from tests.conftest import start_server
+
+    server = start_server(tmp_path / "server.log")
+    web = WebProcess(server.address, tmp_path)
+    try:
+        server.stop()
+        browser = Browser(web.base)
+        started = time.monotonic()
+        status, view = browser.upload([("astronaut.png", astronaut_png)], geometry="face")
+        assert status == 202
+        view = browser.wait(view["id"], timeout=60)
+        assert view["state"] == "failed" and view["error"]["code"] == "unreachable", view
+        assert "stopped answering" in view["error"]["message"] and time.monotonic() - started < 30
+        status, _ = browser.json("GET", "api/info")
+        assert status == 200  # the page itself carries on
+    finally:
+        server.stop()
+        assert web.stop() == 0

@@ -174,6 +174,10 @@ class WebApp:
             return json_error(400, err.message, err.code)
         except Refused as refused:
             return json_error(refused.status, refused.message, ErrorCode.BUSY)
+        except OSError as exc:  # a full disk: the upload could not be stored
+            log.error("storing an upload failed: %s", exc)
+            return json_error(507, f"the server cannot store the upload ({exc.strerror or exc}); try again later",
+                              ErrorCode.INTERNAL)
         try:
             await self.builder.send({"job": job.id, "photos": [str(p) for p in job.photos], "folder": str(job.folder),
                                      "key": file_key(files[0].filename), "request": job.request})

@@ -13,6 +13,7 @@ and one ``{"job": ID, "done": {...}}`` or ``{"job": ID, "error": {"code", "messa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import queue
@@ -123,8 +124,15 @@ class Builder:
         folder, key = Path(job["folder"]), str(job["key"])
         request = dict(job.get("request") or {})
         media = protocol.photo_payloads([p.read_bytes() for p in photos])
-        message = self.client.call("reconstruct", request, media, timeout=self.timeout, cancel=cancel,
-                                   on_progress=lambda progress: emit(job=job["job"], progress=progress))
+        with self._watch_server(cancel) as gone:
+            try:
+                message = self.client.call("reconstruct", request, media, timeout=self.timeout, cancel=cancel,
+                                           on_progress=lambda progress: emit(job=job["job"], progress=progress))
+            except ProtocolError as err:
+                if gone.is_set():
+                    raise ProtocolError(ErrorCode.UNREACHABLE, f"the inference server at {self.address} stopped "
+                                                               "answering; start it again and retry") from err
+                raise
         message.raise_for_error()
         emit(job=job["job"], progress={"stage": "build", "text": "building the Blender objects and files",
                                        "fraction": 1.0})
@@ -137,6 +145,27 @@ class Builder:
         if report.status != "ok":
             raise ProtocolError(report.error_code or ErrorCode.INTERNAL, report.error or "writing the files failed")
         return self._extras(folder / key, key, message, report)
+
+    @contextlib.contextmanager
+    def _watch_server(self, cancel: threading.Event, every_s: float = 2.0):
+        """While a request waits: when nothing listens at the server's tcp:// address any more, set the
+        yielded event and cancel, so a dead server fails the job in seconds, not at the timeout."""
+        from addon.server.process import tcp_in_use
+
+        gone, done = threading.Event(), threading.Event()
+
+        def watch() -> None:
+            while not done.wait(every_s):
+                if not tcp_in_use(self.address, timeout=1.0):
+                    gone.set()
+                    cancel.set()
+                    return
+        if self.address.startswith("tcp://"):
+            threading.Thread(target=watch, daemon=True).start()
+        try:
+            yield gone
+        finally:
+            done.set()
 
     def _extras(self, folder: Path, key: str, message, report) -> dict:
         """The depth PNG and OBJ zip beside the batch's files, and what the page shows of the result."""

@@ -81,12 +81,16 @@ class JobStore:
             raise Refused(503, "the server is busy with other people's photos; try again in a minute")
         job_id = secrets.token_urlsafe(12)
         folder = self.root / job_id
-        (folder / "upload").mkdir(parents=True)
         paths = []
-        for index, (suffix, data) in enumerate(photos):
-            path = folder / "upload" / f"photo{index}{suffix}"
-            path.write_bytes(data)
-            paths.append(path)
+        try:
+            (folder / "upload").mkdir(parents=True)
+            for index, (suffix, data) in enumerate(photos):
+                path = folder / "upload" / f"photo{index}{suffix}"
+                path.write_bytes(data)
+                paths.append(path)
+        except OSError:
+            shutil.rmtree(folder, ignore_errors=True)  # no half-stored upload left behind
+            raise
         job = Job(job_id, owner, folder, paths, dict(request))
         self.jobs[job_id] = job
         return job

@@ -187,21 +187,25 @@ async function upload(event) {
   form.append('geometry', $('geometry').value);
   form.append('refine', $('refine').value);
   showError(''); $('go').disabled = true; setState('working');
-  const response = await fetch('api/jobs', { method: 'POST', body: form });
+  let response;
+  try { response = await fetch('api/jobs', { method: 'POST', body: form }); } catch { return lost(); }
   const body = await json(response);
   if (!response.ok) { showError(body.error.message); $('go').disabled = false; return; }
   job = body.id;
   $('job').hidden = false; $('downloads').hidden = true;
   poll(job);
 }
+function lost() { finished(); showError('the page lost its server: is `inference_server web` still running?'); }
 async function poll(id) {
   if (id !== job) return;
-  const body = await json(await fetch(`api/jobs/${id}`));
+  let response;
+  try { response = await fetch(`api/jobs/${id}`); } catch { return lost(); }
+  const body = await json(response);
   if (body.error && !body.state) { finished(); showError(body.error.message); return; }
   $('bar').value = body.progress.fraction;
   $('stage').textContent = body.progress.text || body.progress.stage;
   if (['queued', 'running'].includes(body.state)) { setTimeout(() => poll(id), POLL_MS); return; }
-  const response = await fetch(`api/jobs/${id}/result`);
+  try { response = await fetch(`api/jobs/${id}/result`); } catch { return lost(); }
   const result = await json(response);
   finished();
   if (!response.ok) { showError(result.error ? result.error.message : `failed (${response.status})`); return; }
