@@ -272,3 +272,16 @@ def test_an_inference_server_that_goes_away_fails_the_job_in_seconds(tmp_path, a
     finally:
         server.stop()
         assert web.stop() == 0
+
+
+def test_several_photos_make_one_head_and_a_mirrored_copy_adds_nothing(web_page, astronaut_rgb, astronaut_png):
+    browser = Browser(web_page.base)
+    mirrored = io.BytesIO()
+    Image.fromarray(astronaut_rgb[:, ::-1]).save(mirrored, "PNG")
+    status, view = browser.upload([("astronaut.png", astronaut_png), ("mirrored.png", mirrored.getvalue())],
+                                  geometry="head")
+    assert status == 202
+    view = browser.wait(view["id"])
+    assert view["state"] == "done", view
+    (face,) = view["result"]["faces"]
+    assert face["geometry"] == "head" and face["copies"] == 1 and face["photos"] == 1

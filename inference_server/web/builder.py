@@ -178,7 +178,9 @@ class Builder:
             files.append(depth)
             faces.append({"index": face.index, "geometry": face.meta.get("geometry", "face"),
                           "vertices": int(len(face.arrays["vertices"])), "lighting": lighting_y_up(face.meta),
-                          "expressions": list(face.meta.get("expressions") or [])})
+                          "expressions": list(face.meta.get("expressions") or []),
+                          "photos": len(face.meta.get("photos") or ()) or 1,  # several photos: the ones fitted
+                          "copies": len(face.meta.get("copies") or ())})       # and the copies left out
         files.append(obj_zip(folder, key))
         return {"folder": str(folder), "files": files, "faces": faces,
                 "timings_ms": reconstruction.meta.get("timings_ms") or {},

@@ -87,8 +87,9 @@ async function showHead(url, face) {
   setLighting(face && face.lighting ? face.lighting : null);
   buildSliders();
   $('tools').hidden = false; $('hint').hidden = true;
-  const v = face ? `${face.vertices.toLocaleString()} vertices` : '';
-  $('facts').textContent = v;
+  const photos = face && face.photos > 1 ? `, fitted to ${face.photos} photos` : '';
+  const copies = face && face.copies ? ` (${face.copies} copy of another photo left out)` : '';
+  $('facts').textContent = face ? `${face.vertices.toLocaleString()} vertices${photos}${copies}` : '';
   setState('loaded');
   requestRender();
 }
