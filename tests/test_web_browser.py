@@ -107,18 +107,20 @@ def test_a_damaged_photo_shows_a_clear_error(page, astronaut_rgb):
     assert page.page.locator("#canvas").is_visible()  # the head shown before stays
 
 
-def test_the_page_says_so_when_its_server_is_gone(head_server, astronaut_rgb, tmp_path):
+def test_the_page_says_so_when_its_server_is_gone(page, head_server, astronaut_rgb, tmp_path):
     from tests.web_fixtures import WebProcess
 
     photo = tmp_path / "astronaut.png"
     Image.fromarray(astronaut_rgb).save(photo)
     web = WebProcess(head_server.address, tmp_path)
-    driver = PageDriver()
+    shown = page.page  # one Playwright per thread: a second tab of the module's browser
+    page.page = page.context.new_page()
     try:
-        driver.open(web.url)
+        page.open(web.url)
         web.stop()
-        assert driver.reconstruct([str(photo)], timeout_s=30) == "error"
-        assert "lost its server" in driver.text("#error")
+        assert page.reconstruct([str(photo)], timeout_s=30) == "error"
+        assert "lost its server" in page.text("#error")
     finally:
-        driver.close()
+        page.page.close()
+        page.page = shown
         web.stop()
