@@ -30,13 +30,18 @@ class Polygons:
     uvs: np.ndarray        # (T, 2) texture coordinates
     corner_uv: np.ndarray  # (sum sizes,) index into uvs (a face's UVs are per vertex, a head's per corner)
 
-    def triangles(self) -> np.ndarray:
-        """(T, 3) fan triangles (quads split along 0-2, as the model was)."""
+    def corner_triangles(self) -> tuple:
+        """``((T, 3) corner indices, (T,) polygon of each triangle)``: fan triangles, quads split along
+        0-2 as the model was (every polygon's first triangle, then the quads' second ones)."""
         starts = np.concatenate([[0], np.cumsum(self.sizes)[:-1]])
-        tris = [np.stack([self.corners[starts], self.corners[starts + 1], self.corners[starts + 2]], 1)]
         quads = starts[self.sizes == 4]
-        tris.append(np.stack([self.corners[quads], self.corners[quads + 2], self.corners[quads + 3]], 1))
-        return np.concatenate(tris)
+        triangles = np.concatenate([np.stack([starts, starts + 1, starts + 2], 1),
+                                    np.stack([quads, quads + 2, quads + 3], 1)])
+        return triangles, np.concatenate([np.arange(len(starts)), np.nonzero(self.sizes == 4)[0]])
+
+    def triangles(self) -> np.ndarray:
+        """(T, 3) vertex indices of the fan triangles (``corner_triangles``)."""
+        return self.corners[self.corner_triangles()[0]]
 
     def vertex_uvs(self) -> np.ndarray:
         """One UV per vertex (the last corner's at seams), for formats without per-corner UVs."""
@@ -131,11 +136,7 @@ def glb_surface(arrays: dict, meta: dict | None = None, name: str = "face"):
     mesh = polygons(arrays)
     head = "polygon_sizes" in arrays
     vertices = np.asarray(arrays["vertices"], np.float32)  # a head's neutral shape: the expressions are targets
-    starts = np.concatenate([[0], np.cumsum(mesh.sizes)[:-1]])
-    quads = starts[mesh.sizes == 4]
-    corner_triangles = np.concatenate([np.stack([starts, starts + 1, starts + 2], 1),
-                                       np.stack([quads, quads + 2, quads + 3], 1)])  # as Polygons.triangles
-    polygon_of_triangle = np.concatenate([np.arange(len(starts)), np.nonzero(mesh.sizes == 4)[0]])
+    corner_triangles, polygon_of_triangle = mesh.corner_triangles()
     new_vertex, source, uvs = split_by_uv(mesh.corners.astype(np.int64), mesh.uvs[mesh.corner_uv], len(vertices))
     triangles = new_vertex[corner_triangles]
     if head:
@@ -148,7 +149,7 @@ def glb_surface(arrays: dict, meta: dict | None = None, name: str = "face"):
         material, looks, targets = np.zeros(len(triangles), np.int64), [Look(name)], None
     png = io.BytesIO()
     Image.fromarray(np.asarray(arrays["texture"])).save(png, "PNG")
-    return Surface(name=name, positions=vertices[source], normals=vertex_normals(vertices, mesh.triangles())[source],
+    return Surface(name=name, positions=vertices[source], normals=vertex_normals(vertices, mesh.corners[corner_triangles])[source],
                    uvs=uvs, triangles=triangles, triangle_material=material, looks=looks, texture=png.getvalue(),
                    texture_name=f"{name}_texture.png", targets=targets)
 

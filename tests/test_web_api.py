@@ -14,7 +14,8 @@ from PIL import Image
 
 from addon.writers.glb import read_glb
 from inference_server.web.app import file_key
-from inference_server.web.cli import is_loopback, parse_bind
+from inference_server.security import is_loopback
+from inference_server.web.cli import parse_bind
 from inference_server.web.jobs import DONE, FAILED, JobStore, Refused
 from tests.web_fixtures import Browser, WebProcess, astronaut_head, web_page  # noqa: F401
 

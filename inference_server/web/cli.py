@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import ipaddress
 import logging
 import secrets
 import shutil
@@ -51,16 +50,9 @@ def parse_bind(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def run_web_command(args) -> int:
+    from ..security import is_loopback  # the server's own rule; imported here: it loads pyzmq
+
     try:
         host, port = parse_bind(args.bind)
         security.client_keys_from_args(args)
