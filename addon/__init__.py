@@ -6,7 +6,7 @@ legacy add-on zip (Blender 3.6-4.1, ``bl_info`` added by scripts/build_extension
 Importable without bpy: the inference server and the batch script import ``addon.wire`` and
 ``addon.server.process``; the bpy modules are imported only by ``register``/``unregister``.
 """
-_MODULES = ("ui.properties", "ui.preferences", "ui.operators", "ui.panels")
+_MODULES = ("ui.properties", "ui.preferences", "ui.operators", "ui.panels", "ui.setup")
 
 
 def _bpy_modules():

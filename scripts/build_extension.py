@@ -18,8 +18,10 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import pprint
+import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 import zipfile
 from pathlib import Path
@@ -27,8 +29,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 ADDON = ROOT / "addon"
 MANIFEST = ROOT / "blender_manifest.toml"
-EXCLUDED_DIRS = {"__pycache__", "wheels", "_pyzmq"}
+EXCLUDED_DIRS = {"__pycache__", "wheels", "_pyzmq", "server_wheel"}
 EXCLUDED_SUFFIXES = {".pyc", ".pyo"}
+SERVER_FILES = ("pyproject.toml", "README.md", "requirements.txt")  # what the server's wheel is built from
+SERVER_PACKAGES = ("addon", "inference_server")
 LEGACY_PACKAGE = "faceforge"         # the legacy add-on's module name (the extension's is bl_ext.<repo>.<id>)
 LEGACY_BLENDER_MIN = (3, 6, 0)
 LEGACY_PYTHONS = ("cp310", "cp311")  # Blender 3.6 and 4.0 bundle Python 3.10, 4.1 bundles 3.11
@@ -108,6 +112,31 @@ def _written(target: Path, fill) -> Path:
     return target
 
 
+def server_wheel(folder: Path) -> Path:
+    """The server as a wheel (``pip wheel`` of this checkout), for Install Server to put in its own environment:
+    the add-on and the server it installs are then always the same version."""
+    source = folder / "source"  # a copy: setuptools leaves build/ and egg-info in the tree it builds, and
+    source.mkdir(parents=True)  # reuses a stale build/lib
+    for name in SERVER_FILES:
+        shutil.copy(ROOT / name, source / name)
+    for package in SERVER_PACKAGES:
+        shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", *isolation, "--wheel-dir",
+                    str(folder), "--quiet"], check=True)
+    shutil.rmtree(source)
+    (wheel,) = folder.glob("faceforge-*.whl")
+    return wheel
+
+
+def _add_server_wheel(archive: zipfile.ZipFile, prefix: str) -> None:
+    """``server_wheel/`` in the add-on: not one of the manifest's wheels, which Blender would install into its own
+    Python; addon/server/installer.py installs it into the server's environment."""
+    with tempfile.TemporaryDirectory() as scratch:
+        wheel = server_wheel(Path(scratch))
+        archive.write(wheel, f"{prefix}server_wheel/{wheel.name}", compress_type=zipfile.ZIP_STORED)
+
+
 def build(output: Path = ROOT / "dist", cache: Path = ROOT / "build" / "wheels", offline: bool = False) -> Path:
     """The extension zip: the manifest and addon/'s files at its root, the declared wheels under wheels/."""
     manifest = load_manifest()
@@ -119,6 +148,7 @@ def build(output: Path = ROOT / "dist", cache: Path = ROOT / "build" / "wheels",
             archive.write(path, path.relative_to(ADDON).as_posix())
         for wheel in wheels:
             archive.write(wheel, f"wheels/{wheel.name}", compress_type=zipfile.ZIP_STORED)  # already compressed
+        _add_server_wheel(archive, "")
 
     return _written(output / f"{manifest['id']}-{manifest['version']}.zip", fill)
 
@@ -143,6 +173,7 @@ def build_legacy(output: Path = ROOT / "dist", cache: Path = ROOT / "build" / "w
                 for member in unpacked.infolist():
                     if not member.is_dir():
                         archive.writestr(f"{folder}/{member.filename}", unpacked.read(member))
+        _add_server_wheel(archive, f"{LEGACY_PACKAGE}/")
 
     return _written(output / f"{manifest['id']}-{manifest['version']}-legacy.zip", fill)
 

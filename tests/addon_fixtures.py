@@ -6,7 +6,11 @@ Imported by name into the test modules that use them; each module-scoped fixture
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +18,8 @@ import pytest
 
 from addon.wire.client import Client
 
+DRIVER = Path(__file__).resolve().parent / "window_driver.py"
+WINDOW = (1280, 800)  # Blender's window on the virtual X server (tests/window_driver.py)
 _SPEC = importlib.util.spec_from_file_location(
     "build_extension", Path(__file__).resolve().parents[1] / "scripts" / "build_extension.py")
 build_extension = importlib.util.module_from_spec(_SPEC)
@@ -31,6 +37,49 @@ def rgb_pixels(texture: np.ndarray) -> np.ndarray:
     np.multiply(texture[::-1], np.float32(1 / 255), out=rgba[..., :3], casting="unsafe")
     rgba[..., 3] = 1.0
     return rgba.ravel()
+
+
+def xvfb(log: Path) -> tuple[subprocess.Popen, str]:
+    """A virtual X server on a free display; returns (process, ":N")."""
+    for number in range(90, 190):
+        if Path(f"/tmp/.X{number}-lock").exists() or Path(f"/tmp/.X11-unix/X{number}").exists():
+            continue
+        process = subprocess.Popen(["Xvfb", f":{number}", "-screen", "0", f"{WINDOW[0]}x{WINDOW[1]}x24",
+                                    "-nolisten", "tcp"], stdout=log.open("wb"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while process.poll() is None and time.monotonic() < deadline:
+            if Path(f"/tmp/.X11-unix/X{number}").exists():
+                return process, f":{number}"
+            time.sleep(0.1)
+        process.kill()  # taken meanwhile, or too slow: the next number
+        process.wait()
+    pytest.fail(f"Xvfb did not start: {log.read_text()[-2000:]}")
+
+
+def run_window_driver(config: dict, out: Path, environ: dict | None = None, timeout: float = 560) -> tuple:
+    """tests/window_driver.py in Debian's Blender on a virtual X server: (its result.json, Blender's stderr).
+    ``environ``: the whole environment (default: this one without PYTHONPATH, so the add-on comes from its zip)."""
+    missing = [tool for tool in ("blender", "Xvfb", "xdotool") if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)} (./run test installs Debian's blender, xvfb and xdotool)")
+    (out / "config.json").write_text(json.dumps(config))
+    xvfb_process, display = xvfb(out / "xvfb.log")
+    env = dict(environ) if environ is not None else {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(DISPLAY=display, LIBGL_ALWAYS_SOFTWARE="1", TMPDIR=str(out), BLENDER_USER_SCRIPTS=str(out / "scripts"),
+               BLENDER_USER_CONFIG=str(out / "config"))
+    try:
+        with (out / "blender.out").open("wb") as stdout, (out / "blender.err").open("wb") as stderr:
+            subprocess.run(["blender", "--factory-startup", "-p", "0", "0", str(WINDOW[0]), str(WINDOW[1]),
+                            "--python", str(DRIVER), "--", str(out / "config.json")],
+                           env=env, stdout=stdout, stderr=stderr, timeout=timeout, cwd=str(out))
+    finally:
+        xvfb_process.terminate()  # SIGTERM: Xvfb removes its lock file
+        xvfb_process.wait()
+    stderr = (out / "blender.err").read_text(errors="replace")
+    assert (out / "result.json").exists(), f"the driver wrote no result; Blender's stderr:\n{stderr[-3000:]}"
+    result = json.loads((out / "result.json").read_text())
+    assert not result["errors"], result["errors"][0]
+    return result, stderr
 
 
 def built_zip(builder, output: Path) -> Path:

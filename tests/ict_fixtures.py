@@ -6,6 +6,9 @@ to ``/work/shared``.
 """
 from __future__ import annotations
 
+import http.server
+import shutil
+import time
 import zipfile
 from pathlib import Path
 
@@ -86,3 +89,36 @@ def write_repository_zip(path: Path, texts: dict[str, bytes], commit: str) -> Pa
         for name, data in texts.items():
             archive.writestr(root + "FaceXModel/" + name, data)
     return path
+
+
+class ArchiveServer(http.server.ThreadingHTTPServer):
+    """Serves files from a folder on 127.0.0.1 (the model fetch tests' stand-in for GitHub); ``/stall`` sends
+    headers, then nothing."""
+
+    def __init__(self, folder: Path):
+        folder_ = folder
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                if self.path == "/stall":
+                    self.send_response(200)
+                    self.send_header("Content-Length", "1000")
+                    self.end_headers()
+                    time.sleep(3)
+                    return
+                path = folder_ / self.path.lstrip("/")
+                if not path.is_file():
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(path.stat().st_size))
+                self.end_headers()
+                with open(path, "rb") as handle:
+                    shutil.copyfileobj(handle, self.wfile)
+
+            def log_message(self, *args):
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.daemon_threads = True
+        self.base = f"http://127.0.0.1:{self.server_address[1]}"

@@ -70,8 +70,10 @@ def test_zip_holds_the_addon_and_declared_wheels_only(extension_zip):
     assert "__init__.py" in names and "wire/protocol.py" in names and "scene/faces.py" in names
     assert not [n for n in names if "inference_server" in n or "__pycache__" in n or n.endswith(".pyc")]
     assert not [n for n in names if n.startswith(("tests/", "scripts/"))]
-    wheels = sorted(n for n in names if n.endswith(".whl"))
+    wheels = sorted(n for n in names if n.endswith(".whl") and not n.startswith("server_wheel/"))
     assert wheels == sorted(w.removeprefix("./") for w in manifest["wheels"])
+    # the server Install Server puts in its own environment: this checkout's, at the add-on's version
+    assert [n for n in names if n.startswith("server_wheel/")] == [f"server_wheel/faceforge-{manifest['version']}-py3-none-any.whl"]
     platforms = " ".join(wheels)
     assert "manylinux" in platforms and "win_amd64" in platforms and "macosx" in platforms
     assert all("-cp311-" in w for w in wheels)

@@ -39,13 +39,26 @@ class CheckedLayout:
                     assert value in param.enum_items.keys(), f"{name}({key}={value!r}) is not a valid enum value"
             if "data" in named and "property" in named:
                 assert named["property"] in named["data"].bl_rna.properties, f"no property {named['property']!r}"
+            self._calls.append((name, named))
             if name == "operator":
                 group, _, op = named["operator"].partition(".")
-                getattr(getattr(self._bpy.ops, group), op).get_rna_type()  # raises for unknown operators
-            self._calls.append((name, named))
+                rna = getattr(getattr(self._bpy.ops, group), op).get_rna_type()  # raises for unknown operators
+                return CheckedOperatorProperties(rna, named)
             return CheckedLayout(self._bpy, self._calls)
 
         return call
+
+
+class CheckedOperatorProperties:
+    """What ``layout.operator`` returns: setting a property the operator lacks fails; what is set is recorded."""
+
+    def __init__(self, rna, named: dict):
+        object.__setattr__(self, "_rna", rna)
+        object.__setattr__(self, "_named", named)
+
+    def __setattr__(self, name, value):
+        assert name in self._rna.properties, f"{self._rna.identifier} has no property {name!r}"
+        self._named.setdefault("properties", {})[name] = value
 
 
 @pytest.fixture(scope="module")
@@ -228,7 +241,13 @@ def test_preferences_draw(ui):
     ui.preferences.FACEFORGE_AP_preferences.draw(prefs, ui.bpy.context)
     assert {named["property"] for name, named in calls if name == "prop"} == {
         "server_address", "request_timeout", "python_path", "server_home", "device", "start_timeout",
-        "server_public_key", "client_key_pair"}
+        "server_public_key", "client_key_pair", "torch_build", "base_python", "wheel_folder", "package_index",
+        "model_source"}
+    buttons = [(named["operator"], named.get("properties")) for name, named in calls if name == "operator"]
+    assert buttons == [("faceforge.server_install", {"update": False}), ("faceforge.server_install", {"update": True}),
+                       ("faceforge.server_remove", None), ("faceforge.model_download", None)]
+    texts = _texts(calls)
+    assert any(text.startswith("Not installed (it goes in ") for text in texts) and "Install Server…" in texts
 
 
 def _running_job(gate: threading.Event):
@@ -291,3 +310,26 @@ def test_starting_server_shows_elapsed_time_not_the_old_status(ui):
         gate.set()
         session.server_job.future.result(timeout=10)
         session.server_job = session.status = None
+
+
+def test_an_installation_shows_its_progress_in_the_panel_and_cancels(ui):
+    """Install Server / Download Head Model: the progress where Reconstruct Face was, Cancel Installation beside it,
+    in the sidebar and in the preferences; Cancel sets the job's flag (the installer then ends its pip)."""
+    session = ui.operators.SESSION
+    gate = threading.Event()
+    job = _running_job(gate)
+    job.status, job.fraction = "Installing packages (12 of 83)", 0.65
+    session.setup = job
+    try:
+        calls = _draw(ui, ui.panels.FACEFORGE_PT_main)
+        progress = [named for name, named in calls if name == "progress"]
+        assert progress[0]["text"].startswith("Installing packages (12 of 83) (") and progress[0]["factor"] == 0.65
+        assert [named["operator"] for name, named in calls if name == "operator"][-1] == "faceforge.setup_cancel"
+        assert "faceforge.reconstruct" not in [named.get("operator") for _, named in calls]
+        assert not ui.bpy.ops.faceforge.server_install.poll() and not ui.bpy.ops.faceforge.model_download.poll()
+        assert ui.bpy.ops.faceforge.setup_cancel() == {"FINISHED"} and job.cancelled
+        assert not ui.bpy.ops.faceforge.setup_cancel.poll()  # once is enough
+    finally:
+        gate.set()
+        job.future.result(timeout=10)
+        session.setup = None

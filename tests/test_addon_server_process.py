@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from addon.server import environment
 from addon.server import process as server_process
 from addon.server.process import LocalServer, free_port
 from addon.wire import protocol
@@ -83,13 +84,15 @@ def test_start_can_be_cancelled(tmp_path):
 
 
 def test_server_python_precedence(tmp_path):
-    """One order for the add-on, the batch and tests: explicit, $FACEFORGE_PYTHON, the home's .venv,
-    this Python if it imports torch; None when nothing fits (Blender's binary never does)."""
+    """One order for the add-on, the batch and tests: explicit, $FACEFORGE_PYTHON, the environment Install
+    Server made, the home's .venv, this Python if it imports torch; None when nothing fits (Blender's binary
+    never does)."""
     home = tmp_path / "home"
-    env = {"FACEFORGE_HOME": str(home), "FACEFORGE_PYTHON": "/e"}
+    data = {"FACEFORGE_DATA": str(tmp_path / "data")}
+    env = {"FACEFORGE_HOME": str(home), "FACEFORGE_PYTHON": "/e", **data}
     assert server_process.find_python("/opt/py", environ=env) == "/opt/py"
     assert server_process.find_python(None, environ=env) == "/e"
-    bare = {"FACEFORGE_HOME": str(home)}
+    bare = {"FACEFORGE_HOME": str(home), **data}
     assert server_process.find_python(environ=bare, executable="/usr/bin/python3", has_torch=lambda p: True) \
         == "/usr/bin/python3"
     assert server_process.find_python(environ=bare, executable="/usr/bin/python3", has_torch=lambda p: False) is None
@@ -99,6 +102,14 @@ def test_server_python_precedence(tmp_path):
     (venv / "python").write_text("")
     assert server_process.find_python(environ=bare, executable="/x") == str(venv / "python")
     assert server_process.find_python(environ=env) == "/e"
+    installed = environment.environment_dir(bare)
+    installed.mkdir(parents=True)
+    record = environment.InstalledServer(sys.executable, "0.1.0", "2", "cpu", "PyPI", environment.stamp())
+    record.write(installed)
+    assert server_process.find_python(environ=bare, executable="/x") == sys.executable  # before the home's .venv
+    assert server_process.find_python(environ=env) == "/e"
+    environment.forget(bare)
+    assert server_process.find_python(environ=bare, executable="/x") == str(venv / "python")
     assert server_process.find_home(bare) == str(home)
     assert server_process.can_import_torch(sys.executable) and not server_process.can_import_torch("/nonexistent/py")
     # From this source checkout: the repository root and its .venv.

@@ -8,49 +8,22 @@ drew, how long a 100 ms UI timer was starved, screenshots and the built object; 
 """
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from addon.server.process import free_address
-from tests.addon_fixtures import build_extension, built_zip
+from tests.addon_fixtures import build_extension, built_zip, run_window_driver
 from tests.photo_fixtures import photo_folder  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parents[1]
-DRIVER = Path(__file__).resolve().parent / "window_driver.py"
-WINDOW = (1280, 800)
 GAP_BOUND = 0.5  # seconds a 100 ms UI timer may be starved while a request runs (see test_ui_stays_responsive)
-
-
-def _xvfb(log: Path) -> tuple[subprocess.Popen, str]:
-    """A virtual X server on a free display; returns (process, ":N")."""
-    for number in range(90, 190):
-        if Path(f"/tmp/.X{number}-lock").exists() or Path(f"/tmp/.X11-unix/X{number}").exists():
-            continue
-        process = subprocess.Popen(["Xvfb", f":{number}", "-screen", "0", f"{WINDOW[0]}x{WINDOW[1]}x24",
-                                    "-nolisten", "tcp"], stdout=log.open("wb"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while process.poll() is None and time.monotonic() < deadline:
-            if Path(f"/tmp/.X11-unix/X{number}").exists():
-                return process, f":{number}"
-            time.sleep(0.1)
-        process.kill()  # taken meanwhile, or too slow: the next number
-        process.wait()
-    pytest.fail(f"Xvfb did not start: {log.read_text()[-2000:]}")
 
 
 @pytest.fixture(scope="module")
 def window(tmp_path_factory, photo_folder):
     """Run the whole scenario once in Blender's GUI; the tests below judge its record."""
-    missing = [tool for tool in ("blender", "Xvfb", "xdotool") if shutil.which(tool) is None]
-    if missing:
-        pytest.skip(f"needs {', '.join(missing)} (./run test installs Debian's blender, xvfb and xdotool)")
     out = tmp_path_factory.mktemp("window")
     print(f"\nwindow test: screenshots, result.json and Blender's output in {out}")
     config = {"out": str(out), "zip": str(built_zip(build_extension.build_legacy, out / "dist")),
@@ -58,23 +31,7 @@ def window(tmp_path_factory, photo_folder):
               "preferences": {"server_address": free_address(), "python_path": sys.executable,
                               "server_home": str(REPO), "device": "cpu", "start_timeout": 400.0,
                               "request_timeout": 400.0}}
-    (out / "config.json").write_text(json.dumps(config))
-    xvfb, display = _xvfb(out / "xvfb.log")
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}  # the add-on comes from the zip
-    env.update(DISPLAY=display, LIBGL_ALWAYS_SOFTWARE="1", TMPDIR=str(out), BLENDER_USER_SCRIPTS=str(out / "scripts"),
-               BLENDER_USER_CONFIG=str(out / "config"))
-    try:
-        with (out / "blender.out").open("wb") as stdout, (out / "blender.err").open("wb") as stderr:
-            subprocess.run(["blender", "--factory-startup", "-p", "0", "0", str(WINDOW[0]), str(WINDOW[1]),
-                            "--python", str(DRIVER), "--", str(out / "config.json")],
-                           env=env, stdout=stdout, stderr=stderr, timeout=560, cwd=str(out))
-    finally:
-        xvfb.terminate()  # SIGTERM: Xvfb removes its lock file
-        xvfb.wait()
-    stderr = (out / "blender.err").read_text(errors="replace")
-    assert (out / "result.json").exists(), f"the driver wrote no result; Blender's stderr:\n{stderr[-3000:]}"
-    result = json.loads((out / "result.json").read_text())
-    assert not result["errors"], result["errors"][0]
+    result, stderr = run_window_driver(config, out)
     return result, stderr, out
 
 

@@ -5,8 +5,6 @@ contacts an outside address.
 """
 from __future__ import annotations
 
-import http.server
-import shutil
 import subprocess
 import sys
 import threading
@@ -170,38 +168,6 @@ def test_a_licence_link_is_not_followed(shared_npz, tmp_path, data_dir, capsys):
     assert "owner-only" not in licence and "MIT" in licence
 
 
-class _ArchiveServer(http.server.ThreadingHTTPServer):
-    """Serves files from a folder; ``/stall`` sends headers, then nothing."""
-
-    def __init__(self, folder: Path):
-        folder_ = folder
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                if self.path == "/stall":
-                    self.send_response(200)
-                    self.send_header("Content-Length", "1000")
-                    self.end_headers()
-                    time.sleep(3)
-                    return
-                path = folder_ / self.path.lstrip("/")
-                if not path.is_file():
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(path.stat().st_size))
-                self.end_headers()
-                with open(path, "rb") as handle:
-                    shutil.copyfileobj(handle, self.wfile)
-
-            def log_message(self, *args):
-                pass
-
-        super().__init__(("127.0.0.1", 0), Handler)
-        self.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.server_address[1]}"
-
-
 @pytest.fixture(scope="module")
 def archive_server(shared_npz, tmp_path_factory):
     """The pinned archive's layout rebuilt from the shared model, and a tampered copy."""
@@ -210,7 +176,7 @@ def archive_server(shared_npz, tmp_path_factory):
     ict.write_repository_zip(folder / f"{store.PINNED_COMMIT}.zip", texts, store.PINNED_COMMIT)
     texts["identity007.obj"] = texts["identity001.obj"]  # a mode swapped for another
     ict.write_repository_zip(folder / "tampered.zip", texts, store.PINNED_COMMIT)
-    server = _ArchiveServer(folder)
+    server = ict.ArchiveServer(folder)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield server
     server.shutdown()

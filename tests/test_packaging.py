@@ -2,27 +2,17 @@
 read at run time, and the ``faceforge`` command runs the same parsers as ``python -m inference_server``."""
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
+from .addon_fixtures import build_extension
 from .conftest import REPO
 
 
 def test_the_wheel_carries_the_package_data_and_the_faceforge_command(tmp_path):
-    source = tmp_path / "source"  # a copy: building in the checkout would leave build/ and egg-info there
-    source.mkdir()
-    for name in ("pyproject.toml", "README.md", "requirements.txt"):
-        shutil.copy(REPO / name, source / name)
-    for package in ("addon", "inference_server"):
-        shutil.copytree(REPO / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
-    run = subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
-                          "-q", "-w", str(tmp_path / "dist")], capture_output=True, text=True, timeout=300,
-                         env={"PATH": "/usr/bin:/bin", "PIP_FIND_LINKS": "", "HOME": str(tmp_path)})
-    assert run.returncode == 0, run.stderr[-2000:]
-    (wheel,) = (tmp_path / "dist").glob("faceforge-*.whl")
+    wheel = build_extension.server_wheel(tmp_path / "dist")  # what the add-on zip carries for Install Server
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         entry_points = next(archive.read(n).decode() for n in names if n.endswith("entry_points.txt"))

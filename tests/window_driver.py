@@ -146,9 +146,11 @@ def press(key: str) -> None:
 
 
 def screenshot(name: str) -> None:
-    window, area, regions = view3d()
+    window = bpy.context.window_manager.windows[0]
+    area = max(window.screen.areas, key=lambda a: a.width * a.height)  # the 3D view, or the preferences
+    region = next(r for r in area.regions if r.type == "WINDOW")
     path = OUT / f"{name}.png"
-    with bpy.context.temp_override(window=window, screen=window.screen, area=area, region=regions["WINDOW"]):
+    with bpy.context.temp_override(window=window, screen=window.screen, area=area, region=region):
         bpy.ops.screen.screenshot(filepath=str(path), check_existing=False)
     RESULT["screenshots"].append(str(path))
     TICKER.last = None  # the driver's own pause: not a gap the add-on caused
@@ -330,6 +332,42 @@ def scenario():
     yield from wait(1.0)
 
 
+def install_server(session):
+    """Install Server from the sidebar as an artist does (no server anywhere yet); the progress in the sidebar
+    and in the add-on's preferences, shown in the big area while pip runs."""
+    TICKER.phase = "install"
+    yield from wait(2.0)
+    RESULT["offered"] = any("faceforge.server_install" in text for draw in RESULT["draws"] for text in draw["texts"])
+    invoke("faceforge.server_install")
+    yield from wait_until(lambda: session().setup is not None and "Installing packages" in session().setup.status,
+                          CONFIG["timeout"], "pip to install packages")
+    yield from wait(1.0)
+    screenshot("install_sidebar")
+    window, area, _regions = view3d()
+    bpy.context.preferences.active_section = "ADDONS"
+    bpy.context.window_manager.addon_search = "FaceForge"
+    addon_utils.modules()  # the preferences list the add-ons from these file-parsed stand-ins, not sys.modules
+    addon_utils.module_bl_info(addon_utils.addons_fake_modules["faceforge"])["show_expanded"] = True
+    area.type = "PREFERENCES"
+    yield from wait(3.0)
+    screenshot("install_preferences")
+    yield from wait_until(lambda: session().setup.done(), CONFIG["timeout"], "the installation")
+    yield from wait(2.0)
+    screenshot("installed_preferences")
+    area.type = "VIEW_3D"
+    TICKER.phase = "idle"
+    RESULT["install"] = {"message": list(session().message)}
+    note("installed", **RESULT["install"])
+
+
+def install_scenario():
+    operators, panels, _client = enable_addon()
+    record_draws([panels.FACEFORGE_PT_main, panels.FACEFORGE_PT_server])
+    bpy.app.timers.register(TICKER, first_interval=0.1, persistent=True)
+    yield from show_faceforge_tab(lambda: sum(d["panel"] == "FACEFORGE_PT_main" for d in RESULT["draws"]))
+    yield from install_server(lambda: operators.SESSION)
+
+
 def finish() -> None:
     (OUT / "result.json").write_text(json.dumps(RESULT, indent=1))
     bpy.context.preferences.view.use_save_prompt = False
@@ -343,7 +381,7 @@ def main() -> None:
     # Software OpenGL: without this every viewport change costs 8 anti-aliasing redraws of ~1 s each,
     # which would hide what the add-on itself costs.
     bpy.context.preferences.system.viewport_aa = CONFIG.get("viewport_aa", "OFF")
-    steps = scenario()
+    steps = install_scenario() if CONFIG.get("scenario") == "install" else scenario()
 
     def step():
         try:

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from ..wire.client import Client
 from ..wire.protocol import ProtocolError
+from . import environment
 
 _CHECKOUT = Path(__file__).resolve().parents[2]  # the repository root when running from a source checkout
 
@@ -50,14 +51,18 @@ def find_python(explicit: str | None = None, *, environ=os.environ, executable: 
 
     1. ``explicit`` (the batch's ``--python``, the add-on's Python preference);
     2. ``$FACEFORGE_PYTHON``;
-    3. the server home's virtual environment (``find_home``: $FACEFORGE_HOME or this checkout);
-    4. this interpreter, if it can import torch (Blender's own binary never qualifies).
+    3. the environment Install Server made and verified (``environment.installed``);
+    4. the server home's virtual environment (``find_home``: $FACEFORGE_HOME or this checkout);
+    5. this interpreter, if it can import torch (Blender's own binary never qualifies).
 
     ``None`` when nothing fits: the caller says so instead of starting a server that cannot load torch."""
     if explicit:
         return explicit
     if environ.get("FACEFORGE_PYTHON"):
         return environ["FACEFORGE_PYTHON"]
+    server = environment.installed(environ)
+    if server is not None:
+        return server.python
     home = find_home(environ)
     if home and _venv_python(Path(home)).exists():
         return str(_venv_python(Path(home)))

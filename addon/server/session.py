@@ -47,6 +47,8 @@ class Session:
     status_job: Job | None = None
     status_time: float = float("-inf")
     message: tuple = ("", "")              # (level, text) of the last outcome: INFO / WARNING / ERROR
+    setups: Worker = field(default_factory=lambda: Worker("setup"))
+    setup: Job | None = None               # Install / Update / Remove Server or Download Head Model, running
 
     @property
     def busy(self) -> bool:
@@ -106,12 +108,28 @@ class Session:
             return "Cancelling…", job.progress
         return f"{job.status} ({job.elapsed:.0f} s)", job.progress
 
+    def submit_setup(self, fn: Callable[[Job], Any], status: str) -> Job:
+        """Run one set-up step (pip, ``model fetch``) off the main thread; one at a time."""
+        if self.setup is not None and not self.setup.done():
+            raise ValueError("Another installation is still running: wait for it or cancel it")
+        self.setup = self.setups.submit(fn, status=status)
+        return self.setup
+
+    def setup_line(self) -> tuple | None:
+        """(text, progress 0..1) of the running set-up step, None when none runs."""
+        job = self.setup
+        if job is None or job.done():
+            return None
+        return ("Cancelling…" if job.cancelled else f"{job.status} ({job.elapsed:.0f} s)"), job.progress
+
     def view_state(self) -> tuple:
         """Everything the panel shows from this session, as shown: the sidebar is redrawn only when it changes."""
         line = self.request_line()
         shown_line = None if line is None else (line[0], round(line[1] * 100))
         pid = self.server.pid if self.server is not None and self.server.running else None
-        return shown_line, self.message, self.status_line(), self.status_error, self.server_log, pid
+        setup = self.setup_line()
+        shown_setup = None if setup is None else (setup[0], round(setup[1] * 100))
+        return shown_line, self.message, self.status_line(), self.status_error, self.server_log, pid, shown_setup
 
     def poll_status(self, address: str, now: float | None = None) -> bool:
         """Probe the server every ``STATUS_INTERVAL`` s; True when what the panel shows changed."""
@@ -204,14 +222,15 @@ class Session:
             return ""
         if "head" in self.status.get("geometries", ()):
             return "Head model installed: full heads with expression shape keys"
-        return ("No head model on the server (face mode only). Install it with: python -m inference_server "
-                "model fetch, or model install FOLDER|ZIP")
+        return ("No head model on the server (face mode only): Download Head Model installs it (or: faceforge "
+                "model fetch, or model install FOLDER|ZIP)")
 
     def close(self) -> None:
         """Unregister / quit: abandon requests, end threads, stop the server we started."""
         self.cancel_request()
         self.requests.shutdown()
         self.probes.shutdown()
+        self.setups.shutdown()  # cancels a running pip: it is terminated, and Install Server resumes it later
         self.stop_server(timeout=3.0)  # Blender is quitting: a clean exit is nice, not worth a long wait
 
 

@@ -40,7 +40,9 @@ def refresh_sidebar(force: bool = False) -> None:
     _shown = state
     for window in bpy.context.window_manager.windows:
         for area in window.screen.areas:
-            if area.type == "VIEW_3D":
+            if area.type == "PREFERENCES":  # the add-on's preferences show Install Server's progress
+                area.tag_redraw()
+            elif area.type == "VIEW_3D":
                 for region in area.regions:
                     if region.type == "UI":
                         region.tag_redraw()
@@ -283,7 +285,8 @@ def _tick() -> float:
     refresh_sidebar()
     if SESSION.stopping is not None:
         return 0.1
-    return 0.25 if SESSION.status_job is not None or SESSION.busy or SESSION.server_job is not None else 1.0
+    setting_up = SESSION.setup is not None and not SESSION.setup.done()
+    return 0.25 if SESSION.status_job is not None or SESSION.busy or SESSION.server_job is not None or setting_up else 1.0
 
 
 class FACEFORGE_OT_photo_add(bpy.types.Operator):

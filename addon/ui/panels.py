@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import bpy
 
+from ..server import environment
+from ..server.process import find_home
 from . import operators
 from .properties import PANEL_OPTIONS, applies
 
@@ -73,7 +75,10 @@ class FACEFORGE_PT_main(_FaceForgePanel, bpy.types.Panel):
         layout.row(align=True).prop(props, "geometry", expand=True)
         model_line = session.model_line()
         if model_line:
-            _wrapped(layout, model_line, "INFO", _chars_per_line(context))
+            has_head = "head" in session.status.get("geometries", ())
+            _wrapped(layout, model_line, "CHECKMARK" if has_head else "ERROR", _chars_per_line(context))
+            if not has_head:
+                layout.operator("faceforge.model_download", icon="IMPORT")
         column = layout.column(align=True)
         column.use_property_split = True
         column.use_property_decorate = False
@@ -82,11 +87,12 @@ class FACEFORGE_PT_main(_FaceForgePanel, bpy.types.Panel):
                 column.prop(props, option.name)
 
         line = session.request_line()
+        setting_up = draw_setup_progress(layout, _chars_per_line(context))  # Install Server's progress, in view
         if line is not None:
             text, factor = line
             progress_bar(layout, factor, text, _chars_per_line(context))
             layout.operator("faceforge.cancel", icon="CANCEL")
-        else:
+        elif not setting_up:
             photos = 1 + len(props.more_photos)
             text = (f"Reconstruct Head from {photos} Photos" if photos > 1 else "Reconstruct Face")
             layout.operator("faceforge.reconstruct", icon="USER",
@@ -142,6 +148,10 @@ class FACEFORGE_PT_server(_FaceForgePanel, bpy.types.Panel):
         _wrapped(layout, session.status_line(), icon, width)
         if session.status is None and session.status_error and session.server_job is None:
             _wrapped(layout, session.status_error, "BLANK1", width)
+        if session.setup_line() is None and environment.installed() is None and not find_home():
+            _wrapped(layout, "No server on this computer yet: Install Server sets one up (a few minutes)", "INFO",
+                     width)
+            layout.operator("faceforge.server_install", text="Install Server…", icon="IMPORT")
         row = layout.row(align=True)
         row.operator("faceforge.server_start", text="Start", icon="PLAY")
         row.operator("faceforge.server_stop", text="Stop", icon="PAUSE")
@@ -152,6 +162,16 @@ class FACEFORGE_PT_server(_FaceForgePanel, bpy.types.Panel):
             box.label(text="Server log (last lines):", icon="TEXT")
             for line in session.server_log.splitlines()[-12:]:
                 box.label(text=line[-120:])
+
+
+def draw_setup_progress(layout, width: int = 48) -> bool:
+    """The running Install / Update / Remove / Download's progress and Cancel; False when none runs."""
+    line = operators.SESSION.setup_line()
+    if line is None:
+        return False
+    progress_bar(layout, line[1], line[0], width)
+    layout.operator("faceforge.setup_cancel", text="Cancel Installation", icon="CANCEL")
+    return True
 
 
 classes = (FACEFORGE_UL_photos, FACEFORGE_PT_main, FACEFORGE_PT_server)

@@ -10,7 +10,12 @@ from ..wire.client import DEFAULT_ADDRESS
 _DEVICES = (("auto", "Auto", "CUDA when the server's torch sees a GPU, else CPU"),
             ("cpu", "CPU", "Always the CPU"),
             ("cuda", "CUDA", "The first CUDA GPU (fails to start without one)"))
+_TORCH_BUILDS = (("cpu", "CPU", "Runs everywhere; the smaller download"),
+                 ("cuda", "CUDA", "For an NVIDIA GPU (needs its driver); a download of several GB"))
 ADDON_PACKAGE = __package__.rpartition(".")[0]  # Blender keys preferences by the add-on's package: ui/'s parent
+
+
+SECTIONS: list = []  # draw(layout, prefs) functions other modules add (ui/setup.py: the server environment)
 
 
 class FACEFORGE_AP_preferences(bpy.types.AddonPreferences):
@@ -34,6 +39,20 @@ class FACEFORGE_AP_preferences(bpy.types.AddonPreferences):
                                 description="Directory containing the inference_server package (the FaceForge "
                                             "checkout). Default: $FACEFORGE_HOME, else the add-on's own checkout")
     device: EnumProperty(name="Device", items=_DEVICES, default="auto", description="Device of a local server")
+    base_python: StringProperty(name="Base Python", subtype="FILE_PATH", default="",
+                                description="Python 3.11-3.13 that Install Server makes the server's own environment "
+                                            "from. Empty: found on this computer")
+    torch_build: EnumProperty(name="Torch", items=_TORCH_BUILDS, default="cpu",
+                              description="Which build of PyTorch Install Server puts in the server's environment")
+    wheel_folder: StringProperty(name="Wheel Folder", subtype="DIR_PATH", default="",
+                                 description="Offline install: take every package from this folder (made with "
+                                             "scripts/server_bundle.py) instead of the internet")
+    package_index: StringProperty(name="Package Index", default="",
+                                  description="A PyPI mirror or proxy address for Install Server. Empty: PyPI, or "
+                                              "what pip's own configuration says")
+    model_source: StringProperty(name="Head Model From", default="",
+                                 description="Where Download Head Model takes ICT-FaceKit from: empty for its pinned "
+                                             "GitHub archive, an http(s) mirror, or a downloaded zip or folder")
     start_timeout: FloatProperty(name="Start Timeout", default=120.0, min=5.0, max=1800.0, subtype="TIME_ABSOLUTE",
                                  unit="TIME_ABSOLUTE", description="Seconds a local server may take to load its models")
 
@@ -45,6 +64,8 @@ class FACEFORGE_AP_preferences(bpy.types.AddonPreferences):
         column.prop(self, "server_public_key")
         column.prop(self, "client_key_pair")
         column.prop(self, "request_timeout")
+        for section in SECTIONS:
+            section(layout, self)
         column = layout.column(heading="Local Server")
         column.prop(self, "python_path")
         column.prop(self, "server_home")

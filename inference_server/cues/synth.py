@@ -53,7 +53,10 @@ class Sample:
 
 
 def _backgrounds() -> list[np.ndarray]:
-    from skimage import data
+    try:
+        from skimage import data  # its sample photos are the renders' backgrounds
+    except ImportError:
+        raise RuntimeError("making training data needs scikit-image: pip install 'faceforge[train]'") from None
 
     images = []
     for name in BACKGROUND_IMAGES:

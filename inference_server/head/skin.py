@@ -10,7 +10,8 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import numpy as np
-from skimage.measure import points_in_poly
+
+from ..meshing import points_in_polygon
 
 if TYPE_CHECKING:
     from .model import HeadModel
@@ -59,7 +60,7 @@ def core_mask(model: "HeadModel") -> np.ndarray:
 
 def _near_polygon(points: np.ndarray, polygon: np.ndarray, margin: float) -> np.ndarray:
     closed = np.vstack([polygon, polygon[:1]])
-    return points_in_poly(points, polygon) | (_polyline_distance(points, closed) < margin)
+    return points_in_polygon(points, polygon) | (_polyline_distance(points, closed) < margin)
 
 
 def _polyline_distance(points: np.ndarray, line: np.ndarray) -> np.ndarray:

@@ -196,7 +196,7 @@ def fetch(url: str = PINNED_URL, *, timeout_s: float = 60.0, max_bytes: int = MA
     with tempfile.TemporaryDirectory(dir=target_dir, prefix=".fetch-") as scratch:
         archive = Path(scratch) / "ICT-FaceKit.zip"
         log(f"downloading {url}")
-        size = _download(url, archive, timeout_s, max_bytes)
+        size = _download(url, archive, timeout_s, max_bytes, log)
         log(f"downloaded {size / 1e6:.1f} MB; converting and verifying")
         try:
             return install(archive, verify_pinned=True, log=log, label=url)
@@ -204,10 +204,11 @@ def fetch(url: str = PINNED_URL, *, timeout_s: float = 60.0, max_bytes: int = MA
             raise InstallError(f"what {url} sent is not the pinned model: {exc}") from None
 
 
-def _download(url: str, path: Path, timeout_s: float, max_bytes: int) -> int:
-    """Stream ``url`` into ``path``; ``timeout_s`` bounds each wait for data and, x30, the whole download."""
+def _download(url: str, path: Path, timeout_s: float, max_bytes: int, log: Callable[[str], None] = print) -> int:
+    """Stream ``url`` into ``path``; ``timeout_s`` bounds each wait for data and, x30, the whole download.
+    Logs ``NN% (x of y MB)`` every 5 % when the size is declared (the add-on's progress bar reads it)."""
     deadline = time.monotonic() + 30 * timeout_s
-    received = 0
+    received, reported = 0, 0
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response, open(path, "wb") as out:
             declared = int(response.headers.get("Content-Length") or 0)
@@ -220,6 +221,9 @@ def _download(url: str, path: Path, timeout_s: float, max_bytes: int) -> int:
                 if time.monotonic() > deadline:
                     raise FetchError(f"download of {url} took longer than {30 * timeout_s:.0f} s")
                 out.write(chunk)
+                if declared and received * 20 // declared > reported:
+                    reported = received * 20 // declared
+                    log(f"downloading {5 * reported}% ({received / 1e6:.1f} of {declared / 1e6:.1f} MB)")
     except urllib.error.HTTPError as exc:
         raise FetchError(f"download failed: HTTP {exc.code} {exc.reason} from {url}") from None
     except urllib.error.URLError as exc:
