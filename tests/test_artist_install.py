@@ -266,6 +266,7 @@ def test_an_empty_wheel_folder_is_named_in_the_error(tmp_path):
         installer.install_server(job, installer.InstallSettings(wheel_folder=str(empty), base_python="/usr/bin/python3"),
                                  requirement="faceforge", environ={"FACEFORGE_DATA": str(tmp_path / "data")})
     assert str(error.value).startswith(f"faceforge is not available from the wheel folder {empty}")
+    assert "No matching distribution found for faceforge" in error.value.tail  # pip's own last lines, for the panel
     assert environment.installed({"FACEFORGE_DATA": str(tmp_path / "data")}) is None
     assert (tmp_path / "data" / "server-python" / "bin" / "python").exists()  # kept: the next try goes on from it
 

@@ -31,6 +31,14 @@ class Cancelled(RuntimeError):
     pass
 
 
+class InstallError(RuntimeError):
+    """A failed step: one sentence, and the last lines of the child's output for the panel."""
+
+    def __init__(self, message: str, lines: list = ()):
+        super().__init__(message)
+        self.tail = "\n".join(lines[-12:])
+
+
 @dataclass(frozen=True)
 class InstallSettings:
     base_python: str = ""    # the interpreter to make the environment from; '' = find one
@@ -226,7 +234,7 @@ def install_server(job, settings: InstallSettings, requirement: str | None = Non
 
         def check(child: _Child) -> None:
             if child.code != 0:
-                raise RuntimeError(failure_message(child.lines, child.code, log_path, settings))
+                raise InstallError(failure_message(child.lines, child.code, log_path, settings), child.lines)
 
         if not python.exists():
             base = environment.find_base_python(settings.base_python,
@@ -234,8 +242,8 @@ def install_server(job, settings: InstallSettings, requirement: str | None = Non
             job.status = f"Creating the Python environment (Python {'.'.join(map(str, base.version))})"
             created = _run(job, [base.path, "-m", "venv", folder], log, env=env)
             if created.code != 0 or not python.exists():
-                raise RuntimeError(f"{base.path} could not make an environment in {folder}: "
-                                   f"{(created.lines or ['no output'])[-1]} (log: {log_path})")
+                raise InstallError(f"{base.path} could not make an environment in {folder}: "
+                                   f"{(created.lines or ['no output'])[-1]} (log: {log_path})", created.lines)
         job.fraction, job.status = 0.04, "Updating pip"
         _run(job, [python, "-m", "pip", "install", "--upgrade", "pip", *sources], log, env=env)  # an old pip still works
         pip_version = _run(job, [python, "-m", "pip", "--version"], log, env=env).lines[-1:] or [""]
@@ -317,5 +325,6 @@ def download_model(job, python: str, source: str = "", cwd: str | None = None) -
     if child.code != 0:
         error = next((line for line in reversed(child.lines) if line.startswith("error:")),
                      (child.lines or ["no output"])[-1])
-        raise RuntimeError(f"The head model was not installed: {error.removeprefix('error:').strip()}")
+        raise InstallError(f"The head model was not installed: {error.removeprefix('error:').strip()}",
+                           child.lines)
     return (child.lines or [""])[-1]

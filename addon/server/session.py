@@ -39,7 +39,7 @@ class Session:
     server: LocalServer | None = None      # only a server this add-on started
     server_job: Job | None = None          # a start in progress
     stopping: LocalServer | None = None    # a stop in progress (signalled, not yet exited)
-    server_log: str = ""                   # log tail of a failed start, shown in the panel
+    server_log: str = ""                   # log tail of a failed server start or installation, shown in the panel
     request: Request | None = None
     key_paths: tuple = ("", "")            # the CURVE key files the workers' clients use
     status: dict | None = None             # last ``info`` reply, None when not connected

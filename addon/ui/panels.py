@@ -159,7 +159,7 @@ class FACEFORGE_PT_server(_FaceForgePanel, bpy.types.Panel):
             layout.label(text=f"Local server pid {session.server.pid}", icon="CONSOLE")
         if session.server_log:
             box = layout.box()
-            box.label(text="Server log (last lines):", icon="TEXT")
+            box.label(text="Log (last lines):", icon="TEXT")
             for line in session.server_log.splitlines()[-12:]:
                 box.label(text=line[-120:])
 

@@ -34,7 +34,9 @@ def _outcome(job: Job, done: str) -> tuple:
     except BaseException as exc:  # Cancelled, RuntimeError, ValueError, OSError: all end as one sentence
         if job.cancelled or isinstance(exc, installer.Cancelled):
             return "WARNING", "Cancelled: press the button again to go on where it stopped"
+        operators.SESSION.server_log = getattr(exc, "tail", "")  # pip's last lines, in the Server panel's log box
         return "ERROR", f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.strerror else str(exc)
+    operators.SESSION.server_log = ""
     return "INFO", done.format(result=result)
 
 
