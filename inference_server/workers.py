@@ -88,6 +88,25 @@ class RunningJob:
                                                      f"this server's limit of {self.max_seconds:g} s per request")
 
 
+def run_request(pipeline, media: list, config, video: bool, report=None):
+    """One request's work: a video's capture, or a head or faces from one or several photos."""
+    report = report or (lambda *args: None)
+    if video:
+        from .video.capture import capture_video_bytes  # torch-side: the I/O thread imports this module
+
+        return capture_video_bytes(pipeline, media[0], config, report)[0]
+    return pipeline.reconstruct(media[0] if len(media) == 1 else media, config=config, report=report)
+
+
+def reply_frames(request_id: str, result) -> list:
+    """A pipeline result as the reply the wire protocol carries (the server's and the Ray batch's)."""
+    payloads = {}
+    for face in result.faces:
+        payloads.update(protocol.face_payloads(face.index, face.arrays))
+    body = protocol.as_jsonable(dict(result.meta, faces=[face.meta for face in result.faces]))
+    return protocol.encode_reply(request_id, body, payloads)
+
+
 class JobRunner:
     """Runs the jobs that arrive on ``socket`` one at a time with the pipeline this worker owns."""
 
@@ -137,20 +156,10 @@ class JobRunner:
         try:
             job.check("load")  # a request cancelled while it waited costs nothing
             job.started = time.monotonic()
-            if job.video:
-                from .video.capture import capture_video_bytes  # torch-side: the I/O thread imports this module
-
-                result, _ = capture_video_bytes(self.pipeline, photos[0], job.config, report)
-            else:
-                result = self.pipeline.reconstruct(photos[0] if len(photos) == 1 else photos, config=job.config,
-                                                   report=report)
-            payloads = {}
-            for face in result.faces:
-                payloads.update(protocol.face_payloads(face.index, face.arrays))
-            body = protocol.as_jsonable(dict(result.meta, faces=[face.meta for face in result.faces]))
+            result = run_request(self.pipeline, photos, job.config, job.video, report)
             self._log.info("request %s: %d face(s) in %.0f ms", clip(job.id), len(result.faces),
                            sum(result.meta["timings_ms"].values()))
-            return protocol.encode_reply(job.id, body, payloads)
+            return reply_frames(job.id, result)
         except ProtocolError as err:
             self._rejections.info("request %s: %s", clip(job.id), clip(err.message, 200))
             return protocol.encode_error(job.id, err.code, err.message)

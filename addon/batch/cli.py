@@ -48,6 +48,10 @@ class Options:
     python: str | None = None
     summary: Path | None = None
     verbose: bool = False
+    ray: str | None = None       # run on Ray: "local", "auto" or a cluster address (addon/batch/distributed.py)
+    cpu_actors: int = 2          # Ray: model actors on CPU (without --gpus-per-actor)
+    gpus_per_actor: float = 0.0  # Ray: GPU share of each model actor; > 0: as many GPU actors as the cluster has room for
+    writer_actors: int = 2       # Ray: Blender processes writing the files
 
     @property
     def summary_path(self) -> Path:
@@ -57,7 +61,7 @@ class Options:
         """The options as ``summary.json`` records them."""
         return {"inputs": [str(p) for p in self.inputs], "output": str(self.output), "formats": list(self.formats),
                 "request": self.request, "build": self.build, "jobs": self.jobs, "overwrite": self.overwrite,
-                "server": self.server, "same_person": self.same_person}
+                "server": self.server, "same_person": self.same_person, "ray": self.ray}
 
     def reserved_names(self) -> tuple:
         """Names in the output folder that are the batch's own, never a photo's (its summary)."""
@@ -137,6 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verbose", "-v", action="store_true",
                         help="show each photo's server stages, and leave Blender's own messages on stdout "
                              "(default: one line per photo; Blender's messages go to stderr)")
+    ray = parser.add_argument_group("Ray (instead of one server: see README, \"The batch on Ray\")")
+    ray.add_argument("--ray", metavar="ADDRESS",
+                     help="run on Ray: 'local' starts Ray in this process, 'auto' or ray://HOST:10001 joins a cluster; "
+                          "needs `pip install ray` in this Python and in every node's")
+    ray.add_argument("--cpu-actors", type=_positive_int, default=2, help="Ray: model actors on CPU (default 2)")
+    ray.add_argument("--gpus-per-actor", type=float, default=0.0,
+                     help="Ray: each model actor's share of a GPU; > 0 puts the models on the cluster's GPUs")
+    ray.add_argument("--writer-actors", type=_positive_int, default=2,
+                     help="Ray: Blender processes building and writing the files (default 2)")
     # Read from the schema each time a parser is built: the parser follows the schema, whatever it says then.
     options.add_arguments(parser, options.on_side(options.SERVER, options.LIMIT),
                           title="reconstruction options (default: the server's)")
@@ -153,6 +166,8 @@ def parse_args(argv: Sequence[str]) -> Options:
     request = {name: value for name, value in chosen.items() if name not in build}
     values = {k: v for k, v in vars(namespace).items() if k not in options.BY_NAME}
     values["output"] = Path(os.path.abspath(values["output"]))  # Blender's operators want absolute paths
+    if values["ray"] and (values["server"] or values["start_server"] or values["workers"] or values["shard"]):
+        build_parser().error("--ray runs the models on Ray's actors: it takes no --server, --start-server or --workers")
     if values["workers"] is None:
         from .workers import default_workers
 

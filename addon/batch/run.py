@@ -11,7 +11,6 @@ import contextlib
 import signal
 import sys
 import time
-import traceback
 from pathlib import Path
 
 from ..wire.errors import ErrorCode, Exit, ProtocolError
@@ -163,6 +162,10 @@ class Batch:
         """Start or reach the server, then build and write every photo as its reply arrives."""
         from ..wire.client import Client
 
+        if self.opts.ray:
+            from . import distributed
+
+            return distributed.process(self, say)
         count = 1 if self.opts.shard is not None else min(self.opts.workers, len(self.todo))
         with _server(self.opts, self.summary.run, len(self.todo)) as (server, address, info):
             self.summary.run.update(server=address, server_info=info, started_server=server is not None)
@@ -216,7 +219,7 @@ class Batch:
         from ..data.meshdata import BuildSettings
         from .blender import Blender
         from .window import Window
-        from .writer import RunContext, write_photo
+        from .writer import RunContext, handle_reply
 
         opts = self.opts
         with blender_chatter_to_stderr(not opts.verbose):
@@ -229,19 +232,12 @@ class Batch:
                         on_progress=_show_stage if opts.verbose else None)
         for photo, message, error in window.events():
             report = self.reports[photo.key]
-            started = time.perf_counter()
             if error is not None:
                 report.fail(*error)
+                report.timings_s["handle"] = 0.0
             else:
-                try:
-                    with blender_chatter_to_stderr(not opts.verbose):
-                        write_photo(context, photo, message, self.decisions[photo.key], report)
-                except ProtocolError as exc:
-                    report.fail(exc.code, exc.message)
-                except Exception as exc:  # one photo never stops the batch
-                    report.fail(ErrorCode.INTERNAL, f"{exc.__class__.__name__}: {exc}")
-                    traceback.print_exc()
-            report.timings_s["handle"] = round(time.perf_counter() - started, 4)
+                with blender_chatter_to_stderr(not opts.verbose):
+                    handle_reply(context, photo, message, self.decisions[photo.key], report)
             self.record(report, photo.name)
         self.summary.run["max_in_flight"] = window.max_in_flight
         return window

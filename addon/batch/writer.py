@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -13,7 +14,7 @@ from typing import Callable
 from ..data import meshdata
 from ..data.animation import has_performance
 from ..data.arkit import write_csv
-from ..wire.errors import ErrorCode
+from ..wire.errors import ErrorCode, ProtocolError
 from .cli import Options
 from .inputs import Photo, shown
 from .outputs import Decision, commit, make_staging, output_names, photo_dir, texture_name
@@ -37,6 +38,19 @@ class _Stage(Exception):
     def __init__(self, code: str, text: str):
         super().__init__(text)
         self.code, self.text = code, text
+
+
+def handle_reply(run: RunContext, photo: Photo, message, decision: Decision, report: PhotoReport) -> None:
+    """``write_photo``, with any failure recorded in ``report``: one photo never stops the batch."""
+    started = time.perf_counter()
+    try:
+        write_photo(run, photo, message, decision, report)
+    except ProtocolError as exc:
+        report.fail(exc.code, exc.message)
+    except Exception as exc:
+        report.fail(ErrorCode.INTERNAL, f"{exc.__class__.__name__}: {exc}")
+        traceback.print_exc()
+    report.timings_s["handle"] = round(time.perf_counter() - started, 4)
 
 
 def write_photo(run: RunContext, photo: Photo, message, decision: Decision, report: PhotoReport) -> None:

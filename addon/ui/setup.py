@@ -40,13 +40,25 @@ def _outcome(job: Job, done: str) -> tuple:
     return "INFO", done.format(result=result)
 
 
-class FACEFORGE_OT_server_install(_AwaitJob, bpy.types.Operator):
+class _SetupStep(_AwaitJob):
+    """A set-up job awaited like a reconstruction; ``done`` words its result (``{result}``)."""
+
+    done = ""
+
+    def conclude(self, context) -> set:
+        level, message = _outcome(operators.SESSION.setup, self.done)
+        self._report(level, message)
+        return {"FINISHED"} if level == "INFO" else {"CANCELLED"}
+
+
+class FACEFORGE_OT_server_install(_SetupStep, bpy.types.Operator):
     """Make the server's own Python environment in your user data folder and install the server into it with pip
     (progress below; Esc or Cancel stops it, and pressing it again resumes)"""
 
     bl_idname = "faceforge.server_install"
     bl_label = "Install Server"
 
+    done = "Server {result.server_version} installed (torch {result.torch}): press Start Server"
     update: bpy.props.BoolProperty(name="Update", default=False, options={"SKIP_SAVE"},
                                    description="Newer packages for the installed server")
 
@@ -64,11 +76,6 @@ class FACEFORGE_OT_server_install(_AwaitJob, bpy.types.Operator):
         return operators.SESSION.submit_setup(lambda job: installer.install_server(job, settings),
                                     "Preparing the installation")
 
-    def conclude(self, context) -> set:
-        level, message = _outcome(operators.SESSION.setup,
-                                  "Server {result.server_version} installed (torch {result.torch}): press Start Server")
-        self._report(level, message)
-        return {"FINISHED"} if level == "INFO" else {"CANCELLED"}
 
 
 class FACEFORGE_OT_server_remove(bpy.types.Operator):
@@ -88,21 +95,18 @@ class FACEFORGE_OT_server_remove(bpy.types.Operator):
         return bpy.ops.faceforge.server_delete("INVOKE_DEFAULT")
 
 
-class FACEFORGE_OT_server_delete(_AwaitJob, bpy.types.Operator):
+class FACEFORGE_OT_server_delete(_SetupStep, bpy.types.Operator):
     """Delete the server's environment now (Remove Server asks first)"""
 
     bl_idname = "faceforge.server_delete"
     bl_label = "Delete Server Environment"
     bl_options = {"INTERNAL"}
+    done = "Removed {result}"
 
     def start(self, context) -> Job:
         operators.SESSION.stop_server()
         return operators.SESSION.submit_setup(installer.remove_server, "Removing the server")
 
-    def conclude(self, context) -> set:
-        level, message = _outcome(operators.SESSION.setup, "Removed {result}")
-        self._report(level, message)
-        return {"FINISHED"} if level == "INFO" else {"CANCELLED"}
 
 
 class FACEFORGE_OT_model_download(bpy.types.Operator):
@@ -127,12 +131,13 @@ class FACEFORGE_OT_model_download(bpy.types.Operator):
         return bpy.ops.faceforge.model_fetch("INVOKE_DEFAULT")
 
 
-class FACEFORGE_OT_model_fetch(_AwaitJob, bpy.types.Operator):
+class FACEFORGE_OT_model_fetch(_SetupStep, bpy.types.Operator):
     """Download and install the head model with the server's Python (the server restarts to load it)"""
 
     bl_idname = "faceforge.model_fetch"
     bl_label = "Fetch Head Model"
     bl_options = {"INTERNAL"}
+    done = "Head model installed: full heads with 53 expression shape keys"
 
     def start(self, context) -> Job:
         prefs = preferences.get(context)
@@ -156,11 +161,8 @@ class FACEFORGE_OT_model_fetch(_AwaitJob, bpy.types.Operator):
         return operators.SESSION.submit_setup(fetch, "Downloading the head model")
 
     def conclude(self, context) -> set:
-        level, message = _outcome(operators.SESSION.setup,
-                                  "Head model installed: full heads with 53 expression shape keys")
         operators.SESSION.status_time = float("-inf")  # ask the server again at once: the model line turns green
-        self._report(level, message)
-        return {"FINISHED"} if level == "INFO" else {"CANCELLED"}
+        return super().conclude(context)
 
 
 class FACEFORGE_OT_setup_cancel(bpy.types.Operator):

@@ -1,0 +1,98 @@
+"""The batch on Ray against the plain batch, in one run: photos per second, and the scaling from one Ray node
+to two on the same machine.
+
+    .venv/bin/python benchmarks/bench_ray.py [--photos 16] [--actors 2]
+
+Runs, each into a fresh folder on the same photos (bench_batch.make_photos: the two real photos and their
+variants), formats blend,glb:
+- plain: ``scripts/batch.py --workers 2``, i.e. its own server and two Blender writers;
+- ray, 1 node: ``--ray local`` with ``--actors`` model actors and as many writer actors;
+- ray, 2 nodes: a ``ray.cluster_utils.Cluster`` of two raylets here, the same actors spread over them.
+
+Two figures per run. *Total* is the whole command: the server or Ray start, model loading, Blender's
+start. *Steady* runs from the first photo's line to the last one's, over the photos after the first,
+so start-up is not counted. Both are in photos per second. The head model comes from $FACEFORGE_DATA, or
+the shared ICT-FaceKit copy installed into a temporary folder. On this 2-core machine two nodes cannot
+be faster than one: the figure shows what splitting costs.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.bench_batch import make_photos  # noqa: E402
+
+
+def timed(command: list, env: dict) -> tuple:
+    """(total seconds, steady photos/s, photos ok) of one batch command, from its progress lines' arrival."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                               text=True)
+    stamps, ok = [], 0
+    for line in process.stdout:
+        if line.startswith("[") and "] " in line:
+            stamps.append(time.perf_counter())
+            ok += ": ok (" in line
+    process.wait()
+    total = time.perf_counter() - started
+    steady = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else float("nan")
+    return total, steady, ok
+
+
+def head_data(env: dict) -> str:
+    if env.get("FACEFORGE_DATA"):
+        return env["FACEFORGE_DATA"]
+    from benchmarks.ict_eval import SHARED
+
+    folder = tempfile.mkdtemp(prefix="bench-ray-data-")
+    subprocess.run([sys.executable, "-m", "inference_server", "model", "install", str(SHARED / "ict_face_model.npz")],
+                   cwd=ROOT, env=dict(env, FACEFORGE_DATA=folder), check=True, capture_output=True)
+    return folder
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--photos", type=int, default=16)
+    parser.add_argument("--actors", type=int, default=2, help="model actors and writer actors on Ray (default 2)")
+    args = parser.parse_args()
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    env["FACEFORGE_DATA"] = head_data(env)
+    os.environ.update(FACEFORGE_DATA=env["FACEFORGE_DATA"], PYTHONPATH=str(ROOT))  # the cluster's workers inherit it
+    scratch = Path(tempfile.mkdtemp(prefix="bench-ray-"))
+    photos = scratch / "photos"
+    photos.mkdir()
+    make_photos(photos, args.photos)
+    batch = [sys.executable, str(ROOT / "scripts" / "batch.py"), "--input", str(photos), "--formats", "blend,glb"]
+    ray_args = ["--cpu-actors", str(args.actors), "--writer-actors", str(args.actors)]
+    print(f"{args.photos} photos, head mode, blend+glb, {os.cpu_count()} CPU cores, load {os.getloadavg()[0]:.1f}")
+    results = {"plain": timed(batch + ["--output", str(scratch / "plain"), "--workers", "2"], env),
+               "ray, 1 node": timed(batch + ["--output", str(scratch / "ray1"), "--ray", "local", *ray_args], env)}
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": args.actors, "include_dashboard": False})
+    cluster.add_node(num_cpus=args.actors)
+    cluster.wait_for_nodes()
+    try:
+        results["ray, 2 nodes"] = timed(batch + ["--output", str(scratch / "ray2"), "--ray", cluster.address,
+                                                 *ray_args], env)
+    finally:
+        cluster.shutdown()
+    print(f"{'run':<14} {'total s':>8} {'photos/s total':>15} {'photos/s steady':>16} {'ok':>4}")
+    for name, (total, steady, ok) in results.items():
+        print(f"{name:<14} {total:8.1f} {args.photos / total:15.3f} {steady:16.3f} {ok:4d}")
+    plain, one, two = (results[name][1] for name in ("plain", "ray, 1 node", "ray, 2 nodes"))
+    print(f"Ray's overhead, steady: {1 - one / plain:+.0%} photos/s against the plain batch (target: at most 15 %)")
+    print(f"1 -> 2 nodes on this machine: x{two / one:.2f} photos/s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
