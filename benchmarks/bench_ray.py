@@ -53,7 +53,8 @@ def head_data(env: dict) -> str:
     from benchmarks.ict_eval import SHARED
 
     folder = tempfile.mkdtemp(prefix="bench-ray-data-")
-    subprocess.run([sys.executable, "-m", "inference_server", "model", "install", str(SHARED / "ict_face_model.npz")],
+    model = SHARED / "data" / "ict_facekit" / "ict_face_model.npz"
+    subprocess.run([sys.executable, "-m", "inference_server", "model", "install", str(model)],
                    cwd=ROOT, env=dict(env, FACEFORGE_DATA=folder), check=True, capture_output=True)
     return folder
 
@@ -89,7 +90,7 @@ def main() -> int:
     for name, (total, steady, ok) in results.items():
         print(f"{name:<14} {total:8.1f} {args.photos / total:15.3f} {steady:16.3f} {ok:4d}")
     plain, one, two = (results[name][1] for name in ("plain", "ray, 1 node", "ray, 2 nodes"))
-    print(f"Ray's overhead, steady: {1 - one / plain:+.0%} photos/s against the plain batch (target: at most 15 %)")
+    print(f"Ray, 1 node, steady: x{one / plain:.2f} the plain batch's photos/s (target: at least x0.85)")
     print(f"1 -> 2 nodes on this machine: x{two / one:.2f} photos/s")
     return 0
 

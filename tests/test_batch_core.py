@@ -66,6 +66,9 @@ def test_parse_args_defaults_and_values(tmp_path):
     ["-i", "a", "-o", "o", "--resolution", "4"],                # outside the schema's range
     ["-i", "a", "-o", "o", "--detail", "nan"],
     ["-i", "a", "-o", "o", "--server", "tcp://x:1", "--start-server"],  # mutually exclusive
+    ["-i", "a", "-o", "o", "--ray", "auto", "--server", "tcp://x:1"],    # Ray's actors are the server
+    ["-i", "a", "-o", "o", "--ray", "local", "--workers", "2"],
+    ["-i", "a", "-o", "o", "--ray", "local", "--cpu-actors", "0"],
 ])
 def test_parse_args_rejects_bad_command_lines(argv, capsys):
     with pytest.raises(SystemExit) as exc:

@@ -16,6 +16,7 @@ the photos and output folder on storage every node sees.
 """
 from __future__ import annotations
 
+import sys
 from collections import Counter
 
 from ..wire.errors import ErrorCode, Exit
@@ -152,7 +153,13 @@ def _actors(opts) -> tuple:
 
 def process(batch, say) -> int:
     """Every photo of ``batch.todo`` through the actors; ``batch.record`` as each one is written."""
-    import ray
+    try:
+        import ray
+    except ImportError:
+        say(f"error: --ray needs Ray in this Python ({sys.executable}): pip install 'ray>=2.40,<3' "
+            "(or pip install 'faceforge[ray]')")
+        batch.summary.run["error"] = "ray is not installed"
+        return Exit.SETUP
 
     opts = batch.opts
     connect(opts)
