@@ -78,11 +78,21 @@ class FACEFORGE_OT_server_install(_SetupStep, bpy.types.Operator):
 
 
 
-class FACEFORGE_OT_server_remove(bpy.types.Operator):
+class _AskFirst:
+    """A button that asks (its ``invoke``), then runs the operator ``then`` modally: the work never blocks the UI."""
+
+    then = ""
+
+    def execute(self, context):
+        return getattr(bpy.ops.faceforge, self.then)("INVOKE_DEFAULT")
+
+
+class FACEFORGE_OT_server_remove(_AskFirst, bpy.types.Operator):
     """Delete the server's environment (the head model stays installed); asks first"""
 
     bl_idname = "faceforge.server_remove"
     bl_label = "Remove Server"
+    then = "server_delete"
 
     @classmethod
     def poll(cls, context):
@@ -90,9 +100,6 @@ class FACEFORGE_OT_server_remove(bpy.types.Operator):
 
     def invoke(self, context, event):
         return context.window_manager.invoke_confirm(self, event)
-
-    def execute(self, context):
-        return bpy.ops.faceforge.server_delete("INVOKE_DEFAULT")
 
 
 class FACEFORGE_OT_server_delete(_SetupStep, bpy.types.Operator):
@@ -109,12 +116,13 @@ class FACEFORGE_OT_server_delete(_SetupStep, bpy.types.Operator):
 
 
 
-class FACEFORGE_OT_model_download(bpy.types.Operator):
+class FACEFORGE_OT_model_download(_AskFirst, bpy.types.Operator):
     """Download ICT-FaceKit, the head model that full heads with expression shape keys need (its licence is shown
     first)"""
 
     bl_idname = "faceforge.model_download"
     bl_label = "Download Head Model"
+    then = "model_fetch"
 
     @classmethod
     def poll(cls, context):
@@ -126,9 +134,6 @@ class FACEFORGE_OT_model_download(bpy.types.Operator):
     def draw(self, context):
         panels._wrapped(self.layout, installer.MODEL_LICENCE, "INFO", 64)
         self.layout.label(text="Press OK to download and install it.")
-
-    def execute(self, context):
-        return bpy.ops.faceforge.model_fetch("INVOKE_DEFAULT")
 
 
 class FACEFORGE_OT_model_fetch(_SetupStep, bpy.types.Operator):
