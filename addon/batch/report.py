@@ -18,6 +18,11 @@ ERR_EXPORT = "export_failed"
 ERR_SERVER_GONE = "server_gone"
 
 
+def unreadable(photo_name: str, exc: OSError) -> tuple:
+    """(code, text) for a photo whose file cannot be read, worded once for each way the batch reads photos."""
+    return ERR_UNREADABLE, f"cannot read {photo_name}: {exc.strerror or exc}"
+
+
 # ----------------------------------------------------------------------------------------------
 # Summary and progress
 

@@ -217,6 +217,7 @@ class Batch:
 
     def _photos_through(self, client, server, address: str, info: dict):
         from ..data.meshdata import BuildSettings
+        from ..server.process import listening
         from .blender import Blender
         from .window import Window
         from .writer import RunContext, handle_reply
@@ -227,7 +228,7 @@ class Batch:
         self.summary.run["blender"] = ".".join(map(str, blender.version))
         context = RunContext(opts, blender, BuildSettings(**opts.build), info, address, client.model_arrays)
         self.progress.begin()
-        alive = (lambda: server.running) if server is not None else _external_alive(address)
+        alive = (lambda: server.running) if server is not None else listening(address)
         window = Window(client, self.todo, opts.request, jobs=opts.jobs, timeout=opts.timeout, alive=alive,
                         on_progress=_show_stage if opts.verbose else None)
         for photo, message, error in window.events():
@@ -314,7 +315,7 @@ def _server(opts: Options, run_info: dict, todo: int = 1):
 
 
 def _start_server(opts: Options, todo: int):
-    from ..server.process import LocalServer, find_home, find_python, free_address
+    from ..server.process import find_python, start_local_server
 
     python = find_python(opts.python)
     if python is None:
@@ -322,15 +323,14 @@ def _start_server(opts: Options, todo: int):
                                "FACEFORGE_PYTHON, create the checkout's .venv (./run setup), or pass --server ADDR")
     log_path = opts.output / ".faceforge-server.log"
     blenders = min(opts.workers, todo)
-    server = LocalServer(python, free_address(), cwd=find_home() or None, log_path=str(log_path), device=opts.device,
-                         extra_args=("--threads", str(workers.server_threads(blenders)),
-                                     "--workers", str(workers.server_workers(blenders))))
-    say(f"starting a local server: {python} on {server.address} (log {log_path})")
+    say(f"starting a local server: {python} (log {log_path})")
     try:
-        server.start(opts.server_timeout)
+        server = start_local_server(python, str(log_path), opts.server_timeout, device=opts.device,
+                                    extra_args=("--threads", str(workers.server_threads(blenders)),
+                                                "--workers", str(workers.server_workers(blenders))))
     except Exception as exc:
-        server.stop()
         raise Stop(Exit.SERVER, f"the local server did not start: {exc}", ErrorCode.UNREACHABLE) from exc
+    say(f"local server on {server.address}")
     return server
 
 
@@ -352,24 +352,6 @@ def _server_info(address: str, timeout: float, keys=None) -> dict:
             return client.info(timeout=min(30.0, timeout))
     except ProtocolError as exc:
         raise Stop(Exit.SERVER, f"server {address}: {exc}", ErrorCode.UNREACHABLE) from exc
-
-
-def _external_alive(address: str, every_s: float = 5.0):
-    """For --server: whether something still listens at a tcp:// address (checked at most every
-    ``every_s``), so a server that dies mid-run fails the batch at once instead of after --timeout."""
-    from ..server.process import tcp_in_use
-
-    if not address.startswith("tcp://"):
-        return lambda: True
-    state = {"checked": 0.0, "alive": True}
-
-    def alive() -> bool:
-        now = time.monotonic()
-        if now - state["checked"] >= every_s:
-            state["checked"], state["alive"] = now, tcp_in_use(address, timeout=1.0)
-        return state["alive"]
-
-    return alive
 
 
 def _interrupt(signum, frame):

@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 from ..wire import protocol
 from ..wire.errors import ErrorCode, ProtocolError
 from .inputs import Photo, read_photo
-from .report import ERR_SERVER_GONE, ERR_UNREADABLE
+from .report import ERR_SERVER_GONE, unreadable
 
 
 @dataclass
@@ -102,7 +102,7 @@ class Window:
             try:
                 self._send(photo)
             except OSError as exc:
-                failures.append((photo, None, (ERR_UNREADABLE, f"cannot read {photo.name}: {exc.strerror or exc}")))
+                failures.append((photo, None, unreadable(photo.name, exc)))
             except ProtocolError as exc:  # unreachable, or a request the client refuses to encode
                 failures.append((photo, None, (exc.code, exc.message)))
                 if exc.code == ErrorCode.UNREACHABLE:

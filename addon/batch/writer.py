@@ -53,15 +53,16 @@ def handle_reply(run: RunContext, photo: Photo, message, decision: Decision, rep
     report.timings_s["handle"] = round(time.perf_counter() - started, 4)
 
 
-def write_photo(run: RunContext, photo: Photo, message, decision: Decision, report: PhotoReport) -> None:
-    """Reply -> objects -> files in a staging folder -> moved into place. Fills ``report``;
-    an error reply raises ``ProtocolError``."""
+def write_photo(run: RunContext, photo: Photo, message, decision: Decision, report: PhotoReport):
+    """Reply -> objects -> files in a staging folder -> moved into place. Fills ``report`` and returns the
+    decoded reply (``client.Reconstruction``) for callers that show more of it; an error reply raises
+    ``ProtocolError``."""
     from ..wire.client import Reconstruction
 
     reconstruction = Reconstruction.from_message(message, run.model_arrays)
     if not reconstruction.faces:
         report.fail(ErrorCode.NO_FACE, "the server found no face")
-        return
+        return reconstruction
     _describe(report, reconstruction)
     staging = make_staging(run.opts.output, photo)
     try:
@@ -82,6 +83,7 @@ def write_photo(run: RunContext, photo: Photo, message, decision: Decision, repo
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+    return reconstruction
 
 
 def _describe(report: PhotoReport, reconstruction) -> None:

@@ -96,6 +96,23 @@ def tcp_in_use(address: str, timeout: float = 0.3) -> bool:
         return False
 
 
+def listening(address: str, every_s: float = 5.0):
+    """A check of whether a server we did not start still listens at ``address``, asked at most every ``every_s``
+    (a tcp:// address only; other transports count as alive), so a client fails at once when it dies instead of at
+    its timeout."""
+    if not address.startswith("tcp://"):
+        return lambda: True
+    state = {"checked": float("-inf"), "alive": True}
+
+    def alive() -> bool:
+        now = time.monotonic()
+        if now - state["checked"] >= every_s:
+            state["checked"], state["alive"] = now, tcp_in_use(address, timeout=1.0)
+        return state["alive"]
+
+    return alive
+
+
 def die_with_parent() -> None:
     """Linux (``preexec_fn``): the child gets SIGTERM when its parent dies without cleaning up (a
     crashed or killed Blender), so no server or worker is left behind."""
@@ -232,3 +249,17 @@ class LocalServer:
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+
+def start_local_server(python: str, log_path: str, timeout: float, device: str = "auto",
+                       extra_args: tuple = ()) -> LocalServer:
+    """A server of this checkout on a free local address, started and answering (the batch's ``--start-server``, the
+    web page's own); RuntimeError with the log's tail when it does not start, and nothing left running."""
+    server = LocalServer(python, free_address(), cwd=find_home() or None, log_path=log_path, device=device,
+                         extra_args=extra_args)
+    try:
+        server.start(timeout)
+    except Exception:
+        server.stop()
+        raise
+    return server

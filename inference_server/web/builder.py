@@ -141,35 +141,33 @@ class Builder:
         context = RunContext(opts, self.blender, BuildSettings(), self.info, self.address, self.client.model_arrays)
         photo = Photo(path=photos[0], key=key, members=tuple(photos) if len(photos) > 1 else ())
         report = PhotoReport(photo=str(photos[0]), key=key)
-        write_photo(context, photo, message, Decision("run", "new", missing_formats=FORMATS), report)
+        reconstruction = write_photo(context, photo, message, Decision("run", "new", missing_formats=FORMATS), report)
         if report.status != "ok":
             raise ProtocolError(report.error_code or ErrorCode.INTERNAL, report.error or "writing the files failed")
-        return self._extras(folder / key, key, message, report)
+        return self._extras(folder / key, key, reconstruction, report)
 
     @contextlib.contextmanager
     def _watch_server(self, cancel: threading.Event, every_s: float = 2.0):
-        """While a request waits: when nothing listens at the server's tcp:// address any more, set the
-        yielded event and cancel, so a dead server fails the job in seconds, not at the timeout."""
-        from addon.server.process import tcp_in_use
+        """While a request waits: when the server stops listening, set the yielded event and cancel, so a dead
+        server fails the job in seconds, not at the timeout."""
+        from addon.server.process import listening
 
-        gone, done = threading.Event(), threading.Event()
+        gone, done, alive = threading.Event(), threading.Event(), listening(self.address, every_s)
 
         def watch() -> None:
             while not done.wait(every_s):
-                if not tcp_in_use(self.address, timeout=1.0):
+                if not alive():
                     gone.set()
                     cancel.set()
                     return
-        if self.address.startswith("tcp://"):
-            threading.Thread(target=watch, daemon=True).start()
+        threading.Thread(target=watch, daemon=True).start()
         try:
             yield gone
         finally:
             done.set()
 
-    def _extras(self, folder: Path, key: str, message, report) -> dict:
+    def _extras(self, folder: Path, key: str, reconstruction, report) -> dict:
         """The depth PNG and OBJ zip beside the batch's files, and what the page shows of the result."""
-        reconstruction = self.client.reconstruction(message)
         files = [Path(p).name for p in report.outputs]
         faces = []
         for face in sorted(reconstruction.faces, key=lambda f: f.index):

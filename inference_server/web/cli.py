@@ -85,16 +85,14 @@ def run_web_command(args) -> int:
 
 
 def _start_server(args, results: Path):
-    from addon.server.process import LocalServer, find_home, free_address
+    from addon.server.process import start_local_server
 
-    server = LocalServer(sys.executable, free_address(), cwd=find_home() or None,
-                         log_path=str(results / "server.log"), device=args.device)
-    log.info("starting an inference server on %s (log %s)", server.address, server.log_path)
+    log.info("starting an inference server (log %s)", results / "server.log")
     try:
-        server.start(180.0)
+        server = start_local_server(sys.executable, str(results / "server.log"), 180.0, device=args.device)
     except Exception as exc:
-        server.stop()
         raise RuntimeError(f"the inference server did not start: {exc}") from exc
+    log.info("inference server on %s", server.address)
     return server, server.address
 
 
