@@ -422,35 +422,72 @@ def test_the_panel_makes_one_head_from_several_photos_of_one_person(bpy, facefor
     assert [photo["photo"] for photo in photos] == [1, 2]
 
 
-def test_the_panel_makes_an_animated_head_from_a_video(bpy, faceforge, performed_video, head_server):
-    """Photo source Video: the session reads the file off the main thread and sends it as one request;
-    the head comes back keyed at the scene's frame rate (a 15 fps video in a 30 fps scene)."""
-    from addon.scene.animation import fcurve
+def _panel_video(bpy, faceforge, server, path, scene_fps: int, frames: tuple = (1, 0)) -> tuple:
+    """The panel's Reconstruct Animated Head on ``path`` in a scene at ``scene_fps``, First/Last Frame ``frames``:
+    (level, message, the head, its video camera or None). The panel's settings are put back after."""
     from addon.ui import preferences
 
-    path, names, weights, _ = performed_video
     props, scene = bpy.context.scene.faceforge, bpy.context.scene
-    saved = preferences.DEFAULTS.server_address
-    scene.render.fps, scene.render.fps_base = 30, 1.0
+    saved, before = preferences.DEFAULTS.server_address, set(bpy.data.objects.keys())
+    scene.render.fps, scene.render.fps_base = scene_fps, 1.0
     props.photo_source, props.video_path = "VIDEO", str(path)
-    preferences.DEFAULTS.server_address = head_server.address
+    props.video_first_frame, props.video_last_frame = frames
+    preferences.DEFAULTS.server_address = server.address
     try:
         request = faceforge.submit(bpy.context)
         concurrent.futures.wait([request.job.future], 300)
         level, message, objects = faceforge.apply_finished(bpy.context, request)
     finally:
-        props.photo_source, props.video_path = "FILE", ""  # the scene outlives this test
+        props.photo_source, props.video_path = "FILE", ""  # the scene outlives the test
+        props.video_first_frame, props.video_last_frame = 1, 0
         preferences.DEFAULTS.server_address = saved
+    cameras = [bpy.data.objects[name] for name in set(bpy.data.objects.keys()) - before
+               if bpy.data.objects[name].type == "CAMERA"]
+    return level, message, objects, cameras[0] if cameras else None
+
+
+def test_the_panel_makes_an_animated_head_from_a_video(bpy, faceforge, performed_video, head_server):
+    """Photo source Video: the session reads the file off the main thread and sends it as one request;
+    the head comes back keyed at the scene's frame rate (a 15 fps video in a 30 fps scene)."""
+    from addon.scene.animation import fcurve
+
+    path, names, weights, _ = performed_video
+    scene = bpy.context.scene
+    level, message, objects, camera = _panel_video(bpy, faceforge, head_server, path, 30)
     assert level == "INFO" and "animated head" in message and "30 of 30 frames" in message, message
+    assert "The video runs at 15 fps and the scene at 30" in message  # the background plays at the video's rate
     (obj,) = objects
-    assert obj.name == "performed" and len(obj.data.shape_keys.key_blocks) == 54
+    assert obj.name.startswith("performed") and len(obj.data.shape_keys.key_blocks) == 54
     jaw = fcurve(obj.data.shape_keys, 'key_blocks["jawOpen"].value', 0)
     frames = [round(point.co[0]) for point in jaw.keyframe_points]
     assert frames == list(range(scene.frame_start, scene.frame_start + 59))  # 29 video steps x 2 scene frames + 1
     values = [point.co[1] for point in jaw.keyframe_points][::2]
     assert np.corrcoef(values, weights[:, names.index("jawOpen")])[0, 1] > 0.85
     assert obj.rotation_mode == "QUATERNION" and obj.animation_data.action is not None
-    camera = bpy.data.objects["performed_camera"]  # the video's camera, the video as its background
+    assert camera.name.startswith("performed_camera")  # the video's camera, the video as its background
     (background,) = camera.data.background_images
     assert background.source == "MOVIE_CLIP" and background.clip.frame_duration == 30
+    assert background.clip.frame_start == scene.frame_start
     assert (scene.render.resolution_x, scene.render.resolution_y) == (640, 640)
+
+
+def test_the_panel_keys_only_the_chosen_frames_of_a_video(bpy, faceforge, performed_video, head_server):
+    """First/Last Frame in the panel: the server fits only those frames; the keys start at the scene's first
+    frame, and the video camera's background shows the range's first frame there."""
+    from addon.scene.animation import fcurve
+
+    path, names, weights, _ = performed_video
+    scene = bpy.context.scene
+    try:
+        level, message, objects, camera = _panel_video(bpy, faceforge, head_server, path, 15, frames=(11, 25))
+    finally:
+        scene.render.fps = 30
+    assert level == "INFO" and "15 of 15 frames" in message and "The video runs" not in message, message
+    (obj,) = objects
+    assert obj["faceforge"]["face"]["video"]["first_frame"] == 10
+    jaw = fcurve(obj.data.shape_keys, 'key_blocks["jawOpen"].value', 0)
+    assert [round(point.co[0]) for point in jaw.keyframe_points] == list(range(scene.frame_start, scene.frame_start + 15))
+    values = [point.co[1] for point in jaw.keyframe_points]
+    assert np.corrcoef(values, weights[10:25, names.index("jawOpen")])[0, 1] > 0.85
+    clip = camera.data.background_images[0].clip
+    assert clip.frame_start == scene.frame_start - 10  # video frame 11 (1-based) at the scene's first frame

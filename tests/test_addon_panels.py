@@ -136,16 +136,28 @@ def test_a_video_source_shows_its_file_and_no_photo_list(ui, tmp_path):
     props.more_photos.add().path = str(tmp_path / "left.png")  # kept for photos, not offered with a video
     try:
         calls = _draw(ui, ui.panels.FACEFORGE_PT_main)
-        assert [named["property"] for name, named in calls if name == "prop"][:2] == ["photo_source", "video_path"]
+        assert [named["property"] for name, named in calls if name == "prop"][:4] == [
+            "photo_source", "video_path", "video_first_frame", "video_last_frame"]
         assert not [named for name, named in calls if name == "template_list"]
         assert [named["operator"] for name, named in calls if name == "operator"] == ["faceforge.reconstruct"]
         assert "Reconstruct Animated Head" in _texts(calls)
-        props.video_path = ""
+        assert "video_frames" not in props.server_options()  # 1 .. 0: the whole video
+        props.video_first_frame, props.video_last_frame = 11, 25  # Blender's count: 1-based, both ends in
+        assert props.server_options()["video_frames"] == "10:25"
+        props.video_last_frame = 0
+        assert props.server_options()["video_frames"] == "10:"
+        props.video_last_frame = 5
+        with pytest.raises(ValueError, match=r"Last Frame \(5\) comes before its First Frame \(11\)"):
+            ui.operators.submit(ui.bpy.context)
+        props.photo_source = "FILE"
+        assert "video_frames" not in props.server_options()  # a photo's request carries no frame range
+        props.photo_source, props.video_path = "VIDEO", ""
         with pytest.raises(ValueError, match="Choose a video file first"):
             ui.operators.submit(ui.bpy.context)
     finally:
         props.more_photos.clear()
         props.photo_source, props.video_path = "FILE", ""
+        props.video_first_frame, props.video_last_frame = 1, 0
 
 
 @contextlib.contextmanager

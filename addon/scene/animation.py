@@ -63,10 +63,10 @@ def animate_head(obj: "bpy.types.Object", keys: Keys, names) -> None:
 
 
 def video_camera(name: str, keys: Keys, head_location, focal_px: float, size: tuple, video_path: str,
-                 collection=None) -> "bpy.types.Object":
+                 collection=None, first_frame: int = 0) -> "bpy.types.Object":
     """A camera where the video's was, relative to the head as built (at ``head_location`` on the first key),
-    with the video's focal length and, when ``video_path`` is a file, the video as its background from the
-    scene's first frame. The render resolution becomes the video's, so the background and the head line up;
+    with the video's focal length and, when ``video_path`` is a file, the video as its background: its frame
+    ``first_frame`` (0-based, where the fitted range began) at the scene's first frame. The render resolution becomes the video's, so the background and the head line up;
     the camera becomes the scene's when it has none."""
     width, height = (int(v) for v in size)
     scene = bpy.context.scene
@@ -78,7 +78,7 @@ def video_camera(name: str, keys: Keys, head_location, focal_px: float, size: tu
     camera.location = tuple(float(h - o) for h, o in zip(head_location, keys.origin))
     if video_path and os.path.isfile(video_path):
         clip = bpy.data.movieclips.load(video_path)
-        clip.frame_start = scene.frame_start
+        clip.frame_start = scene.frame_start - first_frame
         background = data.background_images.new()
         background.source, background.clip = "MOVIE_CLIP", clip
         background.alpha = 1.0

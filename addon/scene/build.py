@@ -37,8 +37,10 @@ def build_reconstruction(reconstruction, *, photo: str, settings: BuildSettings,
                 base = tuple(obj.location)
                 animation.animate_head(obj, keys, [str(n) for n in face.meta["expressions"]])
                 if settings.video_camera and "video" in face.meta:  # beside the heads, not among them
-                    animation.video_camera(f"{name}_camera", keys, base, face.meta["video"]["focal_px"],
-                                           reconstruction.meta["image_size"], photo, collection)
+                    video = face.meta["video"]
+                    animation.video_camera(f"{name}_camera", keys, base, video["focal_px"],
+                                           reconstruction.meta["image_size"], photo, collection,
+                                           first_frame=int(video.get("first_frame", 0)))
         else:
             obj = faces.build_face_object(face, name=name, settings=settings, location=(x + shift, y, z),
                                           metadata=metadata, collection=collection)

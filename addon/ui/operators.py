@@ -118,9 +118,20 @@ def apply_finished(context, request: Request) -> tuple:
     if video:
         return "INFO", (f"Reconstructed an animated head from {os.path.basename(request.photo)}: "
                         f"{video['tracked']} of {video['frames']} frames followed, keyed at the scene's frame "
-                        f"rate, in {request.job.elapsed:.1f} s"), objects
+                        f"rate, in {request.job.elapsed:.1f} s{_rate_note(context.scene, video, request.settings)}"
+                        ), objects
     return "INFO", (f"Reconstructed {len(objects)} face{'s' * (len(objects) != 1)} from "
                     f"{os.path.basename(request.photo)} ({vertices} vertices) in {request.job.elapsed:.1f} s"), objects
+
+
+def _rate_note(scene, video: dict, settings) -> str:
+    """A movie clip plays one of its frames per scene frame: at another frame rate the Video Camera's background
+    drifts from the keys, which follow the video's clock. Say so rather than change the user's frame rate."""
+    scene_fps = scene.render.fps / scene.render.fps_base
+    if not settings.video_camera or abs(scene_fps - video["fps"]) <= 0.01 * video["fps"]:
+        return ""
+    return (f". The video runs at {video['fps']:g} fps and the scene at {scene_fps:g}: the Video Camera's "
+            "background lines up with the head only at the video's rate (Output Properties > Frame Rate)")
 
 
 def _select(context, objects: list) -> None:

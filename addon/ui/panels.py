@@ -65,6 +65,9 @@ class FACEFORGE_PT_main(_FaceForgePanel, bpy.types.Panel):
             layout.template_ID(props, "photo_image", open="image.open")
         else:
             layout.prop(props, "video_path", text="")
+            frames = layout.row(align=True)
+            frames.prop(props, "video_first_frame", text="First")
+            frames.prop(props, "video_last_frame", text="Last")
         if props.photo_source != "VIDEO":
             _more_photos(layout, props)
         row = layout.row(align=True)

@@ -79,6 +79,11 @@ class FACEFORGE_PG_settings(bpy.types.PropertyGroup):
         "video_path": StringProperty(name="Video File", subtype="FILE_PATH",
                                      description="A video of one person (MP4, MOV, MKV, WebM, AVI): one head, its "
                                                  "expressions and head motion keyed at the scene's frame rate"),
+        "video_first_frame": IntProperty(name="First Frame", default=1, min=1,
+                                         description="The video's first frame to use (1: from its start)"),
+        "video_last_frame": IntProperty(name="Last Frame", default=0, min=0,
+                                        description="The video's last frame to use (0: to its end; the server reads "
+                                                    "at most its max_video_frames)"),
         "photo_path": StringProperty(name="Photo File", description="Photo with a face (JPEG, PNG, WebP, BMP, TIFF)",
                                      subtype="FILE_PATH"),
         "photo_image": PointerProperty(name="Image", type=bpy.types.Image,
@@ -104,11 +109,21 @@ class FACEFORGE_PG_settings(bpy.types.PropertyGroup):
     def build_settings(self) -> BuildSettings:
         return BuildSettings(**{o.name: getattr(self, o.name) for o in PANEL_OPTIONS if o.side == options.BUILD})
 
+    def video_frames(self) -> str:
+        """The panel's frame range (1-based, both ends included, as Blender counts) as the request's
+        ``video_frames`` (0-based START:STOP); '' for the whole video. ValueError for a range that ends first."""
+        first, last = self.video_first_frame, self.video_last_frame
+        if last and last < first:
+            raise ValueError(f"The video's Last Frame ({last}) comes before its First Frame ({first})")
+        return "" if first == 1 and not last else f"{first - 1}:{last or ''}"
+
     def server_options(self) -> dict:
         """The request's options: the face choice plus every panel option the server applies."""
         face = {"LARGEST": "largest", "ALL": "all"}.get(self.face, str(self.face_index))
         chosen = {o.name: _wire_value(o, getattr(self, o.name)) for o in PANEL_OPTIONS
                   if o.side != options.BUILD and applies(o.name, self)}
+        if self.photo_source == "VIDEO" and self.video_frames():
+            chosen["video_frames"] = self.video_frames()
         return {"face": face, **chosen}
 
 
