@@ -166,3 +166,18 @@ def test_a_node_killed_mid_run_loses_no_photo(photos, cluster, head_data_dir, tm
     print(f"{done} of 18 good photos written after losing a node; the rest reported worker_lost")
     assert done >= 15  # each lost photo was tried again on the surviving node
     assert not [photo for photo in summary["photos"] if photo["status"] == "pending"] and summary["finished"]
+
+
+def test_the_cluster_example_passes_ray_ups_checks():
+    """docs/ray-cluster.yaml, which the README shows, is filled out and checked as `ray up` does it (Ray's own
+    schema and rules); the same file with a misspelt key is refused, so the check can fail."""
+    import yaml
+    from jsonschema import ValidationError
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    text = (REPO / "docs" / "ray-cluster.yaml").read_text()
+    config = prepare_config(yaml.safe_load(text))
+    validate_config(config)
+    assert config["provider"]["worker_ips"] == ["10.0.0.2", "10.0.0.3"] and config["max_workers"] == 2
+    with pytest.raises(ValidationError, match="head_start_ray_command"):
+        validate_config(prepare_config(yaml.safe_load(text.replace("head_start_ray_commands", "head_start_ray_command"))))

@@ -21,7 +21,7 @@ from collections import Counter
 
 from ..wire.errors import ErrorCode, Exit
 from .inputs import Photo, shown
-from .report import ERR_UNREADABLE, PhotoReport
+from .report import PhotoReport, unreadable
 
 IN_FLIGHT_PER_MODEL = 2   # one reconstructing, one waiting: the model actor never idles while a writer writes
 PING_TIMEOUT_S = 120.0    # a restarted model actor loads its models again before it answers
@@ -62,7 +62,7 @@ class ModelActor:
         try:
             media = [read_photo(str(path)) for path in (photo.members or (photo.path,))]
         except OSError as exc:
-            answer["error"] = (ERR_UNREADABLE, f"cannot read {photo.name}: {exc.strerror or exc}")
+            answer["error"] = unreadable(photo.name, exc)
             return answer
         try:
             result = run_request(self.pipeline, media, self.config, photo.is_video)
@@ -79,15 +79,17 @@ class ModelActor:
 class WriterActor:
     """One Blender session: a reply -> the photo's objects -> its files, moved into place."""
 
-    def __init__(self, opts, info: dict, models: list):
+    def __init__(self, opts, models: list, info: list):
+        """``info`` holds the reference to a model actor's ``info``, unresolved, so Blender starts while the models
+        load; a restarted writer gets the same reference."""
         from ..data.meshdata import BuildSettings
         from .blender import Blender, blender_chatter_to_stderr
         from .writer import RunContext
 
         with blender_chatter_to_stderr(not opts.verbose):
             blender = Blender()
-        self.models, self.shared = models, {}
-        self.context = RunContext(opts, blender, BuildSettings(**opts.build), info, "ray", self.model_arrays)
+        self.models, self.shared, self.info = models, {}, info
+        self.context = RunContext(opts, blender, BuildSettings(**opts.build), {}, "ray", self.model_arrays)
 
     def model_arrays(self, fingerprint: str) -> dict:
         """What every head of the model shares (topology, UVs, expressions): asked of a model actor once."""
@@ -107,10 +109,14 @@ class WriterActor:
         return self.shared[fingerprint]
 
     def write(self, photo: Photo, decision, answer: dict) -> tuple:
+        import ray
+
         from ..wire import protocol
         from .blender import blender_chatter_to_stderr
         from .writer import handle_reply
 
+        if not self.context.info:  # recorded in every object's metadata, as the plain batch records its server's
+            self.context.info = ray.get(self.info[0])
         report = PhotoReport(photo=shown(photo.path), key=photo.key)
         if answer["error"] is not None:
             report.fail(*answer["error"])
@@ -164,9 +170,10 @@ def process(batch, say) -> int:
     opts = batch.opts
     connect(opts)
     models, writer = _actors(opts)
+    info = [model.info.remote() for model in models]
+    writers = [writer.remote(opts, models, info[:1]) for _ in range(opts.writer_actors)]  # Blenders start meanwhile
     try:
-        infos = ray.get([model.info.remote() for model in models], timeout=opts.server_timeout)
-        writers = [writer.remote(opts, infos[0], models) for _ in range(opts.writer_actors)]
+        infos = ray.get(info, timeout=opts.server_timeout)
         ray.get([actor.__ray_ready__.remote() for actor in writers], timeout=opts.server_timeout)
     except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as exc:
         text = str(exc).splitlines()[0] or exc.__class__.__name__
