@@ -181,3 +181,41 @@ def test_the_cluster_example_passes_ray_ups_checks():
     assert config["provider"]["worker_ips"] == ["10.0.0.2", "10.0.0.3"] and config["max_workers"] == 2
     with pytest.raises(ValidationError, match="head_start_ray_command"):
         validate_config(prepare_config(yaml.safe_load(text.replace("head_start_ray_commands", "head_start_ray_command"))))
+
+
+def test_gpu_actors_take_the_clusters_gpus_and_say_why_they_cannot_start(astronaut_png, head_data_dir, tmp_path,
+                                                                          monkeypatch):
+    """``--gpus-per-actor``: a node with two GPUs (logical ones here) gets four half-GPU model actors. Where torch
+    has no CUDA they cannot start, and the batch says so in one line instead of a Ray traceback; a share the
+    cluster cannot give is refused before any actor starts. With CUDA (a GPU machine), the photo is done."""
+    import torch
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.setenv("FACEFORGE_DATA", str(head_data_dir))
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "astronaut.png").write_bytes(astronaut_png)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 2, "include_dashboard": False})
+    try:
+        def batch(share: str, output: str) -> subprocess.CompletedProcess:
+            command = [sys.executable, str(BATCH), "--input", str(tmp_path / "in"), "--output", str(tmp_path / output),
+                       "--ray", cluster.address, "--gpus-per-actor", share, "--writer-actors", "1"]
+            return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
+                                  env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+        refused = batch("4", "refused")
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert "--gpus-per-actor 4: the cluster has 2 GPU(s)" in refused.stdout
+        assert "starting" not in refused.stdout
+        halves = batch("0.5", "halves")
+    finally:
+        cluster.shutdown()
+    print(halves.stdout)
+    assert "starting 4 model actor(s) (0.5 GPU each) and 1 writer(s)" in halves.stdout
+    if torch.cuda.is_available():
+        assert halves.returncode == 0 and load_summary(tmp_path / "halves")["photos"][0]["status"] == "ok"
+    else:
+        assert halves.returncode == 5
+        assert "error: an actor could not start: " in halves.stdout and "sees no CUDA GPUs" in halves.stdout
+        assert "Traceback" not in halves.stdout
+        assert "sees no CUDA GPUs" in load_summary(tmp_path / "halves")["run"]["error"]

@@ -79,44 +79,49 @@ class ModelActor:
 class WriterActor:
     """One Blender session: a reply -> the photo's objects -> its files, moved into place."""
 
-    def __init__(self, opts, models: list, info: list):
-        """``info`` holds the reference to a model actor's ``info``, unresolved, so Blender starts while the models
-        load; a restarted writer gets the same reference."""
+    def __init__(self, opts):
+        """Blender starts while the model actors load their models; their ``info`` is asked for with the first photo.
+        The model actors come with each photo, not here: actor handles among a constructor's arguments would have
+        to outlive a restart in the object store."""
         from ..data.meshdata import BuildSettings
         from .blender import Blender, blender_chatter_to_stderr
         from .writer import RunContext
 
         with blender_chatter_to_stderr(not opts.verbose):
             blender = Blender()
-        self.models, self.shared, self.info = models, {}, info
+        self.models, self.shared = [], {}
         self.context = RunContext(opts, blender, BuildSettings(**opts.build), {}, "ray", self.model_arrays)
+
+    def _ask_models(self, method: str):
+        """The first answer of a model actor to ``method`` (another may have been lost with its node); None if none."""
+        import ray
+
+        for model in self.models:
+            try:
+                return ray.get(getattr(model, method).remote(), timeout=PING_TIMEOUT_S)
+            except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
+                continue
+        return None
 
     def model_arrays(self, fingerprint: str) -> dict:
         """What every head of the model shares (topology, UVs, expressions): asked of a model actor once."""
-        import ray
-
         if fingerprint not in self.shared:
-            for model in self.models:  # the first that answers: another may have been lost with its node
-                try:
-                    found = ray.get(model.head_model_arrays.remote(), timeout=PING_TIMEOUT_S)
-                except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
-                    continue
-                if found is not None:
-                    self.shared[found[0]] = found[1]
-                break
+            found = self._ask_models("head_model_arrays")
+            if found is not None:
+                self.shared[found[0]] = found[1]
         if fingerprint not in self.shared:
             raise ValueError(f"a reply names head model {fingerprint}, which no model actor has")
         return self.shared[fingerprint]
 
-    def write(self, photo: Photo, decision, answer: dict) -> tuple:
-        import ray
-
+    def write(self, photo: Photo, decision, answer: dict, models: list) -> tuple:
+        """``answer`` from a model actor (Ray resolves it first) -> the photo's files; ``models`` the actors left."""
         from ..wire import protocol
         from .blender import blender_chatter_to_stderr
         from .writer import handle_reply
 
+        self.models = models
         if not self.context.info:  # recorded in every object's metadata, as the plain batch records its server's
-            self.context.info = ray.get(self.info[0])
+            self.context.info = self._ask_models("info") or {}
         report = PhotoReport(photo=shown(photo.path), key=photo.key)
         if answer["error"] is not None:
             report.fail(*answer["error"])
@@ -135,6 +140,7 @@ def connect(opts) -> None:
 
     if ray.is_initialized():
         return
+    os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")  # every error is handled here, per photo or actor
     if opts.ray == "local":
         cpus = max(os.cpu_count() or 1, opts.cpu_actors + opts.writer_actors)
         ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
@@ -146,9 +152,13 @@ def _actors(opts) -> tuple:
     """The model and writer actors, spread over the nodes; each restarts once if its node dies."""
     import ray
 
-    common = {"max_restarts": 1, "max_task_retries": 1, "scheduling_strategy": "SPREAD"}
+    common = {"max_restarts": 1, "scheduling_strategy": "SPREAD"}  # a lost photo is sent again by process()
     if opts.gpus_per_actor > 0:
-        count = max(1, int(ray.cluster_resources().get("GPU", 0) // opts.gpus_per_actor))
+        gpus = ray.cluster_resources().get("GPU", 0)
+        if gpus < opts.gpus_per_actor:  # an actor that can never be placed would wait out --server-timeout
+            raise ValueError(f"--gpus-per-actor {opts.gpus_per_actor:g}: the cluster has {gpus:g} GPU(s) "
+                             "(`ray status`); leave the option out to run the models on CPU")
+        count = int(gpus // opts.gpus_per_actor)
         model = ray.remote(ModelActor).options(num_gpus=opts.gpus_per_actor, num_cpus=1, **common)
         models = [model.remote(opts.request, "cuda", 0) for _ in range(count)]
     else:
@@ -169,24 +179,34 @@ def process(batch, say) -> int:
 
     opts = batch.opts
     connect(opts)
-    models, writer = _actors(opts)
+    try:
+        models, writer = _actors(opts)
+    except ValueError as exc:
+        batch.summary.run["error"] = str(exc)
+        say(f"error: {exc}")
+        return Exit.USAGE
     info = [model.info.remote() for model in models]
-    writers = [writer.remote(opts, models, info[:1]) for _ in range(opts.writer_actors)]  # Blenders start meanwhile
+    writers = [writer.remote(opts) for _ in range(opts.writer_actors)]  # their Blenders start meanwhile
+    say(f"ray: {len(ray.nodes())} node(s); starting {len(models)} model actor(s) "
+        f"({f'{opts.gpus_per_actor:g} GPU each' if opts.gpus_per_actor > 0 else 'CPU'}) and {len(writers)} writer(s)")
     try:
         infos = ray.get(info, timeout=opts.server_timeout)
         ray.get([actor.__ray_ready__.remote() for actor in writers], timeout=opts.server_timeout)
-    except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as exc:
-        text = str(exc).splitlines()[0] or exc.__class__.__name__
-        batch.summary.run["error"] = text
-        say(f"error: the actors did not start within --server-timeout {opts.server_timeout:g} s ({text}); "
+    except ray.exceptions.GetTimeoutError:
+        batch.summary.run["error"] = f"the actors did not start within {opts.server_timeout:g} s"
+        say(f"error: the actors did not start within --server-timeout {opts.server_timeout:g} s; "
             "`ray status` shows whether the cluster has room for them")
+        return Exit.SERVER
+    except ray.exceptions.RayError as exc:  # an actor's constructor raised: its error's last line says why
+        text = _cause(exc)
+        batch.summary.run["error"] = text
+        say(f"error: an actor could not start: {text}")
         return Exit.SERVER
     nodes = {"model": Counter(), "writer": Counter()}
     batch.summary.run.update(server="ray", server_info=infos[0], started_server=False, ray={
         "address": opts.ray, "nodes": len(ray.nodes()), "model_actors": len(models),
         "writer_actors": len(writers), "photos_by_node": nodes})
-    say(f"ray: {len(ray.nodes())} node(s), {len(models)} model actor(s) ({infos[0].get('device', '?')}), "
-        f"{len(writers)} writer actor(s); {len(batch.todo)} photo(s) to do")
+    say(f"ray: actors ready (models on {infos[0].get('device', '?')}); {len(batch.todo)} photo(s) to do")
     batch.progress.begin()
     pending, in_flight, losses, turn = list(batch.todo), {}, Counter(), 0
     while pending or in_flight:
@@ -195,7 +215,8 @@ def process(batch, say) -> int:
             model, writer_actor = models[turn % len(models)], writers[turn % len(writers)]
             turn += 1
             answer = model.reconstruct.remote(photo)
-            in_flight[writer_actor.write.remote(photo, batch.decisions[photo.key], answer)] = (photo, model, writer_actor)
+            in_flight[writer_actor.write.remote(photo, batch.decisions[photo.key], answer, models)] = (
+                photo, model, writer_actor)
         done, _ = ray.wait(list(in_flight), num_returns=1, timeout=opts.timeout)
         ref = done[0] if done else next(iter(in_flight))  # nothing for --timeout s: the oldest is lost
         photo, model, writer_actor = in_flight.pop(ref)
@@ -222,6 +243,12 @@ def process(batch, say) -> int:
             batch.reports[photo.key] = report
         batch.record(report, photo.name)
     return Exit.OK
+
+
+def _cause(exc: Exception) -> str:
+    """The last non-empty line of a Ray error, which holds the remote exception (e.g. ``RuntimeError: ...``)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[-1] if lines else exc.__class__.__name__)[:300]
 
 
 def _drop_dead(models: list, model, writers: list, writer) -> None:
