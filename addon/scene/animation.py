@@ -66,8 +66,8 @@ def video_camera(name: str, keys: Keys, head_location, focal_px: float, size: tu
                  collection=None, first_frame: int = 0) -> "bpy.types.Object":
     """A camera where the video's was, relative to the head as built (at ``head_location`` on the first key),
     with the video's focal length and, when ``video_path`` is a file, the video as its background: its frame
-    ``first_frame`` (0-based, where the fitted range began) at the scene's first frame. The render resolution becomes the video's, so the background and the head line up;
-    the camera becomes the scene's when it has none."""
+    ``first_frame`` (0-based, where the fitted range began) at the scene's first frame. The render resolution
+    becomes the video's, so the background and the head line up; the camera becomes the scene's when it has none."""
     width, height = (int(v) for v in size)
     scene = bpy.context.scene
     data = bpy.data.cameras.new(name)

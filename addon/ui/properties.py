@@ -122,8 +122,9 @@ class FACEFORGE_PG_settings(bpy.types.PropertyGroup):
         face = {"LARGEST": "largest", "ALL": "all"}.get(self.face, str(self.face_index))
         chosen = {o.name: _wire_value(o, getattr(self, o.name)) for o in PANEL_OPTIONS
                   if o.side != options.BUILD and applies(o.name, self)}
-        if self.photo_source == "VIDEO" and self.video_frames():
-            chosen["video_frames"] = self.video_frames()
+        frames = self.video_frames() if self.photo_source == "VIDEO" else ""
+        if frames:
+            chosen["video_frames"] = frames
         return {"face": face, **chosen}
 
 
