@@ -37,11 +37,24 @@ CAMERA = Camera(focal=1600.0, principal=(320.0, 320.0), size=(640, 640))
 DISTANCE_M = 0.9
 
 
+SKIN_PARTS = ("face", "head_neck")
+IRIS = np.arange(468, 478)
+
+
 def landmark_surface(model: HeadModel) -> np.ndarray:
-    """Triangles a landmark may land on: drawn geometry without the eyelash cards."""
+    """Triangles a landmark's ray may hit: drawn geometry without the eyelash cards."""
     faces = render.drawn_faces(model)
     lashes = model.part_names.index("eyelashes_left"), model.part_names.index("eyelashes_right")
     return faces[~np.isin(model.vertex_part[faces], lashes).any(1)]
+
+
+def skin_surface(model: HeadModel) -> np.ndarray:
+    """Triangles every landmark but the iris's is placed on. FaceMesh's eyelid points lie on the lid's
+    margin, and the ray under an upper-lid point hits the eyeball just below it: placed there, the lid
+    point would never follow a blink (the eyeball has no expression deltas)."""
+    faces = render.drawn_faces(model)
+    skin = [model.part_names.index(name) for name in SKIN_PARTS]
+    return faces[np.isin(model.vertex_part[faces], skin).all(1)]
 
 
 def views(model: HeadModel, identities: int):
@@ -148,12 +161,17 @@ def build_table(model: HeadModel, hits: np.ndarray, poses: np.ndarray) -> Landma
         toward_centre = b + (1 if b < centre else -1)
         if b != centre:
             by_yaw[b] = np.where(np.isnan(by_yaw[b]), by_yaw[toward_centre], by_yaw[b])
-    tri, bary = snap_to_surface(by_yaw.reshape(-1, 3), model.vertices.astype(np.float64), landmark_surface(model))
+    vertices = model.vertices.astype(np.float64)
+    on_iris = np.isin(np.arange(hits.shape[1]), IRIS)
+    tri = np.zeros(by_yaw.shape, np.int32)
+    bary = np.zeros(by_yaw.shape, np.float32)
+    for chosen, surface in ((on_iris, landmark_surface(model)), (~on_iris, skin_surface(model))):
+        tri[:, chosen], bary[:, chosen] = (part.reshape(len(YAW_BINS), -1, 3) for part in
+                                           snap_to_surface(by_yaw[:, chosen].reshape(-1, 3), vertices, surface))
     spread = np.nanmedian(np.linalg.norm(hits - np.nanmedian(hits, 0), axis=2), 0) * 1000
-    shape = (len(YAW_BINS), hits.shape[1], 3)
     return LandmarkTable(yaw_bins=np.asarray(YAW_BINS, np.float32),
-                         triangle_vertices=tri.reshape(shape).transpose(1, 0, 2).copy(),
-                         bary=bary.reshape(shape).transpose(1, 0, 2).copy(), spread_mm=spread.astype(np.float32))
+                         triangle_vertices=tri.transpose(1, 0, 2).copy(), bary=bary.transpose(1, 0, 2).copy(),
+                         spread_mm=spread.astype(np.float32))
 
 
 def main() -> None:

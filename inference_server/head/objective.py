@@ -109,6 +109,7 @@ class Problem:
             centre[:basis.identity_count] = config.network_identity * cues.identity
         self.landmark_count = len(landmarks_px)
         self.outline = torch.as_tensor(FACE_OVAL, device=device)  # keeps its weight whatever its facing
+        self.eye_rings = torch.as_tensor(EYE_RINGS, device=device)
         self.groups = torch.from_numpy(np.concatenate(groups)).to(device)
         self.group_count = int(self.groups.max()) + 1
         self.observed = torch.tensor(np.concatenate(observed), dtype=torch.float32, device=device)
@@ -149,8 +150,9 @@ class Problem:
 
     def robust_weights(self, state: State, point_basis, yaw: float) -> torch.Tensor:
         """Per-point weights: static, Geman-McClure by the current residual, and for the landmarks the
-        surface's facing (FaceMesh guesses points on skin turned away from the camera; the oval is an
-        outline by definition and keeps its weight)."""
+        surface's facing (FaceMesh guesses points on skin turned away from the camera). The oval is an
+        outline by definition and keeps its weight. An eyelid point lies on the lid's margin, whose
+        normal faces the eyeball, so it takes its whole eye's facing: the mean of its ring's normals."""
         _, _, camera, _, pixels = self.project(state, point_basis)
         error = torch.linalg.norm(pixels - self.observed, dim=1) / self.sigma
         weights = self.static_weight / (1 + (error / self.config.robust_scale) ** 2) ** 2
@@ -164,7 +166,10 @@ class Problem:
         count = self.landmark_count
         normals = self.basis.landmark_normals(yaw) @ state.rotation.T
         rays = camera[:count] / torch.linalg.norm(camera[:count], dim=1, keepdim=True)
-        facing = ((-(normals * rays).sum(1) - low) / (high - low)).clamp(0.0, 1.0)
+        eyes = torch.nn.functional.normalize(normals[self.eye_rings].mean(1), dim=1)          # (2, 3)
+        cosines = -(normals * rays).sum(1)
+        cosines[self.eye_rings] = -(eyes[:, None] * rays[self.eye_rings]).sum(2)
+        facing = ((cosines - low) / (high - low)).clamp(0.0, 1.0)
         facing[self.outline] = 1.0
         return torch.cat([weights[:count] * facing, weights[count:]])
 
