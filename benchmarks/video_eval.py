@@ -120,9 +120,11 @@ def multiview_surface(model, table, basis, subject: Subject) -> float:
     return shape_errors(model, table, model.shape(fit.id_coeffs), subject.canonical(model))["surface_mm"]
 
 
-def frame_strip(model, video: Path, performance, result, path: Path, count: int = 6) -> None:
+def frame_strip(model, video: Path, performance, result, path: Path, count: int = 6, tile: int = 200) -> None:
     """A JPEG: the video's frames (top) over the recovered head driven by the recovered expressions and
-    pose, rendered as clay in the video's camera (bottom), at ``count`` evenly spread frames."""
+    pose, rendered as clay in the video's camera (bottom), at ``count`` evenly spread frames, each cut
+    to a square around the frame's tracked face and scaled to ``tile`` pixels."""
+    import cv2
     import torch
     from PIL import Image
 
@@ -137,15 +139,20 @@ def frame_strip(model, video: Path, performance, result, path: Path, count: int 
     tiles = []
     with VideoReader(video, 10 ** 8) as reader:
         for frame in reader.frames():
-            if frame.index not in picks:
+            if frame.index not in picks or not performance.tracked[frame.index]:
                 continue
             height, width = frame.rgb.shape[:2]
             camera = Camera(performance.focal_px, (width / 2, height / 2), (height, width))
             shape = model.shape(identity, performance.weights[frame.index])
             posed = shape @ performance.rotation[frame.index].T + performance.translation[frame.index]
             head, _ = render.render_shaded(torch.from_numpy(posed.astype(np.float32)), faces, clay, camera)
-            box = (slice(int(0.2 * height), int(0.8 * height)), slice(int(0.22 * width), int(0.78 * width)))
-            tiles.append(np.concatenate([frame.rgb[box], head[box]], 0))
+            marks = performance.landmarks[frame.index, :, :2]
+            centre, half = (marks.max(0) + marks.min(0)) / 2, 0.8 * float((marks.max(0) - marks.min(0)).max())
+            scale = tile / (2 * half)
+            to_tile = np.array([[scale, 0, tile / 2 - scale * centre[0]], [0, scale, tile / 2 - scale * centre[1]]])
+            cut = [cv2.warpAffine(picture, to_tile, (tile, tile), flags=cv2.INTER_AREA, borderValue=(128, 128, 128))
+                   for picture in (frame.rgb, head)]
+            tiles.append(np.concatenate(cut, 0))
     Image.fromarray(np.concatenate(tiles, 1)).save(path, quality=88)
 
 
