@@ -7,7 +7,7 @@ The mean head and random identities are rendered with the project's rasteriser (
 part colours) in several poses; the real landmark chain (MTCNN -> aligned crop -> FaceMesh) runs on
 each render, and every landmark is traced back to the surface point under it. A landmark's place
 is the median of its hits (mapped onto the mean head, which shares the topology), snapped to the
-surface. FaceMesh's points drift over the skin as the head turns (the face oval most), so every
+skin (the iris's points to the eyeball). FaceMesh's points drift over the skin as the head turns (the face oval most), so every
 landmark gets one place per yaw bin, from the renders in that bin (pitch variants pooled). Left/right
 pairs are averaged through the mirror, so the table is symmetric.
 """
@@ -29,6 +29,7 @@ from inference_server.head import render  # noqa: E402
 from inference_server.head.camera import Camera, head_rotation  # noqa: E402
 from inference_server.head.correspondence import TABLE_PATH, LandmarkTable  # noqa: E402
 from inference_server.head.model import HeadModel  # noqa: E402
+from inference_server.head.objective import IRIS  # noqa: E402
 from inference_server.head.raster import project, rasterize  # noqa: E402
 
 YAW_BINS = (-40, -25, -12, 0, 12, 25, 40)       # degrees; contour places are tabulated per bin
@@ -38,7 +39,6 @@ DISTANCE_M = 0.9
 
 
 SKIN_PARTS = ("face", "head_neck")
-IRIS = np.arange(468, 478)
 
 
 def landmark_surface(model: HeadModel) -> np.ndarray:
