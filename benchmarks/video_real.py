@@ -47,7 +47,7 @@ def photo(name: str) -> np.ndarray:
     return np.asarray(Image.open(grace_hopper_path()).convert("RGB"))
 
 
-def turns(count: int, fps: float, roll_deg: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def turns(count: int, roll_deg: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per frame: the photo's turn in the image (degrees, counter-clockwise as seen), zoom and gain."""
     phase = np.arange(count) / max(count - 1, 1)
     return (roll_deg * np.sin(2 * np.pi * phase), 1 + 0.12 * np.sin(2 * np.pi * phase + 1.0),
@@ -104,7 +104,7 @@ def main() -> None:
     from inference_server.video.reader import write_mp4
 
     count = int(args.seconds * args.fps)
-    angles, zooms, gains = turns(count, args.fps, args.roll)
+    angles, zooms, gains = turns(count, args.roll)
     video = Path(tempfile.mkdtemp()) / f"{args.photo}.mp4"
     write_mp4(video, moved_frames(photo(args.photo), angles, zooms, gains), args.fps)
     pipeline = FacePipeline(torch.device("cpu"), head_model=shared_model_path())

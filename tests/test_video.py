@@ -194,7 +194,7 @@ def test_a_real_face_moved_in_the_picture_keeps_its_expression_and_follows_the_t
 
     from benchmarks import video_real
 
-    angles, zooms, gains = video_real.turns(60, 30.0, 12.0)
+    angles, zooms, gains = video_real.turns(60, 12.0)
     path = tmp_path / "astronaut.mp4"
     write_mp4(path, video_real.moved_frames(video_real.photo("astronaut"), angles, zooms, gains), 30.0)
     done = _cli(path, "-o", tmp_path / "head.npz", data_dir=head_data_dir)
