@@ -79,28 +79,28 @@ def evaluate(model, table, subject: Subject, performance, result, weights: np.nd
         column = model.exp_names.index(name)
         truth, found = weights[tracked, column], performance.weights[tracked, column]
         correlation[name] = float(np.corrcoef(truth, found)[0, 1]) if found.std() > 1e-6 else 0.0
-    truth = subject.canonical(model)
+    true_head = subject.canonical(model)
     identity = np.asarray(result.faces[0].meta["identity"], np.float32)
     head = model.shape(identity)
-    found = performance.rotation[tracked]
-    truths = [head_rotation(*pose) for pose in angles[tracked]]
-    errors = np.array([rotation_angle_deg(truth_r, rotation) for truth_r, rotation in zip(truths, found)])
+    # (true, fitted) rotation of every tracked frame
+    pairs = list(zip([head_rotation(*pose) for pose in angles[tracked]], performance.rotation[tracked]))
+    errors = np.array([rotation_angle_deg(want, got) for want, got in pairs])
     # The identity modes carry a little head tilt of their own (~1.6 deg at 1 sigma), which a photo
     # cannot tell from pose. The face's rotation compares how the two faces are turned: the truth's
     # rotation times the one similarity alignment of the fitted head onto the true head (from the
     # shapes alone, as head_fit_eval's face_pose_deg); the motion, after the one constant offset that
     # fits the rotations best (the floor any fixed tilt correction can reach).
-    shapes = shape_errors(model, table, head, truth)
-    face = np.array([rotation_angle_deg(truth_r @ shapes["alignment"], rotation) for truth_r, rotation in zip(truths, found)])
-    u, _, vt = np.linalg.svd(sum(truth_r.T @ rotation for truth_r, rotation in zip(truths, found)))
+    shapes = shape_errors(model, table, head, true_head)
+    face = np.array([rotation_angle_deg(want @ shapes["alignment"], got) for want, got in pairs])
+    u, _, vt = np.linalg.svd(sum(want.T @ got for want, got in pairs))
     offset = u @ np.diag([1, 1, np.sign(np.linalg.det(u @ vt))]) @ vt
-    relative = np.array([rotation_angle_deg(truth_r @ offset, rotation) for truth_r, rotation in zip(truths, found)])
+    relative = np.array([rotation_angle_deg(want @ offset, got) for want, got in pairs])
     return {"correlation": correlation, "rotation_mean_deg": float(errors.mean()),
             "rotation_p95_deg": float(np.percentile(errors, 95)), "face_mean_deg": float(face.mean()),
             "face_p95_deg": float(np.percentile(face, 95)), "motion_mean_deg": float(relative.mean()),
             "motion_p95_deg": float(np.percentile(relative, 95)), "tracked": float(tracked.mean()),
             "surface_mm": shapes["surface_mm"],
-            "mean_head_mm": shape_errors(model, table, model.vertices, truth)["surface_mm"]}
+            "mean_head_mm": shape_errors(model, table, model.vertices, true_head)["surface_mm"]}
 
 
 def multiview_surface(model, table, basis, subject: Subject) -> float:

@@ -1,6 +1,6 @@
 """A real face in a video whose truth is known: a photo moved in the picture.
 
-    .venv/bin/python benchmarks/video_real.py [--photo astronaut|grace] [--seconds 4] [--roll 12] [--strip JPG]
+    .venv/bin/python benchmarks/video_real.py [--photo astronaut|grace_hopper] [--seconds 4] [--roll 12] [--strip JPG]
 
 No real video of a person with measured expressions exists offline, so this makes the next best
 thing from a real photo (the astronaut or Grace Hopper): every frame is the photo turned in the
@@ -33,18 +33,6 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
-
-
-def photo(name: str) -> np.ndarray:
-    if name == "astronaut":
-        from skimage import data
-
-        return data.astronaut()
-    from PIL import Image
-
-    from tests.conftest import grace_hopper_path
-
-    return np.asarray(Image.open(grace_hopper_path()).convert("RGB"))
 
 
 def turns(count: int, roll_deg: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -88,7 +76,7 @@ def evaluate(performance, angles: np.ndarray) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--photo", choices=("astronaut", "grace"), default="astronaut")
+    parser.add_argument("--photo", choices=("astronaut", "grace_hopper"), default="astronaut")
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--fps", type=float, default=30.0)
     parser.add_argument("--roll", type=float, default=12.0, help="the photo's turn in the image, +- degrees")
@@ -97,8 +85,8 @@ def main() -> None:
     import torch
 
     from benchmarks.head_fit_eval import shared_model_path
+    from benchmarks.likeness_real import photos
     from benchmarks.video_eval import frame_strip
-    from inference_server.head.model import HeadModel
     from inference_server.pipeline import FacePipeline
     from inference_server.video.capture import capture_video
     from inference_server.video.reader import write_mp4
@@ -106,22 +94,23 @@ def main() -> None:
     count = int(args.seconds * args.fps)
     angles, zooms, gains = turns(count, args.roll)
     video = Path(tempfile.mkdtemp()) / f"{args.photo}.mp4"
-    write_mp4(video, moved_frames(photo(args.photo), angles, zooms, gains), args.fps)
+    write_mp4(video, moved_frames(photos()[args.photo], angles, zooms, gains), args.fps)
     pipeline = FacePipeline(torch.device("cpu"), head_model=shared_model_path())
     started = time.perf_counter()
     result, performance = capture_video(pipeline, video)
     seconds = time.perf_counter() - started
     row = evaluate(performance, angles)
     names = pipeline.head.model.exp_names
+    detections = result.faces[0].meta["video"]["detections"]
     print(f"{args.photo}: frames {count}, tracked {100 * row['tracked']:.0f} %, capture {seconds:.1f} s = "
-          f"{count / seconds:.2f} frames/s ({result.meta['timings_ms']}; {result.faces[0].meta['video']['detections']} face detections)")
+          f"{count / seconds:.2f} frames/s ({result.meta['timings_ms']}; {detections} face detections)")
     print(f"rotation relative to the first frame vs the photo's turn (+-{args.roll:g} deg): mean "
           f"{row['rotation_mean_deg']:.2f} deg, 95th percentile {row['rotation_p95_deg']:.2f} deg")
     print(f"expression jitter (5th-95th percentile spread of a still face's weights): largest "
           f"{row['jitter_max']:.3f} ({names[row['jitter_worst']]}), mean over the 53 {row['jitter_mean']:.4f}; "
           f"mean weight {row['weight_mean']:.3f}")
     if args.strip:
-        frame_strip(HeadModel.load(shared_model_path()), video, performance, result, args.strip)
+        frame_strip(pipeline.head.model, video, performance, result, args.strip)
         print(f"wrote {args.strip}")
 
 

@@ -7,9 +7,9 @@ The mean head and random identities are rendered with the project's rasteriser (
 part colours) in several poses; the real landmark chain (MTCNN -> aligned crop -> FaceMesh) runs on
 each render, and every landmark is traced back to the surface point under it. A landmark's place
 is the median of its hits (mapped onto the mean head, which shares the topology), snapped to the
-skin (the iris's points to the eyeball). FaceMesh's points drift over the skin as the head turns (the face oval most), so every
-landmark gets one place per yaw bin, from the renders in that bin (pitch variants pooled). Left/right
-pairs are averaged through the mirror, so the table is symmetric.
+skin (the iris's points to the eyeball). FaceMesh's points drift over the skin as the head turns
+(the face oval most), so every landmark gets one place per yaw bin, from the renders in that bin
+(pitch variants pooled). Left/right pairs are averaged through the mirror, so the table is symmetric.
 """
 from __future__ import annotations
 

@@ -193,10 +193,11 @@ def test_a_real_face_moved_in_the_picture_keeps_its_expression_and_follows_the_t
     from types import SimpleNamespace
 
     from benchmarks import video_real
+    from benchmarks.likeness_real import photos
 
     angles, zooms, gains = video_real.turns(60, 12.0)
     path = tmp_path / "astronaut.mp4"
-    write_mp4(path, video_real.moved_frames(video_real.photo("astronaut"), angles, zooms, gains), 30.0)
+    write_mp4(path, video_real.moved_frames(photos()["astronaut"], angles, zooms, gains), 30.0)
     done = _cli(path, "-o", tmp_path / "head.npz", data_dir=head_data_dir)
     assert done.returncode == Exit.OK, done.stderr
     arrays = np.load(tmp_path / "head.npz")
