@@ -8,7 +8,8 @@ raised brows) and head motion (yaw swinging +-25 deg by default, pitch and roll 
 MP4 by OpenCV's encoder and read back through the product's own decoder, so compression is in the
 loop. Printed, in one run:
 
-- per moving expression: correlation of the recovered curve with the truth;
+- per moving expression: correlation of the recovered curve with the truth, and its gain (the slope of
+  the recovered weight on the true one: how much of the true swing the animation shows, 1 is all);
 - head rotation error per frame (mean, 95th percentile), degrees: of the head object as is, of the
   face (the fitted head's shape aligned onto the true one first, since the identity modes carry a
   little tilt of their own), and after the one constant offset that fits the rotations best;
@@ -74,11 +75,12 @@ def evaluate(model, table, subject: Subject, performance, result, weights: np.nd
     from inference_server.head.camera import head_rotation, rotation_angle_deg
 
     tracked = performance.tracked
-    correlation = {}
+    correlation, gain = {}, {}
     for name in MOVING:
         column = model.exp_names.index(name)
         truth, found = weights[tracked, column], performance.weights[tracked, column]
         correlation[name] = float(np.corrcoef(truth, found)[0, 1]) if found.std() > 1e-6 else 0.0
+        gain[name] = float(np.cov(truth, found)[0, 1] / truth.var(ddof=1))
     true_head = subject.canonical(model)
     identity = np.asarray(result.faces[0].meta["identity"], np.float32)
     head = model.shape(identity)
@@ -95,7 +97,7 @@ def evaluate(model, table, subject: Subject, performance, result, weights: np.nd
     u, _, vt = np.linalg.svd(sum(want.T @ got for want, got in pairs))
     offset = u @ np.diag([1, 1, np.sign(np.linalg.det(u @ vt))]) @ vt
     relative = np.array([rotation_angle_deg(want @ offset, got) for want, got in pairs])
-    return {"correlation": correlation, "rotation_mean_deg": float(errors.mean()),
+    return {"correlation": correlation, "gain": gain, "rotation_mean_deg": float(errors.mean()),
             "rotation_p95_deg": float(np.percentile(errors, 95)), "face_mean_deg": float(face.mean()),
             "face_p95_deg": float(np.percentile(face, 95)), "motion_mean_deg": float(relative.mean()),
             "motion_p95_deg": float(np.percentile(relative, 95)), "tracked": float(tracked.mean()),
@@ -191,9 +193,9 @@ def main() -> None:
     row["multiview_mm"] = multiview_surface(model, table, pipeline.head.basis, subject)
     print(f"frames {len(times)}, tracked {100 * row['tracked']:.0f} %, capture {seconds:.1f} s = "
           f"{len(times) / seconds:.2f} frames/s ({result.meta['timings_ms']})")
-    print("expression curve correlation with the truth:")
+    print("expression curves against the truth: correlation, gain")
     for name, value in row["correlation"].items():
-        print(f"  {name:16s} {value:.3f}")
+        print(f"  {name:16s} {value:.3f}  {row['gain'][name]:.2f}")
     print(f"head rotation error (mean, 95th percentile): object {row['rotation_mean_deg']:.2f}, "
           f"{row['rotation_p95_deg']:.2f} deg; face (the heads' shapes aligned) {row['face_mean_deg']:.2f}, "
           f"{row['face_p95_deg']:.2f} deg; after the best constant offset {row['motion_mean_deg']:.2f}, "

@@ -19,6 +19,8 @@ class ShapeBasis:
         self.mean = torch.from_numpy(model.vertices.astype(np.float32)).to(device)           # (V, 3)
         self.normals = _vertex_normals(model.vertices, model.faces)                           # (V, 3) numpy
         self.deltas = torch.from_numpy(deltas.reshape(len(deltas), -1)).to(device).float()   # (153, 3V)
+        drift = table.expression_drift            # FaceMesh's slide over the skin per unit expression
+        self.drift = None if drift is None else torch.from_numpy(drift.transpose(0, 2, 1).astype(np.float32)).to(device)
         names = list(model.exp_names)
         # (left, right) expression indices of each mirrored pair: eyeBlink_L / eyeBlink_R ...
         self.expression_pairs = [(i, names.index(name[:-2] + "_R")) for i, name in enumerate(names)
@@ -33,6 +35,8 @@ class ShapeBasis:
         columns = (index[..., None] * 3 + torch.arange(3, device=self.device)).reshape(len(ids), -1)
         rows = self.deltas[:, columns].reshape(-1, len(ids), ids.shape[1], 3)                 # (153, L, k, 3)
         basis = (weights[None, ..., None] * rows).sum(2).permute(1, 2, 0)                      # (L, 3, 153)
+        if self.drift is not None:
+            basis[:, :, self.identity_count:] += self.drift
         return mean, basis.contiguous()
 
     def landmark_normals(self, yaw_deg: float) -> torch.Tensor:

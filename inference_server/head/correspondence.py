@@ -9,6 +9,10 @@ the fit blends the two bins around its current yaw. Compared with one fixed plac
 this cut the face-pose error on heads turned 30 deg from 4.5 to 2.4 deg (benchmarks/head_fit_eval.py).
 
 The table is derived by ``scripts/derive_head_landmarks.py`` and shipped as ``landmarks_ict.npz``.
+FaceMesh's points also slide over the skin under some expressions (the lower inner lip follows the
+jaw, while its table point sits on the upper lip, where the lips meet when shut):
+``expression_drift`` holds that slide per unit weight, measured by
+``scripts/derive_expression_drift.py`` and added to the expression columns of the fit's basis.
 """
 from __future__ import annotations
 
@@ -26,14 +30,16 @@ class LandmarkTable:
     triangle_vertices: np.ndarray    # (478, B, 3) int32 model vertices of each landmark's triangle per bin
     bary: np.ndarray                 # (478, B, 3) float32 barycentrics in that triangle
     spread_mm: np.ndarray            # (478,) float32 robust scatter of the derivation's hits
+    expression_drift: np.ndarray | None = None   # (478, E, 3) float32 metres per unit expression weight
 
     def save(self, path: Path = TABLE_PATH) -> None:
-        np.savez_compressed(path, **{key: getattr(self, key) for key in self.__dataclass_fields__})
+        arrays = {key: getattr(self, key) for key in self.__dataclass_fields__}
+        np.savez_compressed(path, **{key: value for key, value in arrays.items() if value is not None})
 
     @classmethod
     def load(cls, path: Path = TABLE_PATH) -> "LandmarkTable":
         with np.load(path) as data:
-            return cls(**{key: data[key] for key in cls.__dataclass_fields__})
+            return cls(**{key: data[key] for key in cls.__dataclass_fields__ if key in data.files})
 
     def points(self, vertices: np.ndarray, yaw_deg: float = 0.0) -> np.ndarray:
         """(478, 3) landmark points on a head with the model's topology, as seen at ``yaw_deg``."""
