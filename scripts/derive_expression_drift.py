@@ -1,7 +1,7 @@
 """Measure how FaceMesh's points slide over the skin under each expression; add it to the landmark table.
 
-    PYTHONPATH=. .venv/bin/python scripts/derive_expression_drift.py [--identities 3] [--yaws -20,0,20]
-                 [--offsets CACHE.npz] [--table inference_server/head/landmarks_ict.npz]
+    PYTHONPATH=. .venv/bin/python scripts/derive_expression_drift.py [--identities 3] [--yaws=-20,0,20]
+                 [--expressions jawOpen] [--offsets CACHE.npz] [--table inference_server/head/landmarks_ict.npz]
 
 Run after ``derive_head_landmarks.py`` (which writes the table without drift). The table fixes each
 landmark to a surface point, but under some expressions FaceMesh's point moves over the skin: raising
@@ -14,8 +14,8 @@ weight. The drift of one landmark under one expression is the median over identi
 mirrored samples, kept only where it exceeds ``--threshold`` standard errors; the fit adds it to the
 expression columns of the landmark basis (``ShapeBasis.landmarks``).
 
-Only ``--expressions`` keep their drift; by default jawOpen alone, which the shipped table was made with
-(``--offsets`` from the default 3 identities and yaws). On benchmarks/video_eval.py it raised the jaw's
+Only ``--expressions`` keep their drift: by default jawOpen alone. The shipped table was made with the
+defaults (963 renders, about 5 min on 2 cores). On benchmarks/video_eval.py it raised the jaw's
 correlation on every subject tried and left the other curves about as they were. The other drifts were
 tried and left out: the eye expressions' broke the blinks (0.94-0.98 to 0.54-0.70; their drift at the
 iris and lid points competes with the blink's own); all the non-eye ones cut the jaw's gain (other mouth
@@ -91,12 +91,18 @@ def measure_offsets(model: HeadModel, table: LandmarkTable, identities: int, yaw
     return offsets
 
 
+def symmetric(yaws: list[float]) -> bool:
+    """Whether the list read backwards is its own negative: the mirrored samples take each yaw's opposite."""
+    return bool(np.allclose(yaws, -np.asarray(yaws, np.float64)[::-1]))
+
+
 def estimate_drift(offsets: np.ndarray, yaws: list[float], names: list[str], mirror: np.ndarray,
                    threshold: float) -> np.ndarray:
     """(478, E, 3) drift per unit weight: slope through the origin per identity and yaw, pooled with the
     mirrored samples (landmark and expression swapped left/right, x and yaw flipped), median, kept where
     its size exceeds ``threshold`` standard errors (robust, mirrored samples counted as dependent)."""
-    assert np.allclose(yaws, -np.asarray(yaws)[::-1]), "yaws must be symmetric about 0"
+    if not symmetric(yaws):
+        raise ValueError(f"yaws must be symmetric about 0, got {yaws}")
     amps = np.asarray(WEIGHTS)
     delta = offsets[:, :, 1:].astype(np.float64) - offsets[:, :, :1]                     # (I, Y, A, E, L, 3)
     slope = np.einsum("a,iyaeld->iyeld", amps, delta) / (amps ** 2).sum()
@@ -130,6 +136,8 @@ def main() -> None:
     except (OSError, ValueError, KeyError) as exc:
         sys.exit(f"error: {exc}")
     yaws = [float(y) for y in args.yaws.split(",")]
+    if not symmetric(yaws):
+        sys.exit(f"error: --yaws must be symmetric about 0 (e.g. -20,0,20), got {args.yaws}")
     if args.offsets and args.offsets.exists():
         with np.load(args.offsets) as cached:
             offsets, yaws = cached["offsets"], list(cached["yaws"])

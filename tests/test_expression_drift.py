@@ -1,5 +1,6 @@
 """The expression-drift estimate of scripts/derive_expression_drift.py on offsets with a known answer."""
 import numpy as np
+import pytest
 
 from scripts.derive_expression_drift import WEIGHTS, estimate_drift
 
@@ -44,3 +45,9 @@ def test_mirrored_samples_swap_sides():
     drift = estimate_drift(offsets, YAWS, NAMES, np.array([2, 1, 0, 3]), threshold=3.0)
     assert np.allclose(drift[0, 1], left, atol=0.002) and np.allclose(drift[2, 2], right, atol=0.002)
     assert not drift[0, 2].any() and not drift[2, 1].any()
+
+
+def test_yaws_without_their_mirror_are_refused():
+    offsets = offsets_with(lambda e, l: np.zeros(3), np.random.default_rng(2))
+    with pytest.raises(ValueError, match="symmetric"):
+        estimate_drift(offsets, [0.0, 20.0, 30.0], NAMES, np.arange(4), threshold=3.0)

@@ -20,6 +20,9 @@ class ShapeBasis:
         self.normals = _vertex_normals(model.vertices, model.faces)                           # (V, 3) numpy
         self.deltas = torch.from_numpy(deltas.reshape(len(deltas), -1)).to(device).float()   # (153, 3V)
         drift = table.expression_drift            # FaceMesh's slide over the skin per unit expression
+        if drift is not None and drift.shape != (table.bary.shape[0], model.exp_deltas.shape[0], 3):
+            raise ValueError(f"the landmark table's expression drift has shape {drift.shape}; this head model "
+                             f"has {model.exp_deltas.shape[0]} expressions")
         self.drift = None if drift is None else torch.from_numpy(drift.transpose(0, 2, 1).astype(np.float32)).to(device)
         names = list(model.exp_names)
         # (left, right) expression indices of each mirrored pair: eyeBlink_L / eyeBlink_R ...
