@@ -42,8 +42,8 @@ from inference_server.head import render  # noqa: E402
 from inference_server.head.camera import head_rotation  # noqa: E402
 from inference_server.head.correspondence import TABLE_PATH, LandmarkTable  # noqa: E402
 from inference_server.head.model import HeadModel  # noqa: E402
-from inference_server.head.raster import project, rasterize  # noqa: E402
-from scripts.derive_head_landmarks import CAMERA, DISTANCE_M, backproject, landmark_surface, mirror_pairs  # noqa: E402
+from scripts.derive_head_landmarks import (CAMERA, DISTANCE_M, landmark_surface, mirror_pairs,  # noqa: E402
+                                          trace_landmarks)
 
 WEIGHTS = (0.35, 0.7)            # each expression is rendered alone at these weights
 
@@ -57,8 +57,7 @@ def measure_offsets(model: HeadModel, table: LandmarkTable, identities: int, yaw
 
     detector, landmarker = FaceDetector(torch.device("cpu")), LandmarkModel()
     drawn = torch.from_numpy(render.drawn_faces(model)).long()
-    surface_np = landmark_surface(model)
-    surface = torch.from_numpy(surface_np).long()
+    surface = torch.from_numpy(landmark_surface(model)).long()
     colours = torch.from_numpy(render.vertex_colours(model))
     count = len(model.exp_names)
     offsets = np.full((identities, len(yaws), len(WEIGHTS) + 1, count, 478, 3), np.nan, np.float32)
@@ -80,12 +79,7 @@ def measure_offsets(model: HeadModel, table: LandmarkTable, identities: int, yaw
                 if not found:
                     print(f"identity {i} yaw {yaw} expression {expression}: no landmarks", flush=True)
                     continue
-                screen = project(cam, CAMERA.focal, CAMERA.principal)
-                triangle = rasterize(screen, surface, CAMERA.size, render.FRONT_FACING).triangle
-                tri, bary = backproject(found[0], screen, surface, triangle)
-                hit = np.einsum("lk,lkd->ld", bary, vertices[surface_np[np.maximum(tri, 0)]])
-                hit[tri < 0] = np.nan
-                offset = hit - table.points(vertices, yaw)
+                offset = trace_landmarks(found[0], cam, vertices, surface) - table.points(vertices, yaw)
                 offsets[i, y, k, slice(None) if expression is None else expression] = offset
             print(f"identity {i} yaw {yaw:+.0f}: {time.monotonic() - started:.0f} s", flush=True)
     return offsets

@@ -82,6 +82,17 @@ def backproject(points_px: np.ndarray, screen: torch.Tensor, faces: torch.Tensor
     return tri, bary / bary.sum(1, keepdims=True)
 
 
+def trace_landmarks(landmarks_px: np.ndarray, cam: torch.Tensor, vertices: np.ndarray, surface: torch.Tensor):
+    """(L, 3) point of ``vertices`` under each landmark of a render of ``cam`` (camera-space vertices)
+    by ``CAMERA``: the ray traced back onto ``surface``'s triangles; NaN where it misses the head."""
+    screen = project(cam, CAMERA.focal, CAMERA.principal)
+    triangle = rasterize(screen, surface, CAMERA.size, render.FRONT_FACING).triangle
+    tri, bary = backproject(landmarks_px, screen, surface, triangle)
+    points = np.einsum("lk,lkd->ld", bary, vertices[surface.numpy()[np.maximum(tri, 0)]])
+    points[tri < 0] = np.nan
+    return points
+
+
 def collect_hits(model: HeadModel, identities: int, save_renders: Path | None):
     """(renders, 478, 3) hit points mapped onto the mean head (NaN = miss) and each render's (yaw, pitch)."""
     from inference_server.detection import FaceDetector
@@ -106,12 +117,7 @@ def collect_hits(model: HeadModel, identities: int, save_renders: Path | None):
         if not found:
             print(f"identity {identity} pose {pose}: no landmarks", flush=True)
             continue
-        screen = project(cam, CAMERA.focal, CAMERA.principal)
-        triangle = rasterize(screen, surface, CAMERA.size, render.FRONT_FACING).triangle
-        tri, bary = backproject(found[0], screen, surface, triangle)
-        points = np.einsum("lk,lkd->ld", bary, mean[surface.numpy()[np.maximum(tri, 0)]])
-        points[tri < 0] = np.nan
-        hits.append(points)
+        hits.append(trace_landmarks(found[0], cam, mean, surface))
         poses.append(pose)
     return np.stack(hits), np.array(poses)
 
