@@ -82,6 +82,15 @@ def test_a_short_training_run_lowers_its_loss(tmp_path, model):
     # Resuming a finished run trains no further step and keeps the weights.
     train.train(tmp_path / "data", tmp_path / "run", model, config, report=lambda line: pytest.fail(line)
                 if line.startswith("step") else None)
+    # Fine-tuning (--init) starts a fresh run from the trained weights, not from scratch ...
+    tune = train.TrainConfig(steps=1, batch=4, lr=1e-9, warmup=1, holdout_shards=1, init=str(final))
+    tuned = train.train(tmp_path / "data", tmp_path / "tune", model, tune, report=lambda _: None)
+    assert loss_of(checkpoint.load(tuned).train()) == pytest.approx(loss_of(shipped.train()), rel=0.02)
+    assert checkpoint.read(tuned)["provenance"]["init_provenance"]["train"]["steps"] == 40
+    # ... and refuses weights of another variant.
+    with pytest.raises(ValueError, match="not a cues-gpu network"):
+        train.train(tmp_path / "data", tmp_path / "gpu", model, train.TrainConfig(variant="cues-gpu", init=str(final)),
+                    report=lambda _: None)
 
 
 def test_the_command_line_offers_exactly_the_registered_variants():

@@ -2,6 +2,7 @@
 
     train data --out DATA --count 18000 --seed 0     # synthetic renders (resumable shards)
     train fit --data DATA --out RUN --steps 3000     # train (resumes from RUN/last.pt); RUN/cues-cpu.pt
+    train fit ... --init OLD.pt                       # fine-tune from a checkpoint's weights
     train eval --data DATA --checkpoint RUN/cues-cpu.pt
 
 The head model is the installed one unless ``--model`` names an ``.npz``. Every failure is one
@@ -37,6 +38,7 @@ def add_train_commands(subparsers) -> None:
     fit.add_argument("--batch", type=int, default=32)
     fit.add_argument("--lr", type=float, default=2e-3)
     fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--init", type=Path, help="start from this checkpoint's weights (fine-tune; fresh schedule)")
     evaluate = actions.add_parser("eval", help="errors of a checkpoint on the held-out shard")
     evaluate.add_argument("--data", type=Path, required=True)
     evaluate.add_argument("--checkpoint", type=Path, help="default: the shipped weights")
@@ -68,7 +70,8 @@ def run_train_command(args: argparse.Namespace) -> int:
             return Exit.OK
         model = HeadModel.load(model_path)
         if args.train_command == "fit":
-            config = train.TrainConfig(variant=args.variant, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed)
+            config = train.TrainConfig(variant=args.variant, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
+                                         init=str(args.init or ""))
             print(f"wrote {train.train(args.data, args.out, model, config, device)}", flush=True)
             return Exit.OK
         network = checkpoint.load(args.checkpoint or checkpoint.SHIPPED, device)

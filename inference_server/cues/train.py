@@ -36,6 +36,7 @@ class TrainConfig:
     seed: int = 0
     snapshot_every: int = 100
     holdout_shards: int = 1
+    init: str = ""               # a checkpoint whose weights a fresh run starts from (fine-tuning)
 
 
 def identity_metric(model) -> torch.Tensor:
@@ -80,9 +81,17 @@ def train(data: Path, out: Path, model, config: TrainConfig = TrainConfig(), dev
         optimizer.load_state_dict(payload["optimizer"])
         step = int(payload["step"])
         report(f"resumed at step {step}")
+    elif config.init:
+        start_from = checkpoint.load(Path(config.init))
+        if start_from.config != network.config:
+            raise ValueError(f"{config.init} is not a {config.variant} network")
+        network.load_state_dict(start_from.state_dict())
+        report(f"starting from the weights of {config.init}")
     metric = identity_metric(model).to(device)
     provenance = {"command": "python -m inference_server train fit", "train": asdict(config),
                   "samples": len(train_set), "data": str(data)}
+    if config.init:
+        provenance["init_provenance"] = checkpoint.read(Path(config.init)).get("provenance", {})
     generator = torch.Generator().manual_seed(config.seed * 1000 + step)
     loader = torch.utils.data.DataLoader(train_set, batch_size=config.batch, shuffle=True, drop_last=True,
                                          generator=generator)
