@@ -1,6 +1,6 @@
 """Head-model fit against heads with known shape, expression and pose.
 
-    .venv/bin/python benchmarks/head_fit_eval.py [--subjects 16] [--renderer raster|cycles] [--cues CKPT] [--save-renders DIR]
+    .venv/bin/python benchmarks/head_fit_eval.py [--subjects 16] [--first-seed 0] [--renderer raster|cycles] [--cues CKPT [CKPT ...]] [--save-renders DIR]
 
 Each subject is an ICT-FaceKit head with random identity (N(0, 1)) and a few expressions, in two
 kinds: ``model`` (exactly representable) and ``beyond`` (the same plus a smooth random displacement
@@ -8,7 +8,8 @@ of a few millimetres along the normals, which no coefficient vector can reproduc
 to its own renders flatters it). Each is rendered with the project's rasteriser at a frontal and a
 turned pose (``--renderer cycles``: by Blender's Cycles instead, a renderer the cues network never
 trained on), run through the real landmark chain (MTCNN -> crop -> FaceMesh) and fitted three ways:
-landmarks alone, + the cues network, + perfect dense cues from the true head (the fit's ceiling). Reported:
+landmarks alone, + the cues network (each checkpoint given: ``cues``, ``cues2``, ... on the same renders
+and landmarks), + perfect dense cues from the true head (the fit's ceiling). Reported:
 
 - ``pose_deg``: angle between the fitted and the true head rotation;
 - ``landmark_mm``: mean 3D distance of the 478 landmark points, canonical heads aligned by a
@@ -204,7 +205,9 @@ class LandmarkReader:
         return found[0]
 
 
-METHODS = ("landmarks", "cues", "truth_cues")
+def method_names(networks: int) -> tuple[str, ...]:
+    """The fits compared: landmarks, one per cues checkpoint, and the ceiling with perfect cues."""
+    return ("landmarks",) + tuple("cues" + (str(i + 1) if i else "") for i in range(networks)) + ("truth_cues",)
 
 
 def truth_cues(model, subject: Subject, step: int = 8):
@@ -232,9 +235,10 @@ def truth_cues(model, subject: Subject, step: int = 8):
                 weight_depth=np.ones(count), identity=np.zeros(model.id_deltas.shape[0], np.float32))
 
 
-def subjects_of(model, count: int) -> list[tuple[int, str, str, "Subject"]]:
+def subjects_of(model, count: int, first_seed: int = 0) -> list[tuple[int, str, str, "Subject"]]:
     return [(seed, kind, pose_name, make_subject(model, seed, kind == "beyond", pose))
-            for seed in range(count) for kind in ("model", "beyond") for pose_name, pose in POSES.items()]
+            for seed in range(first_seed, first_seed + count) for kind in ("model", "beyond")
+            for pose_name, pose in POSES.items()]
 
 
 def cycles_renders(model, subjects, samples: int = 8) -> list[np.ndarray]:
@@ -257,14 +261,14 @@ def cycles_renders(model, subjects, samples: int = 8) -> list[np.ndarray]:
 
 
 def run(model, table, basis, reader, subjects: int, config, save_renders: Path | None, renderer: str = "raster",
-        predictor=None) -> list[dict]:
-    """One row per subject, pose and method (``landmarks``: FaceMesh alone; ``cues``: with the network;
-    ``truth_cues``: with perfect dense cues from the true head, the fit's ceiling)."""
+        predictors=(), first_seed: int = 0) -> list[dict]:
+    """One row per subject, pose and method (``landmarks``: FaceMesh alone; ``cues``, ``cues2``, ...:
+    with each network; ``truth_cues``: with perfect dense cues from the true head, the fit's ceiling)."""
     import torch
 
     from inference_server.head.fit import fit_head
 
-    chosen = subjects_of(model, subjects)
+    chosen = subjects_of(model, subjects, first_seed)
     images = (cycles_renders(model, chosen) if renderer == "cycles"
               else [render_subject(model, subject) for *_, subject in chosen])
     rows, fits = [], {}
@@ -274,10 +278,11 @@ def run(model, table, basis, reader, subjects: int, config, save_renders: Path |
             save_renders.mkdir(parents=True, exist_ok=True)
             Image.fromarray(rgb).save(save_renders / f"subject{seed}_{kind}_{pose_name}_{renderer}.png")
         landmarks = reader(rgb)
-        for method in METHODS if predictor else METHODS[::2]:
+        networks = dict(zip(method_names(len(predictors))[1:-1], predictors))
+        for method in method_names(len(predictors)):
             start, start_cpu = time.perf_counter(), time.process_time()
-            cues = {"landmarks": None, "cues": predictor(rgb, landmarks) if method == "cues" else None,
-                    "truth_cues": truth_cues(model, subject) if method == "truth_cues" else None}[method]
+            cues = (networks[method](rgb, landmarks) if method in networks
+                    else truth_cues(model, subject) if method == "truth_cues" else None)
             fit = fit_head(model, landmarks, CAMERA_SIZE, config, torch.device("cpu"), basis=basis, cues=cues)
             elapsed, cpu = time.perf_counter() - start, time.process_time() - start_cpu
             row = {"subject": seed, "kind": kind, "pose": pose_name, "method": method, "fit_ms": 1000 * elapsed,
@@ -314,7 +319,7 @@ def print_table(rows: list[dict]) -> None:
     print("\nkind    pose     method    " + " ".join(f"{k:>14}" for k in keys) + "    pair_mm  vs mean head")
     for kind in ("model", "beyond"):
         for pose in POSES:
-            for method in METHODS:
+            for method in sorted({r["method"] for r in rows}, key=[r["method"] for r in rows].index):
                 chosen = [r for r in rows if r["kind"] == kind and r["pose"] == pose and r["method"] == method]
                 if not chosen:
                     continue
@@ -327,11 +332,14 @@ def print_table(rows: list[dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subjects", type=int, default=4)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="subjects' first seed (tune settings on other seeds than the ones you report)")
     parser.add_argument("--save-renders", type=Path)
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override HeadFitConfig fields")
     parser.add_argument("--renderer", choices=("raster", "cycles"), default="raster",
                         help="who renders the subjects: our rasteriser, or Blender's Cycles (bpy; not our training renderer)")
-    parser.add_argument("--cues", type=Path, help="cues checkpoint (default: the shipped weights, if present)")
+    parser.add_argument("--cues", type=Path, nargs="+", default=[],
+                        help="cues checkpoints, each fitted as its own method (default: the shipped weights, if present)")
     args = parser.parse_args()
     import torch
 
@@ -347,11 +355,13 @@ def main() -> None:
     from inference_server.cues import checkpoint
     from inference_server.cues.predict import CuesPredictor
 
-    cues_path = args.cues or checkpoint.SHIPPED
-    predictor = CuesPredictor.load(cues_path, model) if cues_path.exists() else None
-    print(f"rasterise full head at 512x512: {raster_ms(model):.1f} ms (best of 10); cues: {cues_path if predictor else 'none'}")
+    paths = args.cues or [path for path in [checkpoint.SHIPPED] if path.exists()]
+    predictors = [CuesPredictor.load(path, model) for path in paths]
+    names = method_names(len(paths))[1:-1]
+    print(f"rasterise full head at 512x512: {raster_ms(model):.1f} ms (best of 10); cues: "
+          + (", ".join(f"{name} = {path}" for name, path in zip(names, paths)) or "none"))
     print_table(run(model, table, basis, LandmarkReader(), args.subjects, config, args.save_renders, args.renderer,
-                    predictor))
+                    predictors, args.first_seed))
 
 
 if __name__ == "__main__":

@@ -152,7 +152,8 @@ def test_dense_cues_in_the_fit_recover_shape_the_landmarks_miss(model, reader):
     """The fusion itself, given perfect dense cues (correspondence and nearness of the true head, as
     a flawless network would give): on renders with known shape, in-model and beyond, frontal and
     turned, the fit ends >= 25 % nearer the truth than the mean head and nearer than landmarks alone;
-    and the network's own cues enter the fit (it changes the head) without breaking it."""
+    an untrained network's cues enter the fit (it changes the head) without breaking it; and the
+    shipped network's cues bring the head nearer the truth than landmarks alone."""
     from inference_server.cues.predict import CuesPredictor
     from inference_server.head.correspondence import LandmarkTable
     from inference_server.head.basis import ShapeBasis
@@ -161,13 +162,15 @@ def test_dense_cues_in_the_fit_recover_shape_the_landmarks_miss(model, reader):
     table = LandmarkTable.load()
     basis = ShapeBasis(model, table, torch.device("cpu"))
     network = CuesPredictor(build("cues-cpu"), model)   # untrained: only its plumbing is under test here
-    errors = {"mean": [], "landmarks": [], "truth_cues": []}
+    shipped = CuesPredictor.load(checkpoint.SHIPPED, model)
+    errors = {"mean": [], "landmarks": [], "truth_cues": [], "shipped": []}
     for seed, beyond, pose in ((101, False, (0, 0, 0)), (102, True, (30, 6, -5)), (103, False, (-25, -5, 4))):
         subject = evaluation.make_subject(model, seed, beyond, pose)
         rgb = evaluation.render_subject(model, subject)
         landmarks = reader(rgb)
         fits = {name: fit_head(model, landmarks, evaluation.CAMERA_SIZE, basis=basis, cues=cues) for name, cues in
-                (("landmarks", None), ("truth_cues", evaluation.truth_cues(model, subject)))}
+                (("landmarks", None), ("truth_cues", evaluation.truth_cues(model, subject)),
+                 ("shipped", shipped(rgb, landmarks)))}
         for name, fit in fits.items():
             errors[name].append(evaluation.evaluate(model, table, subject, fit)["surface_mm"])
         errors["mean"].append(evaluation.evaluate(model, table, subject, fit)["mean_head_surface_mm"])
@@ -180,6 +183,7 @@ def test_dense_cues_in_the_fit_recover_shape_the_landmarks_miss(model, reader):
                 assert not np.allclose(with_network.canonical_vertices, fits["landmarks"].canonical_vertices)
     means = {k: float(np.mean(v)) for k, v in errors.items()}
     assert means["truth_cues"] < means["landmarks"] and means["truth_cues"] < 0.75 * means["mean"], means
+    assert means["shipped"] < 0.9 * means["landmarks"], means
 
 
 def test_without_usable_weights_head_mode_still_works_and_network_cues_are_refused(model, tmp_path, monkeypatch,

@@ -30,9 +30,12 @@ class HeadFitConfig:
     # Learned dense cues (``inference_server.cues``), when given: per-observation weights of the
     # correspondences (2D, noise ``dense_sigma`` x eye distance) and of the network's nearness, and
     # how far the identity prior's centre moves to the network's regressed coefficients. Tuned on
-    # held-out renders (seeds 100-102) with the shipped network: its correspondences help (weight 1
-    # best of 0.05-3); its nearness (median error ~2.9 crop px) and its identity (no better than the
-    # mean head) made heads worse at every weight tried, so both stay off until a better checkpoint.
+    # held-out renders (``head_fit_eval.py --first-seed 100``, not the reported seeds): with the first
+    # network (correspondences 4.6 mm off) sigma 0.06 and weight 1 (of 0.05-3) were best; the shipped
+    # one (2.9 mm) scores best there near 0.04 (gain over the mean head 16.8 % at 0.06, 18.3 % at
+    # 0.04), but at 0.04 Cycles renders gain nothing and real photos' heads vary more under harmless
+    # edits (likeness_real ratio 4.8 -> 4.3), so 0.06 stays. Its identity moved the result by < 0.3 %
+    # at 0.5 and 1; its nearness (0.3, 1) cost 3-15 % and a turned pose 2.5 deg: both stay off.
     dense_sigma: float = 0.06
     dense_weight: float = 1.0
     dense_depth_weight: float = 0.0
