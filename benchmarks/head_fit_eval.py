@@ -241,7 +241,7 @@ def subjects_of(model, count: int, first_seed: int = 0) -> list[tuple[int, str, 
             for pose_name, pose in POSES.items()]
 
 
-def cycles_renders(model, subjects, samples: int = 8) -> list[np.ndarray]:
+def cycles_renders(model, subjects: list["Subject"], samples: int = 8) -> list[np.ndarray]:
     """The subjects rendered by Blender's Cycles (``cycles_render.py`` in a bpy subprocess)."""
     import subprocess
     import tempfile
@@ -252,7 +252,7 @@ def cycles_renders(model, subjects, samples: int = 8) -> list[np.ndarray]:
 
     with tempfile.TemporaryDirectory() as folder:
         scenes = {f"vertices_{i}": (s.canonical(model) @ s.rotation.T + s.translation).astype(np.float32)
-                  for i, (*_, s) in enumerate(subjects)}
+                  for i, s in enumerate(subjects)}
         np.savez(Path(folder) / "scenes.npz", faces=render.drawn_faces(model), colours=render.vertex_colours(model),
                  focal=CAMERA_FOCAL, size=CAMERA_SIZE[0], **scenes)
         subprocess.run([sys.executable, str(REPO / "benchmarks" / "cycles_render.py"), str(Path(folder) / "scenes.npz"),
@@ -269,7 +269,7 @@ def run(model, table, basis, reader, subjects: int, config, save_renders: Path |
     from inference_server.head.fit import fit_head
 
     chosen = subjects_of(model, subjects, first_seed)
-    images = (cycles_renders(model, chosen) if renderer == "cycles"
+    images = (cycles_renders(model, [subject for *_, subject in chosen]) if renderer == "cycles"
               else [render_subject(model, subject) for *_, subject in chosen])
     rows, fits = [], {}
     for (seed, kind, pose_name, subject), rgb in zip(chosen, images):

@@ -1,6 +1,6 @@
 """Several photos of one person -> one head: the joint fit against each photo fitted alone.
 
-    .venv/bin/python benchmarks/multiview_eval.py [--subjects 8] [--renderer raster|cycles] [--yaws 0,35,70]
+    .venv/bin/python benchmarks/multiview_eval.py [--subjects 8] [--renderer raster|cycles] [--yaws 0,35,70] [--cues [CKPT]]
 
 Subjects as in ``head_fit_eval.py`` (ICT-FaceKit identities with a few expressions, ``model`` and
 ``beyond`` kinds: the latter carry smooth shape no coefficients can reproduce), each rendered at
@@ -9,7 +9,9 @@ every yaw of ``--yaws`` with the same expression (one sitting), run through the 
 (``fit_views``: one identity, a pose and expression per photo). Printed per kind: the unfitted mean
 head's surface error, each single photo's, the per-subject oracle (each subject's luckiest photo), and
 the joint fit's (scan-to-mesh on the face region after similarity alignment, mm). ``--renderer cycles``
-renders with Blender's Cycles, not the project's rasteriser.
+renders with Blender's Cycles, not the project's rasteriser. ``--cues`` fits every photo and the joint
+head a second time with the cues network's dense correspondences (default: the shipped weights) and
+prints that table too, on the same renders and landmarks.
 """
 from __future__ import annotations
 
@@ -39,7 +41,9 @@ def sittings(model, count: int, yaws: list[float]) -> list[tuple[int, str, list]
     return chosen
 
 
-def run(model, table, basis, reader, chosen, renderer: str) -> list[dict]:
+def run(model, table, basis, reader, chosen, renderer: str, predictor=None) -> list[dict]:
+    """One row per sitting: the mean head, each photo alone, the joint fit; with ``predictor`` the
+    same again with its cues under keys prefixed ``net_``."""
     import torch
 
     from inference_server.head.fit import HeadFitConfig, View, fit_head, fit_views
@@ -50,45 +54,54 @@ def run(model, table, basis, reader, chosen, renderer: str) -> list[dict]:
     for seed, kind, subjects in chosen:
         truth = subjects[0].canonical(model)
         row = {"subject": seed, "kind": kind, "mean_head": shape_errors(model, table, model.vertices, truth)["surface_mm"]}
-        views = []
+        prefixes = ("", "net_") if predictor else ("",)
+        views = {prefix: [] for prefix in prefixes}
         for subject in subjects:
             rgb = next(images)
             try:
                 landmarks = reader(rgb)
             except RuntimeError:
-                row[f"yaw{subject.pose[0]:g}"] = float("nan")  # no face found at this yaw
+                for prefix in prefixes:
+                    row[f"{prefix}yaw{subject.pose[0]:g}"] = float("nan")  # no face found at this yaw
                 continue
-            fit = fit_head(model, landmarks, CAMERA_SIZE, config, cpu, basis=basis)
-            row[f"yaw{subject.pose[0]:g}"] = shape_errors(model, table, fit.canonical_vertices, truth)["surface_mm"]
-            views.append(View(landmarks, CAMERA_SIZE))
-        started = time.perf_counter()
-        joint = fit_views(model, views, config, cpu, basis=basis)
-        row["joint_ms"] = 1000 * (time.perf_counter() - started)
-        row["views"] = len(views)
-        row["joint"] = shape_errors(model, table, joint[0].canonical_vertices, truth)["surface_mm"]
-        row["oracle"] = np.nanmin([v for k, v in row.items() if k.startswith("yaw")])
+            for prefix in prefixes:
+                cues = predictor(rgb, landmarks) if prefix else None
+                fit = fit_head(model, landmarks, CAMERA_SIZE, config, cpu, basis=basis, cues=cues)
+                row[f"{prefix}yaw{subject.pose[0]:g}"] = shape_errors(model, table, fit.canonical_vertices,
+                                                                      truth)["surface_mm"]
+                views[prefix].append(View(landmarks, CAMERA_SIZE, cues=cues))
+        for prefix in prefixes:
+            started = time.perf_counter()
+            joint = fit_views(model, views[prefix], config, cpu, basis=basis)
+            row[f"{prefix}joint_ms"] = 1000 * (time.perf_counter() - started)
+            row["views"] = len(views[prefix])
+            row[f"{prefix}joint"] = shape_errors(model, table, joint[0].canonical_vertices, truth)["surface_mm"]
+            row[f"{prefix}oracle"] = np.nanmin([v for k, v in row.items() if k.startswith(f"{prefix}yaw")])
         rows.append(row)
         print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
     return rows
 
 
-def print_table(rows: list[dict], yaws: list[float]) -> None:
+def print_table(rows: list[dict], yaws: list[float], prefix: str = "") -> None:
     """Per kind: the mean head, each single photo, the best single photo (the yaw whose fits are best on
-    average), the per-subject oracle (each subject's luckiest photo, which no one can pick), the joint fit."""
-    singles = [f"yaw{y:g}" for y in yaws]
-    columns = ["mean_head"] + singles + ["oracle", "joint"]
-    print("\nsurface error, mm (face region, similarity-aligned); mean over subjects")
+    average), the per-subject oracle (each subject's luckiest photo, which no one can pick), the joint fit
+    (``prefix`` "net_": the fits with the cues network)."""
+    singles = [f"{prefix}yaw{y:g}" for y in yaws]
+    columns = ["mean_head"] + singles + [f"{prefix}oracle", f"{prefix}joint"]
+    print(f"\nsurface error, mm (face region, similarity-aligned); mean over subjects; "
+          f"{'landmarks + cues network' if prefix else 'landmarks'}")
     print(f"{'kind':8}" + "".join(f"{c:>11}" for c in columns) + "   joint vs best photo   joint vs mean head")
     for kind in ("model", "beyond"):
         chosen = [r for r in rows if r["kind"] == kind]
         means = {c: np.nanmean([r[c] for r in chosen]) for c in columns}
         best = min(singles, key=lambda c: means[c])
+        joint = means[f"{prefix}joint"]
         print(f"{kind:8}" + "".join(f"{means[c]:11.2f}" for c in columns)
-              + f"   {100 * (means['joint'] / means[best] - 1):+9.1f} % ({best:>6})"
-              + f"   {100 * (means['joint'] / means['mean_head'] - 1):+17.1f} %")
-    wins = sum(r["joint"] < r["oracle"] for r in rows)
+              + f"   {100 * (joint / means[best] - 1):+9.1f} % ({best.removeprefix(prefix):>6})"
+              + f"   {100 * (joint / means['mean_head'] - 1):+17.1f} %")
+    wins = sum(r[f"{prefix}joint"] < r[f"{prefix}oracle"] for r in rows)
     print(f"joint fit below the subject's luckiest single photo: {wins} of {len(rows)}; "
-          f"joint fit time median {np.median([r['joint_ms'] for r in rows]):.0f} ms")
+          f"joint fit time median {np.median([r[f'{prefix}joint_ms'] for r in rows]):.0f} ms")
 
 
 def main() -> None:
@@ -96,6 +109,8 @@ def main() -> None:
     parser.add_argument("--subjects", type=int, default=8)
     parser.add_argument("--yaws", default="0,35,70", help="yaw of each photo in degrees (default %(default)s)")
     parser.add_argument("--renderer", choices=("raster", "cycles"), default="raster")
+    parser.add_argument("--cues", nargs="?", const="shipped", metavar="CKPT",
+                        help="also fit with the cues network (default checkpoint: the shipped weights)")
     args = parser.parse_args()
     import torch
 
@@ -103,9 +118,17 @@ def main() -> None:
 
     model, table = evaluation_model()
     yaws = [float(y) for y in args.yaws.split(",")]
+    predictor = None
+    if args.cues is not None:
+        from inference_server.cues import checkpoint
+        from inference_server.cues.predict import CuesPredictor
+
+        predictor = CuesPredictor.load(checkpoint.SHIPPED if args.cues == "shipped" else Path(args.cues), model)
     rows = run(model, table, ShapeBasis(model, table, torch.device("cpu")), LandmarkReader(),
-               sittings(model, args.subjects, yaws), args.renderer)
+               sittings(model, args.subjects, yaws), args.renderer, predictor)
     print_table(rows, yaws)
+    if predictor:
+        print_table(rows, yaws, "net_")
 
 
 if __name__ == "__main__":
