@@ -70,11 +70,11 @@ def run(model, table, basis, reader, chosen, renderer: str, predictor=None) -> l
                 row[f"{prefix}yaw{subject.pose[0]:g}"] = shape_errors(model, table, fit.canonical_vertices,
                                                                       truth)["surface_mm"]
                 views[prefix].append(View(landmarks, CAMERA_SIZE, cues=cues))
+        row["views"] = len(views[""])
         for prefix in prefixes:
             started = time.perf_counter()
             joint = fit_views(model, views[prefix], config, cpu, basis=basis)
             row[f"{prefix}joint_ms"] = 1000 * (time.perf_counter() - started)
-            row["views"] = len(views[prefix])
             row[f"{prefix}joint"] = shape_errors(model, table, joint[0].canonical_vertices, truth)["surface_mm"]
             row[f"{prefix}oracle"] = np.nanmin([v for k, v in row.items() if k.startswith(f"{prefix}yaw")])
         rows.append(row)
