@@ -93,6 +93,32 @@ def test_a_short_training_run_lowers_its_loss(tmp_path, model):
                     report=lambda _: None)
 
 
+def test_mirror_augmentation_flips_the_photo_and_mirrors_its_truth(generator, model):
+    from inference_server.head.symmetry import FLIP_X, mirror_of
+
+    sample = generator(5)
+    batch = {"image": torch.from_numpy(sample.image).permute(2, 0, 1)[None],
+             "nearness": torch.from_numpy(sample.nearness)[None].float(),
+             "coords": torch.from_numpy(sample.coords).permute(2, 0, 1)[None].float(),
+             "mask": torch.from_numpy(sample.mask)[None], "id_coeffs": torch.from_numpy(sample.id_coeffs)[None]}
+    flip = train.identity_mirror(model)
+    kept, flipped = (train.mirrored(batch, torch.tensor([chosen]), flip) for chosen in (False, True))
+    assert all(torch.equal(kept[k], batch[k]) for k in batch)
+    assert torch.equal(flipped["image"][0, :, :, 0], batch["image"][0, :, :, -1])
+    assert torch.equal(flipped["coords"][0, 0, :, 0], -batch["coords"][0, 0, :, -1])
+    assert torch.equal(flipped["coords"][0, 1:, :, 0], batch["coords"][0, 1:, :, -1])
+    # The mirrored identity is the mirror image of the head, through the model's own basis.
+    def face_of(coeffs):
+        return np.einsum("i,ivk->vk", coeffs.numpy()[0].astype(np.float64), model.id_deltas.astype(np.float64))
+
+    truth = face_of(batch["id_coeffs"])[mirror_of(model).index] * FLIP_X
+    error_mm = 1000 * np.sqrt(((face_of(flipped["id_coeffs"]) - truth)[model.face_mask] ** 2).sum(1).mean())
+    size_mm = 1000 * np.sqrt((truth[model.face_mask] ** 2).sum(1).mean())
+    assert error_mm < 0.1 * size_mm
+    twice = train.mirrored(flipped, torch.tensor([True]), flip)
+    assert torch.allclose(twice["id_coeffs"], batch["id_coeffs"], atol=0.1 * float(batch["id_coeffs"].abs().max()))
+
+
 def test_the_command_line_offers_exactly_the_registered_variants():
     from inference_server.cues.cli import VARIANTS
     from inference_server.cues.network import CONFIGS

@@ -39,6 +39,8 @@ def add_train_commands(subparsers) -> None:
     fit.add_argument("--lr", type=float, default=2e-3)
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--init", type=Path, help="start from this checkpoint's weights (fine-tune; fresh schedule)")
+    fit.add_argument("--no-mirror", dest="mirror", action="store_false",
+                     help="train without flipping half of each batch left-right")
     evaluate = actions.add_parser("eval", help="errors of a checkpoint on the held-out shard")
     evaluate.add_argument("--data", type=Path, required=True)
     evaluate.add_argument("--checkpoint", type=Path, help="default: the shipped weights")
@@ -71,7 +73,7 @@ def run_train_command(args: argparse.Namespace) -> int:
         model = HeadModel.load(model_path)
         if args.train_command == "fit":
             config = train.TrainConfig(variant=args.variant, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
-                                         init=str(args.init or ""))
+                                         init=str(args.init or ""), mirror=args.mirror)
             print(f"wrote {train.train(args.data, args.out, model, config, device)}", flush=True)
             return Exit.OK
         network = checkpoint.load(args.checkpoint or checkpoint.SHIPPED, device)

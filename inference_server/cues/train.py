@@ -4,7 +4,11 @@ Losses: the head mask (binary cross-entropy); correspondence and shift-free near
 negative log-likelihoods with the predicted log-scales (so the network learns where it is unsure:
 the fit's confidence); identity as the RMS vertex error over the face region in millimetres (the
 coefficients' error through the model's own basis, so modes weigh by how much they move the face).
-CPU by default, CUDA with bf16 autocast when asked; resumable from the last snapshot.
+Mirror augmentation (``mirror``): half the samples of a batch are flipped left-right, with the
+correspondence's x negated (the model's symmetry plane is x = 0) and the identity mirrored through
+the model's basis, so the network sees both sides of every face and learns to answer a mirrored
+photo with the mirrored head. CPU by default, CUDA with bf16 autocast when asked; resumable from
+the last snapshot.
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ class TrainConfig:
     snapshot_every: int = 100
     holdout_shards: int = 1
     init: str = ""               # a checkpoint whose weights a fresh run starts from (fine-tuning)
+    mirror: bool = True          # flip half of each batch left-right (``mirrored``)
 
 
 def identity_metric(model) -> torch.Tensor:
@@ -44,6 +49,30 @@ def identity_metric(model) -> torch.Tensor:
     ``d @ G @ d`` is the mean squared vertex displacement of a coefficient error ``d``."""
     basis = model.id_deltas[:, model.face_mask].astype(np.float64).reshape(len(model.id_deltas), -1)
     return torch.from_numpy(1e6 * basis @ basis.T / model.face_mask.sum()).float()
+
+
+def identity_mirror(model) -> torch.Tensor:
+    """(100, 100) P with ``P @ c`` the identity coefficients of the mirror image of identity ``c``
+    (least squares through the basis; exact when the modes span their own mirror images)."""
+    from ..head.symmetry import FLIP_X, mirror_of
+
+    basis = model.id_deltas.astype(np.float64)
+    flipped = basis[:, mirror_of(model).index] * FLIP_X
+    flat, flipped = basis.reshape(len(basis), -1).T, flipped.reshape(len(basis), -1).T
+    return torch.from_numpy(np.linalg.lstsq(flat, flipped, rcond=None)[0].T).float()
+
+
+def mirrored(batch: dict, chosen: torch.Tensor, identity_mirror: torch.Tensor) -> dict:
+    """``batch`` with the ``chosen`` samples flipped left-right (image, maps, correspondence x, identity)."""
+    def pick(flipped, original):
+        return torch.where(chosen.view(-1, *[1] * (original.dim() - 1)), flipped, original)
+
+    coords = batch["coords"].flip(-1) * torch.tensor([-1.0, 1.0, 1.0], device=chosen.device).view(1, 3, 1, 1)
+    return batch | {"image": pick(batch["image"].flip(-1), batch["image"]),
+                    "nearness": pick(batch["nearness"].flip(-1), batch["nearness"]),
+                    "mask": pick(batch["mask"].flip(-1), batch["mask"]),
+                    "coords": pick(coords, batch["coords"]),
+                    "id_coeffs": pick(batch["id_coeffs"] @ identity_mirror.T, batch["id_coeffs"])}
 
 
 def losses(dense: torch.Tensor, identity: torch.Tensor, batch: dict, metric: torch.Tensor) -> dict:
@@ -88,6 +117,7 @@ def train(data: Path, out: Path, model, config: TrainConfig = TrainConfig(), dev
         network.load_state_dict(start_from.state_dict())
         report(f"starting from the weights of {config.init}")
     metric = identity_metric(model).to(device)
+    flip = identity_mirror(model).to(device) if config.mirror else None
     provenance = {"command": "python -m inference_server train fit", "train": asdict(config),
                   "samples": len(train_set), "data": str(data)}
     if config.init:
@@ -103,6 +133,8 @@ def train(data: Path, out: Path, model, config: TrainConfig = TrainConfig(), dev
             if step >= config.steps:
                 break
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            if flip is not None:
+                batch = mirrored(batch, (torch.rand(len(batch["image"]), generator=generator) < 0.5).to(device), flip)
             for group in optimizer.param_groups:
                 group["lr"] = _learning_rate(config, step)
             with autocast:
