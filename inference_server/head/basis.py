@@ -24,23 +24,30 @@ class ShapeBasis:
             raise ValueError(f"the landmark table's expression drift has shape {drift.shape}; this head model "
                              f"has {model.exp_deltas.shape[0]} expressions")
         self.drift = None if drift is None else torch.from_numpy(drift.transpose(0, 2, 1).astype(np.float32)).to(device)
+        self._bins: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}   # yaw bin -> its landmark rows
         names = list(model.exp_names)
         # (left, right) expression indices of each mirrored pair: eyeBlink_L / eyeBlink_R ...
         self.expression_pairs = [(i, names.index(name[:-2] + "_R")) for i, name in enumerate(names)
                                  if name.endswith("_L") and name[:-2] + "_R" in names]
 
     def landmarks(self, yaw_deg: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean (478, 3) and basis (478, 3, 153) of the landmark points at this yaw."""
-        ids, weights = self.table.sampling(yaw_deg)
-        index = torch.from_numpy(ids).to(self.device)
-        weights = torch.from_numpy(weights).to(self.device)
-        mean = (weights[..., None] * self.mean[index]).sum(1)                                  # (L, 3)
-        columns = (index[..., None] * 3 + torch.arange(3, device=self.device)).reshape(len(ids), -1)
-        rows = self.deltas[:, columns].reshape(-1, len(ids), ids.shape[1], 3)                 # (153, L, k, 3)
-        basis = (weights[None, ..., None] * rows).sum(2).permute(1, 2, 0)                      # (L, 3, 153)
-        if self.drift is not None:
-            basis[:, :, self.identity_count:] += self.drift
-        return mean, basis.contiguous()
+        """Mean (478, 3) and basis (478, 3, 153) of the landmark points at this yaw: the two yaw bins
+        around it blended (each bin's rows gathered once, then kept: the fit asks every iteration)."""
+        upper, share = self.table.blend(yaw_deg)
+        (low_mean, low_basis), (high_mean, high_basis) = self._bin(upper - 1), self._bin(upper)
+        return low_mean + share * (high_mean - low_mean), low_basis + share * (high_basis - low_basis)
+
+    def _bin(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if index not in self._bins:
+            ids = self.table.triangle_vertices[:, index]
+            weights = torch.from_numpy(self.table.bary[:, index].astype(np.float32)).to(self.device)
+            corners = [self.points(ids[:, k]) for k in range(ids.shape[1])]
+            mean = sum(weights[:, k, None] * m for k, (m, _) in enumerate(corners))
+            basis = sum(weights[:, k, None, None] * b for k, (_, b) in enumerate(corners))
+            if self.drift is not None:
+                basis[:, :, self.identity_count:] += self.drift
+            self._bins[index] = mean, basis.contiguous()
+        return self._bins[index]
 
     def landmark_normals(self, yaw_deg: float) -> torch.Tensor:
         """(478, 3) unit normals of the mean head at the landmark points at this yaw (model frame)."""

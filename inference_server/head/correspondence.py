@@ -41,6 +41,13 @@ class LandmarkTable:
         with np.load(path) as data:
             return cls(**{key: data[key] for key in cls.__dataclass_fields__ if key in data.files})
 
+    def blend(self, yaw_deg: float) -> tuple[int, float]:
+        """The yaw bin at or above ``yaw_deg`` (clamped to the table's range; never the first) and the
+        share of it in the blend with the bin below."""
+        yaw = float(np.clip(yaw_deg, self.yaw_bins[0], self.yaw_bins[-1]))
+        upper = int(np.clip(np.searchsorted(self.yaw_bins, yaw), 1, len(self.yaw_bins) - 1))
+        return upper, (yaw - self.yaw_bins[upper - 1]) / (self.yaw_bins[upper] - self.yaw_bins[upper - 1])
+
     def points(self, vertices: np.ndarray, yaw_deg: float = 0.0) -> np.ndarray:
         """(478, 3) landmark points on a head with the model's topology, as seen at ``yaw_deg``."""
         ids, weights = self.sampling(yaw_deg)
@@ -49,9 +56,7 @@ class LandmarkTable:
     def sampling(self, yaw_deg: float) -> tuple[np.ndarray, np.ndarray]:
         """Vertex ids (478, 6) and weights (478, 6) placing every landmark on a head seen at
         ``yaw_deg``: the two yaw bins around it blended linearly (clamped to the table's range)."""
-        yaw = float(np.clip(yaw_deg, self.yaw_bins[0], self.yaw_bins[-1]))
-        upper = int(np.clip(np.searchsorted(self.yaw_bins, yaw), 1, len(self.yaw_bins) - 1))
-        blend = (yaw - self.yaw_bins[upper - 1]) / (self.yaw_bins[upper] - self.yaw_bins[upper - 1])
+        upper, blend = self.blend(yaw_deg)
         ids = np.concatenate([self.triangle_vertices[:, upper - 1], self.triangle_vertices[:, upper]], 1)
         weights = np.concatenate([(1 - blend) * self.bary[:, upper - 1], blend * self.bary[:, upper]], 1)
         return ids, weights.astype(np.float32)

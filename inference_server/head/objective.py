@@ -119,6 +119,7 @@ class Problem:
         depth = np.concatenate(depth)
         self.observed_depth = self._centred(torch.tensor(depth, dtype=torch.float32, device=device))
         self.depth_scale = torch.tensor(np.sqrt(np.concatenate(depth_weight)), dtype=torch.float32, device=device)
+        self.depth_used = bool((self.depth_scale > 0).any())   # no depth term: its rows are all zero, skip them
         self.prior_centre = torch.from_numpy(centre).to(device)
         self.principal_px = tuple(principal)
         self.principal = torch.tensor(principal, dtype=torch.float32, device=device)
@@ -181,10 +182,12 @@ class Problem:
         shape_basis, rotated, camera, focal, pixels = self.project(state, landmark_basis)
         scale = torch.sqrt(weights)[:, None] / self.sigma
         residual_2d = (pixels - self.observed) * scale
-        mean_z = camera[:, 2].mean()
-        predicted_depth = -(focal / mean_z) * self._centred(camera[:, 2])
-        depth_scale = self.depth_scale / self.sigma
-        rows = [residual_2d.reshape(-1), (predicted_depth - self.observed_depth) * depth_scale]
+        rows = [residual_2d.reshape(-1)]
+        if self.depth_used:
+            mean_z = camera[:, 2].mean()
+            predicted_depth = -(focal / mean_z) * self._centred(camera[:, 2])
+            depth_scale = self.depth_scale / self.sigma
+            rows.append((predicted_depth - self.observed_depth) * depth_scale)
         prior_rows, prior_jac = self._priors(state, POSE_PARAMS + state.coeffs.numel())
         if not jacobian:
             return torch.cat(rows + prior_rows), None
@@ -199,9 +202,11 @@ class Problem:
         jac_2d = d_pixel @ d_camera
         jac_2d[:, :, 6] = pixels - self.principal
         jac_2d = jac_2d * scale[..., None]
-        jac_z = -(focal / mean_z) * self._centred(d_camera[:, 2])
-        jac_z[:, 6] = predicted_depth
-        jacobians = [jac_2d.reshape(-1, jac_2d.shape[-1]), jac_z * depth_scale[:, None]]
+        jacobians = [jac_2d.reshape(-1, jac_2d.shape[-1])]
+        if self.depth_used:
+            jac_z = -(focal / mean_z) * self._centred(d_camera[:, 2])
+            jac_z[:, 6] = predicted_depth
+            jacobians.append(jac_z * depth_scale[:, None])
         return torch.cat(rows + prior_rows), torch.cat(jacobians + prior_jac)
 
     def _priors(self, state: State, params: int):
