@@ -1,6 +1,6 @@
 """Head-model fit against heads with known shape, expression and pose.
 
-    .venv/bin/python benchmarks/head_fit_eval.py [--subjects 16] [--first-seed 0] [--renderer raster|cycles] [--cues CKPT [CKPT ...]] [--save-renders DIR]
+    .venv/bin/python benchmarks/head_fit_eval.py [--subjects 16] [--first-seed 0] [--renderer raster|cycles] [--cues CKPT [CKPT ...]] [--mirror-average on|off|both] [--save-renders DIR]
 
 Each subject is an ICT-FaceKit head with random identity (N(0, 1)) and a few expressions, in two
 kinds: ``model`` (exactly representable) and ``beyond`` (the same plus a smooth random displacement
@@ -340,6 +340,9 @@ def main() -> None:
                         help="who renders the subjects: our rasteriser, or Blender's Cycles (bpy; not our training renderer)")
     parser.add_argument("--cues", type=Path, nargs="+", default=[],
                         help="cues checkpoints, each fitted as its own method (default: the shipped weights, if present)")
+    parser.add_argument("--mirror-average", choices=("on", "off", "both"), default="on",
+                        help="the network also sees the mirrored crop (the product's default: on); both: each "
+                             "checkpoint is fitted twice, without and with")
     args = parser.parse_args()
     import torch
 
@@ -356,10 +359,13 @@ def main() -> None:
     from inference_server.cues.predict import CuesPredictor
 
     paths = args.cues or [path for path in [checkpoint.SHIPPED] if path.exists()]
-    predictors = [CuesPredictor.load(path, model) for path in paths]
-    names = method_names(len(paths))[1:-1]
+    averaging = {"on": (True,), "off": (False,), "both": (False, True)}[args.mirror_average]
+    chosen = [(path, mirror) for path in paths for mirror in averaging]
+    predictors = [CuesPredictor.load(path, model, mirror_average=mirror) for path, mirror in chosen]
+    names = method_names(len(chosen))[1:-1]
     print(f"rasterise full head at 512x512: {raster_ms(model):.1f} ms (best of 10); cues: "
-          + (", ".join(f"{name} = {path}" for name, path in zip(names, paths)) or "none"))
+          + (", ".join(f"{name} = {path}{' mirror-averaged' if mirror else ''}"
+                       for name, (path, mirror) in zip(names, chosen)) or "none"))
     print_table(run(model, table, basis, LandmarkReader(), args.subjects, config, args.save_renders, args.renderer,
                     predictors, args.first_seed))
 

@@ -1,7 +1,7 @@
 """Likeness on real photos: one person's heads under nuisance changes should stay close, and
 different people's should differ.
 
-    .venv/bin/python benchmarks/likeness_real.py [--cues CKPT] [--clay DIR]
+    .venv/bin/python benchmarks/likeness_real.py [--cues CKPT] [--mirror-average on|off] [--clay DIR]
 
 For each real photo (scikit-image's astronaut, matplotlib's Grace Hopper) the script makes variants
 that change nothing about the person — a tighter crop, half the resolution, a 15 deg tilt, a side
@@ -54,6 +54,8 @@ def photos() -> dict[str, np.ndarray]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cues", type=Path, help="cues checkpoint (default: the installed or shipped one)")
+    parser.add_argument("--mirror-average", choices=("on", "off"), default="on",
+                        help="the network also sees the mirrored crop (the product's default: on)")
     parser.add_argument("--clay", type=Path, help="write clay renders of the originals' heads here")
     args = parser.parse_args()
     import torch
@@ -70,7 +72,7 @@ def main() -> None:
     torch.set_num_threads(2)
     model = HeadModel.load(shared_model_path())
     basis = ShapeBasis(model, LandmarkTable.load(), torch.device("cpu"))
-    predictor = CuesPredictor.load(args.cues or checkpoint.find(), model)
+    predictor = CuesPredictor.load(args.cues or checkpoint.find(), model, mirror_average=args.mirror_average == "on")
     reader = LandmarkReader()
     mirror = mirror_of(model).index
     heads: dict[str, dict[tuple[str, str], np.ndarray]] = {"landmarks": {}, "cues": {}}

@@ -94,14 +94,14 @@ def test_a_short_training_run_lowers_its_loss(tmp_path, model):
 
 
 def test_mirror_augmentation_flips_the_photo_and_mirrors_its_truth(generator, model):
-    from inference_server.head.symmetry import FLIP_X, mirror_of
+    from inference_server.head.symmetry import FLIP_X, identity_mirror, mirror_of
 
     sample = generator(5)
     batch = {"image": torch.from_numpy(sample.image).permute(2, 0, 1)[None],
              "nearness": torch.from_numpy(sample.nearness)[None].float(),
              "coords": torch.from_numpy(sample.coords).permute(2, 0, 1)[None].float(),
              "mask": torch.from_numpy(sample.mask)[None], "id_coeffs": torch.from_numpy(sample.id_coeffs)[None]}
-    flip = train.identity_mirror(model)
+    flip = torch.from_numpy(identity_mirror(model))
     kept, flipped = (train.mirrored(batch, torch.tensor([chosen]), flip) for chosen in (False, True))
     assert all(torch.equal(kept[k], batch[k]) for k in batch)
     assert torch.equal(flipped["image"][0, :, :, 0], batch["image"][0, :, :, -1])
@@ -117,6 +117,26 @@ def test_mirror_augmentation_flips_the_photo_and_mirrors_its_truth(generator, mo
     assert error_mm < 0.1 * size_mm
     twice = train.mirrored(flipped, torch.tensor([True]), flip)
     assert torch.allclose(twice["id_coeffs"], batch["id_coeffs"], atol=0.1 * float(batch["id_coeffs"].abs().max()))
+
+
+def test_mirror_averaged_cues_answer_a_mirrored_crop_with_mirrored_maps(generator, model):
+    from inference_server.cues.predict import CuesPredictor
+
+    crop = generator(6).image
+    averaged, plain = (CuesPredictor.load(checkpoint.SHIPPED, model, mirror_average=m) for m in (True, False))
+
+    def mirrored_back(dense):
+        back = dense[:, :, ::-1].copy()
+        back[1] = -back[1]
+        return back
+
+    direct, _ = averaged.maps(crop)
+    seen_mirrored, _ = averaged.maps(crop[:, ::-1].copy())
+    assert np.allclose(mirrored_back(seen_mirrored), direct, atol=1e-4)
+    # Without averaging the network is only roughly equivariant: its two answers differ.
+    plain_direct, _ = plain.maps(crop)
+    plain_mirrored, _ = plain.maps(crop[:, ::-1].copy())
+    assert np.abs(mirrored_back(plain_mirrored)[1:4] - plain_direct[1:4]).max() > 1e-3
 
 
 def test_the_command_line_offers_exactly_the_registered_variants():

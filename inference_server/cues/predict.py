@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .. import alignment
+from ..head.symmetry import identity_mirror
 from . import checkpoint
 from .crop import INPUT_SIDE, OUTPUT_STRIDE, crop_transform, scale_of
 from .network import NEARNESS_UNIT
@@ -43,23 +44,42 @@ def skin_vertices(model):
 
 
 class CuesPredictor:
-    """A loaded network and the model's skin vertices; one per worker, reused for every face."""
+    """A loaded network and the model's skin vertices; one per worker, reused for every face.
 
-    def __init__(self, network, model, device: torch.device = torch.device("cpu")):
+    ``mirror_average``: the network also sees the crop's mirror image, and its answer, mirrored back
+    (correspondence x negated, identity through ``identity_mirror``), is averaged with the direct
+    one. A mirrored photo then gets exactly the mirrored cues, and both answers' noise halves; the
+    two crops go through the network as one batch (a forward pass of 2 instead of 1)."""
+
+    def __init__(self, network, model, device: torch.device = torch.device("cpu"), mirror_average: bool = True):
         self.network, self.device = network.to(device).eval(), device
         self.skin_vertices, self.tree = skin_vertices(model)
+        self.identity_mirror = torch.from_numpy(identity_mirror(model)) if mirror_average else None
 
     @classmethod
-    def load(cls, path: Path, model, device: torch.device = torch.device("cpu")) -> "CuesPredictor":
-        return cls(checkpoint.load(path, device), model, device)
+    def load(cls, path: Path, model, device: torch.device = torch.device("cpu"),
+             mirror_average: bool = True) -> "CuesPredictor":
+        return cls(checkpoint.load(path, device), model, device, mirror_average)
+
+    @torch.inference_mode()
+    def maps(self, crop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The network's (7, S, S) maps and (100,) identity for one crop (mirror-averaged if asked)."""
+        image = torch.from_numpy(crop).permute(2, 0, 1)[None]
+        if self.identity_mirror is not None:
+            image = torch.cat([image, image.flip(-1)])
+        dense, identity = self.network(image.to(self.device))
+        dense, identity = dense.float().cpu(), identity.float().cpu()
+        if self.identity_mirror is None:
+            return dense[0].numpy(), identity[0].numpy()
+        back = dense[1].flip(-1)
+        back[1] = -back[1]          # correspondence x: the mirror image's left side is the head's right
+        return ((dense[0] + back) / 2).numpy(), ((identity[0] + self.identity_mirror @ identity[1]) / 2).numpy()
 
     @torch.inference_mode()
     def __call__(self, rgb: np.ndarray, landmarks_px: np.ndarray) -> Cues:
         to_crop = crop_transform(landmarks_px[:, :2])
         crop = alignment.warp(np.ascontiguousarray(rgb[..., :3]), to_crop, INPUT_SIDE)
-        image = torch.from_numpy(crop).permute(2, 0, 1)[None].to(self.device)
-        dense, identity = self.network(image)
-        dense = dense[0].float().cpu().numpy()
+        dense, identity = self.maps(crop)
         head = dense[6] > 0
         rows, cols = np.nonzero(head)
         if len(rows) > MAX_POINTS:
@@ -78,4 +98,4 @@ class CuesPredictor:
                     nearness_px=dense[0, rows, cols] * NEARNESS_UNIT / scale,
                     weight_2d=weight_2d / max(weight_2d.mean(), 1e-12) if len(rows) else weight_2d,
                     weight_depth=weight_depth / max(weight_depth.mean(), 1e-12) if len(rows) else weight_depth,
-                    identity=identity[0].float().cpu().numpy())
+                    identity=identity)

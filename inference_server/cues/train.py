@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from ..head.symmetry import identity_mirror
 from . import checkpoint
 from .network import NEARNESS_UNIT, CuesNet, build
 
@@ -49,17 +50,6 @@ def identity_metric(model) -> torch.Tensor:
     ``d @ G @ d`` is the mean squared vertex displacement of a coefficient error ``d``."""
     basis = model.id_deltas[:, model.face_mask].astype(np.float64).reshape(len(model.id_deltas), -1)
     return torch.from_numpy(1e6 * basis @ basis.T / model.face_mask.sum()).float()
-
-
-def identity_mirror(model) -> torch.Tensor:
-    """(100, 100) P with ``P @ c`` the identity coefficients of the mirror image of identity ``c``
-    (least squares through the basis; exact when the modes span their own mirror images)."""
-    from ..head.symmetry import FLIP_X, mirror_of
-
-    basis = model.id_deltas.astype(np.float64)
-    flipped = basis[:, mirror_of(model).index] * FLIP_X
-    flat, flipped = basis.reshape(len(basis), -1).T, flipped.reshape(len(basis), -1).T
-    return torch.from_numpy(np.linalg.lstsq(flat, flipped, rcond=None)[0].T).float()
 
 
 def mirrored(batch: dict, chosen: torch.Tensor, identity_mirror: torch.Tensor) -> dict:
@@ -117,7 +107,7 @@ def train(data: Path, out: Path, model, config: TrainConfig = TrainConfig(), dev
         network.load_state_dict(start_from.state_dict())
         report(f"starting from the weights of {config.init}")
     metric = identity_metric(model).to(device)
-    flip = identity_mirror(model).to(device) if config.mirror else None
+    flip = torch.from_numpy(identity_mirror(model)).to(device) if config.mirror else None
     provenance = {"command": "python -m inference_server train fit", "train": asdict(config),
                   "samples": len(train_set), "data": str(data)}
     if config.init:
