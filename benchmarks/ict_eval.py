@@ -1,6 +1,6 @@
 """Geometry accuracy against known shapes: ICT-FaceKit identities rendered in Blender, reconstructed.
 
-    .venv/bin/python benchmarks/ict_eval.py [--identities 8] [--save-renders DIR]
+    .venv/bin/python benchmarks/ict_eval.py [--identities 8] [--first-seed 0] [--yaw DEG] [--beyond] [--compare landmarks cues] [--save-renders DIR]
 
 Each identity (random N(0, 1) coefficients of the ICT morphable model, neutral expression) is
 rendered with bpy from the front (orthographic, so image pixels map linearly to metres), sent
@@ -55,11 +55,17 @@ def load_model(path: Path = ICT_MODEL) -> dict:
         return {key: data[key] for key in data.files}
 
 
-def make_subject(model: dict, seed: int, modes: int = 40, yaw_deg: float = 0.0) -> Subject:
-    """A random identity, turned by ``yaw_deg`` about the vertical axis (positive: toward the subject's left)."""
-    coeffs = np.random.default_rng(seed).standard_normal(modes).astype(np.float32)
+def make_subject(model: dict, seed: int, modes: int = 40, yaw_deg: float = 0.0, beyond=None) -> Subject:
+    """A random identity, turned by ``yaw_deg`` about the vertical axis (positive: toward the subject's
+    left). ``beyond``: the ``HeadModel``, to add smooth bumps its identity modes cannot represent."""
+    rng = np.random.default_rng(seed)
+    coeffs = rng.standard_normal(modes).astype(np.float32)
     deltas = model["id_deltas"][:modes].astype(np.float32)
     vertices = model["vertices"] + np.tensordot(coeffs, deltas, axes=1)
+    if beyond is not None:
+        from benchmarks.head_fit_eval import smooth_displacement
+
+        vertices = vertices + smooth_displacement(beyond, vertices, rng)
     if yaw_deg:
         c, s = np.cos(np.radians(yaw_deg)), np.sin(np.radians(yaw_deg))
         pivot = vertices[model["face_mask"]].mean(0)
@@ -183,28 +189,39 @@ def evaluate(face, subject: Subject) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--identities", type=int, default=8)
+    parser.add_argument("--first-seed", type=int, default=0, help="tune settings on other seeds than the ones you report")
     parser.add_argument("--save-renders", type=Path)
     parser.add_argument("--yaw", type=float, default=0.0, help="turn every head by this many degrees")
+    parser.add_argument("--beyond", action="store_true",
+                        help="add smooth bumps the model's identity modes cannot represent (as head_fit_eval.py)")
+    parser.add_argument("--compare", nargs="+", default=["landmarks"], metavar="BACKEND",
+                        help="depth_backend values, each reconstructed from the same renders (e.g. landmarks cues)")
     args = parser.parse_args()
     import torch
 
+    from inference_server.head.model import HeadModel
     from inference_server.pipeline import FacePipeline
 
     torch.set_num_threads(2)
     model = load_model()
+    beyond = HeadModel.load(ICT_MODEL) if args.beyond else None
     pipeline = FacePipeline(torch.device("cpu"))
-    rows = []
-    for seed in range(args.identities):
-        subject = make_subject(model, seed, yaw_deg=args.yaw)
+    rows = {backend: [] for backend in args.compare}
+    for seed in range(args.first_seed, args.first_seed + args.identities):
+        subject = make_subject(model, seed, yaw_deg=args.yaw, beyond=beyond)
         photo = render(subject)
         if args.save_renders:
             args.save_renders.mkdir(parents=True, exist_ok=True)
             (args.save_renders / f"ict_{seed}.png").write_bytes(photo)
-        row = {"identity": seed} | evaluate(pipeline.reconstruct(photo).faces[0], subject)
-        rows.append(row)
-        print(row, flush=True)
-    for key in ("rms_mm", "rms_fit_mm", "pose_rms_mm", "inner_pose_rms_mm", "plane_mm", "mesh_to_true_width"):
-        print(f"mean {key}: {np.mean([r[key] for r in rows]):.3f}")
+        for backend in args.compare:
+            row = {"identity": seed, "depth_backend": backend} | evaluate(
+                pipeline.reconstruct(photo, {"geometry": "face", "depth_backend": backend}).faces[0], subject)
+            rows[backend].append(row)
+            print(row, flush=True)
+    keys = ("rms_mm", "rms_fit_mm", "pose_rms_mm", "inner_pose_rms_mm", "plane_mm", "mesh_to_true_width")
+    print("mean over identities: " + " ".join(f"{key:>18}" for key in keys))
+    for backend, backend_rows in rows.items():
+        print(f"{backend:>21}: " + " ".join(f"{np.mean([r[key] for r in backend_rows]):18.3f}" for key in keys))
 
 
 if __name__ == "__main__":

@@ -17,11 +17,11 @@ ReconstructionConfig = options.config_class(
 
 def request_geometry(config, head_installed: bool) -> str:
     """The geometry a request gets: ``auto`` is the head when the model is installed, unless the
-    request asks for network depth, which refines face mode's surface (the head has its own
+    request asks for network or cues depth, which refines face mode's surface (the head has its own
     photometric refinement). Decided alike by the pipeline and by the I/O thread's cost estimate."""
-    if config.depth_backend == "network":
+    if config.depth_backend in ("network", "cues"):
         if config.geometry == "head":
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "depth_backend 'network' refines face mode's surface; "
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"depth_backend '{config.depth_backend}' refines face mode's surface; "
                                                        "for the head use refine 'light' or 'full', or ask for "
                                                        "geometry 'face'")
         return "face"

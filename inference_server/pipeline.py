@@ -281,13 +281,13 @@ def _naming_the_photo(number: int, count: int):
 def face_arrays(crop: np.ndarray, points: np.ndarray, to_crop: np.ndarray, config: ReconstructionConfig,
                 progress: Callable[[str, str], None], networks: DepthNetworks) -> tuple[dict, dict]:
     """Face mode: the model-free surface through the landmarks (fused with a depth network's with
-    ``depth_backend`` network), meshed, with the crop as texture."""
+    ``depth_backend`` network or cues), meshed, with the crop as texture."""
     progress("depth", "fitting the surface")
     geometry = FaceGeometry(points, config)
     depth_meta, detail = {"depth_backend": "landmarks"}, None
-    if config.depth_backend == "network":
+    if config.depth_backend in ("network", "cues"):
         progress("depth_network", "depth network")
-        depth_meta, detail = networks.fuse(crop, geometry, config)
+        depth_meta, detail = networks.fuse(crop, points, geometry, config)
     depth, mask = geometry.depth_map(config.depth_size)
     progress("mesh", "meshing")
     vertices, faces, uvs = geometry.mesh()

@@ -105,7 +105,7 @@ def test_server_fuses_the_installed_network(depth_server, astronaut_png, landmar
 def test_operator_model_and_fuse_weight(depth_server, astronaut_png, landmark_face):
     """No depth_model in the request: the server's own (``serve --depth-model FILE``), loaded at start."""
     info = depth_server.info
-    assert info["depth_backends"] == ["landmarks", "network"] and info["depth_networks"] == {ARCH: ARCH}
+    assert info["depth_backends"] == ["landmarks", "cues", "network"] and info["depth_networks"] == {ARCH: ARCH}
     assert info["depth_model"].endswith("operators_own.pth") and info["depth_loaded"] == ARCH
     face, _ = reconstruct(depth_server, astronaut_png, {"depth_backend": "network"})
     assert face.meta["depth_network"]["name"] == "operators_own" and face.meta["depth_backend"] == "network"
@@ -120,7 +120,7 @@ def test_operator_model_and_fuse_weight(depth_server, astronaut_png, landmark_fa
      ["not installed", ARCH, "model install CHECKPOINT"]),
     ({"depth_backend": "network", "depth_model": "/etc/passwd"}, ErrorCode.BAD_REQUEST, ["paths are refused"]),
     ({"depth_backend": "network", "depth_model": "../depth/x"}, ErrorCode.BAD_REQUEST, ["paths are refused"]),
-    ({"depth_backend": "networks"}, ErrorCode.BAD_REQUEST, ["landmarks | network"]),
+    ({"depth_backend": "networks"}, ErrorCode.BAD_REQUEST, ["landmarks | cues | network"]),
     ({"depth_fuse_weight": 1.5}, ErrorCode.BAD_REQUEST, ["outside [0, 1]"]),
 ])
 def test_refused_requests(depth_server, astronaut_png, options, code, words):
@@ -132,7 +132,7 @@ def test_refused_requests(depth_server, astronaut_png, options, code, words):
 def test_network_backend_without_any_checkpoint_names_the_install_command(tmp_path, monkeypatch):
     monkeypatch.setenv("FACEFORGE_DATA", str(tmp_path))
     networks = DepthNetworks(torch.device("cpu"))
-    assert networks.info()["depth_backends"] == ["landmarks"]
+    assert networks.info()["depth_backends"] == ["landmarks", "cues"]   # the shipped cues network needs no install
     assert networks.checkpoint(ReconstructionConfig()) is None
     with pytest.raises(ProtocolError) as info:
         networks.checkpoint(ReconstructionConfig(depth_backend="network"))
@@ -257,3 +257,16 @@ def test_fusion_puts_the_network_relief_where_the_camera_saw_it(astronaut_crop, 
     assert np.abs(forward[far]).max() < 0.002
     x, y = np.round(cheek).astype(int)
     assert fusion.detail[y, x] * DETAIL_METRES_PER_UNIT > 0.0003, "the bump's fine part is in the detail map"
+
+
+def test_cues_backend_without_weights_is_refused_clearly(tmp_path, monkeypatch):
+    """A damaged or missing cues network: not offered, and a request for it gets no_model, not a crash."""
+    from inference_server.cues import checkpoint
+
+    monkeypatch.setenv("FACEFORGE_DATA", str(tmp_path))
+    monkeypatch.setattr(checkpoint, "SHIPPED", tmp_path / "absent.pt")
+    networks = DepthNetworks(torch.device("cpu"))
+    assert networks.info()["depth_backends"] == ["landmarks"]
+    with pytest.raises(ProtocolError) as info:
+        networks.cues_network()
+    assert info.value.code == ErrorCode.NO_MODEL and "depth_backend 'cues' needs the cues network" in info.value.message

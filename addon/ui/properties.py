@@ -35,7 +35,7 @@ PANEL_OPTIONS = tuple(option for option in options.OPTIONS if option.panel)
 
 # Options that matter only after another choice (which geometry an option changes is the schema's).
 AFTER = {"depth_model": lambda s: s.depth_backend == "NETWORK",
-         "depth_fuse_weight": lambda s: s.depth_backend == "NETWORK",
+         "depth_fuse_weight": lambda s: s.depth_backend in ("NETWORK", "CUES"),
          "photo_lighting": lambda s: s.refine != "OFF",  # the lighting comes from the refinement
          "video_camera": lambda s: s.photo_source == "VIDEO"}
 

@@ -149,15 +149,17 @@ OPTIONS: tuple[Option, ...] = (
     Option("detail_sigma", float, 3.0, "low-pass radius (texture pixels) of the detail map's high-pass",
            minimum=0.5, maximum=20.0),
     Option("depth_backend", str, "landmarks", "face geometry: landmarks = the face's depth from its landmarks "
-           "alone; network = a learned depth network (MiDaS / DPT / Depth Anything V2) on the photo, fused with the "
-           "landmark surface (its shape, the network's detail); face mode only: with geometry auto it chooses face mode",
-           choices=("landmarks", "network"), label="Depth", panel=True, geometry="face"),
+           "alone; cues = FaceForge's own shape network (shipped, offline) shapes the landmark surface's nose, "
+           "cheeks, brow and chin; network = an installed depth network (MiDaS / DPT / Depth Anything V2) on the "
+           "photo, fused with the landmark surface (its shape, the network's detail); face mode only: with "
+           "geometry auto it chooses face mode",
+           choices=("landmarks", "cues", "network"), label="Depth", panel=True, geometry="face"),
     Option("depth_model", str, "", "depth_backend network: the name of an installed depth checkpoint (`python -m "
            "inference_server model install CHECKPOINT`) or an architecture id; empty = the server's own "
            "(`serve --depth-model`). A path is refused: a request cannot make the server read files",
            check=_installed_name, label="Depth Model", panel=True, geometry="face"),
-    Option("depth_fuse_weight", float, 1.0, "depth_backend network: share of the network in the fused depth's "
-           "detail (0 = the landmark surface, 1 = all detail above the landmarks' scale from the network)",
+    Option("depth_fuse_weight", float, 1.0, "depth_backend network or cues: share of the network in the fused "
+           "depth's detail (0 = the landmark surface, 1 = all detail above the landmarks' scale from the network)",
            minimum=0.0, maximum=1.0, label="Network Detail", panel=True, geometry="face"),
     Option("refine", str, "light", "photometric refinement of the head: light (default) = SH lighting and a "
            "de-lit albedo texture, so a side light is not baked into the skin; full = also shape from shading, "

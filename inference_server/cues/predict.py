@@ -43,13 +43,30 @@ def skin_vertices(model):
     return skin, cKDTree(model.vertices[skin])
 
 
+@torch.inference_mode()
+def run_network(network, crop: np.ndarray, device: torch.device, mirror_average: bool) -> tuple[np.ndarray, torch.Tensor]:
+    """The (7, S, S) maps of one (INPUT_SIDE, INPUT_SIDE, 3) crop and the raw identity outputs: one
+    row, or two with ``mirror_average`` (the crop's, then its mirror image's, still mirrored: mapping
+    it back needs the head model). The maps are the average of the crop's and its mirror image's
+    mirrored back (correspondence x negated), so a mirrored photo gets exactly the mirrored maps."""
+    image = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None]
+    if mirror_average:
+        image = torch.cat([image, image.flip(-1)])
+    dense, identity = network(image.to(device))
+    dense, identity = dense.float().cpu(), identity.float().cpu()
+    if not mirror_average:
+        return dense[0].numpy(), identity
+    back = dense[1].flip(-1)
+    back[1] = -back[1]          # correspondence x: the mirror image's left side is the head's right
+    return ((dense[0] + back) / 2).numpy(), identity
+
+
 class CuesPredictor:
     """A loaded network and the model's skin vertices; one per worker, reused for every face.
 
-    ``mirror_average``: the network also sees the crop's mirror image, and its answer, mirrored back
-    (correspondence x negated, identity through ``identity_mirror``), is averaged with the direct
-    one. A mirrored photo then gets exactly the mirrored cues, and both answers' noise halves; the
-    two crops go through the network as one batch (a forward pass of 2 instead of 1)."""
+    ``mirror_average`` (``run_network``): the network also sees the crop's mirror image and the two
+    answers are averaged (the identity's through ``identity_mirror``); a mirrored photo then gets
+    exactly the mirrored cues. The two crops go through the network as one batch of 2."""
 
     def __init__(self, network, model, device: torch.device = torch.device("cpu"), mirror_average: bool = True):
         self.network, self.device = network.to(device).eval(), device
@@ -61,19 +78,12 @@ class CuesPredictor:
              mirror_average: bool = True) -> "CuesPredictor":
         return cls(checkpoint.load(path, device), model, device, mirror_average)
 
-    @torch.inference_mode()
     def maps(self, crop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The network's (7, S, S) maps and (100,) identity for one crop (mirror-averaged if asked)."""
-        image = torch.from_numpy(crop).permute(2, 0, 1)[None]
-        if self.identity_mirror is not None:
-            image = torch.cat([image, image.flip(-1)])
-        dense, identity = self.network(image.to(self.device))
-        dense, identity = dense.float().cpu(), identity.float().cpu()
+        dense, identities = run_network(self.network, crop, self.device, self.identity_mirror is not None)
         if self.identity_mirror is None:
-            return dense[0].numpy(), identity[0].numpy()
-        back = dense[1].flip(-1)
-        back[1] = -back[1]          # correspondence x: the mirror image's left side is the head's right
-        return ((dense[0] + back) / 2).numpy(), ((identity[0] + self.identity_mirror @ identity[1]) / 2).numpy()
+            return dense, identities[0].numpy()
+        return dense, ((identities[0] + self.identity_mirror @ identities[1]) / 2).numpy()
 
     @torch.inference_mode()
     def __call__(self, rgb: np.ndarray, landmarks_px: np.ndarray) -> Cues:

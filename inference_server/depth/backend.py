@@ -37,6 +37,7 @@ class DepthNetworks:
         self.settings = settings
         self.server_model = find_checkpoint(settings.model) if settings.model else None
         self._loaded: tuple[Path, DepthEstimator] | None = None
+        self._cues = None   # (path, network) for depth_backend cues, loaded by the first request that asks
         if self.server_model is not None:
             self.estimator(self.server_model)
 
@@ -66,14 +67,38 @@ class DepthNetworks:
                                                         f"reinstall it: {INSTALL_HINT}") from None
         return self._loaded[1]
 
-    def fuse(self, crop: np.ndarray, geometry, config) -> tuple[dict, np.ndarray | None]:
-        """Run the selected network on the crop and fuse it into ``geometry`` (in place).
+    def cues_network(self):
+        """The cues network (installed, else shipped weights) for ``depth_backend`` cues, loaded once."""
+        from ..cues import checkpoint
+
+        if self._cues is None:
+            path = checkpoint.find()
+            try:
+                self._cues = path, checkpoint.load(path, self.device)
+            except checkpoint.CheckpointError as exc:
+                raise ProtocolError(ErrorCode.NO_MODEL, f"depth_backend 'cues' needs the cues network: {exc}; "
+                                                        "reinstall FaceForge or `model install` a cues checkpoint") from None
+        return self._cues
+
+    def fuse(self, crop: np.ndarray, points: np.ndarray, geometry, config) -> tuple[dict, np.ndarray | None]:
+        """Run the selected network on the crop (``points``: its landmarks, crop pixels) and fuse it
+        into ``geometry`` (in place).
 
         Returns the face meta's depth entries and the network's detail map (None: keep the photo's)."""
+        split = max(config.detail_sigma, geometry.pixel_width / config.resolution)
+        if config.depth_backend == "cues":
+            from ..cues.face_depth import FUSE, nearness_on_crop
+
+            path, network = self.cues_network()
+            fuse = replace(FUSE, weight=config.depth_fuse_weight)
+            fusion = fuse_into_face(geometry, nearness_on_crop(network, crop, points, self.device), fuse, split)
+            meta = {"name": path.stem, "architecture": "faceforge-cues", "licence": "MIT (trained by FaceForge)",
+                    "device": str(self.device), "fuse_weight": config.depth_fuse_weight,
+                    "alignment": alignment_meta(fusion.alignment), "used": fusion.used}
+            return {"depth_backend": "cues" if fusion.used else "landmarks", "depth_network": meta}, None
         path = self.checkpoint(config)
         estimator = self.estimator(path)
         fuse = replace(estimator.fuse, weight=config.depth_fuse_weight)
-        split = max(config.detail_sigma, geometry.pixel_width / config.resolution)
         fusion: FaceFusion = fuse_into_face(geometry, estimator.predict(crop), fuse, split)
         network = {"name": path.stem, "architecture": estimator.arch.id, "licence": estimator.arch.licence,
                    "device": str(estimator.device), "fuse_weight": config.depth_fuse_weight,
@@ -82,6 +107,9 @@ class DepthNetworks:
 
     def info(self) -> dict:
         names = installed()
-        return {"depth_backends": ["landmarks", "network"] if names or self.server_model else ["landmarks"],
+        from ..cues import checkpoint
+
+        return {"depth_backends": ["landmarks"] + (["cues"] if checkpoint.find().is_file() else [])
+                + (["network"] if names or self.server_model else []),
                 "depth_networks": names, "depth_model": str(self.server_model or ""),
                 "depth_loaded": self._loaded[1].arch.id if self._loaded else None}
