@@ -3,7 +3,9 @@
 A request may only name installed checkpoints (``depth_model``); the server operator's own model
 (``serve --depth-model``) may be any file. One network is kept loaded at a time (a ViT-L is a GB of
 memory and seconds to load): the first request that needs it loads it, or the server at start when
-the operator named one; a request naming another replaces it. Owned by the pipeline's worker thread.
+the operator named one; a request naming another replaces it. ``depth_backend`` cues uses the
+project's own cues network instead (``cues.face_depth``; shipped, nothing to install), loaded by the
+first request that asks. Owned by the pipeline's worker thread.
 """
 from __future__ import annotations
 
@@ -92,7 +94,7 @@ class DepthNetworks:
             path, network = self.cues_network()
             fuse = replace(FUSE, weight=config.depth_fuse_weight)
             fusion = fuse_into_face(geometry, nearness_on_crop(network, crop, points, self.device), fuse, split)
-            meta = {"name": path.stem, "architecture": "faceforge-cues", "licence": "MIT (trained by FaceForge)",
+            meta = {"name": path.stem, "architecture": "faceforge-cues", "licence": "FaceForge's own (trained on ICT-FaceKit renders)",
                     "device": str(self.device), "fuse_weight": config.depth_fuse_weight,
                     "alignment": alignment_meta(fusion.alignment), "used": fusion.used}
             return {"depth_backend": "cues" if fusion.used else "landmarks", "depth_network": meta}, None
