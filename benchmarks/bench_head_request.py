@@ -1,4 +1,4 @@
-"""Head-mode request cost and reply size: default options, ``refine off``, ``shape_cues network``.
+"""Head-mode request cost and reply size: default options, ``refine off``, ``shape_cues landmarks``.
 
     .venv/bin/python benchmarks/bench_head_request.py [--runs 3] [--threads 1]
 
@@ -44,18 +44,22 @@ def main() -> None:
         sys.exit("error: no cues weights (shipped or installed)")
     network = pipeline.head.cues.network
     crop = torch.randint(0, 255, (1, 3, INPUT_SIDE, INPUT_SIDE), dtype=torch.uint8)
-    with torch.inference_mode():
-        network(crop)
-        forward = []
-        for _ in range(20):
-            start = time.perf_counter()
-            network(crop)
-            forward.append(time.perf_counter() - start)
-    print(f"cues network forward, 1 crop, {args.threads} thread(s): {1000 * statistics.median(forward):.1f} ms median of 20")
+    crop_rgb = crop[0].permute(1, 2, 0).numpy()
+    for label, call in (("forward pass, 1 crop", lambda: network(crop)),
+                        ("maps as the product runs them (crop + mirror image, one batch)",
+                         lambda: pipeline.head.cues.maps(crop_rgb))):
+        with torch.inference_mode():
+            call()
+            times = []
+            for _ in range(20):
+                start = time.perf_counter()
+                call()
+                times.append(time.perf_counter() - start)
+        print(f"cues network {label}, {args.threads} thread(s): {1000 * statistics.median(times):.1f} ms median of 20")
     shared = sum(array.nbytes for array in pipeline.head.model_arrays.values())
     print(f"model arrays sent once per client (head_model op): {shared / 2**20:.1f} MiB")
-    for label, options in (("default (refine light)", {}), ("refine off", {"refine": "off"}),
-                           ("shape_cues network", {"shape_cues": "network"})):
+    for label, options in (("default (light, network)", {}), ("refine off", {"refine": "off"}),
+                           ("shape_cues landmarks", {"shape_cues": "landmarks"})):
         options = {"geometry": "head", **options}
         pipeline.reconstruct(photo, options)   # warm-up: first-request set-up
         totals, stages = [], []

@@ -245,7 +245,7 @@ def test_operator_from_photo_file(bpy, faceforge, photo_folder):
     assert bpy.context.view_layer.objects.active == obj and obj.select_get()
     assert obj["faceforge"]["options"].to_dict() == {"face": "largest", "resolution": 60, "geometry": "auto",
                                                      "depth_backend": "landmarks", "refine": "light",
-                                                     "shape_cues": "landmarks"}
+                                                     "shape_cues": "auto"}
     assert obj["faceforge"]["source_photo"] == str(photo_folder / "astronaut.png")
     level, message = faceforge.SESSION.message
     assert level == "INFO" and message.startswith("Reconstructed 1 face from astronaut.png")

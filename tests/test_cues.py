@@ -246,6 +246,8 @@ def test_without_usable_weights_head_mode_still_works_and_network_cues_are_refus
     assert pipeline.load_cues(model, torch.device("cpu")) is None
     assert "shape_cues network is unavailable" in caplog.text and "not a readable cues checkpoint" in caplog.text
     head = HeadReconstructor(model, torch.device("cpu"), cues=None)
+    # The default (auto) shapes the head from landmarks then; only an explicit network request is refused.
+    assert ReconstructionConfig().shape_cues == "auto" and head.shape_source(ReconstructionConfig()) == "landmarks"
     with pytest.raises(ProtocolError) as refused:
         head.reconstruct(np.zeros((64, 64, 3), np.uint8), np.zeros((478, 3)), np.eye(2, 3),
                          ReconstructionConfig(shape_cues="network"), lambda *_: None)

@@ -103,14 +103,18 @@ def test_geometry_face_on_a_head_server_and_head_without_a_model(head_server, se
 
 
 def test_shape_cues_network_runs_the_cues_network_on_the_live_server(head_server, astronaut_png):
-    """``shape_cues network``: the server's cues network (the shipped weights) reads the photo in its
-    own stage before the fit, and the head it gives differs from the landmark-only one."""
+    """``shape_cues network`` (and the default, auto, when the weights are there): the server's cues
+    network (the shipped weights) reads the photo in its own stage before the fit, and the head it
+    gives differs from the landmark-only one."""
     reports = []
     with Client(head_server.address, timeout=180) as client:
         assert "cues network (faceforge)" in client.info()["models"]
-        plain = client.reconstruct(astronaut_png).faces[0]
+        plain = client.reconstruct(astronaut_png, {"shape_cues": "landmarks"}).faces[0]
         cued = client.reconstruct(astronaut_png, {"shape_cues": "network"}, on_progress=reports.append).faces[0]
+        default = client.reconstruct(astronaut_png).faces[0]
     assert plain.meta["fit"]["shape_cues"] == "landmarks" and cued.meta["fit"]["shape_cues"] == "network"
+    assert default.meta["fit"]["shape_cues"] == "network"
+    np.testing.assert_allclose(default.arrays["vertices"], cued.arrays["vertices"], atol=1e-5)
     stages = [report["stage"] for report in reports]
     assert stages.index("cues") < stages.index("fit")
     moved = np.linalg.norm(cued.arrays["vertices"] - plain.arrays["vertices"], axis=1)

@@ -166,11 +166,12 @@ OPTIONS: tuple[Option, ...] = (
            "added to the head's vertices (about 2 s more per face on 2 CPU threads); off = the photo "
            "projected as it is, shading and all", choices=("off", "light", "full"),
            panel=True, geometry="head"),
-    Option("shape_cues", str, "landmarks", "what shapes the fitted head: landmarks = FaceMesh's 478 points "
-           "alone; network = also the project's own cues network, ~800 dense correspondences from the photo "
-           "(measured on renders: 5-10 % nearer the true surface for turned faces, no gain for frontal ones, and "
-           "less stable across edits of one photo; see the README's Likeness section)",
-           choices=("landmarks", "network"), label="Shape Cues", panel=True, geometry="head"),
+    Option("shape_cues", str, "auto", "what shapes the fitted head: network = FaceMesh's 478 points and the "
+           "project's own cues network's dense correspondences (up to 1,500) from the photo (on renders with known shape "
+           "21-28 % nearer the true surface than the mean head, against 8-16 % for landmarks alone; see the "
+           "README's Likeness section); landmarks = the 478 points alone; auto = network when its weights "
+           "are there, else landmarks",
+           choices=("auto", "landmarks", "network"), label="Shape Cues", panel=True, geometry="head"),
     Option("detect_max_side", int, 640, "photos are downscaled to this side for face detection",
            minimum=64, maximum=2048),
     Option("min_face_fraction", float, 0.05, "smallest face searched for, as a fraction of the photo's longer "

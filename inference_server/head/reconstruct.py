@@ -117,7 +117,7 @@ class HeadReconstructor:
         detail = detail_map(texture, config.detail_sigma, [], atlas_side * 0.75)
         depth, mask = self._depth(fit, camera, config, stage)
         arrays = self.arrays(fit, landmarks_px, texture, detail, depth, mask, displacement) | extra_arrays
-        meta = self.meta(fit, camera, config.shape_cues) | {"detail_unit": "luminance"} | extra_meta
+        meta = self.meta(fit, camera, "landmarks" if cues is None else "network") | {"detail_unit": "luminance"} | extra_meta
         meta["camera"]["focal_source"] = "exif" if focal_px else "fitted"
         return arrays, meta
 
@@ -129,7 +129,9 @@ class HeadReconstructor:
         refinement needs one photo's lighting, so the texture here is the photos' colour as lit
         (``meta["refine"]`` says so)."""
         landmarks = [crop_to_photo(photo.points_crop, photo.to_crop) for photo in photos]
+        source = "landmarks"   # fits made elsewhere (a video's frames) were fitted to landmarks
         if fits is None:
+            source = self.shape_source(config)
             cues = self._cues([photo.rgb for photo in photos], landmarks, config, stage)
             stage("fit", f"fitting one head to {len(photos)} photos")
             fits = fit_views(self.model, [View(marks, photo.rgb.shape[:2], photo.focal_px, cue)
@@ -148,27 +150,35 @@ class HeadReconstructor:
         detail = detail_map(texture, config.detail_sigma, [], atlas_side * 0.75)
         depth, mask = self._depth(fits[0], cameras[0], config, stage)
         arrays = self.arrays(fits[0], landmarks[0], texture, detail, depth, mask)
-        meta = self.meta(fits[0], cameras[0], config.shape_cues) | {"detail_unit": "luminance"}
+        meta = self.meta(fits[0], cameras[0], source) | {"detail_unit": "luminance"}
         meta["camera"]["focal_source"] = "exif" if photos[0].focal_px else "fitted"
         meta["texture_coverage"] = round(float(coverage.mean()), 4)
         meta["refine"] = "off: several photos (the texture is their colour as lit)"
         meta["photos"] = []
         for number, (photo, fit, camera) in enumerate(zip(photos, fits, cameras), 1):
-            own = self.meta(fit, camera, config.shape_cues)  # each photo's pose and camera, as the head's are said
+            own = self.meta(fit, camera, source)  # each photo's pose and camera, as the head's are said
             own["camera"]["focal_source"] = "exif" if photo.focal_px else "fitted"
             meta["photos"].append({"photo": number, "pose": own["pose"], "camera": own["camera"],
                                    "landmark_error_eye_pct": round(fit.residual_eye_pct, 3),
                                    "expression_weights": [round(float(w), 4) for w in fit.exp_weights]})
         return arrays, meta
 
-    def _cues(self, photos: list[np.ndarray], landmarks: list[np.ndarray], config, stage: StageReport) -> list:
-        """The cues network's dense cues per photo with ``shape_cues network``, else None per photo."""
-        if config.shape_cues != "network":
-            return [None] * len(photos)
+    def shape_source(self, config) -> str:
+        """What shapes the head for ``config.shape_cues``: ``network`` or ``landmarks``. ``auto`` (the
+        default) is the network when its weights loaded, else landmarks; an explicit ``network``
+        without them is refused."""
+        if config.shape_cues == "landmarks" or (config.shape_cues == "auto" and self.cues is None):
+            return "landmarks"
         if self.cues is None:
             raise ProtocolError(ErrorCode.NO_MODEL, "shape_cues 'network' needs the cues network's weights, "
                                 "which this server could not load (see its log; `python -m inference_server "
                                 "model install CHECKPOINT` installs one)")
+        return "network"
+
+    def _cues(self, photos: list[np.ndarray], landmarks: list[np.ndarray], config, stage: StageReport) -> list:
+        """The cues network's dense cues per photo when ``shape_source`` is the network, else None per photo."""
+        if self.shape_source(config) != "network":
+            return [None] * len(photos)
         stage("cues", "reading the face's shape")
         return [self.cues(rgb, marks) for rgb, marks in zip(photos, landmarks)]
 
