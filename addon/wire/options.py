@@ -149,8 +149,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("detail_sigma", float, 3.0, "low-pass radius (texture pixels) of the detail map's high-pass",
            minimum=0.5, maximum=20.0),
     Option("depth_backend", str, "landmarks", "face geometry: landmarks = the face's depth from its landmarks "
-           "alone; cues = FaceForge's own shape network (shipped, offline) shapes the landmark surface's nose, "
-           "cheeks, brow and chin; network = an installed depth network (MiDaS / DPT / Depth Anything V2) on the "
+           "alone; cues (experimental) = FaceForge's own shape network (shipped, offline) reshapes the landmark "
+           "surface's nose, cheeks, brow and chin (nearer the truth on renders of frontal faces, but on real "
+           "photos it flattens the nose and adds lumps: see the README); network = an installed depth network (MiDaS / DPT / Depth Anything V2) on the "
            "photo, fused with the landmark surface (its shape, the network's detail); face mode only: with "
            "geometry auto it chooses face mode",
            choices=("landmarks", "cues", "network"), label="Depth", panel=True, geometry="face"),
