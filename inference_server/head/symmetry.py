@@ -1,6 +1,7 @@
 """Left/right vertex correspondence of the neutral head: vertex ``index[i]`` is vertex *i* mirrored
 in x (the model's symmetry plane is x = 0). Used to fill the texture of the side a photo did not
-see from the side it did, and by tests that mirror a photo.
+see from the side it did, by the cues network's mirror augmentation and mirror-averaged prediction
+(``identity_mirror``), and by tests that mirror a photo.
 
 Nearest vertex to the mirrored position, matched on the position *and* the mean centre of the
 vertex's polygons: the eyelids, lacrimal shells and eyelashes have coincident vertices on different
