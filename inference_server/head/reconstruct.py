@@ -117,7 +117,7 @@ class HeadReconstructor:
         detail = detail_map(texture, config.detail_sigma, [], atlas_side * 0.75)
         depth, mask = self._depth(fit, camera, config, stage)
         arrays = self.arrays(fit, landmarks_px, texture, detail, depth, mask, displacement) | extra_arrays
-        meta = self.meta(fit, camera, "landmarks" if cues is None else "network") | {"detail_unit": "luminance"} | extra_meta
+        meta = self.meta(fit, camera, self.shape_source(config)) | {"detail_unit": "luminance"} | extra_meta
         meta["camera"]["focal_source"] = "exif" if focal_px else "fitted"
         return arrays, meta
 
