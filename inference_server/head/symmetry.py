@@ -49,11 +49,18 @@ _MIRRORS: "weakref.WeakKeyDictionary[HeadModel, Mirror]" = weakref.WeakKeyDictio
 def identity_mirror(model: "HeadModel") -> np.ndarray:
     """(I, I) float32 P with ``P @ c`` the identity coefficients of the mirror image of identity ``c``:
     least squares through the basis, exact when the modes span their own mirror images (ICT-FaceKit's
-    nearly do: 0.03 mm RMS off on the face for random N(0, 1) identities of 3-4 mm)."""
-    basis = model.id_deltas.astype(np.float64)
-    flipped = basis[:, mirror_of(model).index] * FLIP_X
-    flat, flipped = basis.reshape(len(basis), -1).T, flipped.reshape(len(basis), -1).T
-    return np.linalg.lstsq(flat, flipped, rcond=None)[0].T.astype(np.float32)
+    nearly do: 0.03 mm RMS off on the face for random N(0, 1) identities of 3-4 mm). Computed once
+    per model (a 0.6-1 s solve) and shared: callers must not write to it."""
+    matrix = _IDENTITY_MIRRORS.get(model)
+    if matrix is None:
+        basis = model.id_deltas.astype(np.float64)
+        flipped = basis[:, mirror_of(model).index] * FLIP_X
+        flat, flipped = basis.reshape(len(basis), -1).T, flipped.reshape(len(basis), -1).T
+        matrix = _IDENTITY_MIRRORS[model] = np.linalg.lstsq(flat, flipped, rcond=None)[0].T.astype(np.float32)
+    return matrix
+
+
+_IDENTITY_MIRRORS: "weakref.WeakKeyDictionary[HeadModel, np.ndarray]" = weakref.WeakKeyDictionary()
 
 
 def _find_mirror(model: "HeadModel") -> Mirror:
