@@ -53,7 +53,7 @@ def photos() -> dict[str, np.ndarray]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cues", type=Path, help="cues checkpoint (default: the installed or shipped one)")
+    parser.add_argument("--cues", type=Path, help="cues checkpoint (default: the shipped one)")
     parser.add_argument("--mirror-average", choices=("on", "off"), default="on",
                         help="the network also sees the mirrored crop (the product's default: on)")
     parser.add_argument("--clay", type=Path, help="write clay renders of the originals' heads here")
@@ -72,7 +72,7 @@ def main() -> None:
     torch.set_num_threads(2)
     model = HeadModel.load(shared_model_path())
     basis = ShapeBasis(model, LandmarkTable.load(), torch.device("cpu"))
-    predictor = CuesPredictor.load(args.cues or checkpoint.find(), model, mirror_average=args.mirror_average == "on")
+    predictor = CuesPredictor.load(args.cues or checkpoint.SHIPPED, model, mirror_average=args.mirror_average == "on")
     reader = LandmarkReader()
     mirror = mirror_of(model).index
     heads: dict[str, dict[tuple[str, str], np.ndarray]] = {"landmarks": {}, "cues": {}}

@@ -136,7 +136,10 @@ class FacePipeline:
             except ModelFileError as exc:
                 raise UnusableHeadModel(ErrorCode.NO_MODEL, f"the installed head model is unusable ({exc}): install "
                                                             "it again (`python -m inference_server model fetch`)") from None
-            self.head = HeadReconstructor(model, device, cues=load_cues(model, device))
+            cues = load_cues(model, device)
+            self.head = HeadReconstructor(model, device, cues=cues)
+            if cues is not None:
+                self.depth_networks.share_cues(cues.path, cues.network)
 
     def info(self) -> dict:
         models = ["mtcnn (facenet-pytorch)", "face_mesh 478 (mediapipe)"]

@@ -12,6 +12,7 @@ import torch
 from benchmarks import head_fit_eval as evaluation
 from inference_server.cues import checkpoint, dataset, train
 from inference_server.cues.crop import INPUT_SIDE, OUTPUT_STRIDE, crop_transform
+from inference_server.cues.detail_losses import Adversary
 from inference_server.cues.network import build
 from tests.ict_fixtures import require_ict
 
@@ -91,6 +92,50 @@ def test_a_short_training_run_lowers_its_loss(tmp_path, model):
     with pytest.raises(ValueError, match="not a cues-gpu network"):
         train.train(tmp_path / "data", tmp_path / "gpu", model, train.TrainConfig(variant="cues-gpu", init=str(final)),
                     report=lambda _: None)
+
+
+def test_detail_losses_and_low_resolution_train_resume_and_judge(tmp_path, model, generator):
+    from inference_server.cues.detail_losses import gradient_l1, surface_maps
+
+    # Gradient-L1 sees local shape, not offsets: a shifted nearness costs nothing, a bumpy one does.
+    sample = generator(8)
+    batch = {"nearness": torch.from_numpy(sample.nearness)[None].float(),
+             "coords": torch.from_numpy(sample.coords).permute(2, 0, 1)[None].float(),
+             "mask": torch.from_numpy(sample.mask)[None]}
+    truth = surface_maps(None, batch)
+    shifted = surface_maps(torch.cat([truth[:, :1] + 3.0, truth[:, 1:]], 1), batch)
+    assert float(gradient_l1(shifted, truth, batch["mask"])) < 1e-5
+    bumpy = truth + 0.05 * torch.randn(truth.shape, generator=torch.Generator().manual_seed(0))
+    assert float(gradient_l1(bumpy, truth, batch["mask"])) > 0.01
+    # Low resolution blurs only the chosen images.
+    images = torch.stack([torch.from_numpy(generator(i).image).permute(2, 0, 1) for i in (8, 9)])
+    blurred = train.low_resolution(images, torch.tensor([True, False]), torch.Generator().manual_seed(0))
+    assert torch.equal(blurred[1], images[1])
+
+    def detail(x):
+        return float(torch.diff(x.float(), dim=-1).abs().mean())
+    assert detail(blurred[0]) < 0.9 * detail(images[0])
+    # A run with every option: the discriminator trains, is kept in the snapshot, and learns to tell.
+    dataset.generate(require_ict(), tmp_path / "data", 24, seed=1, shard_size=8, report=lambda _: None)
+    config = train.TrainConfig(steps=30, batch=4, lr=1e-3, warmup=5, snapshot_every=30, holdout_shards=1,
+                               low_resolution=0.5, gradient_l1=1.0, adversarial=0.1)
+    lines = []
+    train.train(tmp_path / "data", tmp_path / "run", model, config, report=lines.append)
+    assert all(term in lines[-1] for term in ("gradient", "adversarial", "discriminator")), lines[-1]
+    state = checkpoint.read(tmp_path / "run" / "last.pt")["adversary"]
+    adversary = Adversary(torch.device("cpu"), state)
+    network = build(config.variant)
+    network.load_state_dict(checkpoint.read(tmp_path / "run" / "last.pt")["state_dict"])
+    shards, _ = dataset.Shards.in_folder(tmp_path / "data", holdout=1)
+    held = {k: torch.stack([shards[i][k] for i in range(8)]) for k in shards[0]}
+    with torch.no_grad():
+        fake = surface_maps(network.eval()(held["image"])[0], held)
+        real_score = float(adversary.network(held["image"], surface_maps(None, held)).mean())
+        fake_score = float(adversary.network(held["image"], fake).mean())
+    assert real_score > fake_score
+    # Resuming restores the discriminator: a finished run takes no step.
+    train.train(tmp_path / "data", tmp_path / "run", model, config, report=lambda line: pytest.fail(line)
+                if line.startswith("step") else None)
 
 
 def test_mirror_augmentation_flips_the_photo_and_mirrors_its_truth(generator, model):
@@ -268,3 +313,11 @@ def test_model_install_takes_a_cues_checkpoint_and_refuses_a_damaged_one(tmp_pat
     damaged.write_bytes(bytes(data[: len(data) - 4096]))
     bad = subprocess.run(command + [str(damaged)], env=env, capture_output=True, text=True)
     assert bad.returncode != 0 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr
+
+
+def test_face_mode_cues_share_the_network_head_mode_loaded():
+    from inference_server.pipeline import FacePipeline
+
+    pipeline = FacePipeline(torch.device("cpu"), head_model=require_ict())
+    path, network = pipeline.depth_networks.cues_network()
+    assert network is pipeline.head.cues.network and path == checkpoint.find()

@@ -2,7 +2,8 @@
 
 A checkpoint is a ``torch.save`` dict read back with ``weights_only=True`` (no code runs on load):
 ``format``, ``version``, ``config`` (a ``CuesConfig`` as a dict), ``state_dict``, ``provenance``
-(how it was trained), and in training snapshots ``optimizer`` and ``step``. Loading checks the
+(how it was trained), and in training snapshots ``optimizer``, ``step`` and any other training
+state (e.g. the discriminator's). Loading checks the
 format, the keys and shapes against the config's network, and that every weight is finite, and
 says what is wrong in one ``CheckpointError``.
 """
@@ -26,13 +27,16 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message says why."""
 
 
-def save(path: Path, network, provenance: dict, optimizer=None, step: int | None = None, half: bool = False) -> None:
-    """Atomically write ``network``'s checkpoint (``half``: float16 weights, for shipping)."""
+def save(path: Path, network, provenance: dict, optimizer=None, step: int | None = None, half: bool = False,
+         extra: dict | None = None) -> None:
+    """Atomically write ``network``'s checkpoint (``half``: float16 weights, for shipping; ``extra``:
+    more training state, tensors and plain values only)."""
     state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu() for k, v in network.state_dict().items()}
     payload = {"format": FORMAT, "version": VERSION, "config": network.config.to_dict(), "state_dict": state,
                "provenance": provenance}
     if optimizer is not None:
         payload["optimizer"], payload["step"] = optimizer.state_dict(), step
+    payload.update(extra or {})
     write_atomically(Path(path), lambda temporary: torch.save(payload, temporary))
 
 

@@ -3,6 +3,7 @@
     train data --out DATA --count 18000 --seed 0     # synthetic renders (resumable shards)
     train fit --data DATA --out RUN --steps 3000     # train (resumes from RUN/last.pt); RUN/cues-cpu.pt
     train fit ... --init OLD.pt                       # fine-tune from a checkpoint's weights
+    train fit ... --gradient-l1 1 --adversarial 0.05  # seed 003's detail losses (options)
     train eval --data DATA --checkpoint RUN/cues-cpu.pt
 
 The head model is the installed one unless ``--model`` names an ``.npz``. Every failure is one
@@ -41,6 +42,12 @@ def add_train_commands(subparsers) -> None:
     fit.add_argument("--init", type=Path, help="start from this checkpoint's weights (fine-tune; fresh schedule)")
     fit.add_argument("--no-mirror", dest="mirror", action="store_false",
                      help="train without flipping half of each batch left-right")
+    fit.add_argument("--low-resolution", type=float, default=0.0, metavar="FRACTION",
+                     help="shrink this fraction of the samples to 30-100%% and enlarge them back (default 0)")
+    fit.add_argument("--gradient-l1", type=float, default=0.0, metavar="WEIGHT",
+                     help="add seed 003's gradient-L1 loss on the maps with this weight (default 0: off)")
+    fit.add_argument("--adversarial", type=float, default=0.0, metavar="WEIGHT",
+                     help="add a PatchGAN discriminator on the maps, its loss with this weight (default 0: off)")
     evaluate = actions.add_parser("eval", help="errors of a checkpoint on the held-out shard")
     evaluate.add_argument("--data", type=Path, required=True)
     evaluate.add_argument("--checkpoint", type=Path, help="default: the shipped weights")
@@ -72,8 +79,11 @@ def run_train_command(args: argparse.Namespace) -> int:
             return Exit.OK
         model = HeadModel.load(model_path)
         if args.train_command == "fit":
+            if not 0 <= args.low_resolution <= 1 or args.gradient_l1 < 0 or args.adversarial < 0:
+                return _fail("--low-resolution must lie in [0, 1]; --gradient-l1 and --adversarial >= 0", Exit.USAGE)
             config = train.TrainConfig(variant=args.variant, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
-                                         init=str(args.init or ""), mirror=args.mirror)
+                                         init=str(args.init or ""), mirror=args.mirror, low_resolution=args.low_resolution,
+                                         gradient_l1=args.gradient_l1, adversarial=args.adversarial)
             print(f"wrote {train.train(args.data, args.out, model, config, device)}", flush=True)
             return Exit.OK
         network = checkpoint.load(args.checkpoint or checkpoint.SHIPPED, device)

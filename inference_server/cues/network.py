@@ -87,5 +87,13 @@ class CuesNet(nn.Module):
         return self.dense(x), identity
 
 
+def mirror_maps(maps: torch.Tensor, x_channel: int) -> torch.Tensor:
+    """The (..., C, H, W) maps of a mirror image, mirrored back (or the reverse): the width flipped and
+    the correspondence's x (channel ``x_channel``) negated, as the model's symmetry plane is x = 0."""
+    mirrored = maps.flip(-1)
+    mirrored[..., x_channel, :, :] *= -1
+    return mirrored
+
+
 def build(config: CuesConfig | str) -> CuesNet:
     return CuesNet(CONFIGS[config] if isinstance(config, str) else config)

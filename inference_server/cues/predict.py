@@ -17,7 +17,7 @@ from .. import alignment
 from ..head.symmetry import identity_mirror
 from . import checkpoint
 from .crop import INPUT_SIDE, OUTPUT_STRIDE, crop_transform, scale_of
-from .network import NEARNESS_UNIT
+from .network import NEARNESS_UNIT, mirror_maps
 from .synth import COORD_CENTRE, COORD_SCALE
 
 MAX_POINTS = 1500           # observations passed to the fit (a regular subsample of the mask)
@@ -56,9 +56,7 @@ def run_network(network, crop: np.ndarray, device: torch.device, mirror_average:
     dense, identity = dense.float().cpu(), identity.float().cpu()
     if not mirror_average:
         return dense[0].numpy(), identity
-    back = dense[1].flip(-1)
-    back[1] = -back[1]          # correspondence x: the mirror image's left side is the head's right
-    return ((dense[0] + back) / 2).numpy(), identity
+    return ((dense[0] + mirror_maps(dense[1], x_channel=1)) / 2).numpy(), identity
 
 
 class CuesPredictor:
@@ -68,15 +66,16 @@ class CuesPredictor:
     answers are averaged (the identity's through ``identity_mirror``); a mirrored photo then gets
     exactly the mirrored cues. The two crops go through the network as one batch of 2."""
 
-    def __init__(self, network, model, device: torch.device = torch.device("cpu"), mirror_average: bool = True):
-        self.network, self.device = network.to(device).eval(), device
+    def __init__(self, network, model, device: torch.device = torch.device("cpu"), mirror_average: bool = True,
+                 path: Path | None = None):
+        self.network, self.device, self.path = network.to(device).eval(), device, path
         self.skin_vertices, self.tree = skin_vertices(model)
         self.identity_mirror = torch.from_numpy(identity_mirror(model)) if mirror_average else None
 
     @classmethod
     def load(cls, path: Path, model, device: torch.device = torch.device("cpu"),
              mirror_average: bool = True) -> "CuesPredictor":
-        return cls(checkpoint.load(path, device), model, device, mirror_average)
+        return cls(checkpoint.load(path, device), model, device, mirror_average, path)
 
     def maps(self, crop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The network's (7, S, S) maps and (100,) identity for one crop (mirror-averaged if asked)."""

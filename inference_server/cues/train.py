@@ -7,8 +7,10 @@ coefficients' error through the model's own basis, so modes weigh by how much th
 Mirror augmentation (``mirror``): half the samples of a batch are flipped left-right, with the
 correspondence's x negated (the model's symmetry plane is x = 0) and the identity mirrored through
 the model's basis, so the network sees both sides of every face and learns to answer a mirrored
-photo with the mirrored head. CPU by default, CUDA with bf16 autocast when asked; resumable from
-the last snapshot.
+photo with the mirrored head. Low-resolution augmentation (``low_resolution``): that fraction of
+the samples is shrunk to 30-100 % and enlarged back, as a small face in a photo is. Options from
+seed 003 (``detail_losses``): gradient-L1 on the maps and a PatchGAN discriminator. CPU by
+default, CUDA with bf16 autocast when asked; resumable from the last snapshot.
 """
 from __future__ import annotations
 
@@ -24,10 +26,12 @@ from torch.nn import functional as F
 
 from ..head.symmetry import identity_mirror
 from . import checkpoint
-from .network import NEARNESS_UNIT, CuesNet, build
+from .detail_losses import Adversary, gradient_l1, surface_maps
+from .network import NEARNESS_UNIT, CuesNet, build, mirror_maps
 
 LOG_SCALE_RANGE = (-7.0, 3.0)
 IDENTITY_WEIGHT = 0.2        # per millimetre of identity RMS error
+SMALLEST_SCALE = 0.3         # low-resolution augmentation shrinks to this fraction of the side at most
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,9 @@ class TrainConfig:
     holdout_shards: int = 1
     init: str = ""               # a checkpoint whose weights a fresh run starts from (fine-tuning)
     mirror: bool = True          # flip half of each batch left-right (``mirrored``)
+    low_resolution: float = 0.0  # fraction of the samples shrunk and enlarged back (``low_resolution``)
+    gradient_l1: float = 0.0     # weight of the maps' gradient-L1 loss (0: off)
+    adversarial: float = 0.0     # weight of the PatchGAN generator loss (0: off, no discriminator)
 
 
 def identity_metric(model) -> torch.Tensor:
@@ -57,16 +64,29 @@ def mirrored(batch: dict, chosen: torch.Tensor, identity_mirror: torch.Tensor) -
     def pick(flipped, original):
         return torch.where(chosen.view(-1, *[1] * (original.dim() - 1)), flipped, original)
 
-    coords = batch["coords"].flip(-1) * torch.tensor([-1.0, 1.0, 1.0], device=chosen.device).view(1, 3, 1, 1)
     return batch | {"image": pick(batch["image"].flip(-1), batch["image"]),
                     "nearness": pick(batch["nearness"].flip(-1), batch["nearness"]),
                     "mask": pick(batch["mask"].flip(-1), batch["mask"]),
-                    "coords": pick(coords, batch["coords"]),
+                    "coords": pick(mirror_maps(batch["coords"], x_channel=0), batch["coords"]),
                     "id_coeffs": pick(batch["id_coeffs"] @ identity_mirror.T, batch["id_coeffs"])}
 
 
-def losses(dense: torch.Tensor, identity: torch.Tensor, batch: dict, metric: torch.Tensor) -> dict:
-    """Each loss term (scalars) of one batch."""
+def low_resolution(images: torch.Tensor, chosen: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """uint8 (N, 3, S, S) ``images`` with the ``chosen`` ones shrunk to a random 30-100 % of their
+    side (area averaging) and enlarged back (bilinear): the blur of a face that filled few pixels."""
+    images = images.clone()
+    side = images.shape[-1]
+    for index in torch.nonzero(chosen).flatten().tolist():
+        factor = SMALLEST_SCALE + (1 - SMALLEST_SCALE) * float(torch.rand((), generator=generator))
+        small = F.interpolate(images[index:index + 1].float(), size=max(8, round(side * factor)), mode="area")
+        back = F.interpolate(small, size=side, mode="bilinear", align_corners=False)
+        images[index] = back[0].round().clamp(0, 255).to(images.dtype)
+    return images
+
+
+def losses(dense: torch.Tensor, identity: torch.Tensor, batch: dict, metric: torch.Tensor,
+           config: TrainConfig = TrainConfig(), adversary: Adversary | None = None) -> dict:
+    """Each loss term (scalars) of one batch; the detail terms only where ``config`` weighs them."""
     mask = batch["mask"].float()
     count = mask.sum().clamp(min=1)
     near_scale, coord_scale = (dense[:, 4].clamp(*LOG_SCALE_RANGE), dense[:, 5].clamp(*LOG_SCALE_RANGE))
@@ -78,9 +98,16 @@ def losses(dense: torch.Tensor, identity: torch.Tensor, batch: dict, metric: tor
     coord_nll = (coord_error * torch.exp(-coord_scale) + coord_scale) * mask
     difference = identity - batch["id_coeffs"]
     identity_mm = torch.sqrt(torch.einsum("bi,ij,bj->b", difference, metric, difference).clamp(min=1e-8))
-    return {"mask": F.binary_cross_entropy_with_logits(dense[:, 6], mask),
-            "nearness": near_nll.sum() / count, "coords": coord_nll.sum() / count,
-            "identity": IDENTITY_WEIGHT * identity_mm.mean()}
+    terms = {"mask": F.binary_cross_entropy_with_logits(dense[:, 6], mask),
+             "nearness": near_nll.sum() / count, "coords": coord_nll.sum() / count,
+             "identity": IDENTITY_WEIGHT * identity_mm.mean()}
+    if config.gradient_l1 or adversary is not None:
+        predicted, target = surface_maps(dense, batch), surface_maps(None, batch)
+        if config.gradient_l1:
+            terms["gradient"] = config.gradient_l1 * gradient_l1(predicted, target, batch["mask"])
+        if adversary is not None:
+            terms["adversarial"] = config.adversarial * adversary.generator_loss(batch["image"], predicted)
+    return terms
 
 
 def train(data: Path, out: Path, model, config: TrainConfig = TrainConfig(), device: torch.device = torch.device("cpu"),
@@ -93,12 +120,13 @@ def train(data: Path, out: Path, model, config: TrainConfig = TrainConfig(), dev
     train_set, _ = Shards.in_folder(data, config.holdout_shards)
     network = build(config.variant).to(device)
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    snapshot, step = out / "last.pt", 0
+    snapshot, step, adversary_state = out / "last.pt", 0, None
     if snapshot.exists():
         payload = checkpoint.read(snapshot)
         network.load_state_dict(payload["state_dict"])
         optimizer.load_state_dict(payload["optimizer"])
         step = int(payload["step"])
+        adversary_state = payload.get("adversary")
         report(f"resumed at step {step}")
     elif config.init:
         start_from = checkpoint.load(Path(config.init))
@@ -108,6 +136,7 @@ def train(data: Path, out: Path, model, config: TrainConfig = TrainConfig(), dev
         report(f"starting from the weights of {config.init}")
     metric = identity_metric(model).to(device)
     flip = torch.from_numpy(identity_mirror(model)).to(device) if config.mirror else None
+    adversary = Adversary(device, adversary_state) if config.adversarial else None
     provenance = {"command": "python -m inference_server train fit", "train": asdict(config),
                   "samples": len(train_set), "data": str(data)}
     if config.init:
@@ -125,16 +154,22 @@ def train(data: Path, out: Path, model, config: TrainConfig = TrainConfig(), dev
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             if flip is not None:
                 batch = mirrored(batch, (torch.rand(len(batch["image"]), generator=generator) < 0.5).to(device), flip)
+            if config.low_resolution:
+                chosen = torch.rand(len(batch["image"]), generator=generator) < config.low_resolution
+                batch["image"] = low_resolution(batch["image"], chosen.to(device), generator)
             for group in optimizer.param_groups:
                 group["lr"] = _learning_rate(config, step)
             with autocast:
                 dense, identity = network(batch["image"])
-            terms = losses(dense.float(), identity.float(), batch, metric)
+            terms = losses(dense.float(), identity.float(), batch, metric, config, adversary)
             loss = sum(terms.values())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(network.parameters(), 5.0)
             optimizer.step()
+            if adversary is not None:
+                terms["discriminator"] = adversary.step(batch["image"], surface_maps(None, batch),
+                                                        surface_maps(dense.float(), batch))
             step, seen = step + 1, seen + len(batch["image"])
             if step % 20 == 0 or step == config.steps:
                 rate = seen / (time.perf_counter() - start)
@@ -143,7 +178,8 @@ def train(data: Path, out: Path, model, config: TrainConfig = TrainConfig(), dev
                        + " ".join(f"{k} {float(v.detach()):.3f}" for k, v in terms.items())
                        + f" | {rate:.1f} samples/s, {eta / 60:.1f} min left")
             if step % config.snapshot_every == 0 or step == config.steps:
-                checkpoint.save(snapshot, network, provenance | {"step": step}, optimizer, step)
+                checkpoint.save(snapshot, network, provenance | {"step": step}, optimizer, step,
+                                extra={"adversary": adversary.state()} if adversary else None)
     final = out / f"{config.variant}.pt"
     checkpoint.save(final, network, provenance | {"step": step}, half=True)
     return final

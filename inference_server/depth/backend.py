@@ -69,8 +69,13 @@ class DepthNetworks:
                                                         f"reinstall it: {INSTALL_HINT}") from None
         return self._loaded[1]
 
+    def share_cues(self, path: Path, network) -> None:
+        """Use the cues network head mode already loaded (from ``path``) for ``depth_backend`` cues too."""
+        self._cues = path, network
+
     def cues_network(self):
-        """The cues network (installed, else shipped weights) for ``depth_backend`` cues, loaded once."""
+        """The cues network (installed, else shipped weights) for ``depth_backend`` cues, loaded once
+        (unless head mode shared its own)."""
         from ..cues import checkpoint
 
         if self._cues is None:
