@@ -203,6 +203,7 @@ class FacePipeline:
         photo), copies of another photo left out (``head.copies``), then ``HeadReconstructor.reconstruct_views``."""
         from .head.copies import face_signature, find_copies
         from .head.reconstruct import PersonPhoto
+        from .head.same_person import NotOnePerson
 
         timer, found, count = Timer(), [], len(photos)
         for number, image in enumerate(photos, 1):
@@ -235,7 +236,10 @@ class FacePipeline:
                 arrays, meta = self.head.reconstruct(photo.rgb, photo.points_crop, photo.to_crop, config, progress,
                                                      focal_px=photo.focal_px)
             else:
-                arrays, meta = self.head.reconstruct_views([found[n][0] for n in kept], config, progress)
+                try:
+                    arrays, meta = self.head.reconstruct_views([found[n][0] for n in kept], config, progress)
+                except NotOnePerson as odd:
+                    raise ProtocolError(odd.code, f"photo {kept[odd.photo] + 1} of {count}: {odd.message}") from None
                 for entry, number in zip(meta["photos"], kept):
                     entry["photo"] = number + 1
         finally:

@@ -303,7 +303,7 @@ def _finish(bpy, faceforge, photo_path, **prefs):
     ("astronaut.png", {"server_address": "unreachable"}, "No FaceForge server answers at tcp://127.0.0.1:"),
     ("grace_hopper.jpg", {"request_timeout": 0.05}, "did not answer in time"),
     ("coffee_no_face.png", {}, "No face found in "),
-    ("corrupt.jpg", {}, "could not be read as an image"),
+    ("corrupt.jpg", {}, "The photo cannot be used"),
     ("missing.jpg", {}, "No such file or directory"),
 ])
 def test_errors_are_reported_not_raised(bpy, faceforge, photo_folder, photo_name, prefs, expected):

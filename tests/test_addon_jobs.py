@@ -135,7 +135,7 @@ def test_timeout_is_reported(server_address, grace_hopper_jpg):
 
 @pytest.mark.parametrize("photo_fixture, code, words", [
     ("no_face_png", ErrorCode.NO_FACE, "No face found in coffee.png"),
-    ("corrupt_bytes", ErrorCode.BAD_IMAGE, "could not be read as an image"),
+    ("corrupt_bytes", ErrorCode.BAD_IMAGE, "The photo cannot be used"),
 ])
 def test_server_errors_become_clear_messages(request, server_address, photo_fixture, code, words):
     data = request.getfixturevalue(photo_fixture)

@@ -62,6 +62,8 @@ def test_two_photos_of_one_person_make_one_head_posed_like_the_first(head_server
     # One identity for both photos, and not the single photo's: the second photo adds what it saw.
     assert not np.allclose(meta["identity"], single.faces[0].meta["identity"], atol=1e-3)
     assert meta["refine"].startswith("off") and arrays["texture"].shape == (1024, 1024, 3)
+    # One person: the network's cues fit the joint head nearly as well as each photo's own head.
+    assert meta["same_person_check"] == "passed" and all(0.9 < p["cue_residual_rise"] < 1.13 for p in meta["photos"])
     texts = [report["text"] for report in reports]
     assert any("photo 2/2" in text for text in texts) and any("2 photos" in text for text in texts)
     fractions = [report["fraction"] for report in reports]
@@ -81,21 +83,25 @@ def test_copies_of_one_photo_count_as_that_photo(head_server, astronaut_png, ast
         single = client.reconstruct(astronaut_png).faces[0].meta
         reply = client.reconstruct([astronaut_png, tilted_png, cropped, mirrored_png]).faces[0].meta
         # A copy among real views: left out, the others fitted jointly and numbered as sent.
-        mixed = client.reconstruct([turned_renders[0], astronaut_png, turned_renders[1], mirrored_png]).faces[0].meta
+        mirrored_front = _png(np.asarray(Image.open(io.BytesIO(turned_renders[0])))[:, ::-1])
+        mixed = client.reconstruct([turned_renders[0], turned_renders[1], mirrored_front]).faces[0].meta
     copies = {copy["photo"]: copy for copy in reply["copies"]}
     assert sorted(copies) == [2, 3, 4] and all(copy["copy_of"] == 1 for copy in copies.values())
     assert [copies[n]["mirrored"] for n in (2, 3, 4)] == [False, False, True]
     assert all(copy["similarity"] >= 0.9 for copy in copies.values())
     np.testing.assert_allclose(reply["identity"], single["identity"], atol=1e-4)  # her photo alone
     assert "photos" not in reply and reply.get("lighting") == single.get("lighting")  # the single-photo head, refined
-    assert [copy["photo"] for copy in mixed["copies"]] == [4] and mixed["copies"][0]["copy_of"] == 2
-    assert [photo["photo"] for photo in mixed["photos"]] == [1, 2, 3]
+    assert [copy["photo"] for copy in mixed["copies"]] == [3] and mixed["copies"][0]["copy_of"] == 1
+    assert [photo["photo"] for photo in mixed["photos"]] == [1, 2]
 
 
-def test_what_several_photos_cannot_do_is_refused_naming_the_photo(head_server, astronaut_png, mirrored_png):
+def test_what_several_photos_cannot_do_is_refused_naming_the_photo(head_server, astronaut_png, mirrored_png,
+                                                                    grace_hopper_jpg):
     blank = _png(np.full((200, 200, 3), 128, np.uint8))
     with Client(head_server.address, timeout=180) as client:
         cases = [([astronaut_png, blank], {}, ErrorCode.NO_FACE, "photo 2 of 2: no face"),
+                 ([astronaut_png, grace_hopper_jpg], {}, ErrorCode.BAD_IMAGE,
+                  "photo 2 of 2: it does not show the same person"),
                  ([astronaut_png, b"not an image"], {}, ErrorCode.BAD_IMAGE, "photo 2 of 2"),
                  ([astronaut_png, mirrored_png], {"geometry": "face"}, ErrorCode.BAD_REQUEST, "geometry head"),
                  ([astronaut_png, mirrored_png], {"face": "all"}, ErrorCode.BAD_REQUEST, "one face per photo"),
@@ -109,6 +115,9 @@ def test_what_several_photos_cannot_do_is_refused_naming_the_photo(head_server, 
             client.call("reconstruct", {}, {"image": astronaut_png, "image_3": mirrored_png})
         assert info.value.code == ErrorCode.BAD_REQUEST and "without gaps" in info.value.message
         assert len(client.reconstruct(astronaut_png, {"refine": "off"}).faces) == 1  # and the server serves on
+        # Without the cues network there is no check: the two people are fitted as one, and told so.
+        unchecked = client.reconstruct([astronaut_png, grace_hopper_jpg], {"shape_cues": "landmarks"}).faces[0].meta
+        assert unchecked["same_person_check"].startswith("not run")
 
 
 def test_photo_frames_round_trip_and_refuse_arrays():

@@ -144,7 +144,7 @@ def user_message(exc: BaseException, *, photo: str = "", address: str = "") -> s
             ErrorCode.TIMEOUT: "The server did not answer in time: it may be busy or slow (CPU); "
                                "raise the request timeout in the add-on preferences",
             ErrorCode.NO_FACE: f"No face found{where}: {exc.message}",
-            ErrorCode.BAD_IMAGE: f"The photo could not be read as an image: {exc.message}",
+            ErrorCode.BAD_IMAGE: f"The photo cannot be used: {exc.message}",
             ErrorCode.UNSUPPORTED_VERSION: f"Server and add-on speak different protocol versions: {exc.message}",
             ErrorCode.CANCELLED: "Reconstruction cancelled",
             ErrorCode.BUSY: f"The server is busy: {exc.message}",

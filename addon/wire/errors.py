@@ -15,7 +15,7 @@ class ErrorCode:
     UNSUPPORTED_VERSION = "unsupported_version"
     UNKNOWN_OP = "unknown_op"
     TOO_LARGE = "too_large"              # message, image or requested work over the server's limits
-    BAD_IMAGE = "bad_image"              # bytes that do not decode to a usable image
+    BAD_IMAGE = "bad_image"              # bytes that do not decode to a usable image, or photos not of one person
     NO_FACE = "no_face"
     NO_MODEL = "no_model"                # a mode whose model files are not installed on the server
     BUSY = "busy"                        # server queue full
