@@ -92,6 +92,12 @@ def test_a_short_training_run_lowers_its_loss(tmp_path, model):
     with pytest.raises(ValueError, match="not a cues-gpu network"):
         train.train(tmp_path / "data", tmp_path / "gpu", model, train.TrainConfig(variant="cues-gpu", init=str(final)),
                     report=lambda _: None)
+    # The held-out report: the shipped network reads unseen renders far better than 40 steps of training.
+    _, held_out = dataset.Shards.in_folder(tmp_path / "data", holdout=1)
+    good, poor = (train.evaluate(network, held_out, model) for network in (checkpoint.load(checkpoint.SHIPPED), shipped))
+    assert good["samples"] == 8 and good["mask_iou"] > 0.9 and good["identity_mm"] < good["identity_mean_head_mm"]
+    for key in ("coords_mm", "nearness_px", "nearness_slope_px"):
+        assert good[key] < 0.7 * poor[key], key
 
 
 def test_detail_losses_and_low_resolution_train_resume_and_judge(tmp_path, model, generator):

@@ -195,11 +195,13 @@ def _learning_rate(config: TrainConfig, step: int) -> float:
 @torch.inference_mode()
 def evaluate(network: CuesNet, shards, model, device: torch.device = torch.device("cpu"), batch: int = 64) -> dict:
     """Held-out errors: correspondence (mm, median over masked pixels), shift-free nearness (crop
-    px, median), mask IoU, identity RMS (mm) of the prediction and of the mean head (zero)."""
+    px, median), its local slope (the error of neighbouring pixels' nearness differences, crop px,
+    median: what the detail losses aim at), mask IoU, identity RMS (mm) of the prediction and of the
+    mean head (zero)."""
     from .synth import COORD_SCALE
 
     metric = identity_metric(model).to(device)
-    coord, near, inter, union, ident, zero = [], [], 0.0, 0.0, [], []
+    coord, near, slope, inter, union, ident, zero = [], [], [], 0.0, 0.0, [], []
     network.eval()
     for start in range(0, len(shards), batch):
         items = [shards[i] for i in range(start, min(len(shards), start + batch))]
@@ -211,12 +213,17 @@ def evaluate(network: CuesNet, shards, model, device: torch.device = torch.devic
         error = dense[:, 0] * NEARNESS_UNIT - b["nearness"]
         shift = (error * mask).sum((1, 2)) / mask.sum((1, 2)).clamp(min=1)
         near.append((error - shift[:, None, None]).abs()[mask])
+        for axis in (-1, -2):
+            length = mask.shape[axis] - 1
+            pair = mask.narrow(axis, 0, length) & mask.narrow(axis, 1, length)
+            slope.append(torch.diff(error, dim=axis).abs()[pair])
         predicted = dense[:, 6] > 0
         inter += float((predicted & mask).sum())
         union += float((predicted | mask).sum())
         for values, out in ((identity - b["id_coeffs"], ident), (-b["id_coeffs"], zero)):
             out.append(torch.sqrt(torch.einsum("bi,ij,bj->b", values, metric, values)))
     return {"coords_mm": float(torch.cat(coord).median()), "nearness_px": float(torch.cat(near).median()),
+            "nearness_slope_px": float(torch.cat(slope).median()),
             "mask_iou": inter / max(union, 1.0), "identity_mm": float(torch.cat(ident).mean()),
             "identity_mean_head_mm": float(torch.cat(zero).mean()), "samples": len(shards)}
 
