@@ -105,8 +105,10 @@ def evaluate(model, table, subject: Subject, performance, result, weights: np.nd
             "mean_head_mm": shape_errors(model, table, model.vertices, true_head)["surface_mm"]}
 
 
-def multiview_surface(model, table, basis, subject: Subject) -> float:
-    """Surface error of the several-photos fit on renders at 0, 35 and 70 deg (neutral expression)."""
+def multiview_surface(model, table, basis, subject: Subject, cues=None) -> float:
+    """Surface error of the several-photos fit on renders at 0, 35 and 70 deg (neutral expression),
+    with the cues network's dense cues when ``cues`` (a ``CuesPredictor``) is given, as the product
+    fits several photos."""
     import torch
 
     from benchmarks.head_fit_eval import LandmarkReader
@@ -114,10 +116,12 @@ def multiview_surface(model, table, basis, subject: Subject) -> float:
 
     reader, views = LandmarkReader(), []
     for yaw in (0.0, 35.0, 70.0):
+        rgb = render_subject(model, replace(subject, pose=(yaw, 4.0, -3.0)))
         try:
-            views.append(View(reader(render_subject(model, replace(subject, pose=(yaw, 4.0, -3.0)))), CAMERA_SIZE))
+            landmarks = reader(rgb)
         except RuntimeError:
             continue
+        views.append(View(landmarks, CAMERA_SIZE, cues=cues(rgb, landmarks) if cues is not None else None))
     fit = fit_views(model, views, device=torch.device("cpu"), basis=basis)[0]
     return shape_errors(model, table, model.shape(fit.id_coeffs), subject.canonical(model))["surface_mm"]
 
@@ -190,7 +194,7 @@ def main() -> None:
     result, performance = capture_video(pipeline, video)
     seconds = time.perf_counter() - started
     row = evaluate(model, table, subject, performance, result, weights, angles)
-    row["multiview_mm"] = multiview_surface(model, table, pipeline.head.basis, subject)
+    row["multiview_mm"] = multiview_surface(model, table, pipeline.head.basis, subject, pipeline.head.cues)
     print(f"frames {len(times)}, tracked {100 * row['tracked']:.0f} %, capture {seconds:.1f} s = "
           f"{len(times) / seconds:.2f} frames/s ({result.meta['timings_ms']})")
     print("expression curves against the truth: correlation, gain")
@@ -200,7 +204,8 @@ def main() -> None:
           f"{row['rotation_p95_deg']:.2f} deg; face (the heads' shapes aligned) {row['face_mean_deg']:.2f}, "
           f"{row['face_p95_deg']:.2f} deg; after the best constant offset {row['motion_mean_deg']:.2f}, "
           f"{row['motion_p95_deg']:.2f} deg")
-    print(f"identity surface error: video {row['surface_mm']:.2f} mm, three photos (0/35/70 deg) "
+    print(f"identity surface error (shape from {result.faces[0].meta['fit']['shape_cues']}): video "
+          f"{row['surface_mm']:.2f} mm, three photos (0/35/70 deg) "
           f"{row['multiview_mm']:.2f} mm, unfitted mean head {row['mean_head_mm']:.2f} mm")
     print(f"key frames: {performance.key_frames}")
     if args.strip:

@@ -123,7 +123,7 @@ class HeadReconstructor:
         return arrays, meta
 
     def reconstruct_views(self, photos: list[PersonPhoto], config, stage: StageReport,
-                          fits: list[HeadFit] | None = None) -> tuple[dict, dict]:
+                          fits: list[HeadFit] | None = None, fits_source: str = "landmarks") -> tuple[dict, dict]:
         """One head from several photos of one person: one identity fitted to all of them (``fit_views``;
         or ``fits`` made already, one per photo), the texture blended from every photo that sees each
         texel (``unwrap_views``), posed, lit and depth-mapped as the first photo shows it. With the cues
@@ -131,7 +131,7 @@ class HeadReconstructor:
         refinement needs one photo's lighting, so the texture here is the photos' colour as lit
         (``meta["refine"]`` says so)."""
         landmarks = [crop_to_photo(photo.points_crop, photo.to_crop) for photo in photos]
-        source, rises = "landmarks", None   # fits made elsewhere (a video's frames) were fitted to landmarks
+        source, rises = fits_source, None   # what shaped fits made elsewhere (a video's key frames)
         if fits is None:
             source = self.shape_source(config)
             cues = self._cues([photo.rgb for photo in photos], landmarks, config, stage)

@@ -2,10 +2,12 @@
 head pose), with the loaded pipeline's models.
 
 Reading tracks the face through every frame, keeping each frame's landmarks (a few kilobytes) and one
-picture per yaw band (the key frames). Then the identity is fitted to the key frames' landmarks, every
-frame is fitted with it, the identity is fitted again to each yaw band's calmest frame (the first
-pass's weakest expressions) and every frame once more; the head is textured from the key frames.
-Memory grows with the frame count by the landmarks only, never by pictures.
+picture per yaw band (the key frames). Then the identity is fitted to the key frames, every frame is
+fitted with it, the identity is fitted again to each yaw band's calmest frame (the first pass's
+weakest expressions) and every frame once more; the head is textured from the key frames. With the
+cues network (``shape_cues`` auto or network, as for photos) both identity fits add its dense cues
+on those frames' pictures (the calm frames are read again for them). Memory grows with the frame
+count by the landmarks only, never by pictures.
 """
 from __future__ import annotations
 
@@ -74,10 +76,16 @@ def capture_video(pipeline, path: str | Path, params: dict | None = None, *, con
     chosen = keys.chosen(fit.min_key_sharpness)
     if not chosen:
         raise ProtocolError(ErrorCode.NO_FACE, f"{reader.name}: no face found in any of its {len(track.time_s)} frames")
+    source = head.shape_source(options)
     try:
+        cues = None
+        if source == "network":
+            with timer.stage("cues"):
+                report("cues", f"reading the face's shape in {len(chosen)} key frames", TRACK_SHARE, 0, 0)
+                cues = [head.cues(key.rgb, key.located.landmarks_px) for key in chosen]
         with timer.stage("fit"):
             first = fit_identity(head.model, head.basis, [key.located.landmarks_px for key in chosen], size,
-                                 head.fit_config, head.device)
+                                 head.fit_config, head.device, cues=cues)
         focal = float(np.median([fitted.focal for fitted in first]))
 
         def frame_progress(share: float, done: int, total: int, text: str) -> None:
@@ -87,8 +95,12 @@ def capture_video(pipeline, path: str | Path, params: dict | None = None, *, con
             performance = fit_frames(head.model, head.basis, track, first[0].id_coeffs, focal, size, head.fit_config,
                                      fit, head.device, lambda d, t: frame_progress(TRACK_SHARE, d, t, "first pass"))
             rest = restful_frames(performance)
+            rest_cues = None if cues is None else calm_cues(
+                head, path, options, name, track, performance, rest,
+                lambda d, t: report("animate", f"reading the calm frames again: frame {d + 1} of {t}",
+                                    TRACK_SHARE + 0.15, 0, 0))
             identity = fit_identity(head.model, head.basis, [performance.landmarks[n] for n in rest], size,
-                                    head.fit_config, head.device, focal)[0].id_coeffs
+                                    head.fit_config, head.device, focal, cues=rest_cues)[0].id_coeffs
             performance = fit_frames(head.model, head.basis, track, identity, focal, size, head.fit_config, fit,
                                      head.device, lambda d, t: frame_progress(TRACK_SHARE + 0.15, d, t,
                                                                               "expressions and pose"))
@@ -97,10 +109,11 @@ def capture_video(pipeline, path: str | Path, params: dict | None = None, *, con
                                 0, 1, STAGES["head"][3:])
         try:
             progress("fit", f"posing the head in {len(chosen)} key frames")
-            fits = fit_views(head.model, [View(key.located.landmarks_px, size, focal) for key in chosen],
+            fits = fit_views(head.model, [View(key.located.landmarks_px, size, focal, cue)
+                                          for key, cue in zip(chosen, cues or [None] * len(chosen))],
                              head.fit_config, head.device, basis=head.basis, identity=identity)
             photos = [PersonPhoto(key.rgb, key.located.points_crop, key.located.to_crop) for key in chosen]
-            arrays, meta = head.reconstruct_views(photos, options, progress, fits=fits)
+            arrays, meta = head.reconstruct_views(photos, options, progress, fits=fits, fits_source=source)
         finally:
             progress.close()
     except ValueError as exc:  # a fit that cannot start (degenerate landmarks)
@@ -122,6 +135,22 @@ def capture_video(pipeline, path: str | Path, params: dict | None = None, *, con
     return Result(faces=[FaceResult(index=0, meta=meta, arrays=arrays | performance.as_arrays())],
                   meta=result_meta), performance
 
+
+def calm_cues(head, path, options, name, track: Track, performance, rest: list[int], progress) -> list:
+    """The cues network's dense cues on the calmest frames (``restful_frames``), whose pictures were not
+    kept: the video is read again up to the last of them (``progress(done, total)`` per frame; it may
+    raise to cancel). A frame whose face was bridged over a loss, not seen, gets none (its landmarks
+    are interpolated; the picture may not show the face)."""
+    wanted = {int(track.frame_index[n]) for n in rest if np.isfinite(track.landmarks[n]).all()}
+    pictures = {}
+    if wanted:
+        with VideoReader(path, options.max_pixels, name) as reader:
+            for frame in reader.frames(min(wanted), max(wanted) + 1):
+                progress(frame.index - min(wanted), max(wanted) + 1 - min(wanted))
+                if frame.index in wanted:
+                    pictures[frame.index] = frame.rgb
+    return [head.cues(pictures[int(track.frame_index[n])], performance.landmarks[n])
+            if int(track.frame_index[n]) in pictures else None for n in rest]
 
 
 def capture_video_bytes(pipeline, data: bytes | memoryview, config, report=None):

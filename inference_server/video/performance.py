@@ -138,10 +138,12 @@ class Performance:
 
 
 def fit_identity(model: HeadModel, basis: ShapeBasis, landmarks: list[np.ndarray], image_size, fit_config: HeadFitConfig,
-                 device: torch.device, focal_px: float | None = None) -> list[HeadFit]:
-    """The person's one identity from some frames' landmarks, jointly (each frame with its own pose and
-    expression; one known focal length, or each its own)."""
-    views = [View(np.asarray(marks, np.float64), image_size, focal_px) for marks in landmarks]
+                 device: torch.device, focal_px: float | None = None, cues: list | None = None) -> list[HeadFit]:
+    """The person's one identity from some frames' landmarks (and the cues network's dense cues, one
+    per frame, when given), jointly: each frame with its own pose and expression; one known focal
+    length, or each its own."""
+    cues = cues or [None] * len(landmarks)
+    views = [View(np.asarray(marks, np.float64), image_size, focal_px, cue) for marks, cue in zip(landmarks, cues)]
     return fit_views(model, views, fit_config, device, basis=basis)
 
 
