@@ -3,7 +3,7 @@
     train data --out DATA --count 18000 --seed 0     # synthetic renders (resumable shards)
     train fit --data DATA --out RUN --steps 3000     # train (resumes from RUN/last.pt); RUN/cues-cpu.pt
     train fit ... --init OLD.pt                       # fine-tune from a checkpoint's weights
-    train fit ... --gradient-l1 1 --adversarial 0.05  # seed 003's detail losses (options)
+    train fit ... --gradient-l1 5 --adversarial 0.5   # seed 003's detail losses (options; README: measured)
     train eval --data DATA --checkpoint RUN/cues-cpu.pt
 
 The head model is the installed one unless ``--model`` names an ``.npz``. Every failure is one
