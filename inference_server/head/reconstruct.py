@@ -90,7 +90,7 @@ class HeadReconstructor:
         """Arrays (``HEAD_ARRAYS``) and meta of one face; ``points_crop`` are FaceMesh's 478 points.
         ``focal_px`` (from EXIF) is kept fixed by the fit; without it the fit estimates the focal."""
         landmarks_px = crop_to_photo(points_crop, to_crop)
-        cues = self._cues([rgb], [landmarks_px], config, stage)[0]
+        cues = self.dense_cues([rgb], [landmarks_px], config, stage)[0]
         stage("fit", "fitting the head model")
         fit = fit_head(self.model, landmarks_px, rgb.shape[:2], self.fit_config, self.device, focal_px=focal_px,
                        basis=self.basis, cues=cues)
@@ -134,7 +134,7 @@ class HeadReconstructor:
         source, rises = fits_source, None   # what shaped fits made elsewhere (a video's key frames)
         if fits is None:
             source = self.shape_source(config)
-            cues = self._cues([photo.rgb for photo in photos], landmarks, config, stage)
+            cues = self.dense_cues([photo.rgb for photo in photos], landmarks, config, stage)
             stage("fit", f"fitting one head to {len(photos)} photos")
             views = [View(marks, photo.rgb.shape[:2], photo.focal_px, cue)
                      for photo, marks, cue in zip(photos, landmarks, cues)]
@@ -192,7 +192,7 @@ class HeadReconstructor:
                                 "model install CHECKPOINT` installs one)")
         return "network"
 
-    def _cues(self, photos: list[np.ndarray], landmarks: list[np.ndarray], config, stage: StageReport) -> list:
+    def dense_cues(self, photos: list[np.ndarray], landmarks: list[np.ndarray], config, stage: StageReport) -> list:
         """The cues network's dense cues per photo when ``shape_source`` is the network, else None per photo."""
         if self.shape_source(config) != "network":
             return [None] * len(photos)

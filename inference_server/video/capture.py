@@ -78,11 +78,12 @@ def capture_video(pipeline, path: str | Path, params: dict | None = None, *, con
         raise ProtocolError(ErrorCode.NO_FACE, f"{reader.name}: no face found in any of its {len(track.time_s)} frames")
     source = head.shape_source(options)
     try:
-        cues = None
-        if source == "network":
+        cues = [None] * len(chosen)
+        if source == "network":   # timed only when run, as a photo's cues stage
             with timer.stage("cues"):
-                report("cues", f"reading the face's shape in {len(chosen)} key frames", TRACK_SHARE, 0, 0)
-                cues = [head.cues(key.rgb, key.located.landmarks_px) for key in chosen]
+                cues = head.dense_cues([key.rgb for key in chosen], [key.located.landmarks_px for key in chosen],
+                                       options, lambda stage, text: report(stage, f"{text} in {len(chosen)} key frames",
+                                                                           TRACK_SHARE, 0, 0))
         with timer.stage("fit"):
             first = fit_identity(head.model, head.basis, [key.located.landmarks_px for key in chosen], size,
                                  head.fit_config, head.device, cues=cues)
@@ -95,7 +96,7 @@ def capture_video(pipeline, path: str | Path, params: dict | None = None, *, con
             performance = fit_frames(head.model, head.basis, track, first[0].id_coeffs, focal, size, head.fit_config,
                                      fit, head.device, lambda d, t: frame_progress(TRACK_SHARE, d, t, "first pass"))
             rest = restful_frames(performance)
-            rest_cues = None if cues is None else calm_cues(
+            rest_cues = None if source != "network" else calm_cues(
                 head, path, options, name, track, performance, rest,
                 lambda d, t: report("animate", f"reading the calm frames again: frame {d + 1} of {t}",
                                     TRACK_SHARE + 0.15, 0, 0))
@@ -110,7 +111,7 @@ def capture_video(pipeline, path: str | Path, params: dict | None = None, *, con
         try:
             progress("fit", f"posing the head in {len(chosen)} key frames")
             fits = fit_views(head.model, [View(key.located.landmarks_px, size, focal, cue)
-                                          for key, cue in zip(chosen, cues or [None] * len(chosen))],
+                                          for key, cue in zip(chosen, cues)],
                              head.fit_config, head.device, basis=head.basis, identity=identity)
             photos = [PersonPhoto(key.rgb, key.located.points_crop, key.located.to_crop) for key in chosen]
             arrays, meta = head.reconstruct_views(photos, options, progress, fits=fits, fits_source=source)
@@ -144,9 +145,10 @@ def calm_cues(head, path, options, name, track: Track, performance, rest: list[i
     wanted = {int(track.frame_index[n]) for n in rest if np.isfinite(track.landmarks[n]).all()}
     pictures = {}
     if wanted:
+        first, stop = min(wanted), max(wanted) + 1
         with VideoReader(path, options.max_pixels, name) as reader:
-            for frame in reader.frames(min(wanted), max(wanted) + 1):
-                progress(frame.index - min(wanted), max(wanted) + 1 - min(wanted))
+            for frame in reader.frames(first, stop):
+                progress(frame.index - first, stop - first)
                 if frame.index in wanted:
                     pictures[frame.index] = frame.rgb
     return [head.cues(pictures[int(track.frame_index[n])], performance.landmarks[n])
