@@ -205,6 +205,17 @@ class LandmarkReader:
         return found[0]
 
 
+def config_with(settings: list[str]):
+    """``HeadFitConfig`` with ``FIELD=VALUE`` overrides (the benchmarks' ``--set``)."""
+    from inference_server.head.fit import HeadFitConfig
+
+    config = HeadFitConfig()
+    for item in settings:
+        field, value = item.split("=", 1)
+        config = replace(config, **{field: type(getattr(config, field))(value)})
+    return config
+
+
 def method_names(networks: int) -> tuple[str, ...]:
     """The fits compared: landmarks, one per cues checkpoint, and the ceiling with perfect cues."""
     return ("landmarks",) + tuple("cues" + (str(i + 1) if i else "") for i in range(networks)) + ("truth_cues",)
@@ -347,13 +358,9 @@ def main() -> None:
     import torch
 
     from inference_server.head.basis import ShapeBasis
-    from inference_server.head.fit import HeadFitConfig
 
     model, table = evaluation_model()
-    config = HeadFitConfig()
-    for item in args.set:
-        field, value = item.split("=", 1)
-        config = replace(config, **{field: type(getattr(config, field))(value)})
+    config = config_with(args.set)
     basis = ShapeBasis(model, table, torch.device("cpu"))
     from inference_server.cues import checkpoint
     from inference_server.cues.predict import CuesPredictor

@@ -1,7 +1,7 @@
 """Likeness on real photos: one person's heads under nuisance changes should stay close, and
 different people's should differ.
 
-    .venv/bin/python benchmarks/likeness_real.py [--cues CKPT] [--mirror-average on|off] [--clay DIR]
+    .venv/bin/python benchmarks/likeness_real.py [--cues CKPT] [--mirror-average on|off] [--clay DIR] [--set FIELD=VALUE ...]
 
 For each real photo (scikit-image's astronaut, matplotlib's Grace Hopper) the script makes variants
 that change nothing about the person — a tighter crop, half the resolution, a 15 deg tilt, a side
@@ -57,10 +57,11 @@ def main() -> None:
     parser.add_argument("--mirror-average", choices=("on", "off"), default="on",
                         help="the network also sees the mirrored crop (the product's default: on)")
     parser.add_argument("--clay", type=Path, help="write clay renders of the originals' heads here")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override HeadFitConfig fields")
     args = parser.parse_args()
     import torch
 
-    from benchmarks.head_fit_eval import LandmarkReader, canonical_difference_mm, shared_model_path
+    from benchmarks.head_fit_eval import LandmarkReader, canonical_difference_mm, config_with, shared_model_path
     from inference_server.cues import checkpoint
     from inference_server.cues.predict import CuesPredictor
     from inference_server.head.correspondence import LandmarkTable
@@ -75,13 +76,14 @@ def main() -> None:
     predictor = CuesPredictor.load(args.cues or checkpoint.SHIPPED, model, mirror_average=args.mirror_average == "on")
     reader = LandmarkReader()
     mirror = mirror_of(model).index
+    config = config_with(args.set)
     heads: dict[str, dict[tuple[str, str], np.ndarray]] = {"landmarks": {}, "cues": {}}
     for person, rgb in photos().items():
         for name, image in variants(rgb).items():
             landmarks = reader(image)
             for method in heads:
                 cues = predictor(image, landmarks) if method == "cues" else None
-                canonical = fit_head(model, landmarks, image.shape[:2], basis=basis, cues=cues).canonical_vertices
+                canonical = fit_head(model, landmarks, image.shape[:2], config, basis=basis, cues=cues).canonical_vertices
                 if name == "mirror":
                     canonical = canonical[mirror] * [-1.0, 1.0, 1.0]
                 heads[method][(person, name)] = canonical

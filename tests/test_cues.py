@@ -283,6 +283,35 @@ def test_dense_cues_in_the_fit_recover_shape_the_landmarks_miss(model, reader):
     assert means["shipped"] < 0.9 * means["landmarks"], means
 
 
+def test_thinned_cues_weigh_as_much_and_fit_nearly_the_same_head(model, reader):
+    """A video keeps each frame's cues thinned (``Cues.thinned``, ``VideoFitConfig.frame_cue_points``):
+    fewer, compact observations whose weights stand for the dropped ones, so the fit barely moves; and
+    the frames' fits leave out the cues near the eyelids (``eyelid_free``)."""
+    from inference_server.cues.predict import CuesPredictor
+    from inference_server.head.basis import ShapeBasis
+    from inference_server.head.correspondence import LandmarkTable
+    from inference_server.head.fit import fit_head
+    from inference_server.video.performance import VideoFitConfig, eyelid_free
+
+    table = LandmarkTable.load()
+    basis = ShapeBasis(model, table, torch.device("cpu"))
+    subject = evaluation.make_subject(model, 104, False, (20, 0, 0))
+    rgb = evaluation.render_subject(model, subject)
+    landmarks = reader(rgb)
+    full = CuesPredictor.load(checkpoint.SHIPPED, model)(rgb, landmarks)
+    thin = full.thinned(VideoFitConfig().frame_cue_points)
+    assert len(full.vertex) > 1000 and len(thin.vertex) == VideoFitConfig().frame_cue_points
+    assert thin.points_px.dtype == np.float32 and np.isclose(thin.weight_2d.sum(), full.weight_2d.sum(), rtol=0.05)
+    heads = [fit_head(model, landmarks, evaluation.CAMERA_SIZE, basis=basis, cues=cues).canonical_vertices
+             for cues in (None, full, thin)]
+    moved, apart = (evaluation.canonical_difference_mm(model, heads[i], heads[j]) for i, j in ((0, 1), (1, 2)))
+    assert apart < 0.3 * moved, (apart, moved)   # the cues move the head; thinning them hardly does
+    away = eyelid_free(model, basis, VideoFitConfig().eye_margin_m)
+    lids = table.points(model.vertices)[[159, 145, 386, 374]]   # upper and lower lid middles
+    near = np.linalg.norm(model.vertices[:, None] - lids[None], axis=2).min(1) < 0.004
+    assert not away[near].any() and 0.5 < away[model.face_mask].mean() < 0.95
+
+
 def test_without_usable_weights_head_mode_still_works_and_network_cues_are_refused(model, tmp_path, monkeypatch,
                                                                                    caplog):
     from addon.wire.errors import ErrorCode, ProtocolError

@@ -34,6 +34,21 @@ class Cues:
     weight_depth: np.ndarray   # (N,) relative confidence of the nearness, mean 1
     identity: np.ndarray       # (100,) predicted identity coefficients
 
+    def subset(self, chosen: np.ndarray) -> "Cues":
+        """The observations ``chosen`` (indices or a mask), the identity unchanged."""
+        return Cues(self.vertex[chosen], self.points_px[chosen], self.nearness_px[chosen], self.weight_2d[chosen],
+                    self.weight_depth[chosen], self.identity)
+
+    def thinned(self, points: int) -> "Cues":
+        """At most ``points`` observations, evenly spread over the map, compact dtypes; each kept one
+        weighs for those dropped, so the cues weigh as much in a fit as before."""
+        count = len(self.vertex)
+        chosen = np.linspace(0, count - 1, min(points, count)).round().astype(int) if count else np.zeros(0, int)
+        share = count / max(len(chosen), 1)
+        return Cues(self.vertex[chosen], self.points_px[chosen].astype(np.float32),
+                    self.nearness_px[chosen].astype(np.float32), (share * self.weight_2d[chosen]).astype(np.float32),
+                    (share * self.weight_depth[chosen]).astype(np.float32), self.identity)
+
 
 def skin_vertices(model):
     """The skin vertices a correspondence may name, and a k-d tree of their mean-head positions."""

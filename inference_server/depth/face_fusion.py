@@ -49,11 +49,8 @@ class FusedField:
 @dataclass(frozen=True)
 class FaceFusion:
     alignment: Alignment
-    detail: np.ndarray | None    # (T, T) detail map from the network, None when the network was not used
-
-    @property
-    def used(self) -> bool:
-        return self.detail is not None
+    used: bool                   # the network's depth moved the face
+    detail: np.ndarray | None    # (T, T) detail map from the network; None when unused or not asked for
 
 
 def sample_image(image: np.ndarray, xy: np.ndarray) -> np.ndarray:
@@ -62,12 +59,14 @@ def sample_image(image: np.ndarray, xy: np.ndarray) -> np.ndarray:
     return map_coordinates(image.astype(np.float32), [index[:, 1], index[:, 0]], order=1, mode="nearest")
 
 
-def fuse_into_face(geometry, inverse: np.ndarray, fuse: FuseConfig, split: float) -> FaceFusion:
+def fuse_into_face(geometry, inverse: np.ndarray, fuse: FuseConfig, split: float,
+                   with_detail: bool = True) -> FaceFusion:
     """Fuse the network's ``inverse`` depth (crop-sized) into ``geometry``'s surface, in place.
 
-    ``split`` (texture pixels) divides what the mesh carries from what the detail map carries. When
-    the alignment is unusable (the network disagrees in sign with the landmarks) or ``fuse.weight`` is
-    0, the geometry is left as it was and no detail map is made."""
+    ``split`` (texture pixels) divides what the mesh carries from what the detail map carries; without
+    ``with_detail`` (a network too coarse for fine relief) only the mesh band is used. When the
+    alignment is unusable (the network disagrees in sign with the landmarks) or ``fuse.weight`` is 0,
+    the geometry is left as it was and no detail map is made."""
     step = geometry.config.texture_size / FUSION_GRID
     centres = geometry.grid_centres(FUSION_GRID)
     seen = geometry.seen_at(centres, geometry.field.sample(centres))
@@ -77,11 +76,12 @@ def fuse_into_face(geometry, inverse: np.ndarray, fuse: FuseConfig, split: float
     network = sample_image(inverse, seen[:, :2]).reshape(prior.shape)
     fused, alignment = fuse_depth(network, prior, mask, fuse)
     if not alignment.usable or fuse.weight == 0:
-        return FaceFusion(alignment, None)
+        return FaceFusion(alignment, False, None)
     along_ray = (fused - prior) / geometry.scale * geometry.frontalize[2, 2]  # metres -> frontal height, pixels
     mesh_band = cv2.GaussianBlur(along_ray, (0, 0), split / step)
     geometry.use_field(FusedField(geometry.field, HeightField(mesh_band, np.array([step / 2, step / 2]), step)))
-    return FaceFusion(alignment, network_detail(geometry, inverse, alignment, fuse, split))
+    detail = network_detail(geometry, inverse, alignment, fuse, split) if with_detail else None
+    return FaceFusion(alignment, True, detail)
 
 
 def network_detail(geometry, inverse: np.ndarray, alignment: Alignment, fuse: FuseConfig, split: float) -> np.ndarray:

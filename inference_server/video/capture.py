@@ -2,12 +2,12 @@
 head pose), with the loaded pipeline's models.
 
 Reading tracks the face through every frame, keeping each frame's landmarks (a few kilobytes) and one
-picture per yaw band (the key frames). Then the identity is fitted to the key frames, every frame is
-fitted with it, the identity is fitted again to each yaw band's calmest frame (the first pass's
-weakest expressions) and every frame once more; the head is textured from the key frames. With the
-cues network (``shape_cues`` auto or network, as for photos) both identity fits add its dense cues
-on those frames' pictures (the calm frames are read again for them). Memory grows with the frame
-count by the landmarks only, never by pictures.
+picture per yaw band (the key frames). With the cues network (``shape_cues`` auto or network, as for
+photos) each frame also keeps its thinned dense cues (~20 KB), read while its picture is at hand. Then
+the identity is fitted to the key frames, every frame is fitted with it, the identity is fitted again
+to each yaw band's calmest frame (the first pass's weakest expressions) and every frame once more;
+the head is textured from the key frames. Memory grows with the frame count by the landmarks and
+cues only, never by pictures.
 """
 from __future__ import annotations
 
@@ -62,28 +62,31 @@ def capture_video(pipeline, path: str | Path, params: dict | None = None, *, con
                               0 if options.face == "largest" else int(options.face))
         expected = max(min(known + [stop]) - start, 1)
         track, keys = Track(), KeyFrames()
-        with timer.stage("track"):
-            for frame in reader.frames(start, stop):
+        source = head.shape_source(options)
+        doing = "tracking the face" + (" and reading its shape" if source == "network" else "")
+        frames = reader.frames(start, stop)
+        while True:
+            with timer.stage("track"):
+                frame = next(frames, None)
+                if frame is None:
+                    break
                 done = len(track.time_s)
-                report("track", f"tracking the face: frame {done + 1} of ~{expected}",
-                       TRACK_SHARE * min(done / expected, 1.0), 0, 0)
+                report("track", f"{doing}: frame {done + 1} of ~{expected}", TRACK_SHARE * min(done / expected, 1.0), 0, 0)
                 located = tracker.locate(frame.rgb)
-                track.add(frame.index, frame.time_s, located)
-                if located is not None:
-                    keys.offer(frame.index, frame.rgb, located, frame_yaw(head.basis, located.landmarks_px, camera))
+            cues = None
+            if located is not None and source == "network":   # timed only when run, as a photo's cues stage
+                with timer.stage("cues"):
+                    cues = head.cues(frame.rgb, located.landmarks_px).thinned(fit.frame_cue_points)
+            track.add(frame.index, frame.time_s, located, cues)
+            if located is not None:
+                keys.offer(frame.index, frame.rgb, located, frame_yaw(head.basis, located.landmarks_px, camera))
     if not track.time_s:
         raise ProtocolError(ErrorCode.BAD_IMAGE, f"{reader.name}: no frames could be read in that range")
     chosen = keys.chosen(fit.min_key_sharpness)
     if not chosen:
         raise ProtocolError(ErrorCode.NO_FACE, f"{reader.name}: no face found in any of its {len(track.time_s)} frames")
-    source = head.shape_source(options)
     try:
-        cues = [None] * len(chosen)
-        if source == "network":   # timed only when run, as a photo's cues stage
-            with timer.stage("cues"):
-                cues = head.dense_cues([key.rgb for key in chosen], [key.located.landmarks_px for key in chosen],
-                                       options, lambda stage, text: report(stage, f"{text} in {len(chosen)} key frames",
-                                                                           TRACK_SHARE, 0, 0))
+        cues = [track.cues[track.position(key.index)] for key in chosen]
         with timer.stage("fit"):
             first = fit_identity(head.model, head.basis, [key.located.landmarks_px for key in chosen], size,
                                  head.fit_config, head.device, cues=cues)
@@ -96,10 +99,7 @@ def capture_video(pipeline, path: str | Path, params: dict | None = None, *, con
             performance = fit_frames(head.model, head.basis, track, first[0].id_coeffs, focal, size, head.fit_config,
                                      fit, head.device, lambda d, t: frame_progress(TRACK_SHARE, d, t, "first pass"))
             rest = restful_frames(performance)
-            rest_cues = None if source != "network" else calm_cues(
-                head, path, options, name, track, performance, rest,
-                lambda d, t: report("animate", f"reading the calm frames again: frame {d + 1} of {t}",
-                                    TRACK_SHARE + 0.15, 0, 0))
+            rest_cues = [track.cues[n] for n in rest]   # None where the face was bridged over a loss
             identity = fit_identity(head.model, head.basis, [performance.landmarks[n] for n in rest], size,
                                     head.fit_config, head.device, focal, cues=rest_cues)[0].id_coeffs
             performance = fit_frames(head.model, head.basis, track, identity, focal, size, head.fit_config, fit,
@@ -135,24 +135,6 @@ def capture_video(pipeline, path: str | Path, params: dict | None = None, *, con
                    "config": schema.as_dict(options)}
     return Result(faces=[FaceResult(index=0, meta=meta, arrays=arrays | performance.as_arrays())],
                   meta=result_meta), performance
-
-
-def calm_cues(head, path, options, name, track: Track, performance, rest: list[int], progress) -> list:
-    """The cues network's dense cues on the calmest frames (``restful_frames``), whose pictures were not
-    kept: the video is read again up to the last of them (``progress(done, total)`` per frame; it may
-    raise to cancel). A frame whose face was bridged over a loss, not seen, gets none (its landmarks
-    are interpolated; the picture may not show the face)."""
-    wanted = {int(track.frame_index[n]) for n in rest if np.isfinite(track.landmarks[n]).all()}
-    pictures = {}
-    if wanted:
-        first, stop = min(wanted), max(wanted) + 1
-        with VideoReader(path, options.max_pixels, name) as reader:
-            for frame in reader.frames(first, stop):
-                progress(frame.index - first, stop - first)
-                if frame.index in wanted:
-                    pictures[frame.index] = frame.rgb
-    return [head.cues(pictures[int(track.frame_index[n])], performance.landmarks[n])
-            if int(track.frame_index[n]) in pictures else None for n in rest]
 
 
 def capture_video_bytes(pipeline, data: bytes | memoryview, config, report=None):

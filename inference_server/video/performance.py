@@ -21,6 +21,7 @@ from ..head.correspondence import head_yaw_deg
 from ..head.fit import HeadFit, HeadFitConfig, View, fit_views, rigid_pose
 from ..head.camera import Camera
 from ..head.model import HeadModel
+from ..landmarks import EYE_RINGS
 from .track import Located
 
 YAW_EDGES = (-45.0, -25.0, -10.0, 10.0, 25.0, 45.0)  # 7 bands; the frontal band's frame comes first
@@ -37,6 +38,18 @@ class VideoFitConfig:
     # from 0.36 to 0.87 and the brows' from 0.19 to 0.53, and left one-sided ones possible where seen.
     expression_symmetry: float = 300.0
     min_key_sharpness: float = 0.25  # key frames at least this fraction of the sharpest frame's sharpness
+    # With the cues network every frame keeps this many of its dense cues (~20 KB, beside its 478
+    # landmarks), read while tracking, for the identity's and the frames' fits.
+    frame_cue_points: int = 750
+    # The frames' fits leave out dense cues within this distance of the eyelids (on the mean head): the
+    # 64-px maps blur a blink, and with them the blinks' correlation with the truth fell from 0.95 to 0.88.
+    eye_margin_m: float = 0.008
+    # ``HeadFitConfig.dense_weight`` in the frames' fits. On synthetic videos (seeds 7 / 11) weight 1
+    # lifted the brows' correlation with the truth from 0.68 / 0.42 to 0.91 / 0.89 but cost seed 7's
+    # far smile 0.94 -> 0.86, and on Grace Hopper's moved photo (benchmarks/video_real.py) weight 0.5
+    # let a still face's eyeLookUp_L jump by 1.0 (glasses). At 0.25: brows 0.89 / 0.72, smiles >= 0.87,
+    # Grace Hopper's largest wobble 0.32 (0.35 without frame cues).
+    frame_dense_weight: float = 0.25
 
 
 @dataclass
@@ -74,14 +87,20 @@ class Track:
     frame_index: list[int] = field(default_factory=list)
     time_s: list[float] = field(default_factory=list)
     landmarks: list[np.ndarray] = field(default_factory=list)   # (478, 3) float32 each
+    cues: list = field(default_factory=list)   # the cues network's thinned ``Cues`` per frame, or None
     detections: int = 0
 
-    def add(self, index: int, time_s: float, located: Located | None) -> None:
+    def add(self, index: int, time_s: float, located: Located | None, cues=None) -> None:
         self.frame_index.append(index)
         self.time_s.append(time_s)
         self.landmarks.append(np.full((478, 3), np.nan, np.float32) if located is None
                               else located.landmarks_px.astype(np.float32))
+        self.cues.append(cues)
         self.detections += bool(located is not None and located.detected)
+
+    def position(self, frame_index: int) -> int:
+        """Where the video's frame ``frame_index`` is in the track."""
+        return self.frame_index.index(frame_index)
 
 
 def frame_yaw(basis: ShapeBasis, landmarks_px: np.ndarray, camera: Camera) -> float:
@@ -160,6 +179,15 @@ def restful_frames(performance: "Performance") -> list[int]:
     return sorted(frame for _, frame in chosen.values())
 
 
+def eyelid_free(model: HeadModel, basis: ShapeBasis, margin_m: float) -> np.ndarray:
+    """(V,) bool: the model's vertices farther than ``margin_m`` from both eyes' lid landmarks, on the
+    mean head."""
+    from scipy.spatial import cKDTree
+
+    lids = basis.table.points(model.vertices)[[index for ring in EYE_RINGS for index in ring]]
+    return cKDTree(lids).query(model.vertices)[0] > margin_m
+
+
 def fit_frames(model: HeadModel, basis: ShapeBasis, track: Track, identity: np.ndarray, focal_px: float,
                image_size, fit_config: HeadFitConfig, config: VideoFitConfig, device: torch.device,
                progress=None) -> Performance:
@@ -174,7 +202,8 @@ def fit_frames(model: HeadModel, basis: ShapeBasis, track: Track, identity: np.n
     translation = np.zeros((count, 3))
     frame_config = replace(fit_config, iterations=config.frame_iterations,
                            rigid_iterations=config.frame_rigid_iterations,
-                           expression_symmetry=config.expression_symmetry)
+                           expression_symmetry=config.expression_symmetry, dense_weight=config.frame_dense_weight)
+    away_from_eyes = eyelid_free(model, basis, config.eye_margin_m)
     pose = None
     for frame in range(count):
         if progress is not None:
@@ -182,7 +211,10 @@ def fit_frames(model: HeadModel, basis: ShapeBasis, track: Track, identity: np.n
         if not tracked[frame]:
             pose = None
             continue
-        fit = fit_views(model, [View(landmarks[frame], image_size, focal_px, start_pose=pose)], frame_config,
+        cues = track.cues[frame]
+        if cues is not None:
+            cues = cues.subset(away_from_eyes[cues.vertex])
+        fit = fit_views(model, [View(landmarks[frame], image_size, focal_px, cues, start_pose=pose)], frame_config,
                         device, basis=basis, identity=identity)[0]
         weights[frame], rotation[frame], translation[frame] = fit.exp_weights, fit.rotation, fit.translation
         pose = (fit.rotation, fit.translation)
