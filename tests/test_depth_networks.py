@@ -296,6 +296,12 @@ def test_fusion_keeps_the_prior_shape_and_takes_the_network_detail():
     assert np.array_equal(unchanged, prior)
     half, _ = fuse_depth(network, prior, mask, dataclasses.replace(config, weight=0.5))
     assert rms(fused) < rms(half) < rms(prior)
+    # Per-pixel trust (the cues network's confidence): none keeps the prior there, full changes nothing.
+    trust = np.ones_like(prior)
+    trust[:, : prior.shape[1] // 2] = 0.0
+    trusted, _ = fuse_depth(network, prior, mask, config, trust)
+    assert np.allclose(trusted[:, : prior.shape[1] // 2], prior[:, : prior.shape[1] // 2])
+    assert np.allclose(trusted[:, prior.shape[1] // 2:], fused[:, prior.shape[1] // 2:])
 
 
 def test_network_that_disagrees_with_the_prior_is_not_used():

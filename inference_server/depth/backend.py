@@ -98,8 +98,9 @@ class DepthNetworks:
 
             path, network = self.cues_network()
             fuse = replace(FUSE, weight=config.depth_fuse_weight)
-            fusion = fuse_into_face(geometry, nearness_on_crop(network, crop, points, self.device), fuse, split,
-                                    with_detail=False)   # 64-px maps: the photo's detail is finer
+            nearness, confidence = nearness_on_crop(network, crop, points, self.device)
+            fusion = fuse_into_face(geometry, nearness, fuse, split, with_detail=False,   # 64-px maps: the
+                                    confidence=confidence)                              # photo's detail is finer
             meta = {"name": path.stem, "architecture": "faceforge-cues", "licence": "FaceForge's own (trained on ICT-FaceKit renders)",
                     "device": str(self.device), "fuse_weight": config.depth_fuse_weight,
                     "alignment": alignment_meta(fusion.alignment), "used": fusion.used}

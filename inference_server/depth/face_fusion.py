@@ -60,13 +60,14 @@ def sample_image(image: np.ndarray, xy: np.ndarray) -> np.ndarray:
 
 
 def fuse_into_face(geometry, inverse: np.ndarray, fuse: FuseConfig, split: float,
-                   with_detail: bool = True) -> FaceFusion:
+                   with_detail: bool = True, confidence: np.ndarray | None = None) -> FaceFusion:
     """Fuse the network's ``inverse`` depth (crop-sized) into ``geometry``'s surface, in place.
 
     ``split`` (texture pixels) divides what the mesh carries from what the detail map carries; without
     ``with_detail`` (a network too coarse for fine relief) only the mesh band is used. When the
     alignment is unusable (the network disagrees in sign with the landmarks) or ``fuse.weight`` is 0,
-    the geometry is left as it was and no detail map is made."""
+    the geometry is left as it was and no detail map is made. ``confidence`` (crop-sized, 0..1) scales
+    the network's share of the shape per point."""
     step = geometry.config.texture_size / FUSION_GRID
     centres = geometry.grid_centres(FUSION_GRID)
     seen = geometry.seen_at(centres, geometry.field.sample(centres))
@@ -74,7 +75,8 @@ def fuse_into_face(geometry, inverse: np.ndarray, fuse: FuseConfig, split: float
     camera_depth = seen[:, 2].reshape(FUSION_GRID, FUSION_GRID)
     prior = ((camera_depth - camera_depth[mask].min()) * geometry.scale).astype(np.float32)
     network = sample_image(inverse, seen[:, :2]).reshape(prior.shape)
-    fused, alignment = fuse_depth(network, prior, mask, fuse)
+    trust = None if confidence is None else sample_image(confidence, seen[:, :2]).reshape(prior.shape)
+    fused, alignment = fuse_depth(network, prior, mask, fuse, trust)
     if not alignment.usable or fuse.weight == 0:
         return FaceFusion(alignment, False, None)
     along_ray = (fused - prior) / geometry.scale * geometry.frontalize[2, 2]  # metres -> frontal height, pixels

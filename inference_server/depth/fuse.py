@@ -121,8 +121,9 @@ def face_width(mask: np.ndarray) -> float:
 
 
 def fuse_depth(network: np.ndarray, prior: np.ndarray, mask: np.ndarray,
-               config: FuseConfig = FuseConfig()) -> tuple[np.ndarray, Alignment]:
+               config: FuseConfig = FuseConfig(), trust: np.ndarray | None = None) -> tuple[np.ndarray, Alignment]:
     """(fused heights, alignment). Same grid and units as ``prior``; outside ``mask`` it is the prior.
+    ``trust`` (0..1 per pixel, e.g. the network's own confidence) scales its share of the detail.
 
     ``network`` must already be on the prior's grid. If the alignment is unusable (the network
     disagrees in sign with the prior) the prior is returned unchanged."""
@@ -137,7 +138,8 @@ def fuse_depth(network: np.ndarray, prior: np.ndarray, mask: np.ndarray,
         return prior.copy(), alignment
     sigma = max(0.5, config.lowpass_fraction * face_width(mask))
     detail = (aligned - masked_blur(aligned, mask, sigma)) - (prior - masked_blur(prior, mask, sigma))
-    return (prior + detail_share(mask, config) * detail).astype(np.float32), alignment
+    share = detail_share(mask, config) * (1.0 if trust is None else trust)
+    return (prior + share * detail).astype(np.float32), alignment
 
 
 def detail_share(mask: np.ndarray, config: FuseConfig) -> np.ndarray:
