@@ -312,6 +312,30 @@ def test_thinned_cues_weigh_as_much_and_fit_nearly_the_same_head(model, reader):
     assert not away[near].any() and 0.5 < away[model.face_mask].mean() < 0.95
 
 
+def test_photos_whose_regressed_faces_lie_apart_are_refused_naming_the_odd_one(model):
+    """``same_person``'s second verdict: the regressed identities' face-region distance, in mm, and
+    the photo without which the others agree is the one named."""
+    from types import SimpleNamespace
+
+    from inference_server.head.same_person import APART_LIMIT_MM, NotOnePerson, check_one_person, identities_apart_mm
+
+    rng = np.random.default_rng(5)
+    person, step = rng.standard_normal((2, model.id_deltas.shape[0])).astype(np.float32)
+    other = person + 2 * step   # two random people lie ~4 mm apart; this one ~8
+    apart = identities_apart_mm(model, [person, person + 0.05, other])
+    direct = 1000 * np.sqrt((np.tensordot(other - person, model.id_deltas, 1)[model.face_mask] ** 2).sum(1).mean())
+    assert np.allclose(apart, apart.T) and np.allclose(np.diag(apart), 0, atol=1e-6)
+    assert np.isclose(apart[0, 2], direct, rtol=1e-4) and apart[0, 1] < 0.5 < APART_LIMIT_MM < apart[0, 2]
+    fit = SimpleNamespace(posed_vertices=np.tile([[0.0, 0.0, 1.0]], (model.vertex_count, 1)), focal=1000.0,
+                          principal=(0.0, 0.0))
+    cues = SimpleNamespace(vertex=np.arange(10), points_px=np.ones((10, 2)))
+    fits = [fit] * 3   # each photo fits the joint head as well as its own: the rise check passes
+    with pytest.raises(NotOnePerson) as refused:
+        check_one_person(fits, fits, [cues] * 3, lambda indices: [fit] * len(indices), apart)
+    assert refused.value.photo == 2 and "mm apart" in refused.value.message
+    assert check_one_person(fits, fits, [cues] * 2, None, apart[:2, :2]) == [1.0, 1.0]
+
+
 def test_without_usable_weights_head_mode_still_works_and_network_cues_are_refused(model, tmp_path, monkeypatch,
                                                                                    caplog):
     from addon.wire.errors import ErrorCode, ProtocolError

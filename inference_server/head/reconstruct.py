@@ -33,7 +33,7 @@ from .photo_regions import SkinRegions
 from .photometric import refine_head
 from .raster import project, rasterize, vertex_facing, vertex_normals, vertex_visibility
 from .render import FRONT_FACING, depth_map, drawn_faces
-from .same_person import check_one_person
+from .same_person import check_one_person, identities_apart_mm
 from .sh import rotate as rotate_sh
 from .texture import PhotoView, unwrap, unwrap_views
 from .topology import KEPT_VERTICES, MATERIALS, to_blender, topology
@@ -131,7 +131,7 @@ class HeadReconstructor:
         refinement needs one photo's lighting, so the texture here is the photos' colour as lit
         (``meta["refine"]`` says so)."""
         landmarks = [crop_to_photo(photo.points_crop, photo.to_crop) for photo in photos]
-        source, rises = fits_source, None   # what shaped fits made elsewhere (a video's key frames)
+        source, checked = fits_source, None   # what shaped fits made elsewhere (a video's key frames)
         if fits is None:
             source = self.shape_source(config)
             cues = self.dense_cues([photo.rgb for photo in photos], landmarks, config, stage)
@@ -141,7 +141,7 @@ class HeadReconstructor:
             fits = fit_views(self.model, views, self.fit_config, self.device, basis=self.basis)
             if source == "network":
                 stage("fit", "checking that the photos show one person")
-                rises = self.one_person(views, fits)
+                checked = self.one_person(views, fits)
         stage("texture", f"blending {len(photos)} photos onto the head")
         views, cameras = [], []
         for photo, marks, fit in zip(photos, landmarks, fits):
@@ -166,19 +166,22 @@ class HeadReconstructor:
             meta["photos"].append({"photo": number, "pose": own["pose"], "camera": own["camera"],
                                    "landmark_error_eye_pct": round(fit.residual_eye_pct, 3),
                                    "expression_weights": [round(float(w), 4) for w in fit.exp_weights]})
-            if rises is not None:
-                meta["photos"][-1]["cue_residual_rise"] = round(rises[number - 1], 4)
-        meta["same_person_check"] = "passed" if rises is not None else "not run: needs the cues network"
+            if checked is not None:
+                meta["photos"][-1]["cue_residual_rise"] = round(checked[0][number - 1], 4)
+                meta["photos"][-1]["identity_apart_mm"] = round(float(checked[1][number - 1]), 3)
+        meta["same_person_check"] = "passed" if checked is not None else "not run: needs the cues network"
         return arrays, meta
 
-    def one_person(self, views: list[View], joint: list[HeadFit]) -> list[float]:
-        """Each photo's cue residual rise under the joint head (``same_person``), or NotOnePerson
-        naming the photo that shows someone else."""
+    def one_person(self, views: list[View], joint: list[HeadFit]) -> tuple[list[float], np.ndarray]:
+        """Each photo's cue residual rise under the joint head and how far its regressed face lies from
+        the farthest other photo's, mm (``same_person``), or NotOnePerson naming the photo that shows
+        someone else."""
         def together(indices: list[int]) -> list[HeadFit]:
             return fit_views(self.model, [views[i] for i in indices], self.fit_config, self.device, basis=self.basis)
 
         own = [together([i])[0] for i in range(len(views))]
-        return check_one_person(own, joint, [view.cues for view in views], together)
+        apart = identities_apart_mm(self.model, [view.cues.identity for view in views])
+        return check_one_person(own, joint, [view.cues for view in views], together, apart), apart.max(1)
 
     def shape_source(self, config) -> str:
         """What shapes the head for ``config.shape_cues``: ``network`` or ``landmarks``. ``auto`` (the

@@ -1,14 +1,17 @@
-"""Are several photos one person? The joint fit's verdict, read off the cues network's dense cues.
+"""Are several photos one person? Two verdicts of the cues network, either of which refuses.
 
 One identity fitted to photos of two people is a compromise that fits each photo worse than that
 photo's own fit. The 478 landmarks hardly notice (a joint fit of two rendered people raised their
 landmark error by 21-25 %, of one person by 10-17 %, up to 34 %: no threshold separates them). The
 network's ~1,500 correspondences per photo notice more: ``rise`` is how much the joint head moves
-them off the photo (median pixel distance) against the photo's own head. Measured on renders of
-ICT-FaceKit identities (``benchmarks/same_person_eval.py``), see ``RISE_LIMIT``.
+them off the photo (median pixel distance) against the photo's own head. And the network regresses
+each photo's identity coefficients: ``apart`` is how far two photos' regressed faces lie apart (RMS
+over the face region, millimetres). Measured on renders of ICT-FaceKit identities and the real
+photos (``benchmarks/same_person_eval.py``), see ``RISE_LIMIT`` and ``APART_LIMIT_MM``.
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Callable
 
 import numpy as np
@@ -18,6 +21,26 @@ from addon.wire.errors import ErrorCode, ProtocolError
 # Photos one of whose cue residuals rises by more than this in the joint fit are not one person.
 # Measured in benchmarks/same_person_eval.py (figures in the README).
 RISE_LIMIT = 1.13
+# Photos two of whose regressed faces lie farther apart than this are not one person. Renders of one
+# person at 0 / 35 / 70 deg of yaw lay 1.9 mm apart (median), 4.7 at most (10 identities); of two
+# people 4.2 (median); the real photos' harmless edits 0.1-0.8, the astronaut and Grace Hopper 6.4.
+APART_LIMIT_MM = 5.0
+
+
+@lru_cache(maxsize=4)  # per model (identity-hashed)
+def _face_gram(model) -> np.ndarray:
+    """(I, I) Gram matrix of the identity basis over the face region, per vertex: d' G d is the mean
+    squared vertex distance (m^2) between the faces of two coefficient vectors differing by d."""
+    basis = np.asarray(model.id_deltas, np.float64)[:, model.face_mask].reshape(len(model.id_deltas), -1)
+    return basis @ basis.T / int(model.face_mask.sum())
+
+
+def identities_apart_mm(model, identities: list[np.ndarray]) -> np.ndarray:
+    """(N, N) RMS distance (mm) between the face regions of N regressed identities."""
+    gram = _face_gram(model)
+    stacked = np.stack([np.asarray(identity, np.float64) for identity in identities])
+    difference = stacked[:, None] - stacked[None]
+    return 1000 * np.sqrt(np.maximum(np.einsum("abi,ij,abj->ab", difference, gram, difference), 0.0))
 
 
 def cue_residual_px(fit, cues) -> float:
@@ -37,25 +60,35 @@ def residual_rises(own_fits: list, joint_fits: list, cues: list) -> list[float]:
 class NotOnePerson(ProtocolError):
     """Photos that do not show one person: ``photo`` (index among those fitted) looks like someone else."""
 
-    def __init__(self, photo: int, rise: float):
-        super().__init__(ErrorCode.BAD_IMAGE, "it does not show the same person as the other photos: one head for "
-                         f"all of them fits the cues network's view of a photo up to {100 * (rise - 1):.0f} % worse "
-                         f"than that photo's own head (the limit is {100 * (RISE_LIMIT - 1):.0f} %); send photos of "
-                         "one person, or shape_cues 'landmarks' to fit them without this check")
+    def __init__(self, photo: int, why: str):
+        super().__init__(ErrorCode.BAD_IMAGE, f"it does not show the same person as the other photos: {why}; send "
+                         "photos of one person, or shape_cues 'landmarks' to fit them without this check")
         self.photo = photo
 
 
-def check_one_person(own_fits: list, joint_fits: list, cues: list, fit_together: Callable[[list[int]], list]) -> list[float]:
-    """Each photo's rise, or NotOnePerson naming the odd photo: with two photos the second (the
-    first sets the pose), with more the one without which the others agree best (``fit_together``
-    fits the photos of the given indices jointly; run only when the check fails)."""
+def check_one_person(own_fits: list, joint_fits: list, cues: list, fit_together: Callable[[list[int]], list],
+                     apart: np.ndarray) -> list[float]:
+    """Each photo's rise, or NotOnePerson naming the odd photo. ``apart``: ``identities_apart_mm`` of
+    the photos' regressed identities. With two photos the second is named (the first sets the pose);
+    with more, the one without which the others agree best (``fit_together`` fits the photos of the
+    given indices jointly; run only when the rise check fails)."""
     rises = residual_rises(own_fits, joint_fits, cues)
-    if max(rises) <= RISE_LIMIT:
-        return rises
     count = len(own_fits)
+    if max(rises) > RISE_LIMIT:
+        def worst_without(left_out: int) -> float:
+            rest = [i for i in range(count) if i != left_out]
+            return max(residual_rises([own_fits[i] for i in rest], fit_together(rest), [cues[i] for i in rest]))
 
-    def worst_without(left_out: int) -> float:
-        rest = [i for i in range(count) if i != left_out]
-        return max(residual_rises([own_fits[i] for i in rest], fit_together(rest), [cues[i] for i in rest]))
+        raise NotOnePerson(1 if count == 2 else min(range(count), key=worst_without),
+                           f"one head for all of them fits the cues network's view of a photo up to "
+                           f"{100 * (max(rises) - 1):.0f} % worse than that photo's own head (the limit is "
+                           f"{100 * (RISE_LIMIT - 1):.0f} %)")
+    if apart.max() > APART_LIMIT_MM:
+        def spread_without(left_out: int) -> float:
+            rest = [i for i in range(count) if i != left_out]
+            return float(apart[np.ix_(rest, rest)].max())
 
-    raise NotOnePerson(1 if count == 2 else min(range(count), key=worst_without), max(rises))
+        raise NotOnePerson(1 if count == 2 else min(range(count), key=spread_without),
+                           f"the cues network reads faces {apart.max():.1f} mm apart from them (the limit is "
+                           f"{APART_LIMIT_MM:.0f} mm)")
+    return rises
