@@ -85,8 +85,8 @@ def main() -> None:
     from inference_server.cues.predict import CuesPredictor
     from inference_server.head.basis import ShapeBasis
     from inference_server.head.fit import View, fit_views
-    from inference_server.head.same_person import (APART_LIMIT_MM, RISE_LIMIT, NotOnePerson, check_one_person,
-                                                   identities_apart_mm, residual_rises)
+    from inference_server.head.same_person import (APART_LIMIT_MM, APART_MAX_YAW_DEG, RISE_LIMIT, NotOnePerson,
+                                                   check_one_person, identities_apart_mm, residual_rises)
 
     model, table = evaluation_model()
     basis = ShapeBasis(model, table, torch.device("cpu"))
@@ -105,9 +105,9 @@ def main() -> None:
         own_fits, cues = [own[key] for key in keys], [views[key].cues for key in keys]
         joint = together(range(len(keys)))
         rise = max(residual_rises(own_fits, joint, cues))
-        apart = identities_apart_mm(model, [cue.identity for cue in cues])
+        apart = identities_apart_mm(model, [cue.identity for cue in cues], [fit.yaw_deg for fit in own_fits])
         worst[label].append(rise)
-        spread[label].append(float(apart.max()))
+        spread[label].append(float(np.nanmax(apart, initial=0.0)))
         text = f"{label}  {' + '.join(f'{p}/{v:g}' if isinstance(v, float) else f'{p}/{v}' for p, v in keys):60}"
         if label == "two" and len(keys) > 2:
             try:
@@ -115,7 +115,8 @@ def main() -> None:
             except NotOnePerson as odd:
                 named.append(odd.photo == len(keys) - 1)     # the intruder is the last photo
                 text += f" named photo {odd.photo + 1}"
-        print(f"{text} worst rise {rise:.3f}, apart {apart.max():.2f} mm", flush=True)
+        print(f"{text} worst rise {rise:.3f}, apart {spread[label][-1]:.2f} mm (faces within "
+              f"{APART_MAX_YAW_DEG:g} deg)", flush=True)
     one, two = np.array(worst["one"]), np.array(worst["two"])
     one_apart, two_apart = np.array(spread["one"]), np.array(spread["two"])
     refused_one = (one > RISE_LIMIT) | (one_apart > APART_LIMIT_MM)

@@ -317,12 +317,13 @@ def test_photos_whose_regressed_faces_lie_apart_are_refused_naming_the_odd_one(m
     the photo without which the others agree is the one named."""
     from types import SimpleNamespace
 
-    from inference_server.head.same_person import APART_LIMIT_MM, NotOnePerson, check_one_person, identities_apart_mm
+    from inference_server.head.same_person import (APART_LIMIT_MM, NotOnePerson, check_one_person,
+                                                   farthest_apart_mm, identities_apart_mm)
 
     rng = np.random.default_rng(5)
     person, step = rng.standard_normal((2, model.id_deltas.shape[0])).astype(np.float32)
     other = person + 2 * step   # two random people lie ~4 mm apart; this one ~8
-    apart = identities_apart_mm(model, [person, person + 0.05, other])
+    apart = identities_apart_mm(model, [person, person + 0.05, other], [0.0, 20.0, -30.0])
     direct = 1000 * np.sqrt((np.tensordot(other - person, model.id_deltas, 1)[model.face_mask] ** 2).sum(1).mean())
     assert np.allclose(apart, apart.T) and np.allclose(np.diag(apart), 0, atol=1e-6)
     assert np.isclose(apart[0, 2], direct, rtol=1e-4) and apart[0, 1] < 0.5 < APART_LIMIT_MM < apart[0, 2]
@@ -334,6 +335,11 @@ def test_photos_whose_regressed_faces_lie_apart_are_refused_naming_the_odd_one(m
         check_one_person(fits, fits, [cues] * 3, lambda indices: [fit] * len(indices), apart)
     assert refused.value.photo == 2 and "mm apart" in refused.value.message
     assert check_one_person(fits, fits, [cues] * 2, None, apart[:2, :2]) == [1.0, 1.0]
+    # A face turned past APART_MAX_YAW_DEG is not compared: the regression reads it less well.
+    turned = identities_apart_mm(model, [person, person + 0.05, other], [0.0, 20.0, 70.0])
+    assert np.isnan(turned[2]).all() and np.isnan(turned[:, 2]).all() and turned[0, 1] == apart[0, 1]
+    assert check_one_person(fits, fits, [cues] * 3, None, turned) == [1.0, 1.0, 1.0]
+    assert farthest_apart_mm(turned)[2] is None and farthest_apart_mm(turned)[0] == round(float(apart[0, 1]), 3)
 
 
 def test_without_usable_weights_head_mode_still_works_and_network_cues_are_refused(model, tmp_path, monkeypatch,

@@ -33,7 +33,7 @@ from .photo_regions import SkinRegions
 from .photometric import refine_head
 from .raster import project, rasterize, vertex_facing, vertex_normals, vertex_visibility
 from .render import FRONT_FACING, depth_map, drawn_faces
-from .same_person import check_one_person, identities_apart_mm
+from .same_person import check_one_person, farthest_apart_mm, identities_apart_mm
 from .sh import rotate as rotate_sh
 from .texture import PhotoView, unwrap, unwrap_views
 from .topology import KEPT_VERTICES, MATERIALS, to_blender, topology
@@ -168,11 +168,11 @@ class HeadReconstructor:
                                    "expression_weights": [round(float(w), 4) for w in fit.exp_weights]})
             if checked is not None:
                 meta["photos"][-1]["cue_residual_rise"] = round(checked[0][number - 1], 4)
-                meta["photos"][-1]["identity_apart_mm"] = round(float(checked[1][number - 1]), 3)
+                meta["photos"][-1]["identity_apart_mm"] = checked[1][number - 1]   # None: too turned to compare
         meta["same_person_check"] = "passed" if checked is not None else "not run: needs the cues network"
         return arrays, meta
 
-    def one_person(self, views: list[View], joint: list[HeadFit]) -> tuple[list[float], np.ndarray]:
+    def one_person(self, views: list[View], joint: list[HeadFit]) -> tuple[list[float], list[float | None]]:
         """Each photo's cue residual rise under the joint head and how far its regressed face lies from
         the farthest other photo's, mm (``same_person``), or NotOnePerson naming the photo that shows
         someone else."""
@@ -180,8 +180,8 @@ class HeadReconstructor:
             return fit_views(self.model, [views[i] for i in indices], self.fit_config, self.device, basis=self.basis)
 
         own = [together([i])[0] for i in range(len(views))]
-        apart = identities_apart_mm(self.model, [view.cues.identity for view in views])
-        return check_one_person(own, joint, [view.cues for view in views], together, apart), apart.max(1)
+        apart = identities_apart_mm(self.model, [view.cues.identity for view in views], [fit.yaw_deg for fit in own])
+        return check_one_person(own, joint, [view.cues for view in views], together, apart), farthest_apart_mm(apart)
 
     def shape_source(self, config) -> str:
         """What shapes the head for ``config.shape_cues``: ``network`` or ``landmarks``. ``auto`` (the

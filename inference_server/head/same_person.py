@@ -21,10 +21,13 @@ from addon.wire.errors import ErrorCode, ProtocolError
 # Photos one of whose cue residuals rises by more than this in the joint fit are not one person.
 # Measured in benchmarks/same_person_eval.py (figures in the README).
 RISE_LIMIT = 1.13
-# Photos two of whose regressed faces lie farther apart than this are not one person. Renders of one
-# person at 0 / 35 / 70 deg of yaw lay 1.9 mm apart (median), 4.7 at most (10 identities); of two
-# people 4.2 (median); the real photos' harmless edits 0.1-0.8, the astronaut and Grace Hopper 6.4.
-APART_LIMIT_MM = 5.0
+# Photos two of whose regressed faces lie farther apart than this are not one person, compared only
+# where both faces are turned less than APART_MAX_YAW_DEG: the regression reads a turned face less
+# well (one person at 0 and 70 deg lay up to 4.0 mm apart on our renders, 7.4 on Cycles renders).
+# Within 35 deg one person lay at most 1.8 mm apart (both renderers), two people 3.9 mm (median); the
+# real photos' harmless edits 0.1-0.8 mm, the astronaut and Grace Hopper 6.4.
+APART_LIMIT_MM = 4.0
+APART_MAX_YAW_DEG = 50.0
 
 
 @lru_cache(maxsize=4)  # per model (identity-hashed)
@@ -35,12 +38,20 @@ def _face_gram(model) -> np.ndarray:
     return basis @ basis.T / int(model.face_mask.sum())
 
 
-def identities_apart_mm(model, identities: list[np.ndarray]) -> np.ndarray:
-    """(N, N) RMS distance (mm) between the face regions of N regressed identities."""
+def identities_apart_mm(model, identities: list[np.ndarray], yaws_deg: list[float]) -> np.ndarray:
+    """(N, N) RMS distance (mm) between the face regions of N regressed identities; NaN for a pair
+    with a face turned more than ``APART_MAX_YAW_DEG`` (not compared)."""
     gram = _face_gram(model)
     stacked = np.stack([np.asarray(identity, np.float64) for identity in identities])
     difference = stacked[:, None] - stacked[None]
-    return 1000 * np.sqrt(np.maximum(np.einsum("abi,ij,abj->ab", difference, gram, difference), 0.0))
+    apart = 1000 * np.sqrt(np.maximum(np.einsum("abi,ij,abj->ab", difference, gram, difference), 0.0))
+    frontal = np.abs(np.asarray(yaws_deg, np.float64)) <= APART_MAX_YAW_DEG
+    return np.where(frontal[:, None] & frontal[None], apart, np.nan)
+
+
+def farthest_apart_mm(apart: np.ndarray) -> list[float | None]:
+    """Per photo, its regressed face's distance to the farthest other compared one (None: none compared)."""
+    return [None if np.isnan(row).all() else round(float(np.nanmax(row)), 3) for row in apart]
 
 
 def cue_residual_px(fit, cues) -> float:
@@ -69,7 +80,7 @@ class NotOnePerson(ProtocolError):
 def check_one_person(own_fits: list, joint_fits: list, cues: list, fit_together: Callable[[list[int]], list],
                      apart: np.ndarray) -> list[float]:
     """Each photo's rise, or NotOnePerson naming the odd photo. ``apart``: ``identities_apart_mm`` of
-    the photos' regressed identities. With two photos the second is named (the first sets the pose);
+    the photos' regressed identities (NaN: not compared). With two photos the second is named (the first sets the pose);
     with more, the one without which the others agree best (``fit_together`` fits the photos of the
     given indices jointly; run only when the rise check fails)."""
     rises = residual_rises(own_fits, joint_fits, cues)
@@ -83,12 +94,13 @@ def check_one_person(own_fits: list, joint_fits: list, cues: list, fit_together:
                            f"one head for all of them fits the cues network's view of a photo up to "
                            f"{100 * (max(rises) - 1):.0f} % worse than that photo's own head (the limit is "
                            f"{100 * (RISE_LIMIT - 1):.0f} %)")
-    if apart.max() > APART_LIMIT_MM:
+    widest = np.nanmax(apart, initial=0.0)
+    if widest > APART_LIMIT_MM:
         def spread_without(left_out: int) -> float:
             rest = [i for i in range(count) if i != left_out]
-            return float(apart[np.ix_(rest, rest)].max())
+            return float(np.nanmax(apart[np.ix_(rest, rest)], initial=0.0))
 
         raise NotOnePerson(1 if count == 2 else min(range(count), key=spread_without),
-                           f"the cues network reads faces {apart.max():.1f} mm apart from them (the limit is "
+                           f"the cues network reads faces {widest:.1f} mm apart from them (the limit is "
                            f"{APART_LIMIT_MM:.0f} mm)")
     return rises
