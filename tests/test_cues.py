@@ -340,6 +340,8 @@ def test_photos_whose_regressed_faces_lie_apart_are_refused_naming_the_odd_one(m
     assert np.isnan(turned[2]).all() and np.isnan(turned[:, 2]).all() and turned[0, 1] == apart[0, 1]
     assert check_one_person(fits, fits, [cues] * 3, None, turned) == [1.0, 1.0, 1.0]
     assert farthest_apart_mm(turned)[2] is None and farthest_apart_mm(turned)[0] == round(float(apart[0, 1]), 3)
+    alone = identities_apart_mm(model, [person, other], [0.0, 70.0])   # nothing to compare the frontal one with
+    assert farthest_apart_mm(alone) == [None, None] and check_one_person(fits, fits, [cues] * 2, None, alone)
 
 
 def test_without_usable_weights_head_mode_still_works_and_network_cues_are_refused(model, tmp_path, monkeypatch,

@@ -51,7 +51,9 @@ def identities_apart_mm(model, identities: list[np.ndarray], yaws_deg: list[floa
 
 def farthest_apart_mm(apart: np.ndarray) -> list[float | None]:
     """Per photo, its regressed face's distance to the farthest other compared one (None: none compared)."""
-    return [None if np.isnan(row).all() else round(float(np.nanmax(row)), 3) for row in apart]
+    others = apart.copy()
+    np.fill_diagonal(others, np.nan)
+    return [None if np.isnan(row).all() else round(float(np.nanmax(row)), 3) for row in others]
 
 
 def cue_residual_px(fit, cues) -> float:
@@ -80,9 +82,9 @@ class NotOnePerson(ProtocolError):
 def check_one_person(own_fits: list, joint_fits: list, cues: list, fit_together: Callable[[list[int]], list],
                      apart: np.ndarray) -> list[float]:
     """Each photo's rise, or NotOnePerson naming the odd photo. ``apart``: ``identities_apart_mm`` of
-    the photos' regressed identities (NaN: not compared). With two photos the second is named (the first sets the pose);
-    with more, the one without which the others agree best (``fit_together`` fits the photos of the
-    given indices jointly; run only when the rise check fails)."""
+    the photos' regressed identities (NaN: not compared). With two photos the second is named (the
+    first sets the pose); with more, the one without which the others agree best (``fit_together``
+    fits the photos of the given indices jointly; run only when the rise check fails)."""
     rises = residual_rises(own_fits, joint_fits, cues)
     count = len(own_fits)
     if max(rises) > RISE_LIMIT:
