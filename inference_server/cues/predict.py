@@ -7,7 +7,7 @@ coefficients come along as the fit's prior mean.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,11 +43,12 @@ class Cues:
         """At most ``points`` observations, evenly spread over the map, compact dtypes; each kept one
         weighs for those dropped, so the cues weigh as much in a fit as before."""
         count = len(self.vertex)
-        chosen = np.linspace(0, count - 1, min(points, count)).round().astype(int) if count else np.zeros(0, int)
-        share = count / max(len(chosen), 1)
-        return Cues(self.vertex[chosen], self.points_px[chosen].astype(np.float32),
-                    self.nearness_px[chosen].astype(np.float32), (share * self.weight_2d[chosen]).astype(np.float32),
-                    (share * self.weight_depth[chosen]).astype(np.float32), self.identity)
+        kept = self.subset(np.linspace(0, count - 1, min(points, count)).round().astype(int) if count
+                           else np.zeros(0, int))
+        share = count / max(len(kept.vertex), 1)
+        return replace(kept, points_px=kept.points_px.astype(np.float32), nearness_px=kept.nearness_px.astype(np.float32),
+                       weight_2d=(share * kept.weight_2d).astype(np.float32),
+                       weight_depth=(share * kept.weight_depth).astype(np.float32))
 
 
 def skin_vertices(model):

@@ -87,22 +87,22 @@ def check_one_person(own_fits: list, joint_fits: list, cues: list, fit_together:
     fits the photos of the given indices jointly; run only when the rise check fails)."""
     rises = residual_rises(own_fits, joint_fits, cues)
     count = len(own_fits)
-    if max(rises) > RISE_LIMIT:
-        def worst_without(left_out: int) -> float:
-            rest = [i for i in range(count) if i != left_out]
-            return max(residual_rises([own_fits[i] for i in rest], fit_together(rest), [cues[i] for i in rest]))
 
-        raise NotOnePerson(1 if count == 2 else min(range(count), key=worst_without),
+    def odd_one(spread: Callable[[list[int]], float]) -> int:
+        """The photo to name: the second of two, else the one whose leaving out leaves the least spread."""
+        if count == 2:
+            return 1
+        return min(range(count), key=lambda out: spread([i for i in range(count) if i != out]))
+
+    if max(rises) > RISE_LIMIT:
+        raise NotOnePerson(odd_one(lambda rest: max(residual_rises([own_fits[i] for i in rest], fit_together(rest),
+                                                                   [cues[i] for i in rest]))),
                            f"one head for all of them fits the cues network's view of a photo up to "
                            f"{100 * (max(rises) - 1):.0f} % worse than that photo's own head (the limit is "
                            f"{100 * (RISE_LIMIT - 1):.0f} %)")
     widest = np.nanmax(apart, initial=0.0)
     if widest > APART_LIMIT_MM:
-        def spread_without(left_out: int) -> float:
-            rest = [i for i in range(count) if i != left_out]
-            return float(np.nanmax(apart[np.ix_(rest, rest)], initial=0.0))
-
-        raise NotOnePerson(1 if count == 2 else min(range(count), key=spread_without),
+        raise NotOnePerson(odd_one(lambda rest: float(np.nanmax(apart[np.ix_(rest, rest)], initial=0.0))),
                            f"the cues network reads faces {widest:.1f} mm apart from them (the limit is "
                            f"{APART_LIMIT_MM:.0f} mm)")
     return rises
