@@ -1,6 +1,7 @@
 """Several photos of one person -> one head: the joint fit against each photo fitted alone.
 
-    .venv/bin/python benchmarks/multiview_eval.py [--subjects 8] [--renderer raster|cycles] [--yaws 0,35,70] [--cues [CKPT]]
+    .venv/bin/python benchmarks/multiview_eval.py [--subjects 8] [--renderer raster|cycles] [--yaws 0,35,70]
+        [--cues [CKPT]] [--expressions]
 
 Subjects as in ``head_fit_eval.py`` (ICT-FaceKit identities with a few expressions, ``model`` and
 ``beyond`` kinds: the latter carry smooth shape no coefficients can reproduce), each rendered at
@@ -11,7 +12,9 @@ head's surface error, each single photo's, the per-subject oracle (each subject'
 the joint fit's (scan-to-mesh on the face region after similarity alignment, mm). ``--renderer cycles``
 renders with Blender's Cycles, not the project's rasteriser. ``--cues`` fits every photo and the joint
 head a second time with the cues network's dense correspondences (default: the shipped weights) and
-prints that table too, on the same renders and landmarks.
+prints that table too, on the same renders and landmarks. ``--expressions`` gives every photo of a
+sitting its own expression (the first photo's, then fresh draws: a smile here, an open jaw there) and
+scores every head by its identity alone, at rest, against the true identity at rest.
 """
 from __future__ import annotations
 
@@ -31,19 +34,29 @@ from benchmarks.head_fit_eval import (CAMERA_SIZE, LandmarkReader, cycles_render
                                       make_subject, render_subject, shape_errors)
 
 
-def sittings(model, count: int, yaws: list[float]) -> list[tuple[int, str, list]]:
-    """(seed, kind, [subject at each yaw]): one identity and expression, the head turned."""
+def sittings(model, count: int, yaws: list[float], expressions: bool = False) -> list[tuple[int, str, list]]:
+    """(seed, kind, [subject at each yaw]): one identity, the head turned; one expression throughout, or
+    with ``expressions`` each photo its own (drawn as ``make_subject`` draws them, from other seeds)."""
     chosen = []
     for seed in range(count):
         for kind in ("model", "beyond"):
             base = make_subject(model, 1000 + seed, kind == "beyond")
-            chosen.append((seed, kind, [replace(base, pose=(float(yaw), 4.0, -3.0)) for yaw in yaws]))
+            faces = [base.exp_weights] + [make_subject(model, 5000 + 10 * seed + n, False).exp_weights
+                                          for n in range(1, len(yaws))] if expressions else [base.exp_weights] * len(yaws)
+            chosen.append((seed, kind, [replace(base, pose=(float(yaw), 4.0, -3.0), exp_weights=face)
+                                        for yaw, face in zip(yaws, faces)]))
     return chosen
 
 
-def run(model, table, basis, reader, chosen, renderer: str, predictor=None) -> list[dict]:
+def at_rest(model, fit) -> np.ndarray:
+    """The fitted identity with no expression, in the model frame."""
+    return model.shape(fit.id_coeffs, np.zeros(len(model.exp_names), np.float32))
+
+
+def run(model, table, basis, reader, chosen, renderer: str, predictor=None, rest: bool = False) -> list[dict]:
     """One row per sitting: the mean head, each photo alone, the joint fit; with ``predictor`` the
-    same again with its cues under keys prefixed ``net_``."""
+    same again with its cues under keys prefixed ``net_``. With ``rest`` every head is scored as its
+    identity at rest against the true identity at rest (photos whose expressions differ)."""
     import torch
 
     from inference_server.head.fit import HeadFitConfig, View, fit_head, fit_views
@@ -52,7 +65,11 @@ def run(model, table, basis, reader, chosen, renderer: str, predictor=None) -> l
     images = iter(cycles_renders(model, flat) if renderer == "cycles" else [render_subject(model, s) for s in flat])
     rows, config, cpu = [], HeadFitConfig(), torch.device("cpu")
     for seed, kind, subjects in chosen:
-        truth = subjects[0].canonical(model)
+        truth = (replace(subjects[0], exp_weights=np.zeros_like(subjects[0].exp_weights)) if rest
+                 else subjects[0]).canonical(model)
+
+        def shape(fit) -> np.ndarray:
+            return at_rest(model, fit) if rest else fit.canonical_vertices
         row = {"subject": seed, "kind": kind, "mean_head": shape_errors(model, table, model.vertices, truth)["surface_mm"]}
         prefixes = ("", "net_") if predictor else ("",)
         views = {prefix: [] for prefix in prefixes}
@@ -67,15 +84,14 @@ def run(model, table, basis, reader, chosen, renderer: str, predictor=None) -> l
             for prefix in prefixes:
                 cues = predictor(rgb, landmarks) if prefix else None
                 fit = fit_head(model, landmarks, CAMERA_SIZE, config, cpu, basis=basis, cues=cues)
-                row[f"{prefix}yaw{subject.pose[0]:g}"] = shape_errors(model, table, fit.canonical_vertices,
-                                                                      truth)["surface_mm"]
+                row[f"{prefix}yaw{subject.pose[0]:g}"] = shape_errors(model, table, shape(fit), truth)["surface_mm"]
                 views[prefix].append(View(landmarks, CAMERA_SIZE, cues=cues))
         row["views"] = len(views[""])
         for prefix in prefixes:
             started = time.perf_counter()
             joint = fit_views(model, views[prefix], config, cpu, basis=basis)
             row[f"{prefix}joint_ms"] = 1000 * (time.perf_counter() - started)
-            row[f"{prefix}joint"] = shape_errors(model, table, joint[0].canonical_vertices, truth)["surface_mm"]
+            row[f"{prefix}joint"] = shape_errors(model, table, shape(joint[0]), truth)["surface_mm"]
             row[f"{prefix}oracle"] = np.nanmin([v for k, v in row.items() if k.startswith(f"{prefix}yaw")])
         rows.append(row)
         print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
@@ -111,6 +127,8 @@ def main() -> None:
     parser.add_argument("--renderer", choices=("raster", "cycles"), default="raster")
     parser.add_argument("--cues", nargs="?", const="shipped", metavar="CKPT",
                         help="also fit with the cues network (default checkpoint: the shipped weights)")
+    parser.add_argument("--expressions", action="store_true",
+                        help="each photo its own expression; heads scored by their identity at rest")
     args = parser.parse_args()
     import torch
 
@@ -125,7 +143,7 @@ def main() -> None:
 
         predictor = CuesPredictor.load(checkpoint.SHIPPED if args.cues == "shipped" else Path(args.cues), model)
     rows = run(model, table, ShapeBasis(model, table, torch.device("cpu")), LandmarkReader(),
-               sittings(model, args.subjects, yaws), args.renderer, predictor)
+               sittings(model, args.subjects, yaws, args.expressions), args.renderer, predictor, args.expressions)
     print_table(rows, yaws)
     if predictor:
         print_table(rows, yaws, "net_")

@@ -188,6 +188,11 @@ def test_mirror_averaged_cues_answer_a_mirrored_crop_with_mirrored_maps(generato
     plain_direct, _ = plain.maps(crop)
     plain_mirrored, _ = plain.maps(crop[:, ::-1].copy())
     assert np.abs(mirrored_back(plain_mirrored)[1:4] - plain_direct[1:4]).max() > 1e-3
+    # A call may skip the mirror pass (a video's frames do): the plain network's answer.
+    skipped, identity = averaged.maps(crop, mirror_average=False)
+    assert np.allclose(skipped, plain_direct, atol=1e-5)
+    assert np.allclose(identity, plain.maps(crop)[1], atol=1e-5)
+    assert not np.allclose(skipped, direct, atol=1e-3)
 
 
 def test_the_command_line_offers_exactly_the_registered_variants():

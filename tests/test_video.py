@@ -82,6 +82,15 @@ def test_smoothing_bridges_short_gaps_keeps_long_ones_and_adds_no_lag():
     assert np.abs(smoothed[5:55] - ramp[5:55]).std() < 0.7 * np.abs(noisy[5:55] - ramp[5:55]).std()
 
 
+def test_the_first_pass_takes_every_second_tracked_frame_from_the_first():
+    from inference_server.video.performance import every_nth_tracked
+
+    tracked = np.array([0, 1, 1, 1, 0, 0, 1, 1, 1], bool)
+    assert np.flatnonzero(every_nth_tracked(tracked, 2)).tolist() == [1, 3, 7]
+    assert np.array_equal(every_nth_tracked(tracked, 1), tracked)
+    assert not every_nth_tracked(np.zeros(4, bool), 2).any()
+
+
 def test_head_angles_invert_head_rotation():
     for angles in [(10.0, 20.0, -5.0), (-60.0, 5.0, 12.0), (35.0, -15.0, 3.0)]:
         assert np.allclose(head_angles_deg(head_rotation(*angles)), angles, atol=1e-9)

@@ -93,18 +93,22 @@ class CuesPredictor:
              mirror_average: bool = True) -> "CuesPredictor":
         return cls(checkpoint.load(path, device), model, device, mirror_average, path)
 
-    def maps(self, crop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The network's (7, S, S) maps and (100,) identity for one crop (mirror-averaged if asked)."""
-        dense, identities = run_network(self.network, crop, self.device, self.identity_mirror is not None)
-        if self.identity_mirror is None:
+    def maps(self, crop: np.ndarray, mirror_average: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The network's (7, S, S) maps and (100,) identity for one crop, mirror-averaged as the
+        predictor was built to (``mirror_average`` None) or as asked (True only if it was built so)."""
+        average = self.identity_mirror is not None and mirror_average is not False
+        dense, identities = run_network(self.network, crop, self.device, average)
+        if not average:
             return dense, identities[0].numpy()
         return dense, ((identities[0] + self.identity_mirror @ identities[1]) / 2).numpy()
 
     @torch.inference_mode()
-    def __call__(self, rgb: np.ndarray, landmarks_px: np.ndarray) -> Cues:
+    def __call__(self, rgb: np.ndarray, landmarks_px: np.ndarray, mirror_average: bool | None = None) -> Cues:
+        """The face's dense cues; ``mirror_average`` False skips the mirror pass (half the cost: a
+        video's frames, whose fits the neighbouring frames steady)."""
         to_crop = crop_transform(landmarks_px[:, :2])
         crop = alignment.warp(np.ascontiguousarray(rgb[..., :3]), to_crop, INPUT_SIDE)
-        dense, identity = self.maps(crop)
+        dense, identity = self.maps(crop, mirror_average)
         head = dense[6] > 0
         rows, cols = np.nonzero(head)
         if len(rows) > MAX_POINTS:

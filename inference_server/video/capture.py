@@ -3,9 +3,10 @@ head pose), with the loaded pipeline's models.
 
 Reading tracks the face through every frame, keeping each frame's landmarks (a few kilobytes) and one
 picture per yaw band (the key frames). With the cues network (``shape_cues`` auto or network, as for
-photos) each frame also keeps its thinned dense cues (~20 KB), read while its picture is at hand. Then
-the identity is fitted to the key frames, every frame is fitted with it, the identity is fitted again
-to each yaw band's calmest frame (the first pass's weakest expressions) and every frame once more;
+photos) each frame also keeps its thinned dense cues (~20 KB, without the mirror pass a photo's get),
+read while its picture is at hand. Then the identity is fitted to the key frames, every second frame is
+fitted with it, the identity is fitted again to each yaw band's calmest frame (that first pass's weakest
+expressions) and every frame is fitted once more;
 the head is textured from the key frames. Memory grows with the frame count by the landmarks and
 cues only, never by pictures.
 """
@@ -76,7 +77,8 @@ def capture_video(pipeline, path: str | Path, params: dict | None = None, *, con
             cues = None
             if located is not None and source == "network":   # timed only when run, as a photo's cues stage
                 with timer.stage("cues"):
-                    cues = head.cues(frame.rgb, located.landmarks_px).thinned(fit.frame_cue_points)
+                    cues = head.cues(frame.rgb, located.landmarks_px,
+                                     fit.frame_mirror_average).thinned(fit.frame_cue_points)
             track.add(frame.index, frame.time_s, located, cues)
             if located is not None:
                 keys.offer(frame.index, frame.rgb, located, frame_yaw(head.basis, located.landmarks_px, camera))
@@ -97,7 +99,8 @@ def capture_video(pipeline, path: str | Path, params: dict | None = None, *, con
 
         with timer.stage("animate"):
             performance = fit_frames(head.model, head.basis, track, first[0].id_coeffs, focal, size, head.fit_config,
-                                     fit, head.device, lambda d, t: frame_progress(TRACK_SHARE, d, t, "first pass"))
+                                     fit, head.device, lambda d, t: frame_progress(TRACK_SHARE, d, t, "first pass"),
+                                     fit.first_pass_stride)
             rest = restful_frames(performance)
             rest_cues = [track.cues[n] for n in rest]   # None where the face was bridged over a loss
             identity = fit_identity(head.model, head.basis, [performance.landmarks[n] for n in rest], size,
