@@ -41,8 +41,9 @@ def sittings(model, count: int, yaws: list[float], expressions: bool = False) ->
     for seed in range(count):
         for kind in ("model", "beyond"):
             base = make_subject(model, 1000 + seed, kind == "beyond")
-            faces = [base.exp_weights] + [make_subject(model, 5000 + 10 * seed + n, False).exp_weights
-                                          for n in range(1, len(yaws))] if expressions else [base.exp_weights] * len(yaws)
+            faces = [base.exp_weights] * len(yaws)
+            if expressions:
+                faces[1:] = [make_subject(model, 5000 + 10 * seed + n, False).exp_weights for n in range(1, len(yaws))]
             chosen.append((seed, kind, [replace(base, pose=(float(yaw), 4.0, -3.0), exp_weights=face)
                                         for yaw, face in zip(yaws, faces)]))
     return chosen

@@ -333,7 +333,7 @@ def test_photos_whose_regressed_faces_lie_apart_are_refused_naming_the_odd_one(m
     assert np.allclose(apart, apart.T) and np.allclose(np.diag(apart), 0, atol=1e-6)
     assert np.isclose(apart[0, 2], direct, rtol=1e-4) and apart[0, 1] < 0.5 < APART_LIMIT_MM < apart[0, 2]
     fit = SimpleNamespace(posed_vertices=np.tile([[0.0, 0.0, 1.0]], (model.vertex_count, 1)), focal=1000.0,
-                          principal=(0.0, 0.0))
+                          principal=(0.0, 0.0), yaw_deg=0.0)
     cues = SimpleNamespace(vertex=np.arange(10), points_px=np.ones((10, 2)))
     fits = [fit] * 3   # each photo fits the joint head as well as its own: the rise check passes
     with pytest.raises(NotOnePerson) as refused:
@@ -347,6 +347,29 @@ def test_photos_whose_regressed_faces_lie_apart_are_refused_naming_the_odd_one(m
     assert farthest_apart_mm(turned)[2] is None and farthest_apart_mm(turned)[0] == round(float(apart[0, 1]), 3)
     alone = identities_apart_mm(model, [person, other], [0.0, 70.0])   # nothing to compare the frontal one with
     assert farthest_apart_mm(alone) == [None, None] and check_one_person(fits, fits, [cues] * 2, None, alone)
+
+
+def test_the_rise_limit_is_looser_where_a_face_is_turned_far():
+    """A joint head that fits a photo's cues 15 % worse than its own: two people when every face is
+    turned less than APART_MAX_YAW_DEG, within what one person at 70 deg shows."""
+    from types import SimpleNamespace
+
+    from inference_server.head.same_person import (APART_MAX_YAW_DEG, RISE_LIMIT, RISE_LIMIT_TURNED, NotOnePerson,
+                                                   check_one_person, rise_limit)
+
+    assert rise_limit([0.0, 35.0]) == RISE_LIMIT < 1.15 < RISE_LIMIT_TURNED == rise_limit([0.0, -APART_MAX_YAW_DEG - 1])
+    cues = SimpleNamespace(vertex=np.arange(10), points_px=np.ones((10, 2)))
+    vertices = np.tile([[0.0, 0.0, 1.0]], (10, 1))
+
+    def fits(principal: float, yaws: list[float]) -> list:
+        return [SimpleNamespace(posed_vertices=vertices, focal=1000.0, principal=(principal, principal), yaw_deg=yaw)
+                for yaw in yaws]
+
+    # Own heads put the cues sqrt(2) px off, the joint head 1.15 times that.
+    with pytest.raises(NotOnePerson, match=r"15 % worse .*\(the limit is 10 %\)"):
+        check_one_person(fits(0.0, [0.0, 35.0]), fits(-0.15, [0.0, 35.0]), [cues] * 2, None, np.zeros((2, 2)))
+    rises = check_one_person(fits(0.0, [0.0, 70.0]), fits(-0.15, [0.0, 70.0]), [cues] * 2, None, np.zeros((2, 2)))
+    assert np.allclose(rises, 1.15)
 
 
 def test_without_usable_weights_head_mode_still_works_and_network_cues_are_refused(model, tmp_path, monkeypatch,

@@ -64,6 +64,17 @@ def reader():
 
 
 @needs_model
+def test_confidence_weights_keep_their_total_and_flatten_to_equal_shares():
+    from inference_server.head.objective import confidence_weights
+
+    weights = np.array([0.2, 0.5, 1.0, 2.0, 4.3]) * 3   # thinned cues: each stands for three points
+    assert np.allclose(confidence_weights(weights, 0.0), weights.mean())
+    assert confidence_weights(weights, 1.0) is weights
+    squared = confidence_weights(weights, 2.0)
+    assert np.isclose(squared.sum(), weights.sum()) and np.all(np.diff(squared / weights) > 0)
+    assert confidence_weights(np.zeros(0), 0.0).shape == (0,)
+
+
 def test_landmark_table_is_on_the_face_and_symmetric(model, table):
     assert table.triangle_vertices.shape == (478, len(table.yaw_bins), 3)
     assert np.allclose(table.bary.sum(-1), 1, atol=1e-5) and (table.bary >= 0).all()

@@ -63,7 +63,7 @@ def test_two_photos_of_one_person_make_one_head_posed_like_the_first(head_server
     assert not np.allclose(meta["identity"], single.faces[0].meta["identity"], atol=1e-3)
     assert meta["refine"].startswith("off") and arrays["texture"].shape == (1024, 1024, 3)
     # One person: the network's cues fit the joint head nearly as well as each photo's own head.
-    assert meta["same_person_check"] == "passed" and all(0.9 < p["cue_residual_rise"] < 1.13 for p in meta["photos"])
+    assert meta["same_person_check"] == "passed" and all(0.9 < p["cue_residual_rise"] < 1.10 for p in meta["photos"])
     assert all(0 < p["identity_apart_mm"] < 4.0 for p in meta["photos"]), meta["photos"]   # the regressed faces agree
     texts = [report["text"] for report in reports]
     assert any("photo 2/2" in text for text in texts) and any("2 photos" in text for text in texts)

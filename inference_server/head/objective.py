@@ -42,6 +42,13 @@ class HeadFitConfig:
     # tighter sigma is the training renderer's, so 0.06 stays.
     dense_sigma: float = 0.06
     dense_weight: float = 1.0
+    # How far each correspondence's weight follows the network's own confidence in it (its predicted
+    # Laplace scale): 1 as predicted, 0 all alike. On 12 held-out subjects (seeds 100-111) the gain over
+    # the mean head went 17.6 / 21.7 / 24.1 % at 2 / 1 / 0 on our renders. The confidence is not wrong
+    # (its outer quarter of the face weighs 0.2-0.3 against 1.4-1.5 in the middle, where errors are
+    # half as large), but the middle's errors are shared by neighbouring points and do not average out,
+    # while the edges say most about the face's width and profile.
+    dense_confidence: float = 0.0
     dense_depth_weight: float = 0.0
     network_identity: float = 0.0
     # Landmarks on skin facing the camera at a cosine below the first value are dropped, above the
@@ -57,6 +64,16 @@ class HeadFitConfig:
     iterations: int = 8
     rigid_iterations: int = 3         # first steps move only pose and focal (mean shape)
     damping: float = 1e-3             # Levenberg-Marquardt, relative to the Hessian's diagonal
+
+
+def confidence_weights(weights: np.ndarray, power: float) -> np.ndarray:
+    """``weights`` raised to ``power`` and rescaled to their own mean, so the observations weigh as
+    much in all as before (thinned cues carry the dropped points' share in their weights)."""
+    if power == 1.0 or not len(weights):
+        return weights
+    mean = float(weights.mean())
+    raised = (weights / mean) ** power
+    return mean * raised / raised.mean()
 
 
 def eye_distance(landmarks_px: np.ndarray) -> float:
@@ -110,7 +127,7 @@ class Problem:
             depth_weight.append(config.dense_depth_weight * cues.weight_depth)
             groups.append(np.ones(len(cues.vertex), np.int64))
             static = np.concatenate([static, config.dense_weight * (config.landmark_sigma / config.dense_sigma) ** 2
-                                     * cues.weight_2d]).astype(np.float32)
+                                     * confidence_weights(cues.weight_2d, config.dense_confidence)]).astype(np.float32)
             self.dense_basis = basis.points(cues.vertex)
         if cues is not None:
             centre[:basis.identity_count] = config.network_identity * cues.identity
