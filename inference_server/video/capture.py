@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -89,23 +90,24 @@ def capture_video(pipeline, path: str | Path, params: dict | None = None, *, con
         raise ProtocolError(ErrorCode.NO_FACE, f"{reader.name}: no face found in any of its {len(track.time_s)} frames")
     try:
         cues = [track.cues[track.position(key.index)] for key in chosen]
+        head_config = replace(head.fit_config, dense_confidence=fit.dense_confidence)
         with timer.stage("fit"):
             first = fit_identity(head.model, head.basis, [key.located.landmarks_px for key in chosen], size,
-                                 head.fit_config, head.device, cues=cues)
+                                 head_config, head.device, cues=cues)
         focal = float(np.median([fitted.focal for fitted in first]))
 
         def frame_progress(share: float, done: int, total: int, text: str) -> None:
             report("animate", f"{text}: frame {done + 1} of {total}", share + 0.15 * done / max(total, 1), 0, 0)
 
         with timer.stage("animate"):
-            performance = fit_frames(head.model, head.basis, track, first[0].id_coeffs, focal, size, head.fit_config,
+            performance = fit_frames(head.model, head.basis, track, first[0].id_coeffs, focal, size, head_config,
                                      fit, head.device, lambda d, t: frame_progress(TRACK_SHARE, d, t, "first pass"),
                                      fit.first_pass_stride)
             rest = restful_frames(performance)
             rest_cues = [track.cues[n] for n in rest]   # None where the face was bridged over a loss
             identity = fit_identity(head.model, head.basis, [performance.landmarks[n] for n in rest], size,
-                                    head.fit_config, head.device, focal, cues=rest_cues)[0].id_coeffs
-            performance = fit_frames(head.model, head.basis, track, identity, focal, size, head.fit_config, fit,
+                                    head_config, head.device, focal, cues=rest_cues)[0].id_coeffs
+            performance = fit_frames(head.model, head.basis, track, identity, focal, size, head_config, fit,
                                      head.device, lambda d, t: frame_progress(TRACK_SHARE + 0.15, d, t,
                                                                               "expressions and pose"))
         progress = FaceProgress(timer, lambda stage, text, fraction, face, faces:
@@ -115,7 +117,7 @@ def capture_video(pipeline, path: str | Path, params: dict | None = None, *, con
             progress("fit", f"posing the head in {len(chosen)} key frames")
             fits = fit_views(head.model, [View(key.located.landmarks_px, size, focal, cue)
                                           for key, cue in zip(chosen, cues)],
-                             head.fit_config, head.device, basis=head.basis, identity=identity)
+                             head_config, head.device, basis=head.basis, identity=identity)
             photos = [PersonPhoto(key.rgb, key.located.points_crop, key.located.to_crop) for key in chosen]
             arrays, meta = head.reconstruct_views(photos, options, progress, fits=fits, fits_source=source)
         finally:

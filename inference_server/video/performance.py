@@ -58,10 +58,11 @@ class VideoFitConfig:
     # let a still face's eyeLookUp_L jump by 1.0 (glasses). At 0.25: brows 0.89 / 0.72, smiles >= 0.87,
     # Grace Hopper's largest wobble 0.32 (0.35 without frame cues).
     frame_dense_weight: float = 0.25
-    # ``HeadFitConfig.dense_confidence`` in the frames' fits: their cues weighted by the network's
-    # confidence, as it is surest of the face's middle, where the expressions are. Every cue alike
-    # (the identity fits' setting) cost the brows 0.85 / 0.79 -> 0.69 / 0.71 (seeds 7 / 11).
-    frame_dense_confidence: float = 1.0
+    # ``HeadFitConfig.dense_confidence`` in all of a video's fits: the cues weighted by the network's
+    # confidence, which is highest in the face's middle, where the expressions are. Every cue alike (a
+    # photo's setting) cost the brows 0.85 / 0.79 -> 0.69 / 0.71 (seeds 7 / 11) with it in the frames'
+    # fits, and at +-40 deg 0.82 -> 0.65 with it in the identity's alone.
+    dense_confidence: float = 1.0
 
 
 @dataclass
@@ -221,8 +222,7 @@ def fit_frames(model: HeadModel, basis: ShapeBasis, track: Track, identity: np.n
     translation = np.zeros((count, 3))
     frame_config = replace(fit_config, iterations=config.frame_iterations,
                            rigid_iterations=config.frame_rigid_iterations,
-                           expression_symmetry=config.expression_symmetry, dense_weight=config.frame_dense_weight,
-                           dense_confidence=config.frame_dense_confidence)
+                           expression_symmetry=config.expression_symmetry, dense_weight=config.frame_dense_weight)
     away_from_eyes = eyelid_free(model, basis, config.eye_margin_m)
     pose = None
     fitted = every_nth_tracked(tracked, stride)
