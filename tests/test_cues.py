@@ -295,7 +295,7 @@ def test_thinned_cues_weigh_as_much_and_fit_nearly_the_same_head(model, reader):
     from inference_server.cues.predict import CuesPredictor
     from inference_server.head.basis import ShapeBasis
     from inference_server.head.correspondence import LandmarkTable
-    from inference_server.head.fit import fit_head
+    from inference_server.head.fit import HeadFitConfig, fit_head
     from inference_server.video.performance import VideoFitConfig, eyelid_free
 
     table = LandmarkTable.load()
@@ -307,7 +307,9 @@ def test_thinned_cues_weigh_as_much_and_fit_nearly_the_same_head(model, reader):
     thin = full.thinned(VideoFitConfig().frame_cue_points)
     assert len(full.vertex) > 1000 and len(thin.vertex) == VideoFitConfig().frame_cue_points
     assert thin.points_px.dtype == np.float32 and np.isclose(thin.weight_2d.sum(), full.weight_2d.sum(), rtol=0.05)
-    heads = [fit_head(model, landmarks, evaluation.CAMERA_SIZE, basis=basis, cues=cues).canonical_vertices
+    # Thinned cues serve a video's fits, which weigh each cue by the network's confidence.
+    config = HeadFitConfig(dense_confidence=VideoFitConfig().dense_confidence)
+    heads = [fit_head(model, landmarks, evaluation.CAMERA_SIZE, config, basis=basis, cues=cues).canonical_vertices
              for cues in (None, full, thin)]
     moved, apart = (evaluation.canonical_difference_mm(model, heads[i], heads[j]) for i, j in ((0, 1), (1, 2)))
     assert apart < 0.3 * moved, (apart, moved)   # the cues move the head; thinning them hardly does
