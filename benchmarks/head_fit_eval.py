@@ -205,11 +205,11 @@ class LandmarkReader:
         return found[0]
 
 
-def config_with(settings: list[str]):
-    """``HeadFitConfig`` with ``FIELD=VALUE`` overrides (the benchmarks' ``--set``)."""
+def config_with(settings: list[str], config=None):
+    """``config`` (by default ``HeadFitConfig()``) with ``FIELD=VALUE`` overrides (the benchmarks' ``--set``)."""
     from inference_server.head.fit import HeadFitConfig
 
-    config = HeadFitConfig()
+    config = HeadFitConfig() if config is None else config
     for item in settings:
         field, value = item.split("=", 1)
         config = replace(config, **{field: type(getattr(config, field))(value)})

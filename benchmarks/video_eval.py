@@ -1,6 +1,6 @@
 """A video of a known head against what ``capture_video`` recovers from it.
 
-    .venv/bin/python benchmarks/video_eval.py [--seconds 4] [--fps 30] [--beyond] [--keep DIR]
+    .venv/bin/python benchmarks/video_eval.py [--seconds 4] [--fps 30] [--beyond] [--keep DIR] [--set FIELD=VALUE ...]
 
 The video is rendered by the project's rasteriser: one ICT-FaceKit identity (``--beyond``: plus smooth
 shape the model cannot represent), expression curves (jaw opening and closing, a smile, two blinks,
@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.head_fit_eval import (CAMERA_SIZE, Subject, evaluation_model, make_subject,  # noqa: E402
+from benchmarks.head_fit_eval import (CAMERA_SIZE, Subject, config_with, evaluation_model, make_subject,  # noqa: E402
                                       render_subject, shape_errors, shared_model_path)
 
 MOVING = ("jawOpen", "mouthSmile_L", "mouthSmile_R", "eyeBlink_L", "eyeBlink_R", "browInnerUp_L", "browInnerUp_R")
@@ -171,11 +171,13 @@ def main() -> None:
     parser.add_argument("--beyond", action="store_true", help="add shape the model cannot represent")
     parser.add_argument("--keep", type=Path, help="keep the rendered MP4 here")
     parser.add_argument("--strip", type=Path, help="write a frame strip (video over the driven head) here")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override VideoFitConfig fields")
     args = parser.parse_args()
     import torch
 
     from inference_server.pipeline import FacePipeline
     from inference_server.video.capture import capture_video
+    from inference_server.video.performance import VideoFitConfig
     from inference_server.video.reader import write_mp4
 
     model, table = evaluation_model()
@@ -191,7 +193,7 @@ def main() -> None:
     print(f"rendered {len(times)} frames in {time.perf_counter() - started:.1f} s -> {video}", flush=True)
     pipeline = FacePipeline(torch.device("cpu"), head_model=shared_model_path())
     started = time.perf_counter()
-    result, performance = capture_video(pipeline, video)
+    result, performance = capture_video(pipeline, video, fit=config_with(args.set, VideoFitConfig()))
     seconds = time.perf_counter() - started
     row = evaluate(model, table, subject, performance, result, weights, angles)
     row["multiview_mm"] = multiview_surface(model, table, pipeline.head.basis, subject, pipeline.head.cues)

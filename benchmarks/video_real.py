@@ -1,6 +1,6 @@
 """A real face in a video whose truth is known: a photo moved in the picture.
 
-    .venv/bin/python benchmarks/video_real.py [--photo astronaut|grace_hopper] [--seconds 4] [--roll 12] [--strip JPG]
+    .venv/bin/python benchmarks/video_real.py [--photo astronaut|grace_hopper] [--seconds 4] [--roll 12] [--strip JPG] [--set FIELD=VALUE ...]
 
 No real video of a person with measured expressions exists offline, so this makes the next best
 thing from a real photo (the astronaut or Grace Hopper): every frame is the photo turned in the
@@ -81,14 +81,16 @@ def main() -> None:
     parser.add_argument("--fps", type=float, default=30.0)
     parser.add_argument("--roll", type=float, default=12.0, help="the photo's turn in the image, +- degrees")
     parser.add_argument("--strip", type=Path, help="write a frame strip (video over the driven head) here")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override VideoFitConfig fields")
     args = parser.parse_args()
     import torch
 
-    from benchmarks.head_fit_eval import shared_model_path
+    from benchmarks.head_fit_eval import config_with, shared_model_path
     from benchmarks.likeness_real import photos
     from benchmarks.video_eval import frame_strip
     from inference_server.pipeline import FacePipeline
     from inference_server.video.capture import capture_video
+    from inference_server.video.performance import VideoFitConfig
     from inference_server.video.reader import write_mp4
 
     count = int(args.seconds * args.fps)
@@ -97,7 +99,7 @@ def main() -> None:
     write_mp4(video, moved_frames(photos()[args.photo], angles, zooms, gains), args.fps)
     pipeline = FacePipeline(torch.device("cpu"), head_model=shared_model_path())
     started = time.perf_counter()
-    result, performance = capture_video(pipeline, video)
+    result, performance = capture_video(pipeline, video, fit=config_with(args.set, VideoFitConfig()))
     seconds = time.perf_counter() - started
     row = evaluate(performance, angles)
     names = pipeline.head.model.exp_names
