@@ -10,7 +10,8 @@ with landmarks alone and with the cues network, and prints per method: ``within`
 variant's canonical head from the original's, face region, similarity-aligned), ``between`` (mean
 distance between the two people's heads over all their variants) and the ratio between / within
 (higher: the head says more about who it is than about how the photo was taken). ``--clay DIR``
-writes front / 45 deg / profile clay renders of each original's fitted heads.
+writes front / 45 deg / profile clay renders of each original's fitted heads, and the README's figure
+(``likeness_clay.jpg``: each photo beside its heads).
 """
 from __future__ import annotations
 
@@ -103,11 +104,28 @@ def main() -> None:
         from inference_server.head.render import clay_views
 
         args.clay.mkdir(parents=True, exist_ok=True)
+        panels = []
         for person in people:
             rows = [clay_views(heads[method][(person, "original")], model, size=256) for method in heads]
-            Image.fromarray(np.concatenate([clay_views(model.vertices, model, size=256)] + rows, 0)).save(
-                args.clay / f"{person}_clay.png")
+            grid = np.concatenate([clay_views(model.vertices, model, size=256)] + rows, 0)
+            Image.fromarray(grid).save(args.clay / f"{person}_clay.png")
             print(f"wrote {args.clay / f'{person}_clay.png'} (rows: mean head, landmarks, cues)")
+            panels.append(beside_photo(photos()[person], grid))
+        gap = np.full((panels[0].shape[0], 16, 3), 255, np.uint8)
+        Image.fromarray(np.concatenate([panels[0], gap, panels[1]], 1)).save(args.clay / "likeness_clay.jpg", quality=88)
+        print(f"wrote {args.clay / 'likeness_clay.jpg'} (the README's figure)")
+
+
+def beside_photo(photo: np.ndarray, grid: np.ndarray, width: int = 256) -> np.ndarray:
+    """The photo, scaled to ``width`` pixels wide, at the top left of a column beside the clay grid,
+    on the grid's background colour."""
+    import cv2
+
+    height = round(photo.shape[0] * width / photo.shape[1])
+    column = np.empty((grid.shape[0], width, 3), np.uint8)
+    column[:] = grid[0, 0]
+    column[:height] = cv2.resize(photo[..., :3], (width, height), interpolation=cv2.INTER_AREA)
+    return np.concatenate([column, grid], 1)
 
 
 if __name__ == "__main__":

@@ -30,17 +30,15 @@ class HeadFitConfig:
     # Learned dense cues (``inference_server.cues``), when given: per-observation weights of the
     # correspondences (2D, noise ``dense_sigma`` x eye distance) and of the network's nearness, and
     # how far the identity prior's centre moves to the network's regressed coefficients. Tuned on
-    # held-out renders (``head_fit_eval.py --first-seed 100``, not the reported seeds): with the first
-    # network (correspondences 4.6 mm off) sigma 0.06 and weight 1 (of 0.05-3) were best; the shipped
-    # one (2.9 mm) scores best there near 0.04 (gain over the mean head 16.8 % at 0.06, 18.3 % at
-    # 0.04), but at 0.04 Cycles renders gain nothing and real photos' heads vary more under harmless
-    # edits (likeness_real ratio 4.8 -> 4.3), so 0.06 stays. Its identity moved the result by < 0.3 %
-    # at 0.5 and 1; its nearness (0.3, 1) cost 3-15 % and a turned pose 2.5 deg: both stay off.
-    # Retuned for run 3, mirror-averaged (12 held-out subjects x 4, average gain over the mean head):
-    # our renders 21.7 % at 0.06, 24.5 % at 0.04, 25.3 % at 0.03; Cycles renders 17.2 / 17.2 / 16.1 %,
-    # and identity_prior 2 or network_identity 1 added < 0.7 points on either: the gain from a
-    # tighter sigma is the training renderer's, so 0.06 stays.
-    dense_sigma: float = 0.06
+    # held-out renders (``head_fit_eval.py --first-seed 100 --subjects 12``, not the reported seeds),
+    # average gain over the mean head of the four rows. With each cue weighted by its confidence
+    # (``dense_confidence`` 1), a tighter sigma was the training renderer's gain only (our renders
+    # 21.7 / 24.5 / 25.3 % at 0.06 / 0.04 / 0.03, Cycles 17.2 / 17.2 / 16.1 %), so 0.06 stayed. With
+    # every cue alike (the default below), 0.06 / 0.045 / 0.035 give 24.1 / 25.8 / 26.2 % on our
+    # renders, 18.6 / 18.6 % on Cycles (0.06 / 0.045), and real photos (likeness_real ratio) 6.10 /
+    # 6.68 / 6.20: 0.045 (2026-12-07). Identity prior 2 or network_identity 1 added < 0.7 points; the
+    # nearness (0.3, 1) cost 3-15 % and a turned pose 2.5 deg: both stay off.
+    dense_sigma: float = 0.045
     dense_weight: float = 1.0
     # How far each correspondence's weight follows the network's own confidence in it (its predicted
     # Laplace scale): 1 as predicted, 0 all alike. On 12 held-out subjects (seeds 100-111) the gain over
