@@ -212,8 +212,20 @@ def config_with(settings: list[str], config=None):
     config = HeadFitConfig() if config is None else config
     for item in settings:
         field, value = item.split("=", 1)
-        config = replace(config, **{field: type(getattr(config, field))(value)})
+        config = replace(config, **{field: setting_value(getattr(config, field), value)})
     return config
+
+
+def setting_value(current, text: str):
+    """``text`` as a value of ``current``'s type: booleans from true/false (``bool("false")`` is
+    True), tuples of numbers from comma-separated text."""
+    if isinstance(current, bool):
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"{text!r} is not true or false")
+        return text.lower() in ("true", "1")
+    if isinstance(current, tuple):
+        return tuple(float(part) for part in text.split(","))
+    return type(current)(text)
 
 
 def method_names(networks: int) -> tuple[str, ...]:

@@ -36,7 +36,8 @@ class HeadFitConfig:
     # 21.7 / 24.5 / 25.3 % at 0.06 / 0.04 / 0.03, Cycles 17.2 / 17.2 / 16.1 %), so 0.06 stayed. With
     # every cue alike (the default below), 0.06 / 0.045 / 0.035 give 24.1 / 25.8 / 26.2 % on our
     # renders, 18.6 / 18.6 % on Cycles (0.06 / 0.045), and real photos (likeness_real ratio) 6.10 /
-    # 6.68 / 6.20: 0.045 (2026-12-07). Identity prior 2 or network_identity 1 added < 0.7 points; the
+    # 6.68 / 6.20: 0.045 (2026-12-07). Identity prior 2 or network_identity 1 added < 0.7 points
+    # (confidence-weighted); the
     # nearness (0.3, 1) cost 3-15 % and a turned pose 2.5 deg: both stay off.
     dense_sigma: float = 0.045
     dense_weight: float = 1.0

@@ -57,11 +57,12 @@ class VideoFitConfig:
     # far smile 0.94 -> 0.86, and on Grace Hopper's moved photo (benchmarks/video_real.py) weight 0.5
     # let a still face's eyeLookUp_L jump by 1.0 (glasses). At 0.25: brows 0.89 / 0.72, smiles >= 0.87,
     # Grace Hopper's largest wobble 0.32 (0.35 without frame cues). Weight 1 only for the cues on the
-    # brows and the forehead above them (within 2 cm of a brow landmark): brows 0.76 / 0.85 / 0.86 ->
-    # 0.87 / 0.87 / 0.91 (seeds 11 / 7 / 21), 0.67 -> 0.78 at +-40 deg, smiles within 0.01, but on the
-    # moved real photos a still face's eyeLookUp wobbled about twice as much (Grace Hopper 0.33 -> 0.67,
-    # astronaut 0.23 -> 0.31; also with the cues below the brows left out) and Grace Hopper's mean rose
-    # 0.2 -> 0.8; at 0.5 her wobble was 0.67 too: not taken (2026-12-07, video_eval.py / video_real.py).
+    # brows and the forehead above them (within 2 cm of a brow landmark): brows 0.76 / 0.85 / 0.87 ->
+    # 0.87 / 0.87 / 0.91 (seeds 11 / 7 / 21), 0.68 -> 0.79 at +-40 deg (seed 11), smiles within 0.01,
+    # but on the moved real photos a still face's eyeLookUp wobbled about twice as much (Grace Hopper
+    # 0.33 -> 0.67, astronaut 0.23 -> 0.31; also with the cues below the brows left out) and Grace
+    # Hopper's mean rose 0.2 -> 0.8; at 0.5 her wobble was 0.67 too: not taken (2026-12-07,
+    # video_eval.py / video_real.py --set).
     frame_dense_weight: float = 0.25
     # ``HeadFitConfig.dense_confidence`` in all of a video's fits: the cues weighted by the network's
     # confidence, which is highest in the face's middle, where the expressions are. Every cue alike (a
