@@ -308,7 +308,7 @@ def test_thinned_cues_weigh_as_much_and_fit_nearly_the_same_head(model, reader):
     assert len(full.vertex) > 1000 and len(thin.vertex) == VideoFitConfig().frame_cue_points
     assert thin.points_px.dtype == np.float32 and np.isclose(thin.weight_2d.sum(), full.weight_2d.sum(), rtol=0.05)
     # Thinned cues serve a video's fits, which weigh each cue by the network's confidence.
-    config = HeadFitConfig(dense_confidence=VideoFitConfig().dense_confidence, dense_sigma=VideoFitConfig().dense_sigma)
+    config = HeadFitConfig(dense_confidence=VideoFitConfig().dense_confidence)
     heads = [fit_head(model, landmarks, evaluation.CAMERA_SIZE, config, basis=basis, cues=cues).canonical_vertices
              for cues in (None, full, thin)]
     moved, apart = (evaluation.canonical_difference_mm(model, heads[i], heads[j]) for i, j in ((0, 1), (1, 2)))

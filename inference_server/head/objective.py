@@ -31,15 +31,17 @@ class HeadFitConfig:
     # correspondences (2D, noise ``dense_sigma`` x eye distance) and of the network's nearness, and
     # how far the identity prior's centre moves to the network's regressed coefficients. Tuned on
     # held-out renders (``head_fit_eval.py --first-seed 100 --subjects 12``, not the reported seeds),
-    # average gain over the mean head of the four rows. With each cue weighted by its confidence
-    # (``dense_confidence`` 1), a tighter sigma was the training renderer's gain only (our renders
-    # 21.7 / 24.5 / 25.3 % at 0.06 / 0.04 / 0.03, Cycles 17.2 / 17.2 / 16.1 %), so 0.06 stayed. With
-    # every cue alike (the default below), 0.06 / 0.045 / 0.035 give 24.1 / 25.8 / 26.2 % on our
-    # renders, 18.6 / 18.6 % on Cycles (0.06 / 0.045), and real photos (likeness_real ratio) 6.10 /
-    # 6.68 / 6.20: 0.045 (2026-12-07). Identity prior 2 or network_identity 1 added < 0.7 points
-    # (confidence-weighted); the
-    # nearness (0.3, 1) cost 3-15 % and a turned pose 2.5 deg: both stay off.
-    dense_sigma: float = 0.045
+    # average gain over the mean head of the four rows. With each cue weighted by its confidence, a
+    # tighter sigma was the training renderer's gain only (our renders 21.7 / 24.5 / 25.3 % at 0.06 /
+    # 0.04 / 0.03, Cycles 17.2 / 17.2 / 16.1 %). With every cue alike (the default below), 0.06 /
+    # 0.045 / 0.035 give 24.1 / 25.8 / 26.2 % on our renders, 18.6 / 18.6 % on Cycles (0.06 / 0.045),
+    # real photos' likeness_real ratio 6.10 / 6.68 / 6.20, but at 0.045 the half-size astronaut's head
+    # moved 0.97 -> 1.45 mm and a side-lit astronaut's de-lit albedo grew lopsided (mirror-point
+    # disagreement, 99th percentile, 0.89 -> 1.01; 1.05 at 0.04; tests/test_head_server.py): the
+    # network reads harsh shading as shape, and trusting it more shows that, so 0.06 stays
+    # (2026-12-07). Identity prior 2 or network_identity 1 added < 0.7 points (confidence-weighted);
+    # the nearness (0.3, 1) cost 3-15 % and a turned pose 2.5 deg: both stay off.
+    dense_sigma: float = 0.06
     dense_weight: float = 1.0
     # How far each correspondence's weight follows the network's own confidence in it (its predicted
     # Laplace scale): 1 as predicted, 0 all alike. On 12 held-out subjects (seeds 100-111) the gain over

@@ -23,8 +23,7 @@ from addon.wire.errors import ErrorCode, ProtocolError
 # more (a face at 70 deg fits another view's head less well even when it is the same person).
 # Measured in benchmarks/same_person_eval.py (figures in the README): one person rose to at most
 # 1.06 / 1.08 within 50 deg and 1.17 / 1.20 beyond (our renders / Cycles renders); two people had a
-# median of 1.10 / 1.10. With the fit's correspondence noise 0.045 (was 0.06): one person at most
-# 1.07 within 50 deg on our renders and 1.17 in all on Cycles renders, two people 1.10 / 1.105.
+# median of 1.10 / 1.10.
 RISE_LIMIT = 1.10
 RISE_LIMIT_TURNED = 1.25
 # Photos two of whose regressed faces lie farther apart than this are not one person, compared only

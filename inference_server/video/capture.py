@@ -90,7 +90,7 @@ def capture_video(pipeline, path: str | Path, params: dict | None = None, *, con
         raise ProtocolError(ErrorCode.NO_FACE, f"{reader.name}: no face found in any of its {len(track.time_s)} frames")
     try:
         cues = [track.cues[track.position(key.index)] for key in chosen]
-        head_config = replace(head.fit_config, dense_confidence=fit.dense_confidence, dense_sigma=fit.dense_sigma)
+        head_config = replace(head.fit_config, dense_confidence=fit.dense_confidence)
         with timer.stage("fit"):
             first = fit_identity(head.model, head.basis, [key.located.landmarks_px for key in chosen], size,
                                  head_config, head.device, cues=cues)

@@ -69,10 +69,6 @@ class VideoFitConfig:
     # photo's setting) cost the brows 0.85 / 0.79 -> 0.69 / 0.71 (seeds 7 / 11) with it in the frames'
     # fits, and at +-40 deg 0.82 -> 0.65 with it in the identity's alone.
     dense_confidence: float = 1.0
-    # ``HeadFitConfig.dense_sigma`` in all of a video's fits, where the weights above were tuned. A
-    # photo's 0.045 here too lifted the brows (seeds 11 / 7 / 21: 0.76 / 0.85 / 0.87 -> 0.83 / 0.85 /
-    # 0.88) but a still real face wobbled more (Grace Hopper's largest 0.33 -> 0.50), 2026-12-07.
-    dense_sigma: float = 0.06
 
 
 @dataclass
