@@ -79,7 +79,8 @@ def main() -> None:
     mirror = mirror_of(model).index
     config = config_with(args.set)
     heads: dict[str, dict[tuple[str, str], np.ndarray]] = {"landmarks": {}, "cues": {}}
-    for person, rgb in photos().items():
+    originals = photos()
+    for person, rgb in originals.items():
         for name, image in variants(rgb).items():
             landmarks = reader(image)
             for method in heads:
@@ -110,7 +111,7 @@ def main() -> None:
             grid = np.concatenate([clay_views(model.vertices, model, size=256)] + rows, 0)
             Image.fromarray(grid).save(args.clay / f"{person}_clay.png")
             print(f"wrote {args.clay / f'{person}_clay.png'} (rows: mean head, landmarks, cues)")
-            panels.append(beside_photo(photos()[person], grid))
+            panels.append(beside_photo(originals[person], grid))
         gap = np.full((panels[0].shape[0], 16, 3), 255, np.uint8)
         Image.fromarray(np.concatenate([panels[0], gap, panels[1]], 1)).save(args.clay / "likeness_clay.jpg", quality=88)
         print(f"wrote {args.clay / 'likeness_clay.jpg'} (the README's figure)")
