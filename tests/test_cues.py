@@ -245,6 +245,19 @@ def test_shipped_weights_load_and_are_small():
     checkpoint.load(checkpoint.SHIPPED)
 
 
+def test_the_probe_finds_a_linear_target_and_not_noise_in_the_encoders_features(generator):
+    from benchmarks.cues_probe import encoder_features, probe
+
+    images = torch.from_numpy(np.stack([generator(i).image for i in range(4)])).permute(0, 3, 1, 2)
+    features = encoder_features(checkpoint.load(checkpoint.SHIPPED).eval(), images)
+    assert features.shape == (4, 512 + 16 * 256) and np.isfinite(features).all()
+    rng = np.random.default_rng(0)
+    synthetic = rng.normal(size=(400, 30))
+    targets = np.stack([synthetic[:, :3] @ [1.0, -2.0, 0.5], rng.normal(size=400)], 1)
+    found, noise = probe(synthetic, targets, holdout=100, ridge=1.0)
+    assert found > 0.99 and abs(noise) < 0.3
+
+
 @pytest.fixture(scope="module")
 def reader():
     return evaluation.LandmarkReader()
