@@ -202,17 +202,18 @@ def _optimise(problems: list[Problem], states: list[State], config: HeadFitConfi
                 free[POSE_PARAMS * view + 6] = False
         hessian = torch.zeros(layout.size, layout.size, device=device)
         gradient = torch.zeros(layout.size, device=device)
+        current = 0.0   # the objective at ``states``, from the residuals linearised here (``Problem.cost``)
         for problem, state, point_basis, weight, index in zip(problems, states, bases, weights, layout.index):
             residual, jacobian = problem.linearise(state, point_basis, weight)
             hessian[index[:, None], index[None, :]] += jacobian.T @ jacobian
             gradient[index] += jacobian.T @ residual
+            current += problem.cost_of(state, residual)
         gradient[layout.expression] += config.expression_l1
 
         def cost(candidates: list[State]) -> float:
             return sum(problem.cost(state, point_basis, weight)
                        for problem, state, point_basis, weight in zip(problems, candidates, bases, weights))
 
-        current = cost(states)
         for _ in range(4):
             damped = hessian + damping * torch.diag(torch.diagonal(hessian).clamp(min=1e-6))
             step = _bounded_step(damped, gradient, layout.values(states), free, layout.expression)

@@ -255,4 +255,8 @@ class Problem:
 
     def cost(self, state: State, landmark_basis, weights: torch.Tensor) -> float:
         residual, _ = self.linearise(state, landmark_basis, weights, jacobian=False)
+        return self.cost_of(state, residual)
+
+    def cost_of(self, state: State, residual: torch.Tensor) -> float:
+        """The objective from ``linearise``'s residual at ``state`` (the L1 term is not a residual)."""
         return float(0.5 * (residual ** 2).sum() + self.config.expression_l1 * state.coeffs[self.expression].sum())
