@@ -43,7 +43,8 @@ def probe(features: np.ndarray, targets: np.ndarray, holdout: int, ridge: float)
     mean, spread = features[train].mean(0), features[train].std(0) + 1e-6
     x = (features - mean) / spread
     centre = targets[train].mean(0)
-    weights = np.linalg.solve(x[train].T @ x[train] + ridge * np.eye(x.shape[1]), x[train].T @ (targets[train] - centre))
+    gram = x[train].T @ x[train] + ridge * np.eye(x.shape[1])
+    weights = np.linalg.solve(gram, x[train].T @ (targets[train] - centre))
     predicted = x[test] @ weights + centre
     truth = targets[test]
     return np.array([np.corrcoef(predicted[:, k], truth[:, k])[0, 1] if truth[:, k].std() > 0 else np.nan
@@ -74,8 +75,8 @@ def main() -> None:
         expressions.append(shard["exp_weights"])
         poses.append(shard["pose"])
     features = np.concatenate(features)
-    if len(features) <= args.holdout + features.shape[1] // 10:
-        raise SystemExit(f"{len(features)} samples are too few to probe {features.shape[1]} features")
+    if len(features) - args.holdout < 100:
+        raise SystemExit(f"{len(features)} renders leave fewer than 100 to fit beside {args.holdout} held out")
     pose = probe(features, np.concatenate(poses), args.holdout, args.ridge)
     expression = probe(features, np.concatenate(expressions), args.holdout, args.ridge)
     print(f"{len(features) - args.holdout} renders fitted, {args.holdout} held out, {features.shape[1]} features, "

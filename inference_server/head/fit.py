@@ -202,7 +202,7 @@ def _optimise(problems: list[Problem], states: list[State], config: HeadFitConfi
                 free[POSE_PARAMS * view + 6] = False
         hessian = torch.zeros(layout.size, layout.size, device=device)
         gradient = torch.zeros(layout.size, device=device)
-        current = 0.0   # the objective at ``states``, from the residuals linearised here (``Problem.cost``)
+        current = 0.0   # the objective at ``states``, from the residuals linearised here (``Problem.cost_of``)
         for problem, state, point_basis, weight, index in zip(problems, states, bases, weights, layout.index):
             residual, jacobian = problem.linearise(state, point_basis, weight)
             hessian[index[:, None], index[None, :]] += jacobian.T @ jacobian

@@ -39,9 +39,10 @@ class HeadFitConfig:
     # moved 0.97 -> 1.45 mm and a side-lit astronaut's de-lit albedo grew lopsided (mirror-point
     # disagreement, 99th percentile, 0.89 -> 1.01; 1.05 at 0.04; tests/test_head_server.py): the
     # network reads harsh shading as shape, and trusting it more shows that. 0.05 keeps the albedo but
-    # is Cycles-neutral too (held out 18.8 against 18.6 %), moves the half-size astronaut 0.97 -> 1.39 mm
-    # and a still real face's video wobble 0.33 -> 0.45: 0.06 stays (2026-12-07, README). Identity prior 2 or network_identity 1 added < 0.7 points (confidence-weighted);
-    # the nearness (0.3, 1) cost 3-15 % and a turned pose 2.5 deg: both stay off.
+    # is Cycles-neutral too (held out 18.8 against 18.6 %), moves the half-size astronaut 0.97 -> 1.39
+    # mm and a still real face's video wobble 0.33 -> 0.45: 0.06 stays (2026-12-07, README). Identity
+    # prior 2 or network_identity 1 added < 0.7 points (confidence-weighted); the nearness (0.3, 1)
+    # cost 3-15 % and a turned pose 2.5 deg: both stay off.
     dense_sigma: float = 0.06
     dense_weight: float = 1.0
     # How far each correspondence's weight follows the network's own confidence in it (its predicted
