@@ -1,7 +1,7 @@
 """What the cues network's encoder knows beyond identity: a linear probe of its features.
 
-    .venv/bin/python -m inference_server train data --out DATA --count 3000 --seed 5 --threads 1
-    .venv/bin/python benchmarks/cues_probe.py --data DATA [--checkpoint CKPT] [--holdout 1000]
+    .venv/bin/python -m inference_server train data --out DATA --count 5500 --seed 5 --threads 1
+    .venv/bin/python benchmarks/cues_probe.py --data DATA [--checkpoint CKPT] [--holdout 500] [--ridge 1000]
 
 Why: the issue asks for expression, pose and lighting regression heads beside the identity one. A
 head on the shipped encoder's frozen features is cheap to train on a CPU, but only helps if the
@@ -27,12 +27,11 @@ PROBED = ("jawOpen", "mouthSmile_L", "eyeBlink_L", "browInnerUp_L", "browDown_L"
 
 
 def encoder_features(network, images) -> np.ndarray:
-    """(N, F) features of uint8 (N, 3, S, S) crops, as the network's forward pass computes them."""
+    """(N, F) features of uint8 (N, 3, S, S) crops, from the maps the network's forward pass reads."""
     import torch
 
     with torch.inference_mode():
-        x = images.float() / 255.0
-        maps = network.encoder((x - network.mean) / network.std)
+        maps = network.encode(images)
         pooled = [maps[-1].mean((2, 3)), torch.nn.functional.adaptive_avg_pool2d(maps[-2], 4).flatten(1)]
         return torch.cat(pooled, 1).numpy()
 

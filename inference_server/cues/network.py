@@ -75,10 +75,14 @@ class CuesNet(nn.Module):
         self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1), persistent=False)
 
+    def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """uint8 or [0, 1] float (N, 3, S, S) -> the encoder's feature maps at strides 2 ... 32."""
+        x = images.float() / 255.0 if images.dtype == torch.uint8 else images
+        return self.encoder((x - self.mean) / self.std)
+
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 or [0, 1] float (N, 3, S, S) -> dense (N, 7, S/2, S/2), identity (N, 100)."""
-        x = images.float() / 255.0 if images.dtype == torch.uint8 else images
-        features = self.encoder((x - self.mean) / self.std)
+        features = self.encode(images)
         x = features[-1]
         identity = self.identity(x.mean((2, 3)))
         for block, skip in zip(self.up, reversed(features[:-1])):
