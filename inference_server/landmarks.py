@@ -58,6 +58,12 @@ EYE_RINGS = ((33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160,
              (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466))
 
 
+def eye_centres(landmarks_px: np.ndarray) -> np.ndarray:
+    """(2, 2) centre of each eye's lid ring in the photo, in ``EYE_RINGS`` order."""
+    points = np.asarray(landmarks_px)
+    return np.stack([points[list(ring), :2].mean(0) for ring in EYE_RINGS])
+
+
 @contextmanager
 def native_stderr_muted():
     """MediaPipe's C++ logger writes start-up warnings straight to file descriptor 2, bypassing

@@ -9,19 +9,18 @@ import math
 
 import numpy as np
 
+from ..landmarks import SURFACE_LANDMARKS, eye_centres
+
 INPUT_SIDE = 128          # crop pixels
 OUTPUT_STRIDE = 2         # the maps come out at INPUT_SIDE / OUTPUT_STRIDE
 MARGIN = 1.3              # crop side / the larger side of the roll-aligned landmark box
-EYE_RINGS = ((33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246),
-             (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466))
-SURFACE = 468
 
 
 def crop_transform(points_px: np.ndarray, side: int = INPUT_SIDE, jitter: np.ndarray | None = None) -> np.ndarray:
     """2x3 similarity taking photo pixels to crop pixels. ``jitter`` = (dx, dy, log scale, angle in
     radians), relative to the crop side, perturbs the frame (training only)."""
-    points = np.asarray(points_px, np.float64)[:SURFACE, :2]
-    eyes = [points[list(ring)].mean(0) for ring in EYE_RINGS]
+    points = np.asarray(points_px, np.float64)[:SURFACE_LANDMARKS, :2]
+    eyes = eye_centres(points)
     roll = math.atan2(eyes[1][1] - eyes[0][1], eyes[1][0] - eyes[0][0])
     dx, dy, log_scale, angle = (0.0, 0.0, 0.0, 0.0) if jitter is None else jitter
     roll += angle

@@ -12,7 +12,8 @@ the canonical head in the model's own frame. The terms themselves are ``objectiv
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -34,17 +35,28 @@ class HeadFit:
     focal: float                   # pixels
     principal: tuple[float, float]  # pixels
     image_size: tuple[int, int]    # (height, width)
-    canonical_vertices: np.ndarray  # (V, 3) float32 model frame, pose-free
-    posed_vertices: np.ndarray     # (V, 3) float32 camera frame, metres
     landmarks_fitted_px: np.ndarray  # (478, 2) the fitted head's landmarks in the photo
     residual_px: float             # median 2D landmark residual
     residual_eye_pct: float        # the same in % of the eye distance
     yaw_deg: float
+    basis: ShapeBasis = field(repr=False, compare=False)
 
     @property
     def camera(self) -> Camera:
         """The photo's camera as fitted (e.g. for ``render.depth_map`` or ``render.overlay``)."""
         return Camera(self.focal, self.principal, self.image_size)
+
+    @cached_property
+    def canonical_vertices(self) -> np.ndarray:
+        """(V, 3) float32 head in the model frame, pose-free; built on first use (a video's frames
+        need only their weights and pose, and the whole head is most of a frame's fit otherwise)."""
+        coeffs = torch.from_numpy(np.concatenate([self.id_coeffs, self.exp_weights])).to(self.basis.device)
+        return self.basis.vertices(coeffs).cpu().numpy()
+
+    @cached_property
+    def posed_vertices(self) -> np.ndarray:
+        """(V, 3) float32 head in the camera frame, metres."""
+        return (self.canonical_vertices @ self.rotation.T + self.translation).astype(np.float32)
 
 
 def _bounded_step(hessian: torch.Tensor, gradient: torch.Tensor, values: torch.Tensor, free: torch.Tensor,
@@ -231,15 +243,11 @@ def _result(problem: Problem, state: State, landmark_basis, image_size, principa
     id_coeffs, exp_weights = coeffs[:n_id], np.clip(coeffs[n_id:], 0, 1)
     rotation = state.rotation.cpu().numpy().astype(np.float64)
     translation = state.translation.cpu().numpy().astype(np.float64)
-    clipped = torch.from_numpy(np.concatenate([id_coeffs, exp_weights])).to(problem.basis.device)
-    canonical = problem.basis.vertices(clipped).cpu().numpy()
     pixels = problem.project(state, landmark_basis)[-1].cpu().numpy()[:problem.landmark_count]
     error = np.linalg.norm(pixels - problem.observed.cpu().numpy()[:problem.landmark_count], axis=1)
     eye = problem.sigma / problem.config.landmark_sigma
     return HeadFit(id_coeffs=id_coeffs.astype(np.float32), exp_weights=exp_weights.astype(np.float32),
                    rotation=rotation, translation=translation, focal=float(torch.exp(state.log_focal)),
-                   principal=principal, image_size=tuple(image_size), canonical_vertices=canonical,
-                   posed_vertices=(canonical @ rotation.T + translation).astype(np.float32),
-                   landmarks_fitted_px=pixels, residual_px=float(np.median(error)),
-                   residual_eye_pct=float(100 * np.median(error) / eye),
-                   yaw_deg=head_yaw_deg(rotation, translation))
+                   principal=principal, image_size=tuple(image_size), landmarks_fitted_px=pixels,
+                   residual_px=float(np.median(error)), residual_eye_pct=float(100 * np.median(error) / eye),
+                   yaw_deg=head_yaw_deg(rotation, translation), basis=problem.basis)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..landmarks import EYE_RINGS, FACE_OVAL
+from ..landmarks import EYE_RINGS, FACE_OVAL, eye_centres
 from .basis import ShapeBasis
 
 IRIS = np.arange(468, 478)
@@ -80,7 +80,7 @@ def confidence_weights(weights: np.ndarray, power: float) -> np.ndarray:
 
 
 def eye_distance(landmarks_px: np.ndarray) -> float:
-    centres = [landmarks_px[list(ring), :2].mean(0) for ring in EYE_RINGS]
+    centres = eye_centres(landmarks_px)
     return float(np.linalg.norm(centres[0] - centres[1]))
 
 

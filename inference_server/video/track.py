@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import alignment
 from ..detection import Detection, FaceDetector
-from ..landmarks import EYE_RINGS, SURFACE_LANDMARKS, LandmarkModel
+from ..landmarks import SURFACE_LANDMARKS, LandmarkModel, eye_centres
 from ..head.photo_landmarks import crop_to_photo
 
 MAX_JUMP = 0.5   # a face that moved more than this many box sizes since the last frame is looked for anew
@@ -82,8 +82,7 @@ class FaceTracker:
         ratio, offset = self._box_shape
         half = ratio * extent / 2
         middle = centre + offset * extent
-        eyes = [landmarks_px[list(ring), :2].mean(0) for ring in EYE_RINGS]
-        eyes.sort(key=lambda point: point[0])  # image left first, as the detector gives them
+        eyes = sorted(eye_centres(landmarks_px), key=lambda point: point[0])  # image left first, as the detector gives them
         points = np.array([eyes[0], eyes[1], middle, middle, middle])
         return Detection(np.array([middle[0] - half, middle[1] - half, middle[0] + half, middle[1] + half]), 1.0, points)
 
