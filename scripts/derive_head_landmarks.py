@@ -1,15 +1,15 @@
 """Derive where MediaPipe's 478 landmarks sit on the ICT-FaceKit head: render, detect, back-project.
 
-    PYTHONPATH=. .venv/bin/python scripts/derive_head_landmarks.py [--model NPZ] [--identities 8]
+    PYTHONPATH=. .venv/bin/python scripts/derive_head_landmarks.py [--model NPZ] [--identities 6]
                  [--output inference_server/head/landmarks_ict.npz] [--save-renders DIR]
 
 The mean head and random identities are rendered with the project's rasteriser (Lambert shading,
 part colours) in several poses; the real landmark chain (MTCNN -> aligned crop -> FaceMesh) runs on
 each render, and every landmark is traced back to the surface point under it. A landmark's place
 is the median of its hits (mapped onto the mean head, which shares the topology), snapped to the
-skin (the iris's points to the eyeball). FaceMesh's points drift over the skin as the head turns
-(the face oval most), so every landmark gets one place per yaw bin, from the renders in that bin
-(pitch variants pooled). Left/right pairs are averaged through the mirror, so the table is symmetric.
+skin (the iris's points to the eyeball; an eyelid point keeps its offset from there to its hits).
+FaceMesh's points drift over the skin as the head turns (the face oval most), so every landmark gets
+one place per yaw bin, from the renders in that bin (pitch variants pooled). Left/right pairs are averaged through the mirror, so the table is symmetric.
 The table it writes has no expression drift: run ``scripts/derive_expression_drift.py`` after it.
 """
 from __future__ import annotations
@@ -32,6 +32,7 @@ from inference_server.head.correspondence import TABLE_PATH, LandmarkTable  # no
 from inference_server.head.model import HeadModel  # noqa: E402
 from inference_server.head.objective import IRIS  # noqa: E402
 from inference_server.head.raster import project, rasterize  # noqa: E402
+from inference_server.landmarks import EYE_RINGS  # noqa: E402
 
 YAW_BINS = (-40, -25, -12, 0, 12, 25, 40)       # degrees; contour places are tabulated per bin
 POSES = tuple((yaw, 0) for yaw in YAW_BINS) + ((0, -12), (0, 12), (-12, 6), (12, -6))   # (yaw, pitch)
@@ -175,10 +176,16 @@ def build_table(model: HeadModel, hits: np.ndarray, poses: np.ndarray) -> Landma
     for chosen, surface in ((on_iris, landmark_surface(model)), (~on_iris, skin_surface(model))):
         tri[:, chosen], bary[:, chosen] = (part.reshape(len(YAW_BINS), -1, 3) for part in
                                            snap_to_surface(by_yaw[:, chosen].reshape(-1, 3), vertices, surface))
+    # The eyelids' hits lie on the eyeball just inside the lid's margin; their skin places keep them
+    # following a blink, the offset puts them back where FaceMesh saw them. Elsewhere the hits are on
+    # the skin already, or a median of hits on different surfaces that has no place of its own.
+    lids = np.isin(np.arange(hits.shape[1]), np.concatenate(EYE_RINGS))
+    offset = np.where(lids[None, :, None], by_yaw - np.einsum("blk,blkd->bld", bary, vertices[tri]), 0.0)
     spread = np.nanmedian(np.linalg.norm(hits - np.nanmedian(hits, 0), axis=2), 0) * 1000
     return LandmarkTable(yaw_bins=np.asarray(YAW_BINS, np.float32),
                          triangle_vertices=tri.transpose(1, 0, 2).copy(), bary=bary.transpose(1, 0, 2).copy(),
-                         spread_mm=spread.astype(np.float32))
+                         spread_mm=spread.astype(np.float32),
+                         hit_offset=offset.transpose(1, 0, 2).astype(np.float32))
 
 
 def main() -> None:

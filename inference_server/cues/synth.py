@@ -108,9 +108,10 @@ class Generator:
         pose = np.array([yaw, np.clip(rng.normal(0, 10), -25, 25), np.clip(rng.normal(0, 8), -30, 30)])
         distance = math.exp(rng.uniform(math.log(0.35), math.log(1.8)))
         translation = np.array([rng.normal(0, 0.08), rng.normal(0, 0.08), 1.0]) * distance
-        posed = shape @ head_rotation(*pose).T + translation
+        rotation = head_rotation(*pose)
+        posed = shape @ rotation.T + translation
         focal = 1000.0   # photo focal (pixels); only the ratio to the crop matters
-        landmarks = self.table.points(posed, yaw) @ np.eye(3)
+        landmarks = self.table.points(shape, yaw) @ rotation.T + translation
         photo_px = focal * landmarks[:, :2] / landmarks[:, 2:]
         jitter = np.array([rng.normal(0, 0.02), rng.normal(0, 0.02), rng.normal(0, 0.04), math.radians(rng.normal(0, 3))])
         to_crop = crop_transform(photo_px, self.side, jitter)

@@ -46,6 +46,8 @@ class ShapeBasis:
             basis = sum(weights[:, k, None, None] * b for k, (_, b) in enumerate(corners))
             if self.drift is not None:
                 basis[:, :, self.identity_count:] += self.drift
+            if self.table.hit_offset is not None:
+                mean = mean + torch.from_numpy(self.table.hit_offset[:, index]).to(self.device)
             self._bins[index] = mean, basis.contiguous()
         return self._bins[index]
 

@@ -8,6 +8,12 @@ each landmark and each yaw bin, the surface point (triangle + barycentrics) Face
 the fit blends the two bins around its current yaw. Compared with one fixed place per landmark
 this cut the face-pose error on heads turned 30 deg from 4.5 to 2.4 deg (benchmarks/head_fit_eval.py).
 
+The eyelid points are the exception to "on the skin": FaceMesh puts an upper lid's points a little
+inside the lid's margin, where the ray under them meets the eyeball, and on the far eye of a turned
+head further still (1.8 mm frontal, 2.7 mm at 40 deg). Their table places sit on the lid's skin, so they
+follow a blink, and ``hit_offset`` carries them, per yaw bin, to where FaceMesh's hits lay; placed on
+the skin alone, the fit read an open eye turned 40 deg as 0.15-0.28 closed (0.00-0.11 with the offset).
+
 The table is derived by ``scripts/derive_head_landmarks.py`` and shipped as ``landmarks_ict.npz``.
 FaceMesh's points also slide over the skin under some expressions (the lower inner lip follows the
 jaw, while its table point sits on the upper lip, where the lips meet when shut):
@@ -31,6 +37,7 @@ class LandmarkTable:
     bary: np.ndarray                 # (478, B, 3) float32 barycentrics in that triangle
     spread_mm: np.ndarray            # (478,) float32 robust scatter of the derivation's hits
     expression_drift: np.ndarray | None = None   # (478, E, 3) float32 metres per unit expression weight
+    hit_offset: np.ndarray | None = None   # (478, B, 3) float32 metres from a lid point's place to its hits
 
     def save(self, path: Path = TABLE_PATH) -> None:
         arrays = {key: getattr(self, key) for key in self.__dataclass_fields__}
@@ -49,9 +56,17 @@ class LandmarkTable:
         return upper, (yaw - self.yaw_bins[upper - 1]) / (self.yaw_bins[upper] - self.yaw_bins[upper - 1])
 
     def points(self, vertices: np.ndarray, yaw_deg: float = 0.0) -> np.ndarray:
-        """(478, 3) landmark points on a head with the model's topology, as seen at ``yaw_deg``."""
+        """(478, 3) landmark points on a head with the model's topology, in the model's frame (the
+        offsets are), as seen at ``yaw_deg``."""
         ids, weights = self.sampling(yaw_deg)
-        return np.einsum("lk,lkd->ld", weights, vertices[ids])
+        return np.einsum("lk,lkd->ld", weights, vertices[ids]) + self.offset(yaw_deg)
+
+    def offset(self, yaw_deg: float) -> np.ndarray:
+        """(478, 3) ``hit_offset`` at ``yaw_deg`` (the two bins around it blended); zero without one."""
+        if self.hit_offset is None:
+            return np.zeros((self.bary.shape[0], 3), np.float32)
+        upper, share = self.blend(yaw_deg)
+        return (1 - share) * self.hit_offset[:, upper - 1] + share * self.hit_offset[:, upper]
 
     def sampling(self, yaw_deg: float) -> tuple[np.ndarray, np.ndarray]:
         """Vertex ids (478, 6) and weights (478, 6) placing every landmark on a head seen at
