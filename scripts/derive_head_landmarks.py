@@ -9,7 +9,8 @@ each render, and every landmark is traced back to the surface point under it. A 
 is the median of its hits (mapped onto the mean head, which shares the topology), snapped to the
 skin (the iris's points to the eyeball; an eyelid point keeps its offset from there to its hits).
 FaceMesh's points drift over the skin as the head turns (the face oval most), so every landmark gets
-one place per yaw bin, from the renders in that bin (pitch variants pooled). Left/right pairs are averaged through the mirror, so the table is symmetric.
+one place per yaw bin, from the renders in that bin (pitch variants pooled). Left/right pairs are
+averaged through the mirror, so the table is symmetric.
 The table it writes has no expression drift: run ``scripts/derive_expression_drift.py`` after it.
 """
 from __future__ import annotations

@@ -12,7 +12,7 @@ The eyelid points are the exception to "on the skin": FaceMesh puts an upper lid
 inside the lid's margin, where the ray under them meets the eyeball, and on the far eye of a turned
 head further still (1.8 mm frontal, 2.7 mm at 40 deg). Their table places sit on the lid's skin, so they
 follow a blink, and ``hit_offset`` carries them, per yaw bin, to where FaceMesh's hits lay; placed on
-the skin alone, the fit read an open eye turned 40 deg as 0.15-0.28 closed (0.00-0.11 with the offset).
+the skin alone, the fit read an open eye turned 40 deg as 0.13-0.28 closed (0.00-0.11 with the offset).
 
 The table is derived by ``scripts/derive_head_landmarks.py`` and shipped as ``landmarks_ict.npz``.
 FaceMesh's points also slide over the skin under some expressions (the lower inner lip follows the

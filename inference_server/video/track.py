@@ -82,7 +82,8 @@ class FaceTracker:
         ratio, offset = self._box_shape
         half = ratio * extent / 2
         middle = centre + offset * extent
-        eyes = sorted(eye_centres(landmarks_px), key=lambda point: point[0])  # image left first, as the detector gives them
+        # image left first, as the detector gives them
+        eyes = sorted(eye_centres(landmarks_px), key=lambda point: point[0])
         points = np.array([eyes[0], eyes[1], middle, middle, middle])
         return Detection(np.array([middle[0] - half, middle[1] - half, middle[0] + half, middle[1] + half]), 1.0, points)
 
