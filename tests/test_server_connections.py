@@ -49,8 +49,10 @@ def test_one_peer_cannot_take_every_connection_and_heavy_peers_make_room():
         with running(StagedPipeline(0.0), config) as server:
             flood = [from_peer(context, server.address, "127.0.0.2") for _ in range(20)]
             assert wait_for(lambda: connections(server.address)["refused"] >= 15, 10)
-            state = connections(server.address)
-            assert state["open"] <= 5 + 1 and state["max"] == 12  # the flood's five, and this query's
+            # The flood's five, and this query's. The previous queries' connections close on their own
+            # time: on a loaded machine one was still counted (7 open, seen once in a full run).
+            assert wait_for(lambda: connections(server.address)["open"] <= 5 + 1, 5)
+            assert connections(server.address)["max"] == 12
             for peer in ("127.0.0.3", "127.0.0.4"):  # two more peers fill the server (5 + 5 + 5 > 12)
                 flood += [from_peer(context, server.address, peer) for _ in range(5)]
             time.sleep(0.5)
